@@ -1,0 +1,88 @@
+"""actionq: a job execution service on Redis.
+
+Producers submit *action jobs* (plugin, action, params) with :class:`JobClient`; worker pools
+built on arq run the plugin's action under a timeout; :class:`JobHandle` follows a job to its
+result. Plugin authors derive from :class:`Plugin` and may take a :class:`JobContext`.
+"""
+
+from service.client import JobClient
+from service.context import JobContext, current_job
+from service.errors import (
+    ActionQError,
+    BrokerError,
+    ConfigError,
+    FieldError,
+    InvalidParamsError,
+    JobCancelledError,
+    JobConflictError,
+    JobNotFoundError,
+    ManifestError,
+    PayloadTooLargeError,
+    PluginActionExecutionError,
+    PluginActionTimeoutError,
+    PluginError,
+    PluginLoadError,
+    ResultTimeoutError,
+    SubmissionError,
+    UnknownActionError,
+    UnknownPluginError,
+)
+from service.handle import JobHandle
+from service.keys import Keys
+from service.manifest import ActionSpec, ArgumentSpec, PluginManifest
+from service.models import TERMINAL_STATES, ErrorInfo, JobOptions, JobRecord, JobRequest, JobState
+from service.plugin import Plugin
+from service.registry import RegisteredPlugin, WorkerInfo
+from service.settings import PluginEntry, Settings, load_settings
+from service.sync import SyncJobClient, SyncJobHandle
+
+__version__ = "0.1.0"
+
+__all__ = [
+    # producers
+    "JobClient",
+    "JobHandle",
+    "SyncJobClient",
+    "SyncJobHandle",
+    # the job
+    "TERMINAL_STATES",
+    "ErrorInfo",
+    "JobOptions",
+    "JobRecord",
+    "JobRequest",
+    "JobState",
+    # plugin authors
+    "ActionSpec",
+    "ArgumentSpec",
+    "JobContext",
+    "Plugin",
+    "PluginManifest",
+    "current_job",
+    # registry
+    "RegisteredPlugin",
+    "WorkerInfo",
+    # configuration
+    "Keys",
+    "PluginEntry",
+    "Settings",
+    "load_settings",
+    # errors
+    "ActionQError",
+    "BrokerError",
+    "ConfigError",
+    "FieldError",
+    "InvalidParamsError",
+    "JobCancelledError",
+    "JobConflictError",
+    "JobNotFoundError",
+    "ManifestError",
+    "PayloadTooLargeError",
+    "PluginActionExecutionError",
+    "PluginActionTimeoutError",
+    "PluginError",
+    "PluginLoadError",
+    "ResultTimeoutError",
+    "SubmissionError",
+    "UnknownActionError",
+    "UnknownPluginError",
+]

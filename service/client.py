@@ -1,0 +1,233 @@
+"""The producer side: :class:`JobClient` submits jobs, :class:`JobHandle` follows one.
+
+::
+
+    async with await JobClient.connect("redis://localhost:6379/0") as client:
+        handle = await client.submit("PluginB", "calculate_square", {"x": 6})
+        print(await handle.result(timeout=10))   # 36
+
+Submission validates the params against the manifest that live workers published (the
+registry) before anything is written, then writes the job record, arq's job body and the
+queue entry in one atomic script. A second submit with the same ``job_id`` does not enqueue
+again: it returns a handle with ``created=False`` (or raises :class:`JobConflictError` if the
+id was used for different work).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from types import TracebackType
+from typing import Any
+
+from arq.jobs import serialize_job
+from pydantic import ValidationError
+from redis.asyncio import Redis
+
+from service.broker import broker_errors, connect
+from service.errors import (
+    ConfigError,
+    FieldError,
+    InvalidParamsError,
+    JobConflictError,
+    SubmissionError,
+    UnknownPluginError,
+)
+from service.handle import JobHandle
+from service.keys import Keys
+from service.manifest import PluginManifest
+from service.models import JobOptions, JobRequest, now_ms
+from service.pubsub import PubSubMultiplexer
+from service.registry import RegisteredPlugin, Registry, WorkerInfo
+from service.settings import Settings, load_settings
+from service.store import JobStore
+from service.wire import check_size, dumps
+
+__all__ = ["ARQ_FUNCTION", "JobClient"]
+
+# arq knows exactly one job function; plugins never become arq functions.
+ARQ_FUNCTION = "run_action"
+# Registry entries are re-read at most this often per plugin: submit stays one round trip.
+_REGISTRY_CACHE_S = 1.0
+
+Params = Mapping[str, Any] | Sequence[Any] | str | int | float | bool | None
+
+
+class JobClient:
+    """Submits jobs to one actionq deployment (a Redis URL and a namespace)."""
+
+    def __init__(self, redis: Redis, settings: Settings, *, owns_redis: bool = True) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.keys = Keys(settings.namespace)
+        self.store = JobStore(redis, self.keys)
+        self.registry = Registry(redis, self.keys, heartbeat_s=settings.heartbeat_s)
+        self._owns_redis = owns_redis
+        self._mux: PubSubMultiplexer | None = None
+        self._manifests: dict[str, tuple[float, RegisteredPlugin | None]] = {}
+
+    @classmethod
+    async def connect(
+        cls, redis_url: str | None = None, *, namespace: str | None = None, settings: Settings | None = None
+    ) -> JobClient:
+        """Connect to ``redis_url`` (else the configured ``redis_url``) and check it answers."""
+        settings = settings or load_settings(redis_url=redis_url, namespace=namespace)
+        if redis_url is not None or namespace is not None:
+            settings = settings.model_copy(
+                update={k: v for k, v in {"redis_url": redis_url, "namespace": namespace}.items() if v is not None}
+            )
+        if settings.redis_url is None:
+            raise ConfigError(
+                "no Redis configured: set redis_url in config.yml or ACTIONQ_REDIS_URL "
+                "(`actionq up` prints the URL of the server it starts)"
+            )
+        redis = connect(settings.redis_url)
+        with broker_errors(f"connecting to {settings.redis_url}"):
+            await redis.ping()
+        return cls(redis, settings)
+
+    async def __aenter__(self) -> JobClient:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the pub/sub connection and, if this client opened it, the Redis connection."""
+        if self._mux is not None:
+            await self._mux.close()
+            self._mux = None
+        if self._owns_redis:
+            await self.redis.aclose()
+
+    @property
+    def pubsub(self) -> PubSubMultiplexer:
+        """The process-wide pub/sub connection of this client (opened on first use)."""
+        if self._mux is None:
+            self._mux = PubSubMultiplexer(self.redis)
+        return self._mux
+
+    # -- submitting -----------------------------------------------------------------------
+    async def submit(
+        self,
+        plugin: str,
+        action: str,
+        params: Params = None,
+        *,
+        job_id: str | None = None,
+        timeout_s: float | None = None,
+        queue: str = "default",
+        defer_s: float | None = None,
+        at: datetime | None = None,
+        result_ttl_s: int | None = None,
+        host: str = "any",
+        validate: bool = True,
+    ) -> JobHandle:
+        """Submit ``plugin.action(**params)`` and return a handle to follow it.
+
+        ``params`` is a mapping of argument names, or (as in the seeds' ``execute``) a tuple of
+        positional values or a single value, bound to the declared arguments in order.
+        ``host`` is ``"any"``, ``"local"`` (this machine) or a hostname. ``validate=False``
+        skips the registry check, for submitting before any worker is up: the worker then
+        validates, and a bad job fails there with the same error.
+        """
+        options = self._options(
+            job_id=job_id,
+            timeout_s=timeout_s,
+            queue=queue,
+            defer_s=defer_s,
+            at_ms=int(at.timestamp() * 1000) if at is not None else None,
+            result_ttl_s=result_ttl_s,
+            host=self.settings.hostname if host == "local" else host,
+        )
+        manifest = await self._manifest(plugin) if validate else None
+        checked = self._check_params(manifest, plugin, action, params)
+        request = JobRequest(plugin=plugin, action=action, params=checked, options=options)
+        return await self.submit_request(request)
+
+    async def submit_request(self, request: JobRequest) -> JobHandle:
+        """Write an already-built (and, if wanted, already-validated) request."""
+        opts = request.options
+        job_id = opts.job_id or uuid.uuid4().hex
+        now = now_ms()
+        score = opts.at_ms if opts.at_ms is not None else now + int((opts.defer_s or 0) * 1000)
+        payload = serialize_job(
+            ARQ_FUNCTION, (), {"request": request.model_dump(mode="json")}, None, now, serializer=dumps
+        )
+        check_size(f"job {job_id}", payload, self.settings.max_payload_bytes)
+        lifetime_s = max(0, (score - now) // 1000) + self.settings.pending_ttl_s
+        created = await self.store.create(
+            job_id,
+            request,
+            queue=self.keys.queue(request.plugin, opts.queue, None if opts.host == "any" else opts.host),
+            now_ms=now,
+            score_ms=score,
+            record_ttl_s=lifetime_s,
+            arq_payload=payload,
+            arq_ttl_ms=lifetime_s * 1000,
+        )
+        existing = created.existing_request
+        if not created.created and existing is not None and not request.same_work(existing):
+            raise JobConflictError(job_id)
+        return JobHandle(self, job_id, created=created.created)
+
+    def _options(self, **values: Any) -> JobOptions:
+        try:
+            options = JobOptions(**values)
+        except ValidationError as exc:
+            errors = [FieldError(".".join(map(str, e["loc"])), e["msg"]) for e in exc.errors()]
+            raise SubmissionError("invalid job options: " + "; ".join(map(str, errors))) from exc
+        if options.timeout_s is not None and options.timeout_s > self.settings.max_timeout_s:
+            raise SubmissionError(
+                f"invalid job options: timeout_s: {options.timeout_s:g} is over the service maximum "
+                f"of {self.settings.max_timeout_s:g}s"
+            )
+        return options
+
+    @staticmethod
+    def _check_params(manifest: PluginManifest | None, plugin: str, action: str, params: Params) -> dict[str, Any]:
+        if params is None:
+            params = {}
+        if not isinstance(params, Mapping):
+            values = list(params) if isinstance(params, list | tuple) else [params]
+            if manifest is None:
+                raise InvalidParamsError(
+                    plugin, action, [FieldError("params", "positional params need validation (validate=True)")]
+                )
+            return manifest.bind_positional(action, values)
+        if manifest is None:
+            try:
+                dumps(dict(params))
+            except (TypeError, ValueError) as exc:
+                raise InvalidParamsError(plugin, action, [FieldError("params", f"not JSON: {exc}")]) from exc
+            return dict(params)
+        return manifest.validate_params(action, params)
+
+    async def _manifest(self, plugin: str) -> PluginManifest:
+        cached = self._manifests.get(plugin)
+        if cached is not None and time.monotonic() - cached[0] < _REGISTRY_CACHE_S:
+            entry = cached[1]
+        else:
+            entry = await self.registry.plugin(plugin)
+            self._manifests[plugin] = (time.monotonic(), entry)
+        if entry is None or not entry.live:
+            live = [p.name for p in await self.registry.plugins() if p.live]
+            raise UnknownPluginError(plugin, live)
+        return entry.manifest
+
+    # -- looking things up ----------------------------------------------------------------
+    def job(self, job_id: str) -> JobHandle:
+        """A handle to an existing job (no Redis call until you ask it something)."""
+        return JobHandle(self, job_id, created=False)
+
+    async def plugins(self) -> list[RegisteredPlugin]:
+        """The plugins in the registry, with their manifests and liveness."""
+        return await self.registry.plugins()
+
+    async def workers(self) -> list[WorkerInfo]:
+        """The live workers."""
+        return await self.registry.workers()

@@ -1,0 +1,70 @@
+"""What a running action can see of its job: :class:`JobContext` and :func:`current_job`.
+
+An action that wants the context declares a parameter named ``ctx``; code anywhere inside the
+job (a helper function, the plugin's own methods) reaches it through :func:`current_job`, which
+reads a context variable set by the executor. Plain ``def`` actions run in a thread that
+inherits the context, so :func:`current_job` works there too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import structlog
+
+if TYPE_CHECKING:
+    from structlog.typing import FilteringBoundLogger
+
+__all__ = ["JobContext", "current_job", "job_context"]
+
+
+@dataclass(frozen=True)
+class JobContext:
+    """The running job as the action sees it.
+
+    Progress reporting, the cancellation token, checkpoints and sub-tasks are added to this
+    object by the issues that build them; the executor is the only place that creates it.
+    """
+
+    job_id: str
+    plugin: str
+    action: str
+    attempt: int
+    worker_id: str
+    logger: FilteringBoundLogger = field(repr=False)
+
+    @classmethod
+    def create(cls, *, job_id: str, plugin: str, action: str, attempt: int, worker_id: str) -> JobContext:
+        """A context whose logger is bound to the job's id, plugin and action."""
+        logger: FilteringBoundLogger = structlog.get_logger("actionq.job").bind(
+            job_id=job_id, plugin=plugin, action=action, attempt=attempt
+        )
+        return cls(job_id=job_id, plugin=plugin, action=action, attempt=attempt, worker_id=worker_id, logger=logger)
+
+
+_current: ContextVar[JobContext | None] = ContextVar("actionq_current_job", default=None)
+
+
+def current_job() -> JobContext:
+    """The :class:`JobContext` of the job running in this task or thread.
+
+    Raises :class:`LookupError` outside a job.
+    """
+    ctx = _current.get()
+    if ctx is None:
+        raise LookupError("current_job() called outside a running actionq job")
+    return ctx
+
+
+@contextmanager
+def job_context(ctx: JobContext) -> Iterator[JobContext]:
+    """Make ``ctx`` the current job for the duration of the block (used by the executor)."""
+    token = _current.set(ctx)
+    try:
+        yield ctx
+    finally:
+        _current.reset(token)

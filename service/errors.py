@@ -1,0 +1,189 @@
+"""The one exception tree of actionq.
+
+Every error the service raises derives from :class:`ActionQError`; third-party errors are
+translated at one boundary (Redis errors in :mod:`service.broker`, pydantic validation errors
+where params and settings are validated), so callers never have to catch ``redis.*`` or
+``pydantic.*`` exceptions::
+
+    ActionQError
+    ├── ConfigError                    bad config.yml, settings or ACTIONQ_* variable
+    ├── BrokerError                    Redis unreachable or failing (translated from redis-py)
+    ├── PluginError
+    │   ├── PluginLoadError            a plugin's manifest or code could not be loaded
+    │   │   └── ManifestError          the manifest is malformed (names the field)
+    │   └── PluginActionExecutionError an action ran and failed (carries ErrorInfo)
+    │       ├── PluginActionTimeoutError   it ran past its timeout
+    │       └── JobCancelledError          it was cancelled
+    ├── SubmissionError                a job was rejected before anything was written
+    │   ├── UnknownPluginError
+    │   ├── UnknownActionError
+    │   ├── InvalidParamsError         carries one FieldError per bad field
+    │   ├── PayloadTooLargeError
+    │   └── JobConflictError           the job id exists with a different request
+    ├── JobNotFoundError               no record for that job id (never existed or expired)
+    └── ResultTimeoutError             waiting for a result took too long (also a TimeoutError)
+
+Control flow that carries data (``Retry``) arrives with the retry issue and will not derive
+from an error class meant for logging.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from service.models import ErrorInfo
+
+__all__ = [
+    "ActionQError",
+    "BrokerError",
+    "ConfigError",
+    "FieldError",
+    "InvalidParamsError",
+    "JobCancelledError",
+    "JobConflictError",
+    "JobNotFoundError",
+    "ManifestError",
+    "PayloadTooLargeError",
+    "PluginActionExecutionError",
+    "PluginActionTimeoutError",
+    "PluginError",
+    "PluginLoadError",
+    "ResultTimeoutError",
+    "SubmissionError",
+    "UnknownActionError",
+    "UnknownPluginError",
+]
+
+
+class ActionQError(Exception):
+    """Base of every error raised by actionq."""
+
+
+class ConfigError(ActionQError):
+    """The configuration (config.yml, settings, ``ACTIONQ_*`` variables) is invalid."""
+
+
+class BrokerError(ActionQError):
+    """Redis could not be reached or failed a command; the original error is ``__cause__``."""
+
+
+class PluginError(ActionQError):
+    """Something is wrong with a plugin or with running one of its actions."""
+
+
+class PluginLoadError(PluginError):
+    """A plugin could not be loaded; the worker reports it and keeps the other plugins."""
+
+    def __init__(self, plugin: str, reason: str) -> None:
+        super().__init__(f"plugin {plugin!r} failed to load: {reason}")
+        self.plugin = plugin
+        self.reason = reason
+
+
+class ManifestError(PluginLoadError):
+    """A plugin manifest (``plugin.yml`` or ``plugin_config.yml``) is malformed."""
+
+
+class PluginActionExecutionError(PluginError):
+    """An action ran and did not succeed. ``error`` describes what happened on the worker."""
+
+    def __init__(self, job_id: str, error: ErrorInfo) -> None:
+        super().__init__(f"job {job_id}: {error.type}: {error.message}")
+        self.job_id = job_id
+        self.error = error
+
+
+class PluginActionTimeoutError(PluginActionExecutionError):
+    """The action ran past its timeout and was stopped."""
+
+
+class JobCancelledError(PluginActionExecutionError):
+    """The job was cancelled before it could finish."""
+
+
+@dataclass(frozen=True)
+class FieldError:
+    """One invalid field of a submission: its dotted location and what is wrong with it."""
+
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}"
+
+
+class SubmissionError(ActionQError):
+    """A job was rejected before anything was written to Redis."""
+
+
+class UnknownPluginError(SubmissionError):
+    """No live worker serves the named plugin."""
+
+    def __init__(self, plugin: str, known: Sequence[str] = ()) -> None:
+        hint = f" (served: {', '.join(sorted(known))})" if known else " (no worker has registered any plugin)"
+        super().__init__(f"unknown plugin {plugin!r}{hint}")
+        self.plugin = plugin
+        self.known = tuple(known)
+
+
+class UnknownActionError(SubmissionError):
+    """The plugin exists but does not declare the named action."""
+
+    def __init__(self, plugin: str, action: str, known: Sequence[str] = ()) -> None:
+        hint = f" (declared: {', '.join(sorted(known))})" if known else ""
+        super().__init__(f"plugin {plugin!r} has no action {action!r}{hint}")
+        self.plugin = plugin
+        self.action = action
+        self.known = tuple(known)
+
+
+class InvalidParamsError(SubmissionError):
+    """The params do not match the action's declared arguments; ``errors`` names each field."""
+
+    def __init__(self, plugin: str, action: str, errors: Sequence[FieldError]) -> None:
+        detail = "; ".join(str(e) for e in errors)
+        super().__init__(f"invalid params for {plugin}.{action}: {detail}")
+        self.plugin = plugin
+        self.action = action
+        self.errors = tuple(errors)
+
+
+class PayloadTooLargeError(SubmissionError):
+    """The serialized job (or a result) is larger than the configured limit."""
+
+    def __init__(self, what: str, size: int, limit: int) -> None:
+        super().__init__(f"{what} is {size} bytes, over the limit of {limit} bytes")
+        self.size = size
+        self.limit = limit
+
+
+class JobConflictError(SubmissionError):
+    """A job with this id exists and was submitted with a different plugin, action or params."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(
+            f"job id {job_id!r} is already used by a different request; "
+            "an idempotency key may only be reused for the same plugin, action and params"
+        )
+        self.job_id = job_id
+
+
+class JobNotFoundError(ActionQError):
+    """No record exists for the job id: it never existed or its record has expired."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"no job {job_id!r} (never submitted, or its record expired)")
+        self.job_id = job_id
+
+
+class ResultTimeoutError(ActionQError, TimeoutError):
+    """The job did not reach a terminal state within the time the caller waited."""
+
+    def __init__(self, job_id: str, timeout: float, state: str) -> None:
+        super().__init__(f"job {job_id} still {state} after waiting {timeout:g}s")
+        self.job_id = job_id
+        self.timeout = timeout
+        self.state = state

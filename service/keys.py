@@ -1,0 +1,108 @@
+"""Every Redis key and channel name actionq uses, built in this one module.
+
+Everything lives under a namespace (default ``actionq``) so that several deployments can share
+one Redis without seeing each other's jobs. arq's own key prefixes are global (``arq:job:``,
+``arq:in-progress:``, ``arq:result:``, ``arq:retry:``), so isolation takes two measures:
+
+* arq job ids are ``<namespace>:<job_id>``, so arq's keys become ``arq:job:<namespace>:<job_id>``;
+* queue names start with ``<namespace>:queue:``.
+
+Queues are chosen from the request so that a worker never takes a job for a plugin it does not
+have: ``<ns>:queue:<lane>:<plugin>`` for any worker serving the plugin, and
+``<ns>:queue:<lane>:<plugin>@<host>`` for a job targeted at one host.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "ARQ_IN_PROGRESS_PREFIX",
+    "ARQ_JOB_PREFIX",
+    "ARQ_RESULT_PREFIX",
+    "ARQ_RETRY_PREFIX",
+    "DEFAULT_NAMESPACE",
+    "Keys",
+]
+
+DEFAULT_NAMESPACE = "actionq"
+
+# arq's global prefixes (arq.constants); a unit test keeps these equal to arq's.
+ARQ_JOB_PREFIX = "arq:job:"
+ARQ_IN_PROGRESS_PREFIX = "arq:in-progress:"
+ARQ_RESULT_PREFIX = "arq:result:"
+ARQ_RETRY_PREFIX = "arq:retry:"
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """Key and channel names for one namespace."""
+
+    namespace: str = DEFAULT_NAMESPACE
+
+    # -- jobs -------------------------------------------------------------------------------
+    def job(self, job_id: str) -> str:
+        """Hash: the service's ``JobRecord`` for a job."""
+        return f"{self.namespace}:job:{job_id}"
+
+    def job_channel(self, job_id: str) -> str:
+        """Pub/sub channel: state changes (and, later, progress) of one job."""
+        return f"{self.namespace}:ch:job:{job_id}"
+
+    def arq_job_id(self, job_id: str) -> str:
+        """The id arq knows the job by: namespaced, because arq's key prefixes are global."""
+        return f"{self.namespace}:{job_id}"
+
+    def job_id_from_arq(self, arq_job_id: str) -> str:
+        """Inverse of :meth:`arq_job_id`."""
+        prefix = f"{self.namespace}:"
+        if not arq_job_id.startswith(prefix):
+            raise ValueError(f"arq job id {arq_job_id!r} is not in namespace {self.namespace!r}")
+        return arq_job_id[len(prefix) :]
+
+    def arq_job(self, job_id: str) -> str:
+        """arq's job body key."""
+        return ARQ_JOB_PREFIX + self.arq_job_id(job_id)
+
+    def arq_result(self, job_id: str) -> str:
+        """arq's result key."""
+        return ARQ_RESULT_PREFIX + self.arq_job_id(job_id)
+
+    def arq_in_progress(self, job_id: str) -> str:
+        """arq's in-progress lock key."""
+        return ARQ_IN_PROGRESS_PREFIX + self.arq_job_id(job_id)
+
+    def arq_retry(self, job_id: str) -> str:
+        """arq's try-counter key."""
+        return ARQ_RETRY_PREFIX + self.arq_job_id(job_id)
+
+    # -- queues -----------------------------------------------------------------------------
+    def queue(self, plugin: str, lane: str = "default", host: str | None = None) -> str:
+        """The arq queue (ZSET) for jobs of ``plugin`` in ``lane``, optionally for one host."""
+        base = f"{self.namespace}:queue:{lane}:{plugin}"
+        return base if host is None else f"{base}@{host}"
+
+    def queue_prefix(self) -> str:
+        """Prefix shared by every queue of the namespace (for listing them)."""
+        return f"{self.namespace}:queue:"
+
+    # -- registry and workers ---------------------------------------------------------------
+    def registry_manifests(self) -> str:
+        """Hash: plugin name -> manifest JSON, as published by the workers serving it."""
+        return f"{self.namespace}:registry:manifests"
+
+    def registry_heartbeats(self) -> str:
+        """ZSET: plugin name -> last heartbeat (epoch ms) of any worker serving it."""
+        return f"{self.namespace}:registry:heartbeats"
+
+    def registry_failures(self) -> str:
+        """Hash: ``<worker>/<plugin>`` -> JSON reason, for plugins that failed to load."""
+        return f"{self.namespace}:registry:failures"
+
+    def worker(self, worker_id: str) -> str:
+        """String: a live worker's ``WorkerInfo`` JSON, with a TTL refreshed by its heartbeat."""
+        return f"{self.namespace}:worker:{worker_id}"
+
+    def workers(self) -> str:
+        """ZSET: worker id -> last heartbeat (epoch ms)."""
+        return f"{self.namespace}:workers"

@@ -1,0 +1,151 @@
+"""The job's typed models, shared by producers and workers.
+
+Everything that crosses Redis is one of these models, serialized as JSON (never pickle).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import traceback
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+__all__ = [
+    "ACTIVE_STATES",
+    "ID_PATTERN",
+    "NAME_PATTERN",
+    "TERMINAL_STATES",
+    "ErrorInfo",
+    "JobId",
+    "JobOptions",
+    "JobRecord",
+    "JobRequest",
+    "JobState",
+    "Name",
+    "now_ms",
+]
+
+# Ids and names end up inside Redis key names and channel names: keep them to a safe alphabet
+# (no spaces, no glob characters, no braces that would change cluster hash slots).
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$"
+NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}$"
+JobId = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
+Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+_NAME_RE = re.compile(NAME_PATTERN)
+
+
+def now_ms() -> int:
+    """Wall-clock milliseconds since the epoch (the unit of every timestamp we store)."""
+    return int(time.time() * 1000)
+
+
+class JobState(StrEnum):
+    """Where a job is in its life. See ``TERMINAL_STATES`` and ``ACTIVE_STATES``."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_terminal(self) -> bool:
+        """True once the job can no longer change state."""
+        return self in TERMINAL_STATES
+
+
+TERMINAL_STATES: frozenset[JobState] = frozenset(
+    {JobState.SUCCEEDED, JobState.FAILED, JobState.TIMED_OUT, JobState.CANCELLED}
+)
+ACTIVE_STATES: frozenset[JobState] = frozenset(JobState) - TERMINAL_STATES
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class JobOptions(_Model):
+    """How to run a job. Every field is optional; unset fields take the service defaults."""
+
+    job_id: JobId | None = Field(
+        default=None, description="Idempotency key: a second submit with the same id does not run again."
+    )
+    timeout_s: float | None = Field(default=None, gt=0, description="Override the action's timeout.")
+    queue: Name = Field(default="default", description="Lane: workers read the lanes they are configured for.")
+    defer_s: float | None = Field(default=None, ge=0, description="Start no earlier than this many seconds.")
+    at_ms: int | None = Field(default=None, ge=0, description="Start no earlier than this epoch-ms time.")
+    result_ttl_s: int | None = Field(default=None, gt=0, description="Keep the record this long once done.")
+    host: str = Field(
+        default="any",
+        description='"any" worker serving the plugin, or a hostname: only workers on that host take it '
+        '("local" is resolved to the submitting host by the client).',
+    )
+
+    @field_validator("host")
+    @classmethod
+    def _host_is_a_name(cls, value: str) -> str:
+        if value != "any" and not _NAME_RE.match(value):
+            raise ValueError("must be 'any', 'local' or a hostname of letters, digits, '_', '.', '-'")
+        return value
+
+
+class JobRequest(_Model):
+    """What a producer asks for: run ``plugin.action(**params)`` with ``options``."""
+
+    plugin: Name
+    action: Name
+    params: dict[str, Any] = Field(default_factory=dict)
+    options: JobOptions = Field(default_factory=JobOptions)
+
+    def same_work(self, other: JobRequest) -> bool:
+        """True if ``other`` asks for the same plugin, action and params (idempotency check)."""
+        return (self.plugin, self.action, self.params) == (other.plugin, other.action, other.params)
+
+
+class ErrorInfo(_Model):
+    """A failure recorded as data: exception type, message, and where it came from."""
+
+    type: str
+    message: str
+    traceback: str | None = None
+    retryable: bool = False
+
+    @classmethod
+    def from_exception(cls, exc: BaseException, *, with_traceback: bool = True) -> ErrorInfo:
+        """Describe ``exc`` (its class name, ``str()`` and formatted traceback)."""
+        tb = "".join(traceback.format_exception(exc)) if with_traceback else None
+        return cls(type=type(exc).__name__, message=str(exc) or type(exc).__name__, traceback=tb)
+
+
+class JobRecord(_Model):
+    """The service's own record of a job, kept in a Redis hash under ``Keys.job``.
+
+    arq's status cannot tell success, failure, timeout and cancellation apart; this can.
+    """
+
+    job_id: JobId
+    state: JobState
+    request: JobRequest
+    queue: str
+    attempt: int = 0
+    worker: str | None = None
+    enqueued_at_ms: int
+    scheduled_at_ms: int
+    started_at_ms: int | None = None
+    finished_at_ms: int | None = None
+    result: Any = None
+    error: ErrorInfo | None = None
+    seq: int = 0
+
+    @property
+    def is_terminal(self) -> bool:
+        """True once the job has finished, whatever the outcome."""
+        return self.state.is_terminal
+
+
+OutcomeKind = Literal["succeeded", "failed", "timed_out", "cancelled"]

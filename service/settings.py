@@ -1,0 +1,189 @@
+"""Settings: ``config.yml`` overridden by ``ACTIONQ_*`` environment variables.
+
+Precedence, highest first: keyword arguments (the CLI's flags), environment variables
+(``ACTIONQ_REDIS_URL``, ``ACTIONQ_CONCURRENCY``, ...; nested with ``__``), ``config.yml``, defaults.
+An unknown or misspelt key, in the file or in the environment, is a :class:`ConfigError` naming
+it: arq silently drops unknown settings, we do not.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from service.errors import ConfigError
+from service.keys import DEFAULT_NAMESPACE
+from service.models import NAME_PATTERN
+
+__all__ = ["ENV_PREFIX", "PluginEntry", "Settings", "load_settings"]
+
+ENV_PREFIX = "ACTIONQ_"
+# Read by the CLI, not a setting: the path of config.yml.
+CONFIG_ENV = "ACTIONQ_CONFIG"
+
+_yaml_data: ContextVar[dict[str, Any] | None] = ContextVar("actionq_yaml_data", default=None)
+
+
+class PluginEntry(BaseModel):
+    """One plugin to load: ``config.yml`` → ``plugins: [{name, enabled, path}]``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=NAME_PATTERN)
+    enabled: bool = True
+    path: Path | None = Field(default=None, description="Plugin folder; default <plugin_dir>/<name>.")
+
+
+class Settings(BaseSettings):
+    """Every setting of the service; the README's settings table is generated from these fields."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", frozen=True)
+
+    redis_url: str | None = Field(
+        default=None, description="Redis to use; unset means `actionq up` starts a private server."
+    )
+    namespace: str = Field(
+        default=DEFAULT_NAMESPACE, pattern=NAME_PATTERN, description="Prefix of every key and channel."
+    )
+    hostname: str = Field(default_factory=socket.gethostname, description="This host's name for host-targeted jobs.")
+    plugin_dir: Path = Field(default=Path("plugins"), description="Where plugins without a path live.")
+    plugins: list[PluginEntry] = Field(default_factory=list, description="Plugins a worker loads.")
+    queues: list[str] = Field(default=["default"], min_length=1, description="Lanes a worker reads.")
+    concurrency: int = Field(default=10, ge=1, le=10_000, description="Jobs one worker runs at once.")
+    poll_delay_s: float = Field(default=0.5, gt=0, le=60, description="Queue poll interval of a worker.")
+    default_timeout_s: float = Field(default=300, gt=0, description="Action timeout when none is declared.")
+    max_timeout_s: float = Field(default=3600, gt=0, description="Largest timeout a job may ask for.")
+    result_ttl_s: int = Field(default=86_400, gt=0, description="How long a finished job's record is kept.")
+    pending_ttl_s: int = Field(
+        default=7 * 86_400, gt=0, description="Lifetime of an unfinished job's record past its run-at time."
+    )
+    heartbeat_s: float = Field(default=5, gt=0, le=300, description="Worker and registry heartbeat interval.")
+    max_payload_bytes: int = Field(default=1_048_576, ge=1024, description="Largest serialized job or result accepted.")
+    plugin_enable_timeout_s: float = Field(
+        default=30, gt=0, description="A plugin whose on_enable takes longer is reported as failed."
+    )
+    shutdown_grace_s: float = Field(
+        default=10, ge=0, description="On SIGTERM, how long running jobs get before they are handed back."
+    )
+    log_format: Literal["auto", "console", "json"] = Field(
+        default="auto", description="`auto`: readable on a terminal, JSON otherwise."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="Log level.")
+
+    @field_validator("queues")
+    @classmethod
+    def _lanes_are_names(cls, value: list[str]) -> list[str]:
+        bad = [lane for lane in value if not re.match(NAME_PATTERN, lane)]
+        if bad:
+            raise ValueError(f"lane names must be letters, digits, '_', '.', '-': {bad}")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, _YamlSource(settings_cls)
+
+    def plugin_path(self, entry: PluginEntry) -> Path:
+        """The folder of a configured plugin (``path``, or ``<plugin_dir>/<name>``)."""
+        return entry.path if entry.path is not None else self.plugin_dir / entry.name
+
+
+class _YamlSource(PydanticBaseSettingsSource):
+    """The lowest-priority source: the mapping read from config.yml by :func:`load_settings`."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        data = _yaml_data.get() or {}
+        return data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(_yaml_data.get() or {})
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must be a mapping of settings, not {type(data).__name__}")
+    return _resolve_paths(data, path.parent)
+
+
+def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Make relative paths in config.yml relative to the file, not to the current directory."""
+    out = dict(data)
+    if isinstance(out.get("plugin_dir"), str):
+        out["plugin_dir"] = str(base / out["plugin_dir"])
+    plugins = out.get("plugins")
+    if isinstance(plugins, list):
+        out["plugins"] = [
+            {**p, "path": str(base / p["path"])} if isinstance(p, dict) and isinstance(p.get("path"), str) else p
+            for p in plugins
+        ]
+    return out
+
+
+def _check_environment(environ: dict[str, str]) -> None:
+    known = set(Settings.model_fields)
+    unknown = []
+    for name in environ:
+        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
+            continue
+        field = name[len(ENV_PREFIX) :].lower().split("__", 1)[0]
+        if field not in known:
+            unknown.append(name)
+    if unknown:
+        raise ConfigError(
+            f"unknown setting(s) in the environment: {', '.join(sorted(unknown))} "
+            f"(known: {', '.join(ENV_PREFIX + f.upper() for f in sorted(known))})"
+        )
+
+
+def _describe(exc: ValidationError, source: str) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(settings)"
+        msg = "unknown setting" if err["type"] == "extra_forbidden" else err["msg"]
+        parts.append(f"{loc}: {msg}")
+    return f"invalid settings ({source}): " + "; ".join(parts)
+
+
+def load_settings(config: Path | str | None = None, **overrides: Any) -> Settings:
+    """Load settings from ``config`` (a config.yml path), the environment and ``overrides``.
+
+    ``config`` defaults to ``$ACTIONQ_CONFIG`` when that is set. Keyword overrides whose value is
+    ``None`` are ignored, so CLI flags can be passed through unconditionally.
+    """
+    _check_environment(dict(os.environ))
+    env_path = os.environ.get(CONFIG_ENV)
+    path = Path(config) if config is not None else (Path(env_path) if env_path else None)
+    data = _read_yaml(path) if path is not None else {}
+    token = _yaml_data.set(data)
+    source = f"{path} + environment" if path is not None else "environment"
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, source)) from exc
+    finally:
+        _yaml_data.reset(token)

@@ -1,0 +1,162 @@
+"""The job record in Redis: created atomically with the arq job, changed by state transitions.
+
+The record is a hash (``Keys.job``) so that a transition touches only its own fields. Every
+transition increments ``seq`` and publishes a state message on the job's channel in the same
+Lua script, so a subscriber that reads the record can tell exactly which messages it has seen.
+
+Job channel message (JSON)::
+
+    {"type": "state", "job_id": "...", "state": "running", "attempt": 1, "seq": 2}
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from redis.asyncio import Redis
+
+from service.broker import broker_errors
+from service.keys import Keys
+from service.models import ErrorInfo, JobRecord, JobRequest, JobState
+from service.wire import WireError, dumps, loads
+
+__all__ = ["CreateResult", "JobStore"]
+
+# Atomic submit: the record, arq's job body and the queue entry appear together or not at all,
+# and an existing record (same idempotency key) is returned instead of enqueuing twice.
+# A record that has expired frees the id: stale arq result/retry keys of the old job go too.
+_CREATE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return {0, redis.call('HGET', KEYS[1], 'request') or '', redis.call('HGET', KEYS[1], 'state') or ''}
+end
+redis.call('DEL', KEYS[4], KEYS[5])
+redis.call('HSET', KEYS[1], 'state', 'queued', 'request', ARGV[1], 'queue', ARGV[2], 'attempt', 0,
+  'enqueued_at_ms', ARGV[3], 'scheduled_at_ms', ARGV[4], 'seq', 0)
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+redis.call('SET', KEYS[2], ARGV[6], 'PX', ARGV[7])
+redis.call('ZADD', KEYS[3], ARGV[4], ARGV[8])
+return {1}
+"""
+
+# A state transition: bump seq, set fields, optionally re-arm the TTL, publish the message.
+# Returns the new seq, or -1 when the record no longer exists (never recreate a partial hash).
+_TRANSITION = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+if #ARGV > 2 then redis.call('HSET', KEYS[1], unpack(ARGV, 3)) end
+if tonumber(ARGV[1]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+redis.call('PUBLISH', KEYS[2], ARGV[2] .. seq .. '}')
+return seq
+"""
+
+_INT_FIELDS = ("attempt", "enqueued_at_ms", "scheduled_at_ms", "started_at_ms", "finished_at_ms", "seq")
+
+
+class CreateResult:
+    """Outcome of :meth:`JobStore.create`: created, or the existing job's request and state."""
+
+    def __init__(self, created: bool, existing_request: JobRequest | None, existing_state: JobState | None) -> None:
+        self.created = created
+        self.existing_request = existing_request
+        self.existing_state = existing_state
+
+
+class JobStore:
+    """Reads and writes job records for one namespace (shared by producers and workers)."""
+
+    def __init__(self, redis: Redis, keys: Keys) -> None:
+        self.redis = redis
+        self.keys = keys
+        self._create = redis.register_script(_CREATE)
+        self._transition = redis.register_script(_TRANSITION)
+
+    async def create(
+        self,
+        job_id: str,
+        request: JobRequest,
+        *,
+        queue: str,
+        now_ms: int,
+        score_ms: int,
+        record_ttl_s: int,
+        arq_payload: bytes,
+        arq_ttl_ms: int,
+    ) -> CreateResult:
+        """Write record + arq job + queue entry atomically, unless the job id is taken."""
+        keys = self.keys
+        with broker_errors(f"submitting job {job_id}"):
+            reply = await self._create(
+                keys=[keys.job(job_id), keys.arq_job(job_id), queue, keys.arq_result(job_id), keys.arq_retry(job_id)],
+                args=[
+                    request.model_dump_json(),
+                    queue,
+                    now_ms,
+                    score_ms,
+                    record_ttl_s,
+                    arq_payload,
+                    arq_ttl_ms,
+                    keys.arq_job_id(job_id),
+                ],
+            )
+        if int(reply[0]) == 1:
+            return CreateResult(True, None, None)
+        existing = JobRequest.model_validate_json(reply[1]) if reply[1] else None
+        state = JobState(reply[2].decode()) if reply[2] else None
+        return CreateResult(False, existing, state)
+
+    async def get(self, job_id: str) -> JobRecord | None:
+        """The record of ``job_id``, or ``None`` if there is none (never existed or expired)."""
+        with broker_errors(f"reading job {job_id}"):
+            raw: dict[bytes, bytes] = await self.redis.hgetall(self.keys.job(job_id))  # type: ignore[misc]
+        return parse_record(job_id, raw) if raw else None
+
+    async def transition(
+        self,
+        job_id: str,
+        state: JobState,
+        *,
+        attempt: int,
+        fields: dict[str, Any] | None = None,
+        ttl_s: int = 0,
+    ) -> int:
+        """Move the job to ``state`` (plus ``fields``), publish it; returns the new seq or -1.
+
+        ``fields`` values are stored as given for str/int, as JSON otherwise. ``ttl_s`` > 0 re-arms
+        the record's expiry (a finished job keeps its record for its result TTL).
+        """
+        flat: list[Any] = ["state", state.value, "attempt", attempt]
+        for name, value in (fields or {}).items():
+            flat += [name, value if isinstance(value, str | int) else dumps(value)]
+        message = json.dumps({"type": "state", "job_id": job_id, "state": state.value, "attempt": attempt})
+        prefix = message[:-1] + ',"seq":'
+        with broker_errors(f"recording job {job_id} as {state.value}"):
+            seq = await self._transition(
+                keys=[self.keys.job(job_id), self.keys.job_channel(job_id)], args=[ttl_s, prefix, *flat]
+            )
+        return int(seq)
+
+
+def parse_record(job_id: str, raw: dict[bytes, bytes]) -> JobRecord:
+    """Build a :class:`JobRecord` from the hash fields Redis returned."""
+    fields = {k.decode(): v.decode() for k, v in raw.items()}
+    data: dict[str, Any] = {"job_id": job_id}
+    for name, value in fields.items():
+        if name in _INT_FIELDS:
+            data[name] = int(value)
+        elif name == "request":
+            data[name] = JobRequest.model_validate_json(value)
+        elif name == "result":
+            data[name] = _json_or_raw(value)
+        elif name == "error":
+            data[name] = ErrorInfo.model_validate_json(value)
+        else:
+            data[name] = value
+    return JobRecord.model_validate(data)
+
+
+def _json_or_raw(value: str) -> Any:
+    try:
+        return loads(value)
+    except WireError:
+        return value

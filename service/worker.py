@@ -1,0 +1,233 @@
+"""The arq adapter on the worker side: arq runs one function, ``run_action``, from many queues.
+
+arq's ``Worker`` reads a single queue; an actionq worker reads one queue per (lane, plugin,
+host) it can serve, so that it never takes a job for a plugin it does not have. ``ActionWorker``
+overrides the three places where arq names its queue: the poll (one pipelined ZRANGEBYSCORE
+over every queue), the claim (arq's WATCH/MULTI claim, per queue) and the finish (removing the
+job from the queue it came from). Everything else — the in-progress lock, results, retries on
+shutdown, signals — is arq's own.
+
+A failure arq detects before our function runs (job body expired, max tries exceeded) is also
+written to the job record, so a job never stays "queued" because arq gave up on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from typing import Any
+
+import structlog
+from arq.connections import ArqRedis
+from arq.jobs import deserialize_result
+from arq.utils import timestamp_ms
+from arq.worker import Worker, func
+from redis.exceptions import ResponseError, WatchError
+
+from service.broker import connect
+from service.client import ARQ_FUNCTION
+from service.errors import ConfigError
+from service.keys import ARQ_IN_PROGRESS_PREFIX, ARQ_JOB_PREFIX, ARQ_RESULT_PREFIX, ARQ_RETRY_PREFIX
+from service.logs import configure_logging
+from service.models import ErrorInfo, JobState, now_ms
+from service.runtime import WorkerRuntime
+from service.settings import Settings
+from service.wire import WireError, dumps, loads
+
+__all__ = ["ActionWorker", "build_worker", "run_worker"]
+
+log = structlog.get_logger("actionq.worker")
+
+# Our executor enforces each job's own timeout; arq's outer timeout only has to be later.
+_ARQ_TIMEOUT_MARGIN_S = 60
+
+
+def job_deserializer(data: bytes) -> Any:
+    """JSON job bodies; a malformed one becomes a job that our pipeline records as failed."""
+    try:
+        return loads(data)
+    except WireError as exc:
+        return {"f": ARQ_FUNCTION, "a": [], "k": {"request": {"malformed": str(exc)}}, "t": None, "et": 0}
+
+
+async def run_action(ctx: dict[str, Any], *, request: Any) -> dict[str, Any]:
+    """The one arq job function: hand the job to the worker's runtime."""
+    runtime: WorkerRuntime = ctx["actionq"]
+    job_id = runtime.keys.job_id_from_arq(ctx["job_id"])
+    outcome = await runtime.run(job_id, request, attempt=int(ctx["job_try"]))
+    return {"state": "skipped"} if outcome is None else outcome.summary()
+
+
+class ActionWorker(Worker):
+    """arq's worker, reading every queue the runtime serves."""
+
+    def __init__(self, runtime: WorkerRuntime, redis_pool: ArqRedis, **kwargs: Any) -> None:
+        self.runtime = runtime
+        self.queues = runtime.queues() or [runtime.keys.queue("_none_")]
+        self._queue_of: dict[str, str] = {}
+        self._rotation = itertools.cycle(range(len(self.queues)))
+        super().__init__(queue_name=self.queues[0], redis_pool=redis_pool, **kwargs)
+
+    async def _poll_iteration(self) -> None:
+        if self.allow_pick_jobs and self.job_counter < self.max_jobs:
+            start = next(self._rotation)  # rotate which queue goes first, for fairness
+            order = self.queues[start:] + self.queues[:start]
+            async with self.pool.pipeline(transaction=False) as pipe:
+                for queue in order:
+                    pipe.zrangebyscore(queue, min=float("-inf"), max=timestamp_ms(), start=0, num=self.queue_read_limit)
+                found = await pipe.execute()
+            for queue, job_ids in zip(order, found, strict=True):
+                if job_ids:
+                    await self._start_from(queue, job_ids)
+        for job_id, task in list(self.tasks.items()):
+            if task.done():
+                del self.tasks[job_id]
+                task.result()  # surface errors of run_job itself
+        await self.heart_beat()
+
+    async def _start_from(self, queue: str, job_ids: list[bytes]) -> None:
+        """arq's ``start_jobs`` for one named queue: claim each job with arq's in-progress lock."""
+        for raw_id in job_ids:
+            await self.sem.acquire()
+            if self.job_counter >= self.max_jobs:
+                self.sem.release()
+                return
+            self.job_counter += 1
+            job_id = raw_id.decode()
+            score = await self._claim(queue, job_id)
+            if score is None:
+                self.job_counter -= 1
+                self.sem.release()
+                continue
+            self._queue_of[job_id] = queue
+            task = self.loop.create_task(self.run_job(job_id, score))
+            task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+            self.tasks[job_id] = task
+
+    async def _claim(self, queue: str, job_id: str) -> int | None:
+        """Take arq's in-progress lock on ``job_id``; its queue score, or None if not ours."""
+        in_progress = ARQ_IN_PROGRESS_PREFIX + job_id
+        async with self.pool.pipeline(transaction=True) as pipe:
+            await pipe.watch(in_progress)
+            ongoing = await pipe.exists(in_progress)
+            score = await pipe.zscore(queue, job_id)
+            if ongoing or not score or score > timestamp_ms():
+                return None  # running elsewhere, finished, or re-deferred meanwhile
+            pipe.multi()  # type: ignore[no-untyped-call]
+            pipe.psetex(in_progress, int(self.in_progress_timeout_s * 1000), b"1")
+            try:
+                await pipe.execute()
+            except (ResponseError, WatchError):
+                return None
+        return int(score)
+
+    async def finish_job(
+        self,
+        job_id: str,
+        finish: bool,
+        result_data: bytes | None,
+        result_timeout_s: float | None,
+        keep_result_forever: bool,
+        incr_score: int | None,
+        keep_in_progress: float | None,
+    ) -> None:
+        """arq's ``finish_job`` against the queue the job came from."""
+        queue = self._queue_of.pop(job_id, self.queue_name)
+        async with self.pool.pipeline(transaction=True) as tr:
+            tr.delete(ARQ_IN_PROGRESS_PREFIX + job_id)
+            if finish:
+                if result_data:
+                    ttl_ms = None if keep_result_forever or not result_timeout_s else int(result_timeout_s * 1000)
+                    tr.set(ARQ_RESULT_PREFIX + job_id, result_data, px=ttl_ms)
+                tr.delete(ARQ_RETRY_PREFIX + job_id, ARQ_JOB_PREFIX + job_id)
+                tr.zrem(queue, job_id)
+            elif incr_score:
+                tr.zincrby(queue, incr_score, job_id)
+            await tr.execute()
+
+    async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
+        """arq's ``finish_failed_job`` against the job's queue, then the record says so too."""
+        queue = self._queue_of.pop(job_id, self.queue_name)
+        async with self.pool.pipeline(transaction=True) as tr:
+            tr.delete(ARQ_RETRY_PREFIX + job_id, ARQ_IN_PROGRESS_PREFIX + job_id, ARQ_JOB_PREFIX + job_id)
+            tr.zrem(queue, job_id)
+            if result_data is not None:
+                tr.set(ARQ_RESULT_PREFIX + job_id, result_data, px=int(self.keep_result_s * 1000))
+            await tr.execute()
+        await self._record_arq_failure(job_id, result_data)
+
+    async def _record_arq_failure(self, arq_job_id: str, result_data: bytes | None) -> None:
+        """arq failed the job before ``run_action`` ran (expired, max tries): record it."""
+        try:
+            job_id = self.runtime.keys.job_id_from_arq(arq_job_id)
+            message = str(deserialize_result(result_data, deserializer=loads).result) if result_data else "unknown"
+        except Exception as exc:  # the record is best effort; arq's own result is written
+            log.warning("arq_failure_not_recorded", arq_job_id=arq_job_id, error=str(exc))
+            return
+        error = ErrorInfo(type="JobExecutionFailed", message=f"arq gave up on the job: {message}")
+        fields = {"finished_at_ms": now_ms(), "error": error.model_dump_json()}
+        await self.runtime.store.transition(
+            job_id, JobState.FAILED, attempt=0, fields=fields, ttl_s=self.runtime.settings.result_ttl_s
+        )
+
+
+async def _stop_runtime(ctx: dict[str, Any]) -> None:
+    # arq calls this after the running jobs are done and before it closes the connection pool.
+    runtime: WorkerRuntime = ctx["actionq"]
+    await runtime.stop()
+
+
+def build_worker(runtime: WorkerRuntime) -> ActionWorker:
+    """An ``ActionWorker`` for a started runtime (plugins loaded, so its queues are known)."""
+    settings = runtime.settings
+    pool = ArqRedis(
+        connection_pool=runtime.redis.connection_pool, job_serializer=dumps, job_deserializer=job_deserializer
+    )
+    return ActionWorker(
+        runtime,
+        pool,
+        functions=[
+            func(
+                run_action,
+                name=ARQ_FUNCTION,
+                timeout=settings.max_timeout_s + _ARQ_TIMEOUT_MARGIN_S,
+                keep_result=settings.result_ttl_s,
+            )
+        ],
+        ctx={"actionq": runtime},
+        on_shutdown=_stop_runtime,
+        max_jobs=settings.concurrency,
+        poll_delay=settings.poll_delay_s,
+        job_serializer=dumps,
+        job_deserializer=job_deserializer,
+        job_completion_wait=settings.shutdown_grace_s,
+        keep_result=settings.result_ttl_s,
+        health_check_interval=settings.heartbeat_s,
+        health_check_key=runtime.keys.worker(runtime.worker_id) + ":arq-health",
+    )
+
+
+async def run_worker(settings: Settings) -> None:
+    """Run a worker until SIGINT/SIGTERM: plugins, registry, arq loop, clean shutdown."""
+    if settings.redis_url is None:
+        raise ConfigError("no Redis configured for the worker: set redis_url in config.yml or ACTIONQ_REDIS_URL")
+    runtime = WorkerRuntime(settings, connect(settings.redis_url))
+    try:
+        await runtime.start()
+    except BaseException:
+        await runtime.stop()
+        await runtime.redis.aclose()
+        raise
+    worker = build_worker(runtime)
+    try:
+        await worker.async_run()
+    except asyncio.CancelledError:
+        log.info("worker_stopping")
+    finally:
+        await worker.close()  # waits for running jobs, stops the runtime, closes the pool
+
+
+def main(settings: Settings) -> None:
+    """Blocking entry point used by ``actionq worker`` and ``python -m workers``."""
+    configure_logging(settings.log_format, settings.log_level)
+    asyncio.run(run_worker(settings))

@@ -1,0 +1,135 @@
+"""The actionq command line against a real Redis and a real worker process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from service.keys import Keys
+from tests.conftest import REPO_ROOT, WorkerFactory, bundled_plugins_config
+
+FAST = {"poll_delay_s": 0.05, "heartbeat_s": 1}
+
+
+def _env(redis_url: str, namespace: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ACTIONQ_")}
+    return {**env, "ACTIONQ_REDIS_URL": redis_url, "ACTIONQ_NAMESPACE": namespace, "COLUMNS": "200"}
+
+
+def actionq(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "service", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO_ROOT,
+    )
+
+
+def test_submit_status_result_plugins_workers(worker_process: WorkerFactory, redis_url: str, namespace: str) -> None:
+    worker_process(bundled_plugins_config(**FAST))
+    env = _env(redis_url, namespace)
+
+    done = actionq("submit", "PluginB", "calculate_square", "x=6", "--wait", "--timeout", "20", env=env)
+    assert done.returncode == 0, done.stderr
+    job_id, result = done.stdout.split()
+    assert result == "36"
+
+    status = actionq("status", job_id, "--json", env=env)
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["state"] == "succeeded"
+    assert actionq("result", job_id, env=env).stdout.strip() == "36"
+
+    listed = json.loads(actionq("plugins", "--json", env=env).stdout)
+    assert {p["manifest"]["name"] for p in listed} == {"PluginB", "InteropTarget", "long_running"}
+    assert all(p["live"] for p in listed)
+    table = actionq("plugins", env=env).stdout
+    assert "it_sync_add" in table
+    assert "b: int = 1" in table
+    workers = json.loads(actionq("workers", "--json", env=env).stdout)
+    assert len(workers) == 1
+
+
+def test_json_params_job_id_and_failures(worker_process: WorkerFactory, redis_url: str, namespace: str) -> None:
+    worker_process(bundled_plugins_config(**FAST))
+    env = _env(redis_url, namespace)
+    first = actionq("submit", "InteropTarget", "it_async_add", "a:=40", "--job-id", "cli-1", "--wait", env=env)
+    assert first.stdout.split() == ["cli-1", "41"], first.stderr
+    again = actionq("submit", "InteropTarget", "it_async_add", "a:=40", "--job-id", "cli-1", env=env)
+    assert again.returncode == 0
+    assert "already exists" in again.stderr
+
+    failed = actionq("submit", "long_running", "fail", "message=bad day", "--wait", env=env)
+    assert failed.returncode == 1
+    assert "RuntimeError: bad day" in failed.stderr
+    assert actionq("result", "cli-nope", "--timeout", "1", env=env).returncode == 1
+
+
+def test_rejections_exit_2_and_name_the_problem(worker_process: WorkerFactory, redis_url: str, namespace: str) -> None:
+    worker_process(bundled_plugins_config(**FAST))
+    env = _env(redis_url, namespace)
+    bad = actionq("submit", "InteropTarget", "it_sync_add", "a=two", env=env)
+    assert bad.returncode == 2
+    assert "a: Input should be a valid integer" in bad.stderr
+    unknown = actionq("submit", "Nope", "x", env=env)
+    assert unknown.returncode == 2
+    assert "unknown plugin 'Nope'" in unknown.stderr
+    misspelt = actionq("plugins", env={**env, "ACTIONQ_NAMESPCE": "x"})
+    assert misspelt.returncode == 2
+    assert "ACTIONQ_NAMESPCE" in misspelt.stderr
+    no_redis = actionq("plugins", env={k: v for k, v in env.items() if k != "ACTIONQ_REDIS_URL"})
+    assert no_redis.returncode == 2
+    assert "no Redis configured" in no_redis.stderr
+
+
+def test_up_runs_the_demo_on_a_private_redis_and_stops_cleanly(tmp_path: Path, namespace: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ACTIONQ_")}
+    env.update(ACTIONQ_NAMESPACE=namespace, COLUMNS="200")
+    done = actionq("up", "--exit-after-demo", env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "Redis: private" in done.stderr
+    assert "succeeded" in done.stdout
+    assert "36" in done.stdout
+    assert "RuntimeError" in done.stdout  # the demo's deliberate failure
+    assert "stopped." in done.stderr
+
+
+def test_up_stops_everything_on_ctrl_c(namespace: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ACTIONQ_")}
+    env.update(ACTIONQ_NAMESPACE=namespace, COLUMNS="200")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service", "up", "--no-demo"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO_ROOT,
+    )
+    deadline = time.monotonic() + 60
+    assert proc.stderr is not None
+    seen = ""
+    while "Press Ctrl-C" not in seen and time.monotonic() < deadline:
+        seen += proc.stderr.readline()
+    assert "Press Ctrl-C" in seen
+    url = next(line for line in seen.splitlines() if "ACTIONQ_REDIS_URL=" in line).split("ACTIONQ_REDIS_URL=")[1]
+    url = url.split()[0]
+    proc.send_signal(signal.SIGINT)
+    _, rest = proc.communicate(timeout=60)
+    assert proc.returncode == 0, rest
+    assert "stopped." in rest
+    import redis
+
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    try:
+        redis.Redis(port=port, socket_connect_timeout=0.5).ping()
+    except redis.ConnectionError:
+        pass
+    else:
+        raise AssertionError("the private Redis is still running after Ctrl-C")
+    assert Keys(namespace).workers()  # namespaced, nothing else to clean: the server is gone

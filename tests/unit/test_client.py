@@ -1,0 +1,139 @@
+"""The producer side against fakeredis: validation, atomic submit, idempotency, records."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+import redis.asyncio as aioredis
+
+from service.client import JobClient
+from service.errors import (
+    InvalidParamsError,
+    JobConflictError,
+    JobNotFoundError,
+    PayloadTooLargeError,
+    SubmissionError,
+    UnknownActionError,
+    UnknownPluginError,
+)
+from service.manifest import load_manifest
+from service.models import JobState
+from service.registry import Registry, WorkerInfo
+from service.settings import Settings
+from service.wire import loads
+
+PLUGINS = Path(__file__).resolve().parents[2] / "plugins"
+
+
+@pytest_asyncio.fixture
+async def client(fake_redis: aioredis.Redis) -> AsyncIterator[JobClient]:
+    settings = Settings(redis_url="redis://fake", namespace="ut", hostname="here", max_payload_bytes=2048)
+    client = JobClient(fake_redis, settings, owns_redis=False)
+    yield client
+    await client.close()
+
+
+async def _register(client: JobClient, *names: str) -> None:
+    registry = Registry(client.redis, client.keys, heartbeat_s=5)
+    manifests = [load_manifest(PLUGINS / name, name) for name in names]
+    await registry.publish(WorkerInfo(worker_id="w1", hostname="here"), manifests)
+
+
+async def _all_keys(redis: aioredis.Redis) -> set[bytes]:
+    return set(await redis.keys("*"))
+
+
+async def test_submit_writes_record_arq_job_and_queue_entry_together(client: JobClient) -> None:
+    await _register(client, "PluginB")
+    handle = await client.submit("PluginB", "calculate_square", {"x": "6"}, job_id="j1")
+    assert handle.created
+    record = await handle.record()
+    assert record.state is JobState.QUEUED
+    assert record.request.params == {"x": 6}  # coerced before it was stored
+    assert record.queue == "ut:queue:default:PluginB"
+    body = loads(await client.redis.get("arq:job:ut:j1"))
+    assert body["f"] == "run_action"
+    assert body["k"]["request"]["params"] == {"x": 6}
+    assert await client.redis.zscore("ut:queue:default:PluginB", "ut:j1") is not None
+    assert await client.redis.ttl("ut:job:j1") > 0
+    assert await client.redis.pttl("arq:job:ut:j1") > 0
+
+
+async def test_rejections_write_nothing(client: JobClient) -> None:
+    await _register(client, "PluginB", "InteropTarget")
+    before = await _all_keys(client.redis)
+    with pytest.raises(UnknownPluginError, match=r"unknown plugin 'Nope' \(served: InteropTarget, PluginB\)"):
+        await client.submit("Nope", "x")
+    with pytest.raises(UnknownActionError, match="declared: calculate_square"):
+        await client.submit("PluginB", "cube", {"x": 1})
+    with pytest.raises(InvalidParamsError) as bad:
+        # b is required here: its default comes from the Python signature, which only the worker's loader reads
+        await client.submit("InteropTarget", "it_sync_add", {"a": "x", "b": 1, "zz": 1})
+    assert {e.field for e in bad.value.errors} == {"a", "zz"}
+    with pytest.raises(InvalidParamsError, match="at most 1 positional"):
+        await client.submit("PluginB", "calculate_square", (1, 2))
+    with pytest.raises(SubmissionError, match="timeout_s"):
+        await client.submit("PluginB", "calculate_square", {"x": 1}, timeout_s=10**6)
+    with pytest.raises(SubmissionError, match="job_id"):
+        await client.submit("PluginB", "calculate_square", {"x": 1}, job_id="has space")
+    with pytest.raises(PayloadTooLargeError):
+        await client.submit("Big", "act", {"blob": "y" * 5000}, validate=False)
+    assert await _all_keys(client.redis) == before
+
+
+async def test_unvalidated_params_must_still_be_json(client: JobClient) -> None:
+    with pytest.raises(InvalidParamsError, match="not JSON"):
+        await client.submit("Any", "thing", {"s": {1, 2}}, validate=False)
+    with pytest.raises(InvalidParamsError, match="positional"):
+        await client.submit("Any", "thing", 5, validate=False)
+
+
+async def test_stale_registry_entries_are_not_live(client: JobClient) -> None:
+    await _register(client, "PluginB")
+    await client.redis.zadd(client.keys.registry_heartbeats(), {"PluginB": 1})
+    with pytest.raises(UnknownPluginError):
+        await client.submit("PluginB", "calculate_square", {"x": 1})
+
+
+async def test_idempotent_resubmission_and_conflict(client: JobClient) -> None:
+    await _register(client, "PluginB")
+    first = await client.submit("PluginB", "calculate_square", {"x": 2}, job_id="same")
+    second = await client.submit("PluginB", "calculate_square", {"x": "2"}, job_id="same")  # same after coercion
+    assert first.created
+    assert not second.created
+    assert await client.redis.zcard("ut:queue:default:PluginB") == 1
+    with pytest.raises(JobConflictError, match="same"):
+        await client.submit("PluginB", "calculate_square", {"x": 3}, job_id="same")
+
+
+async def test_routing_by_lane_and_host(client: JobClient) -> None:
+    await _register(client, "PluginB")
+    local = await client.submit("PluginB", "calculate_square", {"x": 1}, host="local", queue="fast")
+    assert (await local.record()).queue == "ut:queue:fast:PluginB@here"
+    other = await client.submit("PluginB", "calculate_square", {"x": 1}, host="box-2")
+    assert (await other.record()).queue == "ut:queue:default:PluginB@box-2"
+    deferred = await client.submit("PluginB", "calculate_square", {"x": 1}, defer_s=60)
+    record = await deferred.record()
+    assert record.scheduled_at_ms - record.enqueued_at_ms >= 59_000
+
+
+async def test_unknown_job(client: JobClient) -> None:
+    with pytest.raises(JobNotFoundError, match="nope"):
+        await client.job("nope").state()
+
+
+async def test_transition_publishes_with_sequence_numbers(client: JobClient) -> None:
+    await _register(client, "PluginB")
+    handle = await client.submit("PluginB", "calculate_square", {"x": 1}, job_id="s1")
+    async with client.pubsub.subscribe(client.keys.job_channel("s1")) as sub:
+        seq = await client.store.transition("s1", JobState.RUNNING, attempt=1, fields={"worker": "w"})
+        message = loads(await sub.get(5) or b"null")
+    assert seq == 1
+    assert message == {"type": "state", "job_id": "s1", "state": "running", "attempt": 1, "seq": 1}
+    record = await handle.record()
+    assert (record.state, record.seq, record.worker) == (JobState.RUNNING, 1, "w")
+    assert await client.store.transition("missing", JobState.RUNNING, attempt=1) == -1
+    assert not await client.redis.exists("ut:job:missing")

@@ -1,0 +1,147 @@
+"""The executor pipeline with a real PluginLoader and a fakeredis job store."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+import redis.asyncio as aioredis
+
+from service.client import JobClient
+from service.executor import Executor
+from service.loader import PluginLoader
+from service.models import JobOptions, JobRequest, JobState
+from service.settings import Settings
+
+PLUGINS = Path(__file__).resolve().parents[2] / "plugins"
+
+
+@dataclass
+class Rig:
+    client: JobClient
+    executor: Executor
+
+    async def submit(self, plugin: str, action: str, params: dict[str, Any], **options: Any) -> str:
+        request = JobRequest(plugin=plugin, action=action, params=params, options=JobOptions(**options))
+        return (await self.client.submit_request(request)).job_id
+
+
+@pytest_asyncio.fixture
+async def rig(fake_redis: aioredis.Redis) -> AsyncIterator[Rig]:
+    settings = Settings(redis_url="redis://fake", namespace="ex", default_timeout_s=5, max_payload_bytes=4096)
+    loader = PluginLoader(enable_timeout_s=5)
+    await loader.load_all([(n, PLUGINS / n) for n in ("long_running", "PluginB", "InteropTarget")])
+    client = JobClient(fake_redis, settings, owns_redis=False)
+    executor = Executor(loader=loader, store=client.store, settings=settings, worker_id="w-test")
+    yield Rig(client, executor)
+    await loader.unload_all()
+    await client.close()
+
+
+async def test_success_is_recorded_with_result_and_ttl(rig: Rig) -> None:
+    job = await rig.submit("PluginB", "calculate_square", {"x": 7}, result_ttl_s=60)
+    outcome = await rig.executor.run(job, (await rig.client.job(job).record()).request.model_dump(), attempt=1)
+    assert outcome is not None
+    assert outcome.state is JobState.SUCCEEDED
+    record = await rig.client.job(job).record()
+    assert (record.state, record.result, record.worker, record.attempt) == (JobState.SUCCEEDED, 49, "w-test", 1)
+    assert record.seq == 2  # running, succeeded
+    assert 0 < await rig.client.redis.ttl(rig.client.keys.job(job)) <= 60
+
+
+async def _run(rig: Rig, plugin: str, action: str, params: dict[str, Any], **options: Any) -> Any:
+    job = await rig.submit(plugin, action, params, **options)
+    request = (await rig.client.job(job).record()).request
+    await rig.executor.run(job, request.model_dump(mode="json"), attempt=1)
+    return await rig.client.job(job).record()
+
+
+async def test_exception_is_recorded_as_failed_with_traceback(rig: Rig) -> None:
+    record = await _run(rig, "long_running", "fail", {"message": "nope"})
+    assert record.state is JobState.FAILED
+    assert (record.error.type, record.error.message) == ("RuntimeError", "nope")
+    assert "raise RuntimeError" in record.error.traceback
+
+
+async def test_timeout_is_timed_out_and_an_actions_own_timeout_error_is_a_failure(rig: Rig) -> None:
+    record = await _run(rig, "long_running", "count_slowly", {"steps": 100, "delay_s": 0.05}, timeout_s=0.1)
+    assert record.state is JobState.TIMED_OUT
+    assert record.error.type == "PluginActionTimeoutError"
+    assert "0.1s" in record.error.message
+
+    async def own_timeout(**_: Any) -> None:
+        raise TimeoutError("the upstream API timed out")
+
+    bound = rig.executor.loader.resolve("long_running", "fail")
+    object.__setattr__(bound, "func", own_timeout)
+    object.__setattr__(bound, "kind", "async")
+    record = await _run(rig, "long_running", "fail", {})
+    assert record.state is JobState.FAILED
+    assert record.error.message == "the upstream API timed out"
+
+
+async def test_unknown_action_and_bad_params_fail_on_the_worker_too(rig: Rig) -> None:
+    record = await _run(rig, "Nope", "x", {})
+    assert (record.state, record.error.type) == (JobState.FAILED, "UnknownPluginError")
+    record = await _run(rig, "PluginB", "calculate_square", {"y": 1})
+    assert (record.state, record.error.type) == (JobState.FAILED, "InvalidParamsError")
+    assert record.error.traceback is None
+
+
+async def test_results_must_be_json_and_fit_the_limit(rig: Rig) -> None:
+    record = await _run(rig, "long_running", "fail", {})  # warm-up: a plain failure
+    assert record.state is JobState.FAILED
+
+    async def returns(value: Any) -> Any:
+        return value
+
+    bound = rig.executor.loader.resolve("InteropTarget", "it_async_add")
+    for value, expected in (({1, 2}, "not JSON"), ("z" * 10_000, "over the limit")):
+
+        async def fake(a: int, b: int = 1, _v: Any = value) -> Any:
+            return await returns(_v)
+
+        object.__setattr__(bound, "func", fake)
+        record = await _run(rig, "InteropTarget", "it_async_add", {"a": 1})
+        assert record.state is JobState.FAILED
+        assert expected in record.error.message
+
+
+async def test_malformed_request_is_a_recorded_failure(rig: Rig) -> None:
+    job = await rig.submit("PluginB", "calculate_square", {"x": 1})
+    outcome = await rig.executor.run(job, {"malformed": "not JSON"}, attempt=1)
+    assert outcome is not None
+    assert outcome.state is JobState.FAILED
+    record = await rig.client.job(job).record()
+    assert record.state is JobState.FAILED
+    assert record.error is not None
+    assert "malformed job data" in record.error.message
+
+
+async def test_missing_record_means_the_job_does_not_run(rig: Rig) -> None:
+    request = JobRequest(plugin="long_running", action="fail", params={})
+    assert await rig.executor.run("gone", request.model_dump(), attempt=1) is None
+    assert not await rig.client.redis.exists(rig.client.keys.job("gone"))
+
+
+async def test_cancellation_by_shutdown_requeues_the_record(rig: Rig) -> None:
+    job = await rig.submit("long_running", "count_slowly", {"steps": 100, "delay_s": 0.05})
+    request = (await rig.client.job(job).record()).request.model_dump()
+    task = asyncio.create_task(rig.executor.run(job, request, attempt=1))
+    while (await rig.client.job(job).record()).state is not JobState.RUNNING:
+        await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    record = await rig.client.job(job).record()
+    assert (record.state, record.worker) == (JobState.QUEUED, "")
+
+
+async def test_sync_action_runs_in_a_thread_with_the_job_context(rig: Rig) -> None:
+    record = await _run(rig, "long_running", "blocking_sleep", {"seconds": 0.01})
+    assert (record.state, record.result) == (JobState.SUCCEEDED, 0.01)
