@@ -21,6 +21,7 @@ from rich.table import Table
 from service.client import JobClient
 from service.errors import ActionQError, ConfigError, PluginActionExecutionError, SubmissionError
 from service.handle import JobHandle
+from service.logs import configure_logging
 from service.models import JobRecord
 from service.settings import Settings, load_settings
 
@@ -72,6 +73,7 @@ def _client_run(
 
 
 async def _with_client(settings: Settings, body: Callable[[JobClient], Awaitable[T]]) -> T:
+    configure_logging(settings.log_format, settings.log_level)  # to stderr: stdout stays clean for --json
     client = await JobClient.connect(settings=settings)
     try:
         return await body(client)

@@ -249,8 +249,15 @@ class EmbeddedRedis:
         assert log_path is not None
         with log_path.open("wb") as log:
             # The child keeps its own copy of the descriptor; ours is closed on leaving the block.
+            # Its own session: a terminal's Ctrl-C reaches us, and we stop the server after the workers
+            # that use it have drained, rather than it dying first.
             proc = subprocess.Popen(
-                self._command(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, close_fds=True
+                self._command(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                close_fds=True,
+                start_new_session=True,
             )
         self._res.proc = proc
         deadline = time.monotonic() + self.startup_timeout_s

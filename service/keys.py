@@ -95,13 +95,13 @@ class Keys:
         """ZSET: plugin name -> last heartbeat (epoch ms) of any worker serving it."""
         return f"{self.namespace}:registry:heartbeats"
 
-    def registry_failures(self) -> str:
-        """Hash: ``<worker>/<plugin>`` -> JSON reason, for plugins that failed to load."""
-        return f"{self.namespace}:registry:failures"
-
     def worker(self, worker_id: str) -> str:
         """String: a live worker's ``WorkerInfo`` JSON, with a TTL refreshed by its heartbeat."""
         return f"{self.namespace}:worker:{worker_id}"
+
+    def arq_health(self, worker_id: str) -> str:
+        """String: arq's own health-check line for one worker (arq sets it with a TTL)."""
+        return f"{self.namespace}:worker:{worker_id}:arq-health"
 
     def workers(self) -> str:
         """ZSET: worker id -> last heartbeat (epoch ms)."""

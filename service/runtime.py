@@ -48,6 +48,7 @@ class WorkerRuntime:
         self.info = WorkerInfo(worker_id=self.worker_id, hostname=settings.hostname)
         self.running_jobs = 0
         self._heartbeat: asyncio.Task[None] | None = None
+        self._stopped = False
 
     def queues(self) -> list[str]:
         """Every queue this worker reads: per lane, per loaded plugin, any host and this host."""
@@ -99,7 +100,10 @@ class WorkerRuntime:
             self.running_jobs -= 1
 
     async def stop(self) -> None:
-        """Stop the heartbeat, leave the registry and disable the plugins."""
+        """Stop the heartbeat, leave the registry and disable the plugins (once; later calls do nothing)."""
+        if self._stopped:
+            return
+        self._stopped = True
         if self._heartbeat is not None:
             self._heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -22,7 +22,9 @@ from arq.connections import ArqRedis
 from arq.jobs import deserialize_result
 from arq.utils import timestamp_ms
 from arq.worker import Worker, func
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError, WatchError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.broker import connect
 from service.client import ARQ_FUNCTION
@@ -40,6 +42,9 @@ log = structlog.get_logger("actionq.worker")
 
 # Our executor enforces each job's own timeout; arq's outer timeout only has to be later.
 _ARQ_TIMEOUT_MARGIN_S = 60
+# Reconnect backoff while Redis is unreachable: quick for a blip, capped so a long outage costs little.
+_BACKOFF_MIN_S = 0.1
+_BACKOFF_MAX_S = 5.0
 
 
 def job_deserializer(data: bytes) -> Any:
@@ -66,9 +71,23 @@ class ActionWorker(Worker):
         self.queues = runtime.queues() or [runtime.keys.queue("_none_")]
         self._queue_of: dict[str, str] = {}
         self._rotation = itertools.cycle(range(len(self.queues)))
+        self._backoff_s = 0.0
         super().__init__(queue_name=self.queues[0], redis_pool=redis_pool, **kwargs)
 
     async def _poll_iteration(self) -> None:
+        """One round of the loop; a lost Redis connection is waited out with backoff, not fatal."""
+        try:
+            await self._poll_queues()
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            self._backoff_s = min(max(self._backoff_s * 2, _BACKOFF_MIN_S), _BACKOFF_MAX_S)
+            log.warning("redis_unavailable", error=str(exc), retry_in_s=self._backoff_s)
+            await asyncio.sleep(self._backoff_s)
+        else:
+            if self._backoff_s:
+                log.info("redis_reconnected")
+            self._backoff_s = 0.0
+
+    async def _poll_queues(self) -> None:
         if self.allow_pick_jobs and self.job_counter < self.max_jobs:
             start = next(self._rotation)  # rotate which queue goes first, for fairness
             order = self.queues[start:] + self.queues[:start]
@@ -203,7 +222,7 @@ def build_worker(runtime: WorkerRuntime) -> ActionWorker:
         job_completion_wait=settings.shutdown_grace_s,
         keep_result=settings.result_ttl_s,
         health_check_interval=settings.heartbeat_s,
-        health_check_key=runtime.keys.worker(runtime.worker_id) + ":arq-health",
+        health_check_key=runtime.keys.arq_health(runtime.worker_id),
     )
 
 
@@ -224,7 +243,11 @@ async def run_worker(settings: Settings) -> None:
     except asyncio.CancelledError:
         log.info("worker_stopping")
     finally:
-        await worker.close()  # waits for running jobs, stops the runtime, closes the pool
+        try:
+            await worker.close()  # waits for running jobs, stops the runtime, closes the pool
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            log.warning("redis_unavailable_at_shutdown", error=str(exc))
+        await runtime.stop()  # no-op if arq's on_shutdown already ran it
 
 
 def main(settings: Settings) -> None:

@@ -1,0 +1,55 @@
+"""Faults: Redis going away and coming back under a running worker."""
+
+from __future__ import annotations
+
+import asyncio
+
+from service import JobClient
+from service.embedded import EmbeddedRedis
+from tests.conftest import WorkerFactory, WorkerProc, bundled_plugins_config
+
+FAST = {"poll_delay_s": 0.05, "heartbeat_s": 0.5}
+
+
+async def _until_live(client: JobClient, plugin: str, timeout_s: float = 20) -> None:
+    async with asyncio.timeout(timeout_s):
+        while not any(p.live and p.name == plugin for p in await client.plugins()):
+            await asyncio.sleep(0.1)
+
+
+async def _worker_on(server: EmbeddedRedis, worker_process: WorkerFactory, client: JobClient) -> WorkerProc:
+    """A worker using ``server`` (not the session server), once its plugins are live."""
+    worker = worker_process(bundled_plugins_config(**FAST), env={"ACTIONQ_REDIS_URL": server.url}, wait=False)
+    await _until_live(client, "PluginB")
+    return worker
+
+
+# fresh_redis_server is requested before worker_process so that it is torn down after the worker.
+async def test_worker_survives_a_redis_restart(
+    fresh_redis_server: EmbeddedRedis, worker_process: WorkerFactory, namespace: str
+) -> None:
+    async with await JobClient.connect(fresh_redis_server.url, namespace=namespace) as client:
+        worker = await _worker_on(fresh_redis_server, worker_process, client)
+        assert await (await client.submit("PluginB", "calculate_square", {"x": 3})).result(timeout=20) == 9
+
+        fresh_redis_server.stop()
+        await asyncio.sleep(1.5)  # the worker polls, fails, backs off; it must not exit
+        assert worker.running, worker.log_tail()
+        fresh_redis_server.start()  # same port, empty (no persistence)
+
+        await _until_live(client, "PluginB")  # the worker's heartbeat re-publishes the registry
+        handle = await client.submit("PluginB", "calculate_square", {"x": 4})
+        assert await handle.result(timeout=20) == 16
+    assert worker.running
+    assert "redis_unavailable" in worker.log_text()
+
+
+async def test_worker_stops_cleanly_while_redis_is_down(
+    fresh_redis_server: EmbeddedRedis, worker_process: WorkerFactory, namespace: str
+) -> None:
+    async with await JobClient.connect(fresh_redis_server.url, namespace=namespace) as client:
+        worker = await _worker_on(fresh_redis_server, worker_process, client)
+    fresh_redis_server.stop()
+    await asyncio.sleep(0.5)
+    assert worker.terminate() == 0, worker.log_tail()
+    assert "plugin_unloaded" in worker.log_text()  # plugins were disabled even without Redis
