@@ -13,6 +13,7 @@ from service.errors import (
     ConfigError,
     FieldError,
     InvalidParamsError,
+    InvalidProgressError,
     JobCancelledError,
     JobConflictError,
     JobNotFoundError,
@@ -30,8 +31,19 @@ from service.errors import (
 from service.handle import JobHandle
 from service.keys import Keys
 from service.manifest import ActionSpec, ArgumentSpec, PluginManifest
-from service.models import TERMINAL_STATES, ErrorInfo, JobOptions, JobRecord, JobRequest, JobState
+from service.models import (
+    TERMINAL_STATES,
+    ErrorInfo,
+    JobOptions,
+    JobRecord,
+    JobRequest,
+    JobState,
+    ProgressStatus,
+    ProgressUpdate,
+    SubTaskProgress,
+)
 from service.plugin import Plugin
+from service.progress import ProgressSnapshot, SubTask
 from service.registry import RegisteredPlugin, WorkerInfo
 from service.settings import PluginEntry, Settings, load_settings
 from service.sync import SyncJobClient, SyncJobHandle
@@ -51,6 +63,12 @@ __all__ = [
     "JobRecord",
     "JobRequest",
     "JobState",
+    # progress
+    "ProgressSnapshot",
+    "ProgressStatus",
+    "ProgressUpdate",
+    "SubTask",
+    "SubTaskProgress",
     # plugin authors
     "ActionSpec",
     "ArgumentSpec",
@@ -72,6 +90,7 @@ __all__ = [
     "ConfigError",
     "FieldError",
     "InvalidParamsError",
+    "InvalidProgressError",
     "JobCancelledError",
     "JobConflictError",
     "JobNotFoundError",

@@ -20,7 +20,7 @@ from rich.table import Table
 
 from service.client import JobClient
 from service.errors import ActionQError, ConfigError, PluginActionExecutionError, SubmissionError
-from service.handle import JobHandle
+from service.handle import JobHandle, outcome_of
 from service.logs import configure_logging
 from service.models import JobRecord
 from service.settings import Settings, load_settings
@@ -152,6 +152,7 @@ def submit(
     action: Annotated[str, typer.Argument(help="Action name")],
     params: Annotated[list[str] | None, typer.Argument(help="key=value (string) or key:=json (JSON value)")] = None,
     wait: Annotated[bool, typer.Option("--wait", "-w", help="Wait for the result and print it.")] = False,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Show a live progress bar, then the result.")] = False,
     timeout: Annotated[float | None, typer.Option(help="With --wait: give up after this many seconds.")] = None,
     job_id: Annotated[str | None, typer.Option("--job-id", help="Idempotency key (default: random).")] = None,
     job_timeout: Annotated[float | None, typer.Option("--job-timeout", help="Override the action timeout (s).")] = None,
@@ -172,7 +173,9 @@ def submit(
             host=host, validate=validate,
         )  # fmt: skip
         _report_submit(handle)
-        if wait:
+        if follow:
+            await _follow(handle, timeout)
+        elif wait:
             out.print_json(_dump(await handle.result(timeout=timeout)))
 
     _client_run(config, redis_url, namespace, go)
@@ -184,6 +187,30 @@ def _report_submit(handle: JobHandle) -> None:
     else:
         err.print(f"job {handle.job_id} already exists: not submitted again", highlight=False)
     out.print(handle.job_id, highlight=False)
+
+
+async def _follow(handle: JobHandle, timeout: float | None) -> None:
+    from service.watch import watch as show
+
+    async with asyncio.timeout(timeout):
+        record = await show(handle, err)
+    out.print_json(_dump(outcome_of(record)))
+
+
+@app.command()
+def watch(
+    job_id: Annotated[str, typer.Argument(help="Job id")],
+    timeout: Annotated[float | None, typer.Option(help="Stop watching after this many seconds.")] = None,
+    config: ConfigOpt = None,
+    redis_url: RedisOpt = None,
+    namespace: NamespaceOpt = None,
+) -> None:
+    """Follow a job's progress (with sub-tasks) live, then print its result."""
+
+    async def go(client: JobClient) -> None:
+        await _follow(client.job(job_id), timeout)
+
+    _client_run(config, redis_url, namespace, go)
 
 
 @app.command()

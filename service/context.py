@@ -12,9 +12,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import structlog
+
+from service.models import ProgressStatus
+from service.progress import ProgressReporter, SubTask
 
 if TYPE_CHECKING:
     from structlog.typing import FilteringBoundLogger
@@ -24,10 +27,10 @@ __all__ = ["JobContext", "current_job", "job_context"]
 
 @dataclass(frozen=True)
 class JobContext:
-    """The running job as the action sees it.
+    """The running job as the action sees it: ids, a bound logger and progress reporting.
 
-    Progress reporting, the cancellation token, checkpoints and sub-tasks are added to this
-    object by the issues that build them; the executor is the only place that creates it.
+    The cancellation token and checkpoints are added by the issue that builds them; the executor
+    is the only place that creates a context.
     """
 
     job_id: str
@@ -36,14 +39,54 @@ class JobContext:
     attempt: int
     worker_id: str
     logger: FilteringBoundLogger = field(repr=False)
+    tree: SubTask = field(default_factory=lambda: SubTask(None), repr=False)
 
     @classmethod
-    def create(cls, *, job_id: str, plugin: str, action: str, attempt: int, worker_id: str) -> JobContext:
+    def create(
+        cls,
+        *,
+        job_id: str,
+        plugin: str,
+        action: str,
+        attempt: int,
+        worker_id: str,
+        reporter: ProgressReporter | None = None,
+    ) -> JobContext:
         """A context whose logger is bound to the job's id, plugin and action."""
         logger: FilteringBoundLogger = structlog.get_logger("actionq.job").bind(
             job_id=job_id, plugin=plugin, action=action, attempt=attempt
         )
-        return cls(job_id=job_id, plugin=plugin, action=action, attempt=attempt, worker_id=worker_id, logger=logger)
+        return cls(
+            job_id=job_id,
+            plugin=plugin,
+            action=action,
+            attempt=attempt,
+            worker_id=worker_id,
+            logger=logger,
+            tree=SubTask(reporter),
+        )
+
+    def progress(
+        self,
+        current_step: int | None = None,
+        total_steps: int | None = None,
+        message: str = "",
+        details: dict[str, Any] | None = None,
+        *,
+        percentage: float | None = None,
+        status: str = ProgressStatus.RUNNING,
+    ) -> None:
+        """Report the job's progress (see :meth:`service.progress.SubTask.progress`).
+
+        ``current_step``/``total_steps`` (total may be ``None``: indeterminate) or ``percentage``
+        (0-100), a message, a status (``running``, ``milestone_reached``, ``completed``, ``error``)
+        and a JSON ``details`` dict. Returns at once; callable from a plain ``def`` action's thread.
+        """
+        self.tree.progress(current_step, total_steps, message, details, percentage=percentage, status=status)
+
+    def subtask(self, name: str, weight: float = 1.0) -> SubTask:
+        """A child progress reporter; the job's percentage rolls up from its children by weight."""
+        return self.tree.subtask(name, weight)
 
 
 _current: ContextVar[JobContext | None] = ContextVar("actionq_current_job", default=None)

@@ -20,8 +20,11 @@ where params and settings are validated), so callers never have to catch ``redis
     │   ├── InvalidParamsError         carries one FieldError per bad field
     │   ├── PayloadTooLargeError
     │   └── JobConflictError           the job id exists with a different request
+    ├── InvalidProgressError           a progress update that does not validate (raised in the action)
     ├── JobNotFoundError               no record for that job id (never existed or expired)
-    └── ResultTimeoutError             waiting for a result took too long (also a TimeoutError)
+    ├── ResultTimeoutError             waiting for a result took too long (also a TimeoutError)
+    ├── StreamUnavailableError         the job ended and has no output stream (not a generator, or expired)
+    └── StreamTrimmedError             a stream reader fell more than the cap behind; items were trimmed
 
 Control flow that carries data (``Retry``) arrives with the retry issue and will not derive
 from an error class meant for logging.
@@ -42,6 +45,7 @@ __all__ = [
     "ConfigError",
     "FieldError",
     "InvalidParamsError",
+    "InvalidProgressError",
     "JobCancelledError",
     "JobConflictError",
     "JobNotFoundError",
@@ -52,6 +56,8 @@ __all__ = [
     "PluginError",
     "PluginLoadError",
     "ResultTimeoutError",
+    "StreamTrimmedError",
+    "StreamUnavailableError",
     "SubmissionError",
     "UnknownActionError",
     "UnknownPluginError",
@@ -171,6 +177,10 @@ class JobConflictError(SubmissionError):
         self.job_id = job_id
 
 
+class InvalidProgressError(ActionQError, ValueError):
+    """A progress update that does not validate; raised at the ``ctx.progress(...)`` call."""
+
+
 class JobNotFoundError(ActionQError):
     """No record exists for the job id: it never existed or its record has expired."""
 
@@ -187,3 +197,36 @@ class ResultTimeoutError(ActionQError, TimeoutError):
         self.job_id = job_id
         self.timeout = timeout
         self.state = state
+
+
+class StreamUnavailableError(ActionQError):
+    """The job ended and there is no output stream to read.
+
+    Either the action is not a generator (its result is the whole answer: use
+    ``JobHandle.result()``), or the stream expired with the job's result TTL.
+    """
+
+    def __init__(self, job_id: str, reason: str) -> None:
+        super().__init__(f"job {job_id}: no output stream: {reason}")
+        self.job_id = job_id
+        self.reason = reason
+
+
+class StreamTrimmedError(ActionQError):
+    """A stream reader fell more than the stream's cap behind: the oldest items were trimmed.
+
+    The reader expected item ``expected_index``; the oldest item still stored is
+    ``first_available_index``. A reader that accepts the loss can resume from there:
+    ``handle.stream(start=exc.first_available_index)``. Raise ``stream_max_items`` (worker
+    setting) or read faster to avoid it.
+    """
+
+    def __init__(self, job_id: str, expected_index: int, first_available_index: int) -> None:
+        super().__init__(
+            f"job {job_id}: stream items {expected_index}..{first_available_index - 1} were trimmed "
+            f"(the reader fell more than the stream's cap behind); resume from {first_available_index} "
+            "to accept the loss"
+        )
+        self.job_id = job_id
+        self.expected_index = expected_index
+        self.first_available_index = first_available_index

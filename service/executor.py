@@ -9,6 +9,7 @@ throttling with their issues) are small units the pipeline calls, not branches i
 from __future__ import annotations
 
 import asyncio
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,7 @@ from service.context import JobContext, job_context
 from service.errors import PayloadTooLargeError, PluginActionTimeoutError, SubmissionError
 from service.loader import BoundAction, PluginLoader
 from service.models import ErrorInfo, JobRequest, JobState, now_ms
+from service.progress import ProgressReporter
 from service.settings import Settings
 from service.store import JobStore
 from service.wire import check_size, dumps
@@ -100,10 +102,27 @@ class Executor:
             params = action.validate(request.params)
         except SubmissionError as exc:
             return Outcome.failed(exc, with_traceback=False)
-        timeout_s = self._timeout(request, action)
-        ctx = JobContext.create(
-            job_id=job_id, plugin=request.plugin, action=request.action, attempt=attempt, worker_id=self.worker_id
+        reporter = ProgressReporter(
+            functools.partial(self.store.progress, job_id),
+            interval_s=self.settings.progress_interval_s,
+            loop=asyncio.get_running_loop(),
         )
+        ctx = JobContext.create(
+            job_id=job_id,
+            plugin=request.plugin,
+            action=request.action,
+            attempt=attempt,
+            worker_id=self.worker_id,
+            reporter=reporter,
+        )
+        try:
+            return await self._invoke(action, params, ctx, self._timeout(request, action))
+        finally:
+            # The last progress is written before the final state, whatever the outcome.
+            await asyncio.shield(reporter.close())
+
+    async def _invoke(self, action: BoundAction, params: dict[str, Any], ctx: JobContext, timeout_s: float) -> Outcome:
+        """Run the action under its timeout and classify how it ended."""
         try:
             with job_context(ctx):
                 async with asyncio.timeout(timeout_s) as deadline:
@@ -114,7 +133,7 @@ class Executor:
             return self._timed_out(action, timeout_s)
         except Exception as exc:
             return Outcome.failed(exc)
-        return self._succeeded(job_id, result)
+        return self._succeeded(ctx.job_id, result)
 
     def _timeout(self, request: JobRequest, action: BoundAction) -> float:
         return request.options.timeout_s or action.spec.timeout_s or self.settings.default_timeout_s

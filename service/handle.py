@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from service.errors import (
@@ -13,7 +14,8 @@ from service.errors import (
     PluginActionTimeoutError,
     ResultTimeoutError,
 )
-from service.models import ErrorInfo, JobRecord, JobState
+from service.models import ErrorInfo, JobRecord, JobState, ProgressUpdate
+from service.progress import ProgressSnapshot
 
 if TYPE_CHECKING:
     from service.client import JobClient
@@ -69,6 +71,34 @@ class JobHandle:
                     record = await self.record()
         return record
 
+    async def progress(self) -> AsyncIterator[ProgressSnapshot]:
+        """Follow the job: its state and latest progress, then every change, until it ends.
+
+        Subscribes first, then reads the stored snapshot, then follows the job channel,
+        deduplicating by the per-job sequence number: a late subscriber gets the current state
+        first, one who arrives after the end gets the final state and stops, and nobody sees an
+        update twice or out of order. The last snapshot has the terminal state.
+        """
+        channel = self.client.keys.job_channel(self.job_id)
+        async with self.client.pubsub.subscribe(channel) as sub:
+            snap = _snapshot(await self.record())
+            yield snap
+            while not snap.state.is_terminal:
+                message = await sub.get(_RECHECK_S)
+                data = _parse(message) if message is not None else None
+                seq = data.get("seq", 0) if data is not None else 0
+                if data is not None and seq <= snap.seq:
+                    continue  # already seen in the stored snapshot
+                if data is None or seq != snap.seq + 1:
+                    # A quiet spell, an unreadable message or a gap (lost in a reconnect): re-read.
+                    fresh = _snapshot(await self.record())
+                    if fresh.seq <= snap.seq:
+                        continue
+                    snap = fresh
+                else:
+                    snap = _apply(snap, data)
+                yield snap
+
     async def result(self, timeout: float | None = None) -> Any:
         """Wait for the job and return its result, or raise what it ended with.
 
@@ -78,6 +108,28 @@ class JobHandle:
         :class:`ResultTimeoutError` (the job itself keeps going).
         """
         return outcome_of(await self.wait(timeout))
+
+
+def _snapshot(record: JobRecord) -> ProgressSnapshot:
+    return ProgressSnapshot(job_id=record.job_id, seq=record.seq, state=record.state, progress=record.progress)
+
+
+def _parse(message: bytes) -> dict[str, Any] | None:
+    try:
+        data = json.loads(message)
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) and isinstance(data.get("seq"), int) else None
+
+
+def _apply(snap: ProgressSnapshot, data: dict[str, Any]) -> ProgressSnapshot:
+    """The snapshot after one job-channel message (``state`` or ``progress``)."""
+    update: dict[str, Any] = {"seq": data["seq"]}
+    if data.get("type") == "state":
+        update["state"] = JobState(data["state"])
+    elif data.get("type") == "progress":
+        update["progress"] = ProgressUpdate.model_validate(data["progress"])
+    return snap.model_copy(update=update)
 
 
 def _is_terminal_message(message: bytes) -> bool:

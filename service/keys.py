@@ -49,6 +49,10 @@ class Keys:
         """Pub/sub channel: state changes (and, later, progress) of one job."""
         return f"{self.namespace}:ch:job:{job_id}"
 
+    def job_stream(self, job_id: str) -> str:
+        """Stream: the items a generator action yielded, ended by a terminal marker entry."""
+        return f"{self.namespace}:stream:{job_id}"
+
     def arq_job_id(self, job_id: str) -> str:
         """The id arq knows the job by: namespaced, because arq's key prefixes are global."""
         return f"{self.namespace}:{job_id}"

@@ -11,12 +11,17 @@ import traceback
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+
+from service.wire import dumps
 
 __all__ = [
     "ACTIVE_STATES",
     "ID_PATTERN",
     "NAME_PATTERN",
+    "ProgressStatus",
+    "ProgressUpdate",
+    "SubTaskProgress",
     "TERMINAL_STATES",
     "ErrorInfo",
     "JobId",
@@ -67,6 +72,57 @@ ACTIVE_STATES: frozenset[JobState] = frozenset(JobState) - TERMINAL_STATES
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ProgressStatus(StrEnum):
+    """What a progress update says about the work (the seed's statuses)."""
+
+    RUNNING = "running"
+    MILESTONE_REACHED = "milestone_reached"
+    COMPLETED = "completed"
+    ERROR = "error"
+
+
+class ProgressUpdate(_Model):
+    """One progress report: steps (``total_steps`` may be unknown) or a percentage, plus a message.
+
+    ``percentage`` is derived from the steps when both are known; it stays ``None`` for
+    indeterminate progress (steps without a total, or only a message).
+    """
+
+    percentage: float | None = Field(default=None, ge=0, le=100)
+    current_step: int | None = Field(default=None, ge=0)
+    total_steps: int | None = Field(default=None, ge=1)
+    message: str = ""
+    status: ProgressStatus = ProgressStatus.RUNNING
+    details: dict[str, Any] = Field(default_factory=dict)
+    sub_tasks: list[SubTaskProgress] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ProgressUpdate:
+        if self.current_step is not None and self.total_steps is not None:
+            if self.current_step > self.total_steps:
+                raise ValueError(f"current_step {self.current_step} is past total_steps {self.total_steps}")
+            if self.percentage is None:
+                object.__setattr__(self, "percentage", 100.0 * self.current_step / self.total_steps)
+        try:
+            dumps(self.details)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"details must be JSON: {exc}") from exc
+        return self
+
+    @property
+    def indeterminate(self) -> bool:
+        """True when there is no percentage to show (only steps without a total, or a message)."""
+        return self.percentage is None
+
+
+class SubTaskProgress(_Model):
+    """A named, weighted child of a progress tree."""
+
+    name: str = Field(min_length=1)
+    weight: float = Field(gt=0)
+    progress: ProgressUpdate
 
 
 class JobOptions(_Model):
@@ -140,6 +196,7 @@ class JobRecord(_Model):
     finished_at_ms: int | None = None
     result: Any = None
     error: ErrorInfo | None = None
+    progress: ProgressUpdate | None = None
     seq: int = 0
 
     @property

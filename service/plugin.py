@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from service.context import current_job
+
 if TYPE_CHECKING:
     from structlog.typing import FilteringBoundLogger
 
@@ -70,3 +72,20 @@ class Plugin:
 
     async def on_disable(self) -> None:
         """Called when the plugin is unloaded; release resources here. Default: nothing."""
+
+    async def report_progress(
+        self,
+        current_step: int | None,
+        total_steps: int | None = None,
+        message: str = "",
+        additional_data: dict[str, Any] | None = None,
+    ) -> None:
+        """The seeds' progress call, for use inside an action: reaches the job being run.
+
+        ``await self.report_progress(3, 10, "copying", {"file": name})`` is the same as
+        ``current_job().progress(3, 10, "copying", {"file": name})``; ``total_steps=None`` means
+        indeterminate progress. Raises :class:`LookupError` outside a running job.
+        """
+        current_job().progress(current_step, total_steps, message, additional_data)
+
+    _report_progress = report_progress

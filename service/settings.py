@@ -67,6 +67,12 @@ class Settings(BaseSettings):
         default=7 * 86_400, gt=0, description="Lifetime of an unfinished job's record past its run-at time."
     )
     heartbeat_s: float = Field(default=5, gt=0, le=300, description="Worker and registry heartbeat interval.")
+    progress_interval_s: float = Field(
+        default=0.05, ge=0, le=10, description="Per job, progress is written at most once per interval (coalesced)."
+    )
+    stream_max_items: int = Field(
+        default=10_000, ge=10, description="Cap of a job's output stream; older items are trimmed past it."
+    )
     max_payload_bytes: int = Field(default=1_048_576, ge=1024, description="Largest serialized job or result accepted.")
     plugin_enable_timeout_s: float = Field(
         default=30, gt=0, description="A plugin whose on_enable takes longer is reported as failed."

@@ -4,9 +4,10 @@ The record is a hash (``Keys.job``) so that a transition touches only its own fi
 transition increments ``seq`` and publishes a state message on the job's channel in the same
 Lua script, so a subscriber that reads the record can tell exactly which messages it has seen.
 
-Job channel message (JSON)::
+Job channel messages (JSON)::
 
     {"type": "state", "job_id": "...", "state": "running", "attempt": 1, "seq": 2}
+    {"type": "progress", "job_id": "...", "progress": {ProgressUpdate}, "seq": 3}
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from redis.asyncio import Redis
 
 from service.broker import broker_errors
 from service.keys import Keys
-from service.models import ErrorInfo, JobRecord, JobRequest, JobState
+from service.models import ErrorInfo, JobRecord, JobRequest, JobState, ProgressUpdate
 from service.wire import WireError, dumps, loads
 
 __all__ = ["CreateResult", "JobStore"]
@@ -50,6 +51,15 @@ redis.call('PUBLISH', KEYS[2], ARGV[2] .. seq .. '}')
 return seq
 """
 
+# A progress update: only while the job runs (a late update never follows the final state).
+_PROGRESS = """
+if redis.call('HGET', KEYS[1], 'state') ~= 'running' then return -1 end
+local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+redis.call('HSET', KEYS[1], 'progress', ARGV[1])
+redis.call('PUBLISH', KEYS[2], ARGV[2] .. seq .. '}')
+return seq
+"""
+
 _INT_FIELDS = ("attempt", "enqueued_at_ms", "scheduled_at_ms", "started_at_ms", "finished_at_ms", "seq")
 
 
@@ -70,6 +80,7 @@ class JobStore:
         self.keys = keys
         self._create = redis.register_script(_CREATE)
         self._transition = redis.register_script(_TRANSITION)
+        self._progress = redis.register_script(_PROGRESS)
 
     async def create(
         self,
@@ -136,6 +147,14 @@ class JobStore:
             )
         return int(seq)
 
+    async def progress(self, job_id: str, update: ProgressUpdate) -> int:
+        """Store ``update`` as the job's latest progress and publish it; -1 if the job is not running."""
+        body = update.model_dump_json()
+        prefix = f'{{"type":"progress","job_id":{json.dumps(job_id)},"progress":{body},"seq":'
+        with broker_errors(f"recording progress of job {job_id}"):
+            seq = await self._progress(keys=[self.keys.job(job_id), self.keys.job_channel(job_id)], args=[body, prefix])
+        return int(seq)
+
 
 def parse_record(job_id: str, raw: dict[bytes, bytes]) -> JobRecord:
     """Build a :class:`JobRecord` from the hash fields Redis returned."""
@@ -150,6 +169,8 @@ def parse_record(job_id: str, raw: dict[bytes, bytes]) -> JobRecord:
             data[name] = _json_or_raw(value)
         elif name == "error":
             data[name] = ErrorInfo.model_validate_json(value)
+        elif name == "progress":
+            data[name] = ProgressUpdate.model_validate_json(value)
         else:
             data[name] = value
     return JobRecord.model_validate(data)

@@ -133,3 +133,25 @@ def test_up_stops_everything_on_ctrl_c(namespace: str) -> None:
     else:
         raise AssertionError("the private Redis is still running after Ctrl-C")
     assert Keys(namespace).workers()  # namespaced, nothing else to clean: the server is gone
+
+
+def test_watch_and_follow_show_progress_then_the_result(
+    worker_process: WorkerFactory, redis_url: str, namespace: str
+) -> None:
+    worker_process(bundled_plugins_config(**FAST))
+    env = _env(redis_url, namespace)
+    followed = actionq("submit", "long_running", "pipeline", "stages=2", "steps=3", "delay_s=0.02", "--follow", env=env)
+    assert followed.returncode == 0, followed.stderr
+    job_id, result = followed.stdout.split()
+    assert result == "6"
+    assert "stage 2 (weight 2)" in followed.stderr
+    assert "100%" in followed.stderr
+
+    watched = actionq("watch", job_id, "--timeout", "20", env=env)  # after the end: final state, then result
+    assert watched.returncode == 0, watched.stderr
+    assert watched.stdout.strip() == "6"
+    assert "(succeeded)" in watched.stderr
+
+    failed = actionq("submit", "long_running", "fail", "--follow", env=env)
+    assert failed.returncode == 1
+    assert "RuntimeError: boom" in failed.stderr

@@ -1,0 +1,128 @@
+"""ProgressUpdate validation, sub-task roll-up and per-job coalescing (no Redis)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from service.context import JobContext
+from service.errors import InvalidProgressError
+from service.models import ProgressUpdate
+from service.progress import ProgressReporter, SubTask, make_update
+
+
+def test_steps_give_a_percentage_and_indeterminate_progress_has_none() -> None:
+    assert make_update(3, 12).percentage == 25.0
+    assert make_update(3, None, "working").indeterminate
+    assert make_update(percentage=40, message="m", details={"k": [1]}).percentage == 40
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "reason"),
+    [
+        ({"current_step": 5, "total_steps": 3}, "past total_steps"),
+        ({"percentage": 101}, "percentage: Input should be less than or equal to 100"),
+        ({"percentage": -1}, "percentage"),
+        ({"current_step": -1}, "current_step"),
+        ({"total_steps": 0}, "total_steps"),
+        ({"status": "exploded"}, "status"),
+        ({"details": {"x": {1, 2}}}, "details must be JSON"),
+    ],
+)
+def test_bad_updates_fail_at_the_call_with_the_reason(kwargs: dict[str, object], reason: str) -> None:
+    with pytest.raises(InvalidProgressError, match=reason):
+        make_update(**kwargs)  # type: ignore[arg-type]
+
+
+def test_context_without_a_reporter_validates_and_drops() -> None:
+    ctx = JobContext.create(job_id="j", plugin="p", action="a", attempt=1, worker_id="w")
+    ctx.progress(1, 2)
+    with pytest.raises(InvalidProgressError):
+        ctx.progress(3, 2)
+    with pytest.raises(InvalidProgressError, match="weight"):
+        ctx.subtask("x", weight=0)
+
+
+class Sink:
+    def __init__(self, delay_s: float = 0.0) -> None:
+        self.updates: list[ProgressUpdate] = []
+        self.delay_s = delay_s
+
+    async def __call__(self, update: ProgressUpdate) -> None:
+        await asyncio.sleep(self.delay_s)
+        self.updates.append(update)
+
+
+async def test_tight_loop_is_coalesced_and_the_last_update_is_delivered_on_close() -> None:
+    sink = Sink(delay_s=0.001)
+    reporter = ProgressReporter(sink, interval_s=0.05, loop=asyncio.get_running_loop())
+    root = SubTask(reporter)
+    for i in range(1, 10_001):
+        root.progress(i, 10_000)
+        if i % 1000 == 0:
+            await asyncio.sleep(0)
+    await reporter.close()
+    assert 1 <= len(sink.updates) < 50
+    assert sink.updates[-1].current_step == 10_000
+    steps = [u.current_step or 0 for u in sink.updates]
+    assert steps == sorted(steps)
+    root.progress(1, 1)  # after close: ignored
+    await asyncio.sleep(0.01)
+    assert sink.updates[-1].current_step == 10_000
+
+
+async def test_the_first_update_after_a_quiet_spell_is_written_at_once() -> None:
+    sink = Sink()
+    reporter = ProgressReporter(sink, interval_s=10, loop=asyncio.get_running_loop())
+    SubTask(reporter).progress(1, 5)
+    await asyncio.sleep(0.01)
+    assert [u.current_step for u in sink.updates] == [1]  # leading edge: no wait for the interval
+    SubTask(reporter).progress(2, 5)
+    await asyncio.sleep(0.01)
+    assert len(sink.updates) == 1  # within the interval: held back...
+    await reporter.close()
+    assert [u.current_step for u in sink.updates] == [1, 2]  # ...and flushed by close
+
+
+async def test_reports_from_a_thread_reach_the_loop() -> None:
+    sink = Sink()
+    reporter = ProgressReporter(sink, interval_s=0, loop=asyncio.get_running_loop())
+    root = SubTask(reporter)
+
+    def work() -> None:
+        for i in range(1, 101):
+            root.progress(i, 100)
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    await asyncio.to_thread(thread.join)
+    await asyncio.sleep(0.01)
+    await reporter.close()
+    assert sink.updates[-1].current_step == 100
+
+
+async def test_sub_tasks_roll_up_by_weight_and_nest() -> None:
+    sink = Sink()
+    reporter = ProgressReporter(sink, interval_s=0, loop=asyncio.get_running_loop())
+    root = SubTask(reporter)
+    download, convert = root.subtask("download", weight=1), root.subtask("convert", weight=3)
+    download.progress(percentage=100)
+    part = convert.subtask("part 1")
+    part.progress(1, 2)
+    await reporter.close()
+    tree = sink.updates[-1]
+    assert [t.name for t in tree.sub_tasks] == ["download", "convert"]
+    assert tree.sub_tasks[1].progress.percentage == 50.0  # convert = its only child, half done
+    assert tree.percentage == pytest.approx((1 * 100 + 3 * 50) / 4)
+
+
+async def test_a_failing_sink_never_fails_the_job() -> None:
+    async def broken(update: ProgressUpdate) -> None:
+        raise RuntimeError("redis down")
+
+    reporter = ProgressReporter(broken, interval_s=0, loop=asyncio.get_running_loop())
+    SubTask(reporter).progress(1, 2)
+    await reporter.close()
+    assert reporter.sent == 0
