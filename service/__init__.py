@@ -5,17 +5,24 @@ built on arq run the plugin's action under a timeout; :class:`JobHandle` follows
 result. Plugin authors derive from :class:`Plugin` and may take a :class:`JobContext`.
 """
 
+from service.cancellation import CancellationToken
+from service.checkpoint import Checkpoint
 from service.client import JobClient
 from service.context import JobContext, current_job
+from service.deadletter import DeadLetter, DeadLetterStore
 from service.errors import (
     ActionQError,
+    ActionQSignal,
     BrokerError,
+    CancellationRequested,
     ConfigError,
+    DeadLetterNotFoundError,
     FieldError,
     InvalidParamsError,
     InvalidProgressError,
     JobCancelledError,
     JobConflictError,
+    JobExpiredError,
     JobNotFoundError,
     ManifestError,
     PayloadTooLargeError,
@@ -24,6 +31,9 @@ from service.errors import (
     PluginError,
     PluginLoadError,
     ResultTimeoutError,
+    Retry,
+    StreamTrimmedError,
+    StreamUnavailableError,
     SubmissionError,
     UnknownActionError,
     UnknownPluginError,
@@ -33,6 +43,8 @@ from service.keys import Keys
 from service.manifest import ActionSpec, ArgumentSpec, PluginManifest
 from service.models import (
     TERMINAL_STATES,
+    AttemptInfo,
+    CancelOutcome,
     ErrorInfo,
     JobOptions,
     JobRecord,
@@ -45,6 +57,7 @@ from service.models import (
 from service.plugin import Plugin
 from service.progress import ProgressSnapshot, SubTask
 from service.registry import RegisteredPlugin, WorkerInfo
+from service.retry import RetryOverride, RetryPolicy
 from service.settings import PluginEntry, Settings, load_settings
 from service.sync import SyncJobClient, SyncJobHandle
 
@@ -63,6 +76,15 @@ __all__ = [
     "JobRecord",
     "JobRequest",
     "JobState",
+    "AttemptInfo",
+    "CancelOutcome",
+    # reliability: cancellation, retries, dead letters, checkpoints
+    "CancellationToken",
+    "Checkpoint",
+    "DeadLetter",
+    "DeadLetterStore",
+    "RetryOverride",
+    "RetryPolicy",
     # progress
     "ProgressSnapshot",
     "ProgressStatus",
@@ -86,6 +108,11 @@ __all__ = [
     "load_settings",
     # errors
     "ActionQError",
+    "ActionQSignal",
+    "CancellationRequested",
+    "DeadLetterNotFoundError",
+    "JobExpiredError",
+    "Retry",
     "BrokerError",
     "ConfigError",
     "FieldError",
@@ -101,6 +128,8 @@ __all__ = [
     "PluginError",
     "PluginLoadError",
     "ResultTimeoutError",
+    "StreamTrimmedError",
+    "StreamUnavailableError",
     "SubmissionError",
     "UnknownActionError",
     "UnknownPluginError",

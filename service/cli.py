@@ -11,6 +11,7 @@ import asyncio
 import json
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -318,6 +319,104 @@ def up(
         err.print(f"[red]error[/red]: {exc}", markup=True, highlight=False)
         raise typer.Exit(2) from exc
     raise typer.Exit(code)
+
+
+@app.command()
+def cancel(
+    job_id: Annotated[str, typer.Argument(help="Job id")],
+    reason: Annotated[str, typer.Option(help="Why (kept in the record).")] = "cancelled from the command line",
+    timeout: Annotated[float, typer.Option(help="How long to wait for a running job to stop.")] = 30.0,
+    config: ConfigOpt = None,
+    redis_url: RedisOpt = None,
+    namespace: NamespaceOpt = None,
+) -> None:
+    """Cancel a job in any state and say what happened."""
+
+    async def go(client: JobClient) -> None:
+        outcome = await client.job(job_id).cancel(reason, timeout=timeout)
+        out.print(outcome.value, highlight=False)
+
+    _client_run(config, redis_url, namespace, go)
+
+
+dead = typer.Typer(help="Dead letters: jobs whose attempts ran out.", no_args_is_help=True)
+app.add_typer(dead, name="dead")
+
+
+@dead.command("list")
+def dead_list(
+    limit: Annotated[int, typer.Option(help="At most this many, newest first.")] = 50,
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+    redis_url: RedisOpt = None,
+    namespace: NamespaceOpt = None,
+) -> None:
+    """List dead letters."""
+
+    async def go(client: JobClient) -> None:
+        letters = await client.dead.list(limit)
+        if as_json:
+            out.print_json(_dump([letter.model_dump(mode="json") for letter in letters]))
+            return
+        table = Table("job", "plugin.action", "state", "attempts", "error", "dead at")
+        for letter in letters:
+            error = f"{letter.error.type}: {letter.error.message}" if letter.error else "-"
+            when = datetime.fromtimestamp(letter.dead_at_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
+            job = f"{letter.request.plugin}.{letter.request.action}"
+            table.add_row(letter.job_id, job, letter.state.value, str(len(letter.attempts)), error, when)
+        out.print(table if letters else "no dead letters")
+
+    _client_run(config, redis_url, namespace, go)
+
+
+@dead.command("show")
+def dead_show(
+    job_id: Annotated[str, typer.Argument(help="Job id")],
+    config: ConfigOpt = None,
+    redis_url: RedisOpt = None,
+    namespace: NamespaceOpt = None,
+) -> None:
+    """Show a dead letter: request, every attempt, final error (JSON)."""
+
+    async def go(client: JobClient) -> None:
+        out.print_json((await client.dead.get(job_id)).model_dump_json())
+
+    _client_run(config, redis_url, namespace, go)
+
+
+@dead.command("replay")
+def dead_replay(
+    job_id: Annotated[str, typer.Argument(help="Job id")],
+    new_id: Annotated[bool, typer.Option("--new-id", help="Replay under a new id (default: the same id).")] = False,
+    config: ConfigOpt = None,
+    redis_url: RedisOpt = None,
+    namespace: NamespaceOpt = None,
+) -> None:
+    """Submit a dead job again as a fresh attempt series; prints the job id."""
+
+    async def go(client: JobClient) -> None:
+        handle = await client.dead.replay(job_id, new_id=new_id)
+        out.print(handle.job_id, highlight=False)
+
+    _client_run(config, redis_url, namespace, go)
+
+
+@dead.command("purge")
+def dead_purge(
+    job_ids: Annotated[list[str] | None, typer.Argument(help="Job ids (none: use --all)")] = None,
+    purge_all: Annotated[bool, typer.Option("--all", help="Purge every dead letter.")] = False,
+    config: ConfigOpt = None,
+    redis_url: RedisOpt = None,
+    namespace: NamespaceOpt = None,
+) -> None:
+    """Delete dead letters; prints how many."""
+    if not job_ids and not purge_all:
+        raise typer.BadParameter("name the job ids to purge, or pass --all")
+
+    async def go(client: JobClient) -> None:
+        out.print(str(await client.dead.purge(None if purge_all else job_ids)), highlight=False)
+
+    _client_run(config, redis_url, namespace, go)
 
 
 def main() -> None:

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
+from contextlib import aclosing
 from datetime import datetime
 from types import TracebackType
 from typing import Any
@@ -27,6 +28,7 @@ from pydantic import ValidationError
 from redis.asyncio import Redis
 
 from service.broker import broker_errors, connect
+from service.deadletter import DeadLetterStore
 from service.errors import (
     ConfigError,
     FieldError,
@@ -41,6 +43,7 @@ from service.manifest import PluginManifest
 from service.models import JobOptions, JobRequest, now_ms
 from service.pubsub import PubSubMultiplexer
 from service.registry import RegisteredPlugin, Registry, WorkerInfo
+from service.retry import RetryOverride
 from service.settings import Settings, load_settings
 from service.store import JobStore
 from service.wire import check_size, dumps
@@ -66,6 +69,7 @@ class JobClient:
         self.registry = Registry(redis, self.keys, heartbeat_s=settings.heartbeat_s)
         self._owns_redis = owns_redis
         self._mux: PubSubMultiplexer | None = None
+        self.dead = DeadLetterStore(redis, self.keys, ttl_s=settings.dead_letter_ttl_s, client=self)
         self._manifests: dict[str, tuple[float, RegisteredPlugin | None]] = {}
 
     @classmethod
@@ -124,6 +128,8 @@ class JobClient:
         defer_s: float | None = None,
         at: datetime | None = None,
         result_ttl_s: int | None = None,
+        retry: RetryOverride | Mapping[str, Any] | None = None,
+        expires_s: float | None = None,
         host: str = "any",
         validate: bool = True,
     ) -> JobHandle:
@@ -143,11 +149,26 @@ class JobClient:
             at_ms=int(at.timestamp() * 1000) if at is not None else None,
             result_ttl_s=result_ttl_s,
             host=self.settings.hostname if host == "local" else host,
+            retry=retry,
+            expires_s=expires_s,
         )
         manifest = await self._manifest(plugin) if validate else None
         checked = self._check_params(manifest, plugin, action, params)
         request = JobRequest(plugin=plugin, action=action, params=checked, options=options)
         return await self.submit_request(request)
+
+    async def execute_stream(
+        self, plugin: str, action: str, params: Params = None, **options: Any
+    ) -> AsyncGenerator[Any, None]:
+        """Submit a generator action and yield its items as they are produced (the seed's ``execute_stream``).
+
+        ``options`` are those of :meth:`submit`. Ends when the action does; raises what the job
+        ended with otherwise (see :meth:`JobHandle.stream`).
+        """
+        handle = await self.submit(plugin, action, params, **options)
+        async with aclosing(handle.stream()) as items:
+            async for item in items:
+                yield item
 
     async def submit_request(self, request: JobRequest) -> JobHandle:
         """Write an already-built (and, if wanted, already-validated) request."""
@@ -168,7 +189,8 @@ class JobClient:
             score_ms=score,
             record_ttl_s=lifetime_s,
             arq_payload=payload,
-            arq_ttl_ms=lifetime_s * 1000,
+            # arq drops a job whose body expired before a worker took it: the queue-wait limit.
+            arq_ttl_ms=(score - now) + int(opts.expires_s * 1000) if opts.expires_s else lifetime_s * 1000,
         )
         existing = created.existing_request
         if not created.created and existing is not None and not request.same_work(existing):

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from service.cancellation import CancellationToken
+from service.checkpoint import Checkpoint
 from service.models import ProgressStatus
 from service.progress import ProgressReporter, SubTask
 
@@ -27,10 +29,11 @@ __all__ = ["JobContext", "current_job", "job_context"]
 
 @dataclass(frozen=True)
 class JobContext:
-    """The running job as the action sees it: ids, a bound logger and progress reporting.
+    """The running job as the action sees it: ids, a bound logger, progress, cancellation, checkpoints.
 
-    The cancellation token and checkpoints are added by the issue that builds them; the executor
-    is the only place that creates a context.
+    ``cancellation`` is the job's :class:`CancellationToken` (set when a cancel request or the
+    timeout arrives); ``checkpoint`` keeps JSON state for the next attempt. The executor is the
+    only place that creates a context.
     """
 
     job_id: str
@@ -40,6 +43,8 @@ class JobContext:
     worker_id: str
     logger: FilteringBoundLogger = field(repr=False)
     tree: SubTask = field(default_factory=lambda: SubTask(None), repr=False)
+    cancellation: CancellationToken = field(default_factory=CancellationToken, repr=False)
+    checkpoint: Checkpoint = field(default_factory=lambda: Checkpoint(None, "", ttl_s=1, max_bytes=1 << 20), repr=False)
 
     @classmethod
     def create(
@@ -51,6 +56,8 @@ class JobContext:
         attempt: int,
         worker_id: str,
         reporter: ProgressReporter | None = None,
+        cancellation: CancellationToken | None = None,
+        checkpoint: Checkpoint | None = None,
     ) -> JobContext:
         """A context whose logger is bound to the job's id, plugin and action."""
         logger: FilteringBoundLogger = structlog.get_logger("actionq.job").bind(
@@ -64,6 +71,8 @@ class JobContext:
             worker_id=worker_id,
             logger=logger,
             tree=SubTask(reporter),
+            cancellation=cancellation or CancellationToken(),
+            checkpoint=checkpoint or Checkpoint(None, "", ttl_s=1, max_bytes=1 << 20),
         )
 
     def progress(

@@ -13,7 +13,8 @@ where params and settings are validated), so callers never have to catch ``redis
     │   │   └── ManifestError          the manifest is malformed (names the field)
     │   └── PluginActionExecutionError an action ran and failed (carries ErrorInfo)
     │       ├── PluginActionTimeoutError   it ran past its timeout
-    │       └── JobCancelledError          it was cancelled
+    │       ├── JobCancelledError          it was cancelled
+    │       └── JobExpiredError            it did not start before its queue-wait limit (``expires``)
     ├── SubmissionError                a job was rejected before anything was written
     │   ├── UnknownPluginError
     │   ├── UnknownActionError
@@ -22,12 +23,16 @@ where params and settings are validated), so callers never have to catch ``redis
     │   └── JobConflictError           the job id exists with a different request
     ├── InvalidProgressError           a progress update that does not validate (raised in the action)
     ├── JobNotFoundError               no record for that job id (never existed or expired)
+    │   └── DeadLetterNotFoundError    no dead letter for that job id
     ├── ResultTimeoutError             waiting for a result took too long (also a TimeoutError)
     ├── StreamUnavailableError         the job ended and has no output stream (not a generator, or expired)
     └── StreamTrimmedError             a stream reader fell more than the cap behind; items were trimmed
 
-Control flow that carries data (``Retry``) arrives with the retry issue and will not derive
-from an error class meant for logging.
+Control flow that carries data is not an error and is never logged as a failure::
+
+    ActionQSignal
+    ├── Retry(delay)                   plugin code: run this job again after ``delay`` seconds
+    └── CancellationRequested          ``token.raise_if_cancelled()``: the action stops as asked
 """
 
 from __future__ import annotations
@@ -41,6 +46,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ActionQError",
+    "ActionQSignal",
+    "CancellationRequested",
+    "DeadLetterNotFoundError",
+    "JobExpiredError",
+    "Retry",
     "BrokerError",
     "ConfigError",
     "FieldError",
@@ -108,6 +118,10 @@ class PluginActionTimeoutError(PluginActionExecutionError):
 
 class JobCancelledError(PluginActionExecutionError):
     """The job was cancelled before it could finish."""
+
+
+class JobExpiredError(PluginActionExecutionError):
+    """The job did not start before its queue-wait limit (``expires``), so it was never run."""
 
 
 @dataclass(frozen=True)
@@ -187,6 +201,37 @@ class JobNotFoundError(ActionQError):
     def __init__(self, job_id: str) -> None:
         super().__init__(f"no job {job_id!r} (never submitted, or its record expired)")
         self.job_id = job_id
+
+
+class DeadLetterNotFoundError(JobNotFoundError):
+    """No dead letter is kept for the job id (never dead-lettered, replayed, purged or expired)."""
+
+    def __init__(self, job_id: str) -> None:
+        ActionQError.__init__(self, f"no dead letter for job {job_id!r}")
+        self.job_id = job_id
+
+
+class ActionQSignal(Exception):
+    """Base of control-flow exceptions raised by plugin code on purpose (never logged as failures)."""
+
+
+class Retry(ActionQSignal):
+    """Raise in an action to run the job again after ``delay`` seconds (within its attempt limit)."""
+
+    def __init__(self, delay: float = 0.0, reason: str = "") -> None:
+        if delay < 0:
+            raise ValueError(f"Retry delay must be >= 0, not {delay}")
+        super().__init__(reason or f"retry requested in {delay:g}s")
+        self.delay = delay
+        self.reason = reason
+
+
+class CancellationRequested(ActionQSignal):
+    """Raised by ``CancellationToken.raise_if_cancelled()``: the action stops because it was asked to."""
+
+    def __init__(self, reason: str = "cancelled") -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class ResultTimeoutError(ActionQError, TimeoutError):

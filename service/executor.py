@@ -1,70 +1,70 @@
 """Running one job: a short pipeline, each step its own function.
 
-resolve action → validate params → mark running (+ state message) → run under the timeout with
-a :class:`JobContext` → classify the outcome → record it (+ state message), the bookkeeping
-shielded from cancellation. Policies (timeouts now; retries, cancellation and progress
-throttling with their issues) are small units the pipeline calls, not branches inside it.
+start (refused if the job ended, e.g. cancelled while queued; a durable cancel flag cancels at
+once) → resolve action → validate params → run under :func:`supervise` (timeout and cancellation,
+cooperative first, then forced) with a :class:`JobContext` → classify the outcome → apply the
+retry policy → record it, shielded from cancellation: attempt history, stream end, final state
+or ``retrying``, dead letter when attempts ran out.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-from dataclasses import dataclass
 from typing import Any
 
 import structlog
 from pydantic import ValidationError
 
+from service.cancellation import CancellationToken
+from service.checkpoint import Checkpoint
 from service.context import JobContext, job_context
-from service.errors import PayloadTooLargeError, PluginActionTimeoutError, SubmissionError
+from service.deadletter import DeadLetter, DeadLetterStore
+from service.errors import BrokerError, SubmissionError
 from service.loader import BoundAction, PluginLoader
-from service.models import ErrorInfo, JobRequest, JobState, now_ms
+from service.models import AttemptInfo, JobRequest, JobState, now_ms
+from service.outcome import Outcome, classify, with_retry
 from service.progress import ProgressReporter
+from service.retry import merge
 from service.settings import Settings
 from service.store import JobStore
-from service.wire import check_size, dumps
+from service.streams import StreamEnd, StreamWriter, pump
+from service.supervise import supervise
+from service.wire import dumps
 
 __all__ = ["Executor", "Outcome"]
 
 log = structlog.get_logger("actionq.executor")
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """How one attempt ended."""
-
-    state: JobState
-    result: Any = None
-    error: ErrorInfo | None = None
-
-    def summary(self) -> dict[str, Any]:
-        """What arq stores as the job's result (so arq's ``Job.result()`` stays meaningful)."""
-        return {
-            "state": self.state.value,
-            "result": self.result,
-            "error": None if self.error is None else self.error.model_dump(exclude={"traceback"}),
-        }
-
-    @classmethod
-    def failed(cls, exc: BaseException, *, with_traceback: bool = True) -> Outcome:
-        """A failure described from ``exc``."""
-        return cls(JobState.FAILED, error=ErrorInfo.from_exception(exc, with_traceback=with_traceback))
-
-
 class Executor:
-    """Runs jobs for one worker: the loaded plugins, the job store and the settings."""
+    """Runs jobs for one worker: the loaded plugins, the job store, dead letters and the settings."""
 
-    def __init__(self, *, loader: PluginLoader, store: JobStore, settings: Settings, worker_id: str) -> None:
+    def __init__(
+        self,
+        *,
+        loader: PluginLoader,
+        store: JobStore,
+        settings: Settings,
+        worker_id: str,
+        dead_letters: DeadLetterStore | None = None,
+    ) -> None:
         self.loader = loader
         self.store = store
         self.settings = settings
         self.worker_id = worker_id
+        self.dead_letters = dead_letters or DeadLetterStore(store.redis, store.keys, ttl_s=settings.dead_letter_ttl_s)
+        self._tokens: dict[str, CancellationToken] = {}
+
+    def cancel(self, job_id: str, reason: str) -> bool:
+        """Set the token of ``job_id`` if it runs here; True if this worker acted on it."""
+        token = self._tokens.get(job_id)
+        return token is not None and token.cancel(reason)
 
     async def run(self, job_id: str, raw_request: Any, attempt: int) -> Outcome | None:
         """Run one attempt of ``job_id`` and record its outcome.
 
-        Returns ``None`` when the job must not run because its record is gone (it expired).
+        Returns ``None`` when the job must not run (its record is gone, or it already ended).
         ``asyncio.CancelledError`` (the worker is shutting down) is recorded as "queued again"
         and re-raised so that arq hands the job back to the queue.
         """
@@ -72,40 +72,92 @@ class Executor:
             try:
                 request = JobRequest.model_validate(raw_request)
             except ValidationError as exc:
-                outcome = Outcome.failed(ValueError(f"malformed job data: {exc}"), with_traceback=False)
-                await asyncio.shield(self._record(job_id, attempt, outcome, self.settings.result_ttl_s))
+                error = ValueError(f"malformed job data: {exc}")
+                outcome = Outcome.failed(error, with_traceback=False, retryable=False)
+                await asyncio.shield(
+                    self.store.transition(job_id, JobState.FAILED, attempt=attempt, fields=_fields(outcome))
+                )
                 return outcome
             with structlog.contextvars.bound_contextvars(plugin=request.plugin, action=request.action):
                 return await self._run_request(job_id, request, attempt)
 
     async def _run_request(self, job_id: str, request: JobRequest, attempt: int) -> Outcome | None:
-        started = await self.store.transition(
-            job_id, JobState.RUNNING, attempt=attempt, fields={"worker": self.worker_id, "started_at_ms": now_ms()}
-        )
-        if started < 0:
-            log.warning("job_record_missing", reason="the record expired before the job started; not running it")
-            return None
-        log.info("job_started")
+        token = self._tokens[job_id] = CancellationToken(asyncio.get_running_loop())
         try:
-            outcome = await self._execute(job_id, request, attempt)
-        except asyncio.CancelledError:
-            await asyncio.shield(self._requeued(job_id, attempt))
-            raise
-        ttl = request.options.result_ttl_s or self.settings.result_ttl_s
-        await asyncio.shield(self._record(job_id, attempt, outcome, ttl))
-        log.info("job_finished", state=outcome.state.value)
-        return outcome
+            started_at = now_ms()
+            if not await self._start(job_id, attempt, token, started_at):
+                return None
+            stream = self._stream_writer(job_id)
+            try:
+                outcome = await self._attempt(job_id, request, attempt, stream, token)
+            except asyncio.CancelledError:
+                stream.abort()
+                await asyncio.shield(self._requeued(job_id, attempt))
+                raise
+            info = AttemptInfo(
+                attempt=attempt,
+                worker=self.worker_id,
+                started_at_ms=started_at,
+                finished_at_ms=now_ms(),
+                state=outcome.ended_as or outcome.state,
+                error=outcome.error,
+                retry_in_s=outcome.retry_in_s,
+                note=outcome.note,
+            )
+            await asyncio.shield(self._finish(job_id, request, info, outcome, stream))
+            log.info("job_finished", state=outcome.state.value, note=outcome.note or None)
+            return outcome
+        finally:
+            self._tokens.pop(job_id, None)
 
-    async def _execute(self, job_id: str, request: JobRequest, attempt: int) -> Outcome:
+    async def _start(self, job_id: str, attempt: int, token: CancellationToken, now: int) -> bool:
+        seq, extra = await self.store.start(job_id, attempt=attempt, worker=self.worker_id, now_ms=now)
+        if seq == -1:
+            log.warning("job_record_missing", reason="the record expired before the job started; not running it")
+            return False
+        if seq == -2:
+            log.info("job_not_started", reason=f"the job already ended ({extra})")
+            return False
+        if extra:
+            token.cancel(extra)  # cancelled between being claimed and starting: stop at once
+        log.info("job_started")
+        return True
+
+    def _stream_writer(self, job_id: str) -> StreamWriter:
+        """The job's output stream (touched only if the action turns out to be a generator)."""
+        return StreamWriter(
+            self.store.redis,
+            self.store.keys.job_stream(job_id),
+            max_items=self.settings.stream_max_items,
+            max_item_bytes=self.settings.max_payload_bytes,
+            pending_ttl_s=self.settings.pending_ttl_s,
+        )
+
+    async def _attempt(
+        self, job_id: str, request: JobRequest, attempt: int, stream: StreamWriter, token: CancellationToken
+    ) -> Outcome:
         try:
             action = self.loader.resolve(request.plugin, request.action)
             params = action.validate(request.params)
         except SubmissionError as exc:
-            return Outcome.failed(exc, with_traceback=False)
+            return Outcome.failed(exc, with_traceback=False, retryable=False)
+        outcome = await self._execute(job_id, request, attempt, action, params, stream, token)
+        policy = merge(self.settings.retry, action.spec.retry, request.options.retry)
+        return with_retry(outcome, policy, attempt)
+
+    async def _execute(
+        self,
+        job_id: str,
+        request: JobRequest,
+        attempt: int,
+        action: BoundAction,
+        params: dict[str, Any],
+        stream: StreamWriter,
+        token: CancellationToken,
+    ) -> Outcome:
+        loop = asyncio.get_running_loop()
         reporter = ProgressReporter(
-            functools.partial(self.store.progress, job_id),
-            interval_s=self.settings.progress_interval_s,
-            loop=asyncio.get_running_loop(),
+            functools.partial(self.store.progress, job_id), interval_s=self.settings.progress_interval_s, loop=loop
         )
         ctx = JobContext.create(
             job_id=job_id,
@@ -114,58 +166,98 @@ class Executor:
             attempt=attempt,
             worker_id=self.worker_id,
             reporter=reporter,
+            cancellation=token,
+            checkpoint=self._checkpoint(job_id, loop),
         )
+        timeout_s = request.options.timeout_s or action.spec.timeout_s or self.settings.default_timeout_s
+        grace_s = action.spec.cancel_grace_s if action.spec.cancel_grace_s is not None else self.settings.cancel_grace_s
         try:
-            return await self._invoke(action, params, ctx, self._timeout(request, action))
+            with job_context(ctx):  # the action's task is created inside: it inherits the context
+                coro = pump(action.iterate(params, ctx), stream) if action.is_generator else action.invoke(params, ctx)
+                done = await supervise(coro, token=token, timeout_s=timeout_s, grace_s=grace_s)
         finally:
             # The last progress is written before the final state, whatever the outcome.
             await asyncio.shield(reporter.close())
+        job = f"{action.plugin}.{action.name}"
+        return classify(
+            done, job=job, timeout_s=timeout_s, reason=token.reason, max_bytes=self.settings.max_payload_bytes
+        )
 
-    async def _invoke(self, action: BoundAction, params: dict[str, Any], ctx: JobContext, timeout_s: float) -> Outcome:
-        """Run the action under its timeout and classify how it ended."""
-        try:
-            with job_context(ctx):
-                async with asyncio.timeout(timeout_s) as deadline:
-                    result = await action.invoke(params, ctx)
-        except TimeoutError as exc:
-            if not deadline.expired():
-                return Outcome.failed(exc)  # the action's own TimeoutError, not our deadline
-            return self._timed_out(action, timeout_s)
-        except Exception as exc:
-            return Outcome.failed(exc)
-        return self._succeeded(ctx.job_id, result)
+    def _checkpoint(self, job_id: str, loop: asyncio.AbstractEventLoop) -> Checkpoint:
+        checkpoint = Checkpoint(
+            self.store.redis,
+            self.store.keys.checkpoint(job_id),
+            ttl_s=self.settings.pending_ttl_s,
+            max_bytes=self.settings.max_payload_bytes,
+        )
+        checkpoint.bind_loop(loop)
+        return checkpoint
 
-    def _timeout(self, request: JobRequest, action: BoundAction) -> float:
-        return request.options.timeout_s or action.spec.timeout_s or self.settings.default_timeout_s
+    async def _finish(
+        self, job_id: str, request: JobRequest, info: AttemptInfo, outcome: Outcome, stream: StreamWriter
+    ) -> None:
+        fields = _fields(outcome)
+        fields[f"attempt:{info.attempt}"] = info.model_dump_json()
+        if outcome.state is JobState.RETRYING:
+            fields["scheduled_at_ms"] = now_ms() + int((outcome.retry_in_s or 0) * 1000)
+            await self._transition(job_id, outcome.state, info.attempt, fields, ttl_s=0)
+            return
+        ttl = request.options.result_ttl_s or self.settings.result_ttl_s
+        if stream.started:
+            # Before the final state: a reader sees the stream end no later than the record does.
+            await self._end_stream(stream, outcome, ttl)
+        if outcome.state in (JobState.FAILED, JobState.TIMED_OUT):
+            # Also before the final state: whoever sees the job failed finds its dead letter.
+            await self._dead_letter(job_id, request, info, outcome)
+        # The checkpoint goes with the final state: a job that ended has nothing to resume.
+        checkpoint = self.store.keys.checkpoint(job_id)
+        await self._transition(job_id, outcome.state, info.attempt, fields, ttl_s=ttl, delete=(checkpoint,))
 
-    def _timed_out(self, action: BoundAction, timeout_s: float) -> Outcome:
-        if action.kind in ("sync", "sync_gen"):
-            # A thread cannot be interrupted: the slot is freed, the thread finishes on its own.
-            log.warning("job_thread_still_running", timeout_s=timeout_s)
-        message = f"action {action.plugin}.{action.name} ran past its timeout of {timeout_s:g}s"
-        return Outcome(JobState.TIMED_OUT, error=ErrorInfo(type=PluginActionTimeoutError.__name__, message=message))
-
-    def _succeeded(self, job_id: str, result: Any) -> Outcome:
-        try:
-            check_size(f"result of job {job_id}", dumps(result), self.settings.max_payload_bytes)
-        except (TypeError, ValueError) as exc:
-            return Outcome.failed(
-                TypeError(f"the action returned a value that is not JSON: {exc}"), with_traceback=False
-            )
-        except PayloadTooLargeError as exc:
-            return Outcome.failed(exc, with_traceback=False)
-        return Outcome(JobState.SUCCEEDED, result=result)
-
-    async def _record(self, job_id: str, attempt: int, outcome: Outcome, ttl_s: int) -> None:
-        fields: dict[str, Any] = {"finished_at_ms": now_ms()}
-        if outcome.state is JobState.SUCCEEDED:
-            fields["result"] = dumps(outcome.result).decode()
-        if outcome.error is not None:
-            fields["error"] = outcome.error.model_dump_json()
-        seq = await self.store.transition(job_id, outcome.state, attempt=attempt, fields=fields, ttl_s=ttl_s)
-        if seq < 0:
+    async def _transition(
+        self,
+        job_id: str,
+        state: JobState,
+        attempt: int,
+        fields: dict[str, Any],
+        ttl_s: int,
+        delete: tuple[str, ...] = (),
+    ) -> None:
+        seq = await self.store.transition(job_id, state, attempt=attempt, fields=fields, ttl_s=ttl_s, delete=delete)
+        if seq == -1:
             log.warning("job_record_missing", reason="the record expired while the job ran; outcome not kept")
+        elif seq == -2:
+            log.info("job_outcome_not_kept", reason="the job already ended (it was cancelled meanwhile)")
+
+    async def _dead_letter(self, job_id: str, request: JobRequest, info: AttemptInfo, outcome: Outcome) -> None:
+        record = await self.store.get(job_id)
+        if record is None or record.is_terminal:
+            return  # expired, or ended meanwhile (cancelled): nothing to dead-letter
+        letter = DeadLetter(
+            job_id=job_id,
+            request=request,
+            queue=record.queue,
+            state=outcome.state,
+            error=outcome.error,
+            attempts=[*record.attempts, info],
+        )
+        await self.dead_letters.add(letter)
+        log.warning("job_dead_lettered", error=outcome.error.type if outcome.error else None)
+
+    async def _end_stream(self, stream: StreamWriter, outcome: Outcome, ttl_s: int) -> None:
+        try:
+            await stream.finish(StreamEnd(outcome.state, stream.count, outcome.error), ttl_s)
+        except BrokerError as exc:
+            log.error("stream_end_not_written", reason=str(exc))
 
     async def _requeued(self, job_id: str, attempt: int) -> None:
         await self.store.transition(job_id, JobState.QUEUED, attempt=attempt, fields={"worker": ""})
         log.info("job_interrupted", reason="worker shutting down; the job goes back to its queue")
+
+
+def _fields(outcome: Outcome) -> dict[str, Any]:
+    fields: dict[str, Any] = {"finished_at_ms": now_ms()}
+    if outcome.state is JobState.SUCCEEDED:
+        fields["result"] = dumps(outcome.result).decode()
+    if outcome.error is not None:
+        fields["error"] = outcome.error.model_dump_json()
+    return fields

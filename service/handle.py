@@ -4,23 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
 from typing import TYPE_CHECKING, Any
 
 from service.errors import (
     JobCancelledError,
+    JobExpiredError,
     JobNotFoundError,
     PluginActionExecutionError,
     PluginActionTimeoutError,
     ResultTimeoutError,
 )
-from service.models import ErrorInfo, JobRecord, JobState, ProgressUpdate
+from service.models import CancelOutcome, ErrorInfo, JobRecord, JobState, ProgressUpdate, now_ms
 from service.progress import ProgressSnapshot
+from service.streams import StreamEnd, follow
 
 if TYPE_CHECKING:
     from service.client import JobClient
 
-__all__ = ["JobHandle", "outcome_of"]
+__all__ = ["JobHandle", "error_for", "outcome_of"]
 
 # While waiting, the record is re-read at least this often even without a message: a safety
 # net for a pub/sub message lost to a reconnect, not the way results normally arrive.
@@ -109,6 +112,61 @@ class JobHandle:
         """
         return outcome_of(await self.wait(timeout))
 
+    async def cancel(self, reason: str = "cancelled by request", *, timeout: float = 30.0) -> CancelOutcome:
+        """Cancel the job, whatever its state, and say what happened.
+
+        A waiting job (queued, deferred, or waiting to retry) is cancelled at once and never
+        starts: ``cancelled_queued``. A running job gets a durable flag and a push to its worker,
+        which sets the job's token and, after the action's grace period, stops it by force; this
+        waits up to ``timeout`` seconds for the end: ``cancelled_running``, or
+        ``already_finished`` if it finished first (cancel racing completion), or
+        ``cancel_requested`` if it has not ended yet. A job that had ended is left alone:
+        ``already_finished``. A cancelled job is never retried.
+        """
+        # One round trip: the script itself decides, flags, pushes (and picks the result TTL).
+        ttl_s = self.client.settings.result_ttl_s
+        what, _ = await self.client.store.cancel(self.job_id, reason=reason, now_ms=now_ms(), ttl_s=ttl_s)
+        if what == "missing":
+            raise JobNotFoundError(self.job_id)
+        if what == "finished":
+            return CancelOutcome.ALREADY_FINISHED
+        if what == "cancelled":
+            return CancelOutcome.CANCELLED_QUEUED
+        try:
+            record = await self.wait(timeout)  # subscribes, then reads: the end cannot be missed
+        except ResultTimeoutError:
+            return CancelOutcome.CANCEL_REQUESTED
+        if record.state is JobState.CANCELLED:
+            return CancelOutcome.CANCELLED_RUNNING
+        return CancelOutcome.ALREADY_FINISHED
+
+    async def stream(self, start: int = 0) -> AsyncGenerator[Any, None]:
+        """The items a generator action yields, from index ``start`` on, live until it ends.
+
+        Reads the job's output stream (``Keys.job_stream``): items already produced first (so
+        ``start`` resumes where an earlier reader stopped), then each new item as it is written,
+        waiting while the job is still queued. When the terminal marker arrives: a successful run
+        just stops; a failed, timed-out or cancelled one raises what :meth:`result` would
+        (:class:`PluginActionExecutionError`, :class:`PluginActionTimeoutError`,
+        :class:`JobCancelledError`) after the items produced before the error.
+
+        Raises :class:`StreamUnavailableError` when the job ended without a stream (not a
+        generator action, or the stream expired), and :class:`StreamTrimmedError` when this reader
+        fell more than the stream's cap behind (resume from its ``first_available_index`` to
+        accept the loss). A re-run of the job (a retry, or a worker lost mid-job) restarts the stream.
+        """
+        key = self.client.keys.job_stream(self.job_id)
+        async with aclosing(follow(self.client.redis, key, self.job_id, start, self._finished)) as entries:
+            async for entry in entries:
+                if isinstance(entry, StreamEnd):
+                    if entry.state is not JobState.SUCCEEDED:
+                        raise error_for(self.job_id, entry.state, entry.error)
+                    return
+                yield entry
+
+    async def _finished(self) -> bool:
+        return (await self.record()).is_terminal
+
 
 def _snapshot(record: JobRecord) -> ProgressSnapshot:
     return ProgressSnapshot(job_id=record.job_id, seq=record.seq, state=record.state, progress=record.progress)
@@ -144,9 +202,16 @@ def outcome_of(record: JobRecord) -> Any:
     """The result of a finished job, or the exception its outcome stands for."""
     if record.state is JobState.SUCCEEDED:
         return record.result
-    error = record.error or ErrorInfo(type="Unknown", message=f"job ended {record.state.value}")
-    if record.state is JobState.TIMED_OUT:
-        raise PluginActionTimeoutError(record.job_id, error)
-    if record.state is JobState.CANCELLED:
-        raise JobCancelledError(record.job_id, error)
-    raise PluginActionExecutionError(record.job_id, error)
+    raise error_for(record.job_id, record.state, record.error)
+
+
+def error_for(job_id: str, state: JobState, error: ErrorInfo | None) -> PluginActionExecutionError:
+    """The exception a job that ended in ``state`` (not succeeded) stands for."""
+    info = error or ErrorInfo(type="Unknown", message=f"job ended {state.value}")
+    if state is JobState.TIMED_OUT:
+        return PluginActionTimeoutError(job_id, info)
+    if state is JobState.CANCELLED:
+        return JobCancelledError(job_id, info)
+    if info.type == JobExpiredError.__name__:
+        return JobExpiredError(job_id, info)
+    return PluginActionExecutionError(job_id, info)

@@ -53,6 +53,23 @@ class Keys:
         """Stream: the items a generator action yielded, ended by a terminal marker entry."""
         return f"{self.namespace}:stream:{job_id}"
 
+    def checkpoint(self, job_id: str) -> str:
+        """String: the JSON state a job saved with ``ctx.checkpoint.save``; gone when the job ends."""
+        return f"{self.namespace}:checkpoint:{job_id}"
+
+    def cancel_channel(self) -> str:
+        """Pub/sub channel to every worker: ``{"job_id", "reason"}`` of a job to cancel."""
+        return f"{self.namespace}:ch:cancel"
+
+    # -- dead letters -----------------------------------------------------------------------
+    def dead_letters(self) -> str:
+        """ZSET: job id -> when it was dead-lettered (epoch ms)."""
+        return f"{self.namespace}:dead"
+
+    def dead_letter(self, job_id: str) -> str:
+        """String: a dead letter's JSON (request, attempt history, final error)."""
+        return f"{self.namespace}:dead:{job_id}"
+
     def arq_job_id(self, job_id: str) -> str:
         """The id arq knows the job by: namespaced, because arq's key prefixes are global."""
         return f"{self.namespace}:{job_id}"

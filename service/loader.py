@@ -13,6 +13,9 @@ the manifest, never with ``getattr`` on the plugin instance.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
+import functools
 import importlib
 import importlib.machinery
 import inspect
@@ -21,7 +24,8 @@ import json
 import re
 import sys
 import types
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -33,6 +37,7 @@ from service.context import JobContext, job_context
 from service.errors import PluginLoadError, UnknownActionError, UnknownPluginError
 from service.manifest import ActionSpec, ArgumentSpec, PluginManifest, load_manifest
 from service.plugin import Plugin
+from service.streams import iterate_in_thread
 
 __all__ = ["ActionKind", "BoundAction", "LoadedPlugin", "PluginLoader"]
 
@@ -67,26 +72,45 @@ class BoundAction:
 
         ``ctx`` is passed as the ``ctx`` argument when the method declares one, and is the
         :func:`~service.context.current_job` throughout. ``async def`` actions are awaited; plain
-        ``def`` actions run in a worker thread (``asyncio.to_thread`` copies the context, so
-        ``current_job()`` works there). Generator actions are, for now, drained and their items
-        returned as a list; streaming each item replaces this in a later issue.
+        ``def`` actions run in a worker thread with a copy of the context (so ``current_job()``
+        works there); cancelled, the call stays until the thread returns (see :func:`_in_thread`).
+        Generator actions are not invoked but iterated: see
+        :meth:`iterate` (calling this for one raises ``TypeError``).
         """
-        kwargs = {**params, "ctx": ctx} if self.wants_ctx else dict(params)
+        if self.is_generator:
+            raise TypeError(f"action {self.plugin}.{self.name} is a generator: iterate it, do not invoke it")
+        kwargs = self._kwargs(params, ctx)
         with job_context(ctx):
             if self.kind == "async":
                 return await self.func(**kwargs)
-            if self.kind == "async_gen":
-                return [item async for item in self.func(**kwargs)]
-            if self.kind == "sync_gen":
-                return await asyncio.to_thread(_drain, self.func, kwargs)
-            result = await asyncio.to_thread(self.func, **kwargs)
+            result = await _in_thread(self.func, kwargs)
             # A sync wrapper around a coroutine function (a decorator without functools.wraps
             # support for coroutines) hands back a coroutine: finish it on the loop.
             return await result if inspect.isawaitable(result) else result
 
+    @property
+    def is_generator(self) -> bool:
+        """True for generator and async generator actions, whose items are streamed."""
+        return self.kind in ("async_gen", "sync_gen")
 
-def _drain(func: Callable[..., Iterable[Any]], kwargs: dict[str, Any]) -> list[Any]:
-    return list(func(**kwargs))
+    async def iterate(self, params: dict[str, Any], ctx: JobContext) -> AsyncGenerator[Any, None]:
+        """The items a generator action yields, as an async generator (close it when done).
+
+        Async generators are iterated on the loop; plain generators run in a thread of their own
+        that stays at most a bounded number of items ahead (:func:`service.streams.iterate_in_thread`).
+        ``ctx`` is passed and current as for :meth:`invoke`.
+        """
+        if not self.is_generator:
+            raise TypeError(f"action {self.plugin}.{self.name} is not a generator: invoke it")
+        kwargs = self._kwargs(params, ctx)
+        with job_context(ctx):
+            items = self.func(**kwargs) if self.kind == "async_gen" else iterate_in_thread(self.func, kwargs)
+            async with aclosing(items) as running:
+                async for item in running:
+                    yield item
+
+    def _kwargs(self, params: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+        return {**params, "ctx": ctx} if self.wants_ctx else dict(params)
 
 
 @dataclass
@@ -360,3 +384,20 @@ def _kind(func: Callable[..., Any]) -> ActionKind:
     if inspect.isgeneratorfunction(func):
         return "sync_gen"
     return "sync"
+
+
+async def _in_thread(func: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
+    """Run ``func(**kwargs)`` in the default executor with a copy of the current context.
+
+    Unlike ``asyncio.to_thread``, a cancelled call does not pretend to be over: Python cannot stop
+    a thread, so it waits for the thread to return before re-raising. Whoever cancelled it can
+    thus tell that the action is stuck (the supervisor logs it and frees the job's slot anyway).
+    """
+    context = contextvars.copy_context()
+    future = asyncio.get_running_loop().run_in_executor(None, functools.partial(context.run, func, **kwargs))
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        with contextlib.suppress(BaseException):
+            await future
+        raise

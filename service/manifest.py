@@ -41,6 +41,7 @@ from pydantic import (
 from service.argtypes import parse_type
 from service.errors import FieldError, InvalidParamsError, ManifestError, UnknownActionError
 from service.models import Name
+from service.retry import RetryOverride
 
 __all__ = ["MISSING", "ActionSpec", "ArgumentSpec", "PluginManifest", "load_manifest", "parse_type"]
 
@@ -148,13 +149,17 @@ class ArgumentSpec(_Frozen):
 
 
 class ActionSpec(_Frozen):
-    """One action: the name callers use, the Python method behind it, arguments and timeout."""
+    """One action: the name callers use, the Python method behind it, arguments, timeout and retries."""
 
     name: Name
     method: str
     description: str = ""
     arguments: list[ArgumentSpec] = Field(default_factory=list)
     timeout_s: float | None = Field(default=None, gt=0)
+    retry: RetryOverride | None = Field(default=None, description="Overrides the service's retry policy.")
+    cancel_grace_s: float | None = Field(
+        default=None, ge=0, description="How long a cancelled (or timed-out) run may take to stop by itself."
+    )
     tags: list[str] = Field(default_factory=list)
 
     @model_validator(mode="before")

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
+from service.retry import RetryOverride
 from service.wire import dumps
 
 __all__ = [
@@ -23,6 +24,8 @@ __all__ = [
     "ProgressUpdate",
     "SubTaskProgress",
     "TERMINAL_STATES",
+    "AttemptInfo",
+    "CancelOutcome",
     "ErrorInfo",
     "JobId",
     "JobOptions",
@@ -136,6 +139,10 @@ class JobOptions(_Model):
     defer_s: float | None = Field(default=None, ge=0, description="Start no earlier than this many seconds.")
     at_ms: int | None = Field(default=None, ge=0, description="Start no earlier than this epoch-ms time.")
     result_ttl_s: int | None = Field(default=None, gt=0, description="Keep the record this long once done.")
+    retry: RetryOverride | None = Field(default=None, description="Override the action's retry policy.")
+    expires_s: float | None = Field(
+        default=None, gt=0, description="Queue-wait limit: not started this long after its run-at time, it never runs."
+    )
     host: str = Field(
         default="any",
         description='"any" worker serving the plugin, or a hostname: only workers on that host take it '
@@ -178,6 +185,28 @@ class ErrorInfo(_Model):
         return cls(type=type(exc).__name__, message=str(exc) or type(exc).__name__, traceback=tb)
 
 
+class CancelOutcome(StrEnum):
+    """What a cancel request did."""
+
+    CANCELLED_QUEUED = "cancelled_queued"  # it was waiting: it will never start
+    CANCELLED_RUNNING = "cancelled_running"  # it was running and stopped
+    ALREADY_FINISHED = "already_finished"  # it had ended (or ended first): nothing changed
+    CANCEL_REQUESTED = "cancel_requested"  # the worker was told; it had not stopped when we stopped waiting
+
+
+class AttemptInfo(_Model):
+    """One attempt of a job, kept in its record's attempt history."""
+
+    attempt: int
+    worker: str | None = None
+    started_at_ms: int | None = None
+    finished_at_ms: int | None = None
+    state: JobState
+    error: ErrorInfo | None = None
+    retry_in_s: float | None = Field(default=None, description="When the attempt was retried: the wait chosen.")
+    note: str = ""
+
+
 class JobRecord(_Model):
     """The service's own record of a job, kept in a Redis hash under ``Keys.job``.
 
@@ -197,6 +226,8 @@ class JobRecord(_Model):
     result: Any = None
     error: ErrorInfo | None = None
     progress: ProgressUpdate | None = None
+    attempts: list[AttemptInfo] = Field(default_factory=list)
+    cancel_requested: str | None = None
     seq: int = 0
 
     @property

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import uuid
 from typing import Any
@@ -19,6 +20,7 @@ from service.errors import ActionQError
 from service.executor import Executor, Outcome
 from service.keys import Keys
 from service.loader import PluginLoader
+from service.pubsub import PubSubMultiplexer, Subscription
 from service.registry import Registry, WorkerInfo
 from service.settings import Settings
 from service.store import JobStore
@@ -48,6 +50,8 @@ class WorkerRuntime:
         self.info = WorkerInfo(worker_id=self.worker_id, hostname=settings.hostname)
         self.running_jobs = 0
         self._heartbeat: asyncio.Task[None] | None = None
+        self._cancels: asyncio.Task[None] | None = None
+        self._mux = PubSubMultiplexer(redis)
         self._stopped = False
 
     def queues(self) -> list[str]:
@@ -68,6 +72,9 @@ class WorkerRuntime:
         self.info.queues = self.queues()
         await self.publish()
         self._heartbeat = asyncio.create_task(self._beat(), name="actionq-heartbeat")
+        ready = asyncio.get_running_loop().create_future()
+        self._cancels = asyncio.create_task(self._listen_for_cancels(ready), name="actionq-cancel-listener")
+        await ready
         log.info(
             "worker_started",
             worker_id=self.worker_id,
@@ -91,6 +98,28 @@ class WorkerRuntime:
             except ActionQError as exc:
                 log.warning("heartbeat_failed", error=str(exc))
 
+    async def _listen_for_cancels(self, ready: asyncio.Future[None]) -> None:
+        """Cancel requests are pushed to every worker; the one running the job acts at once."""
+        try:
+            async with self._mux.subscribe(self.keys.cancel_channel()) as sub:
+                ready.set_result(None)
+                await self._route_cancels(sub)
+        except Exception as exc:
+            if not ready.done():
+                ready.set_exception(exc)
+            raise
+
+    async def _route_cancels(self, sub: Subscription) -> None:
+        async for message in sub:
+            try:
+                data = json.loads(message)
+                job_id, reason = str(data["job_id"]), str(data.get("reason") or "cancelled")
+            except (ValueError, KeyError, TypeError):
+                log.warning("bad_cancel_message", message=message[:200])
+                continue
+            if self.executor.cancel(job_id, reason):
+                log.info("job_cancel_requested", job_id=job_id, reason=reason)
+
     async def run(self, job_id: str, raw_request: Any, attempt: int) -> Outcome | None:
         """Run one job (called by the arq adapter)."""
         self.running_jobs += 1
@@ -104,10 +133,12 @@ class WorkerRuntime:
         if self._stopped:
             return
         self._stopped = True
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._heartbeat
+        for task in (self._heartbeat, self._cancels):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        await self._mux.close()
         with contextlib.suppress(ActionQError):
             await self.registry.withdraw(self.worker_id)
         await self.loader.unload_all()

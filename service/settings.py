@@ -23,6 +23,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from service.errors import ConfigError
 from service.keys import DEFAULT_NAMESPACE
 from service.models import NAME_PATTERN
+from service.retry import RetryPolicy
 
 __all__ = ["ENV_PREFIX", "PluginEntry", "Settings", "load_settings"]
 
@@ -67,6 +68,13 @@ class Settings(BaseSettings):
         default=7 * 86_400, gt=0, description="Lifetime of an unfinished job's record past its run-at time."
     )
     heartbeat_s: float = Field(default=5, gt=0, le=300, description="Worker and registry heartbeat interval.")
+    retry: RetryPolicy = Field(
+        default_factory=RetryPolicy, description="Retry policy of actions that declare none (a mapping)."
+    )
+    cancel_grace_s: float = Field(
+        default=5, ge=0, description="How long a cancelled or timed-out action may take to stop before it is forced."
+    )
+    dead_letter_ttl_s: int = Field(default=7 * 86_400, gt=0, description="How long dead letters are kept.")
     progress_interval_s: float = Field(
         default=0.05, ge=0, le=10, description="Per job, progress is written at most once per interval (coalesced)."
     )

@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 
 from service.broker import broker_errors
 from service.keys import Keys
-from service.models import ErrorInfo, JobRecord, JobRequest, JobState, ProgressUpdate
+from service.models import AttemptInfo, ErrorInfo, JobRecord, JobRequest, JobState, ProgressUpdate
 from service.wire import WireError, dumps, loads
 
 __all__ = ["CreateResult", "JobStore"]
@@ -40,16 +40,68 @@ redis.call('ZADD', KEYS[3], ARGV[4], ARGV[8])
 return {1}
 """
 
+_TERMINAL_LUA = "local terminal = {succeeded=true, failed=true, timed_out=true, cancelled=true}\n"
+
 # A state transition: bump seq, set fields, optionally re-arm the TTL, publish the message.
-# Returns the new seq, or -1 when the record no longer exists (never recreate a partial hash).
-_TRANSITION = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+# Returns the new seq; -1 when the record no longer exists (never recreate a partial hash);
+# -2 when the job already ended (a finished job never changes state again).
+_TRANSITION = (
+    _TERMINAL_LUA
+    + """
+local current = redis.call('HGET', KEYS[1], 'state')
+if not current then return -1 end
+if terminal[current] then return -2 end
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 if #ARGV > 2 then redis.call('HSET', KEYS[1], unpack(ARGV, 3)) end
 if tonumber(ARGV[1]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+if #KEYS > 2 then redis.call('DEL', unpack(KEYS, 3)) end
 redis.call('PUBLISH', KEYS[2], ARGV[2] .. seq .. '}')
 return seq
 """
+)
+
+# An attempt starts: refused for a job that ended (e.g. cancelled while queued); returns the seq
+# and the durable cancel flag, so a job whose cancel raced its start is cancelled at once.
+_START = (
+    _TERMINAL_LUA
+    + """
+local current = redis.call('HGET', KEYS[1], 'state')
+if not current then return {-1, ''} end
+if terminal[current] then return {-2, current} end
+local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+redis.call('HSET', KEYS[1], 'state', 'running', 'attempt', ARGV[2], 'worker', ARGV[3], 'started_at_ms', ARGV[4])
+redis.call('PUBLISH', KEYS[2], ARGV[1] .. seq .. '}')
+return {seq, redis.call('HGET', KEYS[1], 'cancel_requested') or ''}
+"""
+)
+
+# Cancel: a waiting job (queued, or retrying after a backoff) is cancelled here and now and
+# leaves its queue; a running one gets the durable flag and a push to every worker.
+_CANCEL = (
+    _TERMINAL_LUA
+    + """
+local current = redis.call('HGET', KEYS[1], 'state')
+if not current then return {'missing', ''} end
+if terminal[current] then return {'finished', current} end
+if current == 'running' then
+  redis.call('HSET', KEYS[1], 'cancel_requested', ARGV[1])
+  redis.call('PUBLISH', KEYS[3], ARGV[6])
+  return {'running', current}
+end
+redis.call('ZREM', redis.call('HGET', KEYS[1], 'queue'), ARGV[4])
+redis.call('DEL', KEYS[4], KEYS[5])
+local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+redis.call('HSET', KEYS[1], 'state', 'cancelled', 'cancel_requested', ARGV[1], 'finished_at_ms', ARGV[2],
+  'error', ARGV[5])
+-- The job's own result TTL when it set one, else the service default.
+local ok, request = pcall(cjson.decode, redis.call('HGET', KEYS[1], 'request'))
+local ttl = ok and type(request) == 'table' and type(request.options) == 'table' and request.options.result_ttl_s
+if type(ttl) ~= 'number' then ttl = tonumber(ARGV[3]) end
+redis.call('EXPIRE', KEYS[1], ttl)
+redis.call('PUBLISH', KEYS[2], ARGV[7] .. seq .. '}')
+return {'cancelled', current}
+"""
+)
 
 # A progress update: only while the job runs (a late update never follows the final state).
 _PROGRESS = """
@@ -81,6 +133,8 @@ class JobStore:
         self._create = redis.register_script(_CREATE)
         self._transition = redis.register_script(_TRANSITION)
         self._progress = redis.register_script(_PROGRESS)
+        self._start = redis.register_script(_START)
+        self._cancel = redis.register_script(_CANCEL)
 
     async def create(
         self,
@@ -130,22 +184,51 @@ class JobStore:
         attempt: int,
         fields: dict[str, Any] | None = None,
         ttl_s: int = 0,
+        delete: tuple[str, ...] = (),
     ) -> int:
         """Move the job to ``state`` (plus ``fields``), publish it; returns the new seq or -1.
 
         ``fields`` values are stored as given for str/int, as JSON otherwise. ``ttl_s`` > 0 re-arms
-        the record's expiry (a finished job keeps its record for its result TTL).
+        the record's expiry (a finished job keeps its record for its result TTL); ``delete`` names
+        keys removed in the same step (a finished job's checkpoint).
         """
         flat: list[Any] = ["state", state.value, "attempt", attempt]
         for name, value in (fields or {}).items():
             flat += [name, value if isinstance(value, str | int) else dumps(value)]
-        message = json.dumps({"type": "state", "job_id": job_id, "state": state.value, "attempt": attempt})
-        prefix = message[:-1] + ',"seq":'
+        prefix = _message_prefix(job_id, state, attempt)
         with broker_errors(f"recording job {job_id} as {state.value}"):
             seq = await self._transition(
-                keys=[self.keys.job(job_id), self.keys.job_channel(job_id)], args=[ttl_s, prefix, *flat]
+                keys=[self.keys.job(job_id), self.keys.job_channel(job_id), *delete], args=[ttl_s, prefix, *flat]
             )
         return int(seq)
+
+    async def start(self, job_id: str, *, attempt: int, worker: str, now_ms: int) -> tuple[int, str]:
+        """Mark an attempt running. Returns (seq, cancel reason or ""); seq -1: no record, -2: ended."""
+        prefix = _message_prefix(job_id, JobState.RUNNING, attempt)
+        with broker_errors(f"starting job {job_id}"):
+            seq, extra = await self._start(
+                keys=[self.keys.job(job_id), self.keys.job_channel(job_id)], args=[prefix, attempt, worker, now_ms]
+            )
+        return int(seq), extra.decode() if isinstance(extra, bytes) else str(extra)
+
+    async def cancel(self, job_id: str, *, reason: str, now_ms: int, ttl_s: int) -> tuple[str, str]:
+        """Cancel ``job_id``: returns (what happened, the state it was in).
+
+        What happened is ``cancelled`` (it was waiting: it will never run), ``running`` (the
+        running worker was told; the outcome follows), ``finished`` (nothing changed) or
+        ``missing`` (no record).
+        """
+        keys = self.keys
+        error = ErrorInfo(type="JobCancelledError", message=f"cancelled before it started: {reason}")
+        push = json.dumps({"job_id": job_id, "reason": reason})
+        prefix = _message_prefix(job_id, JobState.CANCELLED, 0)
+        with broker_errors(f"cancelling job {job_id}"):
+            what, state = await self._cancel(
+                keys=[keys.job(job_id), keys.job_channel(job_id), keys.cancel_channel(), keys.arq_job(job_id),
+                      keys.checkpoint(job_id)],
+                args=[reason, now_ms, ttl_s, keys.arq_job_id(job_id), error.model_dump_json(), push, prefix],
+            )  # fmt: skip
+        return what.decode(), state.decode()
 
     async def progress(self, job_id: str, update: ProgressUpdate) -> int:
         """Store ``update`` as the job's latest progress and publish it; -1 if the job is not running."""
@@ -156,12 +239,21 @@ class JobStore:
         return int(seq)
 
 
+def _message_prefix(job_id: str, state: JobState, attempt: int) -> str:
+    """A state message without its closing ``"seq": N}`` (the Lua script appends the seq)."""
+    message = json.dumps({"type": "state", "job_id": job_id, "state": state.value, "attempt": attempt})
+    return message[:-1] + ',"seq":'
+
+
 def parse_record(job_id: str, raw: dict[bytes, bytes]) -> JobRecord:
     """Build a :class:`JobRecord` from the hash fields Redis returned."""
     fields = {k.decode(): v.decode() for k, v in raw.items()}
     data: dict[str, Any] = {"job_id": job_id}
+    attempts = []
     for name, value in fields.items():
-        if name in _INT_FIELDS:
+        if name.startswith("attempt:"):
+            attempts.append(AttemptInfo.model_validate_json(value))
+        elif name in _INT_FIELDS:
             data[name] = int(value)
         elif name == "request":
             data[name] = JobRequest.model_validate_json(value)
@@ -173,6 +265,7 @@ def parse_record(job_id: str, raw: dict[bytes, bytes]) -> JobRecord:
             data[name] = ProgressUpdate.model_validate_json(value)
         else:
             data[name] = value
+    data["attempts"] = sorted(attempts, key=lambda a: a.attempt)
     return JobRecord.model_validate(data)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Coroutine
+from collections.abc import AsyncGenerator, Coroutine, Iterator
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -107,3 +107,19 @@ class SyncJobHandle:
     def result(self, timeout: float | None = None) -> Any:
         """Wait for the job and return its result (or raise what it ended with)."""
         return self._client._call(self._handle.result(timeout=timeout))
+
+    def stream(self, start: int = 0) -> Iterator[Any]:
+        """Blocking twin of :meth:`JobHandle.stream`: the generator action's items, from ``start`` on."""
+        items = self._handle.stream(start)
+        try:
+            while True:
+                try:
+                    yield self._client._call(_next(items))
+                except StopAsyncIteration:
+                    return
+        finally:
+            self._client._call(items.aclose())
+
+
+async def _next(items: AsyncGenerator[Any, None]) -> Any:
+    return await anext(items)

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 from typing import Any
 
 import structlog
 from arq.connections import ArqRedis
 from arq.jobs import deserialize_result
 from arq.utils import timestamp_ms
+from arq.worker import Retry as ArqRetry
 from arq.worker import Worker, func
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError, WatchError
@@ -28,13 +30,13 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.broker import connect
 from service.client import ARQ_FUNCTION
-from service.errors import ConfigError
+from service.errors import ConfigError, JobExpiredError
 from service.keys import ARQ_IN_PROGRESS_PREFIX, ARQ_JOB_PREFIX, ARQ_RESULT_PREFIX, ARQ_RETRY_PREFIX
 from service.logs import configure_logging
 from service.models import ErrorInfo, JobState, now_ms
 from service.runtime import WorkerRuntime
 from service.settings import Settings
-from service.wire import WireError, dumps, loads
+from service.wire import WireError, loads
 
 __all__ = ["ActionWorker", "build_worker", "run_worker"]
 
@@ -42,9 +44,21 @@ log = structlog.get_logger("actionq.worker")
 
 # Our executor enforces each job's own timeout; arq's outer timeout only has to be later.
 _ARQ_TIMEOUT_MARGIN_S = 60
+_ARQ_MAX_TRIES = 1000
 # Reconnect backoff while Redis is unreachable: quick for a blip, capped so a long outage costs little.
 _BACKOFF_MIN_S = 0.1
 _BACKOFF_MAX_S = 5.0
+
+
+def job_serializer(obj: Any) -> bytes:
+    """JSON; an exception arq puts in a failure result becomes its "Type: message" text (no pickle)."""
+    return json.dumps(obj, separators=(",", ":"), default=_exception_text).encode()
+
+
+def _exception_text(obj: object) -> str:
+    if isinstance(obj, BaseException):
+        return f"{type(obj).__name__}: {obj}"
+    raise TypeError(f"{type(obj).__name__} is not JSON serializable")
 
 
 def job_deserializer(data: bytes) -> Any:
@@ -60,7 +74,12 @@ async def run_action(ctx: dict[str, Any], *, request: Any) -> dict[str, Any]:
     runtime: WorkerRuntime = ctx["actionq"]
     job_id = runtime.keys.job_id_from_arq(ctx["job_id"])
     outcome = await runtime.run(job_id, request, attempt=int(ctx["job_try"]))
-    return {"state": "skipped"} if outcome is None else outcome.summary()
+    if outcome is None:
+        return {"state": "skipped"}
+    if outcome.state is JobState.RETRYING:
+        # arq re-queues the job with this delay and counts the next start as the next try.
+        raise ArqRetry(defer=outcome.retry_in_s or 0)
+    return outcome.summary()
 
 
 class ActionWorker(Worker):
@@ -183,7 +202,11 @@ class ActionWorker(Worker):
         except Exception as exc:  # the record is best effort; arq's own result is written
             log.warning("arq_failure_not_recorded", arq_job_id=arq_job_id, error=str(exc))
             return
-        error = ErrorInfo(type="JobExecutionFailed", message=f"arq gave up on the job: {message}")
+        if "expired" in message:
+            # Its body expired before a worker took it: the queue-wait limit (`expires_s`) passed.
+            error = ErrorInfo(type=JobExpiredError.__name__, message="not started before its queue-wait limit")
+        else:
+            error = ErrorInfo(type="JobExecutionFailed", message=f"arq gave up on the job: {message}")
         fields = {"finished_at_ms": now_ms(), "error": error.model_dump_json()}
         await self.runtime.store.transition(
             job_id, JobState.FAILED, attempt=0, fields=fields, ttl_s=self.runtime.settings.result_ttl_s
@@ -200,7 +223,7 @@ def build_worker(runtime: WorkerRuntime) -> ActionWorker:
     """An ``ActionWorker`` for a started runtime (plugins loaded, so its queues are known)."""
     settings = runtime.settings
     pool = ArqRedis(
-        connection_pool=runtime.redis.connection_pool, job_serializer=dumps, job_deserializer=job_deserializer
+        connection_pool=runtime.redis.connection_pool, job_serializer=job_serializer, job_deserializer=job_deserializer
     )
     return ActionWorker(
         runtime,
@@ -211,13 +234,15 @@ def build_worker(runtime: WorkerRuntime) -> ActionWorker:
                 name=ARQ_FUNCTION,
                 timeout=settings.max_timeout_s + _ARQ_TIMEOUT_MARGIN_S,
                 keep_result=settings.result_ttl_s,
+                # Our retry policy counts attempts; arq's cap only stops a job that crashes workers forever.
+                max_tries=_ARQ_MAX_TRIES,
             )
         ],
         ctx={"actionq": runtime},
         on_shutdown=_stop_runtime,
         max_jobs=settings.concurrency,
         poll_delay=settings.poll_delay_s,
-        job_serializer=dumps,
+        job_serializer=job_serializer,
         job_deserializer=job_deserializer,
         job_completion_wait=settings.shutdown_grace_s,
         keep_result=settings.result_ttl_s,

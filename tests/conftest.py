@@ -43,6 +43,9 @@ WORKER_READY_TIMEOUT_S = 30.0
 # SIGTERM at teardown: above the default shutdown grace (10 s) of an idle worker, with slack.
 WORKER_STOP_TIMEOUT_S = 20.0
 LOG_TAIL_LINES = 40
+# Worker settings that keep integration tests quick: a short poll, frequent heartbeats, and a short
+# grace before a cancelled or timed-out action that ignores its token is stopped by force.
+FAST: dict[str, Any] = {"poll_delay_s": 0.05, "heartbeat_s": 1, "cancel_grace_s": 0.3}
 
 
 # -- collection ---------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ class LongRunningPlugin(Plugin):
         started = time.monotonic()
         for step in range(1, steps + 1):
             await asyncio.sleep(delay_s)
+            ctx.cancellation.raise_if_cancelled()  # cooperative: stop at the next step when asked
             await self.report_progress(step, steps, f"step {step} of {steps}")  # the seed's call
             ctx.logger.info("count_slowly_step", step=step, steps=steps)
         return {"steps": steps, "slept_s": round(time.monotonic() - started, 3)}

@@ -11,9 +11,7 @@ import time
 from pathlib import Path
 
 from service.keys import Keys
-from tests.conftest import REPO_ROOT, WorkerFactory, bundled_plugins_config
-
-FAST = {"poll_delay_s": 0.05, "heartbeat_s": 1}
+from tests.conftest import FAST, REPO_ROOT, WorkerFactory, bundled_plugins_config
 
 
 def _env(redis_url: str, namespace: str) -> dict[str, str]:
@@ -155,3 +153,32 @@ def test_watch_and_follow_show_progress_then_the_result(
     failed = actionq("submit", "long_running", "fail", "--follow", env=env)
     assert failed.returncode == 1
     assert "RuntimeError: boom" in failed.stderr
+
+
+def test_cancel_and_dead_letter_commands(worker_process: WorkerFactory, redis_url: str, namespace: str) -> None:
+    env = _env(redis_url, namespace)
+    queued = actionq("submit", "PluginB", "calculate_square", "x=2", "--no-validate", "--defer", "60", env=env)
+    job_id = queued.stdout.strip()
+    cancelled = actionq("cancel", job_id, "--reason", "not needed", env=env)
+    assert cancelled.stdout.strip() == "cancelled_queued", cancelled.stderr
+    assert actionq("cancel", job_id, env=env).stdout.strip() == "already_finished"
+    assert "no job 'no-such-job'" in actionq("cancel", "no-such-job", env=env).stderr
+
+    worker_process(bundled_plugins_config(**FAST))
+    failed = actionq(
+        "submit", "long_running", "fail", "message=dead on arrival", "--job-id", "cli-dead", "--wait", env=env
+    )
+    assert failed.returncode == 1
+    listed = actionq("dead", "list", "--json", env=env)
+    assert [d["job_id"] for d in json.loads(listed.stdout)] == ["cli-dead"]
+    shown = json.loads(actionq("dead", "show", "cli-dead", env=env).stdout)
+    assert shown["error"]["message"] == "dead on arrival"
+    assert len(shown["attempts"]) == 1
+    replayed = actionq("dead", "replay", "cli-dead", "--new-id", env=env)
+    new_id = replayed.stdout.strip()
+    assert replayed.returncode == 0
+    assert new_id != "cli-dead"
+    assert actionq("result", new_id, "--timeout", "20", env=env).returncode == 1  # fails again, dead again
+    assert actionq("dead", "purge", "--all", env=env).stdout.strip() == "1"
+    assert actionq("dead", "purge", env=env).returncode == 2  # names nothing: refused
+    assert actionq("dead", "show", "cli-dead", env=env).returncode == 1

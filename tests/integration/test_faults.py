@@ -6,9 +6,10 @@ import asyncio
 
 from service import JobClient
 from service.embedded import EmbeddedRedis
+from tests.conftest import FAST as BASE_FAST
 from tests.conftest import WorkerFactory, WorkerProc, bundled_plugins_config
 
-FAST = {"poll_delay_s": 0.05, "heartbeat_s": 0.5}
+FAST = {**BASE_FAST, "heartbeat_s": 0.5}
 
 
 async def _until_live(client: JobClient, plugin: str, timeout_s: float = 20) -> None:

@@ -10,9 +10,7 @@ import pytest_asyncio
 import redis.asyncio as aioredis
 
 from service import JobClient, JobHandle, JobState, ProgressSnapshot
-from tests.conftest import WorkerFactory, bundled_plugins_config
-
-FAST = {"poll_delay_s": 0.05, "heartbeat_s": 1}
+from tests.conftest import FAST, WorkerFactory, bundled_plugins_config
 
 
 @pytest_asyncio.fixture
@@ -131,5 +129,7 @@ async def test_the_channel_speaks_documented_json(
     assert {m["type"] for m in messages} == {"state", "progress"}
     progress = next(m for m in messages if m["type"] == "progress")
     assert set(progress) == {"type", "job_id", "progress", "seq"}
-    assert set(progress["progress"]) >= {"percentage", "current_step", "total_steps", "message", "status"}  # type: ignore[arg-type]
+    body = progress["progress"]
+    assert isinstance(body, dict)
+    assert set(body) >= {"percentage", "current_step", "total_steps", "message", "status"}
     assert messages[0] == {"type": "state", "job_id": job_id, "state": "running", "attempt": 1, "seq": 1}

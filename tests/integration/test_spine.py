@@ -25,9 +25,7 @@ from service import (
     UnknownPluginError,
 )
 from service.wire import loads
-from tests.conftest import REPO_ROOT, WorkerFactory, bundled_plugins_config
-
-FAST = {"poll_delay_s": 0.05, "heartbeat_s": 1}
+from tests.conftest import FAST, REPO_ROOT, WorkerFactory, bundled_plugins_config
 
 
 @pytest_asyncio.fixture

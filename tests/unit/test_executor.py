@@ -33,7 +33,9 @@ class Rig:
 
 @pytest_asyncio.fixture
 async def rig(fake_redis: aioredis.Redis) -> AsyncIterator[Rig]:
-    settings = Settings(redis_url="redis://fake", namespace="ex", default_timeout_s=5, max_payload_bytes=4096)
+    settings = Settings(
+        redis_url="redis://fake", namespace="ex", default_timeout_s=5, cancel_grace_s=0.1, max_payload_bytes=4096
+    )
     loader = PluginLoader(enable_timeout_s=5)
     await loader.load_all([(n, PLUGINS / n) for n in ("long_running", "PluginB", "InteropTarget")])
     client = JobClient(fake_redis, settings, owns_redis=False)

@@ -126,13 +126,19 @@ async def test_async_action_gets_ctx_and_current_job(loader: PluginLoader, ctx: 
     assert await action.invoke(action.validate({"x": "4"}), ctx) == {"ctx_job": "job-1", "current_job": "job-1", "x": 4}
 
 
-async def test_generators_are_collected(loader: PluginLoader, ctx: JobContext) -> None:
+async def test_generators_are_iterated_not_invoked(loader: PluginLoader, ctx: JobContext) -> None:
     await loader.load("probe", FIXTURES / "probe")
     sync_gen = loader.resolve("probe", "sync_gen")
     async_gen = loader.resolve("probe", "async_gen")
     assert (sync_gen.kind, async_gen.kind) == ("sync_gen", "async_gen")
-    assert await sync_gen.invoke(sync_gen.validate({}), ctx) == [0, 1, 2]
-    assert await async_gen.invoke(async_gen.validate({"n": 2}), ctx) == ["a0", "a1"]
+    assert sync_gen.is_generator
+    assert async_gen.is_generator
+    assert [item async for item in sync_gen.iterate(sync_gen.validate({}), ctx)] == [0, 1, 2]
+    assert [item async for item in async_gen.iterate(async_gen.validate({"n": 2}), ctx)] == ["a0", "a1"]
+    with pytest.raises(TypeError, match="iterate it"):
+        await sync_gen.invoke({}, ctx)
+    with pytest.raises(TypeError, match="invoke it"):
+        await anext(loader.resolve("probe", "async_ctx").iterate({"x": 1}, ctx))
 
 
 async def test_relative_import_and_method_alias(loader: PluginLoader, ctx: JobContext) -> None:

@@ -23,7 +23,7 @@ def test_steps_give_a_percentage_and_indeterminate_progress_has_none() -> None:
     ("kwargs", "reason"),
     [
         ({"current_step": 5, "total_steps": 3}, "past total_steps"),
-        ({"percentage": 101}, "percentage: Input should be less than or equal to 100"),
+        ({"percentage": 101}, "percentage: must be a number from 0 to 100"),
         ({"percentage": -1}, "percentage"),
         ({"current_step": -1}, "current_step"),
         ({"total_steps": 0}, "total_steps"),

@@ -22,7 +22,7 @@ def test_every_error_is_exported_and_in_the_drawn_tree() -> None:
         if inspect.isclass(obj) and issubclass(obj, Exception):
             assert name in service.__all__, name
             assert name in tree, f"{name} missing from the tree in service/errors.py"
-            assert issubclass(obj, errors.ActionQError)
+            assert issubclass(obj, errors.ActionQError | errors.ActionQSignal)
 
 
 def test_no_pickle_anywhere_in_the_package() -> None:

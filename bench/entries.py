@@ -1,0 +1,31 @@
+"""The registry of bench entries: ``python -m bench NAME`` runs ``ENTRIES[NAME]``.
+
+A new entry is a module with ``async def run(options: RunOptions) -> EntryResult`` and one line here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from bench import cancel, noop, progress
+from bench.options import RunOptions
+from bench.report import EntryResult
+
+__all__ = ["ENTRIES", "Entry"]
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One benchmark: what it measures and the coroutine that measures it."""
+
+    description: str
+    run: Callable[[RunOptions], Coroutine[Any, Any, EntryResult]]
+
+
+ENTRIES: dict[str, Entry] = {
+    "noop": Entry("drain N PluginB.calculate_square jobs through one worker (harness check)", noop.run),
+    "cancel": Entry("cancel -> action sees it (actionq push vs raw arq abort), cancel -> cancelled", cancel.run),
+    "progress": Entry("progress publish -> subscriber latency; slowdown of a tight reporting loop", progress.run),
+}

@@ -1,0 +1,23 @@
+"""The options every entry gets from the command line."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["RunOptions"]
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """``--quick`` (fewer samples and runs) and ``--runs N`` (overrides the entry's default)."""
+
+    quick: bool = False
+    runs: int | None = None
+
+    def pick(self, full: int, quick: int) -> int:
+        """The full-run or quick-run value of a size."""
+        return quick if self.quick else full
+
+    def run_count(self, full: int, quick: int) -> int:
+        """How many repeated runs: ``--runs`` if given, else the full or quick default."""
+        return self.runs if self.runs is not None else self.pick(full, quick)

@@ -1,0 +1,229 @@
+"""Cancellation, timeouts, retries, dead letters and checkpoints, with real worker processes."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import pytest_asyncio
+import redis.asyncio as aioredis
+
+from service import (
+    CancelOutcome,
+    DeadLetterNotFoundError,
+    JobCancelledError,
+    JobClient,
+    JobExpiredError,
+    JobHandle,
+    JobState,
+    PluginActionExecutionError,
+)
+from tests.conftest import FAST, REPO_ROOT, WorkerFactory, WorkerProc, bundled_plugins_config
+
+RELIABILITY = {"name": "reliability", "path": str(REPO_ROOT / "tests" / "fixtures" / "plugins" / "reliability")}
+
+
+def _config(**extra: Any) -> dict[str, Any]:
+    config = bundled_plugins_config(**{**FAST, **extra})
+    config["plugins"].append(RELIABILITY)
+    return config
+
+
+@pytest_asyncio.fixture
+async def client(redis_url: str, namespace: str) -> AsyncIterator[JobClient]:
+    async with await JobClient.connect(redis_url, namespace=namespace) as c:
+        yield c
+
+
+async def _running(handle: JobHandle, timeout_s: float = 20) -> None:
+    async with asyncio.timeout(timeout_s):
+        while await handle.state() is not JobState.RUNNING:
+            await asyncio.sleep(0.01)
+
+
+# -- cancellation ---------------------------------------------------------------------------------
+async def test_cancel_while_queued_never_starts(worker_process: WorkerFactory, client: JobClient) -> None:
+    handle = await client.submit("reliability", "slow_ok", {"seconds": 0.01}, validate=False)
+    deferred = await client.submit("reliability", "slow_ok", {"seconds": 0.01}, validate=False, defer_s=60)
+    assert await handle.cancel("changed my mind") is CancelOutcome.CANCELLED_QUEUED
+    assert await deferred.cancel() is CancelOutcome.CANCELLED_QUEUED
+    worker_process(_config())
+    await asyncio.sleep(1.0)  # long enough for the worker to have picked it up, had it been queued
+    for h in (handle, deferred):
+        record = await h.record()
+        assert record.state is JobState.CANCELLED
+        assert record.attempt == 0  # never started
+        assert record.cancel_requested is not None
+    error = (await handle.record()).error
+    assert error is not None
+    assert "changed my mind" in error.message
+    assert await client.redis.zcard(client.keys.queue("reliability")) == 0
+    with pytest.raises(JobCancelledError):
+        await handle.result(timeout=1)
+    assert await handle.cancel() is CancelOutcome.ALREADY_FINISHED
+
+
+async def test_cancel_while_running_cooperative(worker_process: WorkerFactory, client: JobClient) -> None:
+    worker_process(_config())
+    handle = await client.submit("reliability", "cooperative", {})
+    await _running(handle)
+    assert await handle.cancel("stop please") is CancelOutcome.CANCELLED_RUNNING
+    record = await handle.record()
+    assert record.state is JobState.CANCELLED
+    assert record.error is not None
+    assert "stop please" in record.error.message
+    assert [a.state for a in record.attempts] == [JobState.CANCELLED]
+    assert record.attempts[0].note == ""  # stopped by itself, not forced
+    with pytest.raises(DeadLetterNotFoundError):
+        await client.dead.get(handle.job_id)  # a cancelled job is not dead-lettered, nor retried
+
+
+async def test_cancel_an_action_that_ignores_the_token(worker_process: WorkerFactory, client: JobClient) -> None:
+    worker_process(_config())
+    handle = await client.submit("reliability", "ignores_cancel", {})
+    await _running(handle)
+    assert await handle.cancel() is CancelOutcome.CANCELLED_RUNNING
+    record = await handle.record()
+    assert record.attempts[0].note == "forced after the grace period"
+    assert record.attempt == 1
+
+
+async def test_a_stuck_thread_is_logged_and_its_slot_freed(worker_process: WorkerFactory, client: JobClient) -> None:
+    worker = worker_process(_config(concurrency=1))
+    stuck = await client.submit("reliability", "stuck_thread", {"seconds": 3})
+    await _running(stuck)
+    assert await stuck.cancel() is CancelOutcome.CANCELLED_RUNNING
+    # The only slot is free again although the thread is still sleeping.
+    assert await (await client.submit("PluginB", "calculate_square", {"x": 5})).result(timeout=2) == 25
+    assert "job_thread_stuck" in worker.log_text()
+
+
+async def test_cancel_racing_completion_reports_what_really_happened(
+    worker_process: WorkerFactory, client: JobClient
+) -> None:
+    worker_process(_config())
+    for _ in range(5):
+        handle = await client.submit("reliability", "slow_ok", {"seconds": 0.05})
+        await _running(handle)
+        outcome = await handle.cancel()
+        state = (await handle.record()).state
+        assert (outcome, state) in {
+            (CancelOutcome.CANCELLED_RUNNING, JobState.CANCELLED),
+            (CancelOutcome.ALREADY_FINISHED, JobState.SUCCEEDED),
+        }
+    done = await client.submit("reliability", "slow_ok", {"seconds": 0})
+    await done.wait(timeout=10)
+    assert await done.cancel() is CancelOutcome.ALREADY_FINISHED
+    assert (await done.record()).state is JobState.SUCCEEDED
+
+
+async def test_a_reused_job_id_is_not_hit_by_an_old_cancel(worker_process: WorkerFactory, client: JobClient) -> None:
+    params = {"seconds": 0}
+    old = await client.submit("reliability", "slow_ok", params, validate=False, job_id="reuse-1", result_ttl_s=1)
+    assert await old.cancel() is CancelOutcome.CANCELLED_QUEUED
+    assert not (await client.submit("reliability", "slow_ok", {"seconds": 0}, validate=False, job_id="reuse-1")).created
+    await asyncio.sleep(1.5)  # the cancelled record (and its flag, which lives on it) expires
+    worker_process(_config())
+    new = await client.submit("reliability", "slow_ok", {"seconds": 0}, job_id="reuse-1")
+    assert new.created
+    assert await new.result(timeout=20) == "ok"
+    assert (await new.record()).cancel_requested is None
+
+
+# -- timeouts and retries -------------------------------------------------------------------------
+async def test_timeouts_retry_with_the_policys_backoff(worker_process: WorkerFactory, client: JobClient) -> None:
+    worker_process(_config())
+    handle = await client.submit("reliability", "times_out", {"succeed_on": 3})
+    assert await handle.result(timeout=30) == 3
+    attempts = (await handle.record()).attempts
+    assert [a.state for a in attempts] == [JobState.TIMED_OUT, JobState.TIMED_OUT, JobState.SUCCEEDED]
+    assert [a.retry_in_s for a in attempts] == [0.1, 0.2, None]  # delay 0.1, multiplier 2, no jitter
+    for before, after in itertools.pairwise(attempts):
+        assert before.finished_at_ms is not None
+        assert after.started_at_ms is not None
+        assert after.started_at_ms >= before.finished_at_ms + int((before.retry_in_s or 0) * 1000)
+
+
+async def test_retry_delays_stay_within_the_jitter_bounds(worker_process: WorkerFactory, client: JobClient) -> None:
+    worker_process(_config())
+    handle = await client.submit("reliability", "flaky", {"fail_times": 2})
+    assert await handle.result(timeout=30) == 3
+    attempts = (await handle.record()).attempts
+    assert [a.state for a in attempts] == [JobState.FAILED, JobState.FAILED, JobState.SUCCEEDED]
+    assert [a.error.type for a in attempts[:2] if a.error] == ["ConnectionError", "ConnectionError"]
+    first, second = (a.retry_in_s or 0 for a in attempts[:2])
+    assert 0.2 * 0.5 <= first <= 0.2 * 1.5  # delay_s 0.2, jitter 0.5
+    assert 0.4 * 0.5 <= second <= 0.4 * 1.5  # multiplied by 2
+
+
+async def test_non_retryable_errors_fail_at_once_into_the_dead_letters(
+    worker_process: WorkerFactory, client: JobClient
+) -> None:
+    worker_process(_config())
+    never = await client.submit("reliability", "flaky", {"fail_times": 5, "error": "PermissionError"})
+    not_listed = await client.submit("reliability", "flaky", {"fail_times": 5, "error": "ValueError"})
+    for handle, why in ((never, "never_retry_on"), (not_listed, "not in retry_on")):
+        with pytest.raises(PluginActionExecutionError):
+            await handle.result(timeout=20)
+        record = await handle.record()
+        assert len(record.attempts) == 1
+        assert why in record.attempts[0].note
+        letter = await client.dead.get(handle.job_id)
+        assert letter.state is JobState.FAILED
+        assert len(letter.attempts) == 1
+
+
+async def test_retry_raised_by_the_action(worker_process: WorkerFactory, client: JobClient) -> None:
+    worker_process(_config())
+    handle = await client.submit("reliability", "retry_after", {"delay_s": 0.3})
+    assert await handle.result(timeout=20) == 2
+    attempts = (await handle.record()).attempts
+    assert attempts[0].retry_in_s == 0.3
+    assert attempts[0].error is not None
+    assert attempts[0].error.type == "Retry"
+
+
+async def test_exhaustion_dead_letters_and_replay(worker_process: WorkerFactory, client: JobClient) -> None:
+    worker_process(_config())
+    handle = await client.submit("reliability", "flaky", {"fail_times": 99}, job_id="dl-1", retry={"delay_s": 0.05})
+    with pytest.raises(PluginActionExecutionError, match="attempt 4 fails"):
+        await handle.result(timeout=30)
+    letter = await client.dead.get("dl-1")
+    assert [a.attempt for a in letter.attempts] == [1, 2, 3, 4]
+    assert letter.request.params == {"fail_times": 99, "error": "ConnectionError"}
+    assert "exhausted" in letter.attempts[-1].note
+    assert [d.job_id for d in await client.dead.list()] == ["dl-1"]
+
+    again = await client.dead.replay("dl-1")  # same id: a fresh attempt series
+    assert again.job_id == "dl-1"
+    with pytest.raises(DeadLetterNotFoundError):
+        await client.dead.get("dl-1")  # the letter left the store when replayed
+    await again.wait(timeout=30)
+    assert [a.attempt for a in (await again.record()).attempts] == [1, 2, 3, 4]
+    copy = await client.dead.replay("dl-1", new_id=True)  # dead again, replayed under a new id
+    assert copy.job_id != "dl-1"
+    await copy.wait(timeout=30)
+    assert await client.dead.purge() == 1  # the copy's letter; dl-1's was consumed by the replay
+    assert await client.dead.list() == []
+
+
+# -- checkpoints and queue-wait limits ------------------------------------------------------------
+async def test_a_job_resumes_from_its_checkpoint(
+    worker_process: WorkerFactory, client: JobClient, redis: aioredis.Redis
+) -> None:
+    worker_process(_config())
+    handle = await client.submit("reliability", "resumable", {"steps": 5, "fail_at": 3})
+    assert await handle.result(timeout=20) == {"done": 5, "resumed_from": 2, "attempt": 2}
+    assert not await redis.exists(client.keys.checkpoint(handle.job_id))  # cleared when the job ended
+
+
+async def test_a_job_that_waits_past_its_expiry_never_runs(worker_process: WorkerFactory, client: JobClient) -> None:
+    handle = await client.submit("reliability", "slow_ok", {"seconds": 0}, validate=False, expires_s=0.3)
+    await asyncio.sleep(0.8)
+    worker: WorkerProc = worker_process(_config())
+    with pytest.raises(JobExpiredError):
+        await handle.result(timeout=20)
+    assert worker.running
