@@ -9,7 +9,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from bench import cancel, noop, progress
+from bench import cancel, latency, noop, progress, throughput
 from bench.options import RunOptions
 from bench.report import EntryResult
 
@@ -28,4 +28,12 @@ ENTRIES: dict[str, Entry] = {
     "noop": Entry("drain N PluginB.calculate_square jobs through one worker (harness check)", noop.run),
     "cancel": Entry("cancel -> action sees it (actionq push vs raw arq abort), cancel -> cancelled", cancel.run),
     "progress": Entry("progress publish -> subscriber latency; slowdown of a tight reporting loop", progress.run),
+    "throughput": Entry(
+        "N no-op jobs: enqueue, end-to-end and drain rates, Redis commands/job, worker RSS (actionq, arq, peers)",
+        throughput.run,
+    ),
+    "latency": Entry(
+        "enqueue->start and enqueue->result p50/p95/p99 at 50 jobs/s; idle worker commands/s (actionq, arq, peers)",
+        latency.run,
+    ),
 }

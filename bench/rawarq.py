@@ -60,17 +60,28 @@ async def arq_pool(url: str) -> ArqRedis:
 class ArqWorkerProcess:
     """``python -m bench.arqworker`` as an async context manager: started and ready, then stopped."""
 
-    def __init__(self, redis: ArqRedis, url: str, queue: str, poll_delay_s: float, log_path: Path) -> None:
+    def __init__(
+        self,
+        redis: ArqRedis,
+        url: str,
+        queue: str,
+        poll_delay_s: float,
+        log_path: Path,
+        *,
+        max_jobs: int = 10,
+        abort: bool = True,
+    ) -> None:
         self.redis = redis
         self.url = url
         self.queue = queue
         self.poll_delay_s = poll_delay_s
         self.log_path = log_path
+        self.args = [f"{poll_delay_s:g}", "--max-jobs", str(max_jobs), *(["--abort"] if abort else [])]
         self.proc: subprocess.Popen[bytes] | None = None
 
     async def __aenter__(self) -> ArqWorkerProcess:
         """Spawn the worker and wait until it has polled once; stop it if it does not get there."""
-        self.proc = _spawn(self.url, self.queue, self.poll_delay_s, self.log_path)
+        self.proc = _spawn(self.url, self.queue, self.args, self.log_path)
         try:
             await self._wait_ready()
         except BaseException:
@@ -111,11 +122,11 @@ class ArqWorkerProcess:
             await asyncio.to_thread(self.proc.wait)
 
 
-def _spawn(url: str, queue: str, poll_delay_s: float, log_path: Path) -> subprocess.Popen[bytes]:
-    """``python -m bench.arqworker URL QUEUE POLL_DELAY_S``, its output going to ``log_path``."""
+def _spawn(url: str, queue: str, args: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+    """``python -m bench.arqworker URL QUEUE POLL_DELAY_S ...``, its output going to ``log_path``."""
     with log_path.open("wb") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "bench.arqworker", url, queue, f"{poll_delay_s:g}"],
+            [sys.executable, "-m", "bench.arqworker", url, queue, *args],
             cwd=REPO_ROOT,
             stdin=subprocess.DEVNULL,
             stdout=log,

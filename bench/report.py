@@ -29,6 +29,7 @@ class EntryResult:
     settings: dict[str, Any]
     metrics: list[Metric]
     notes: list[str] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)  # JSON only: e.g. per-command breakdowns
 
 
 def default_json_path(entry: str, started: datetime) -> Path:
@@ -89,6 +90,7 @@ def write_json(
         "settings": result.settings,
         "metrics": [metric.as_json() for metric in result.metrics],
         "notes": result.notes,
+        "details": result.details,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(document, indent=2, default=str) + "\n")

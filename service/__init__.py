@@ -10,6 +10,7 @@ from service.checkpoint import Checkpoint
 from service.client import JobClient
 from service.context import JobContext, current_job
 from service.deadletter import DeadLetter, DeadLetterStore
+from service.delegates import DelegateManager, Registration, any_true
 from service.errors import (
     ActionQError,
     ActionQSignal,
@@ -37,6 +38,30 @@ from service.errors import (
     SubmissionError,
     UnknownActionError,
     UnknownPluginError,
+)
+from service.events import (
+    BaseEvent,
+    DelegateExecutionErrorEvent,
+    Event,
+    EventKind,
+    JobCancelledEvent,
+    JobDeadLetteredEvent,
+    JobFailedEvent,
+    JobProgressEvent,
+    JobReceivedEvent,
+    JobRetryingEvent,
+    JobStartedEvent,
+    JobSucceededEvent,
+    JobTimedOutEvent,
+    PluginDisabledEvent,
+    PluginEnabledEvent,
+    PluginFailedEvent,
+    PluginLoadedEvent,
+    ReceivedEvent,
+    WorkerErrorEvent,
+    WorkerStartedEvent,
+    WorkerStoppedEvent,
+    parse_event,
 )
 from service.handle import JobHandle
 from service.keys import Keys
@@ -98,6 +123,32 @@ __all__ = [
     "Plugin",
     "PluginManifest",
     "current_job",
+    # delegates and events
+    "DelegateManager",
+    "Registration",
+    "any_true",
+    "BaseEvent",
+    "Event",
+    "EventKind",
+    "ReceivedEvent",
+    "parse_event",
+    "WorkerStartedEvent",
+    "WorkerStoppedEvent",
+    "WorkerErrorEvent",
+    "PluginLoadedEvent",
+    "PluginEnabledEvent",
+    "PluginDisabledEvent",
+    "PluginFailedEvent",
+    "JobReceivedEvent",
+    "JobStartedEvent",
+    "JobProgressEvent",
+    "JobSucceededEvent",
+    "JobFailedEvent",
+    "JobRetryingEvent",
+    "JobTimedOutEvent",
+    "JobCancelledEvent",
+    "JobDeadLetteredEvent",
+    "DelegateExecutionErrorEvent",
     # registry
     "RegisteredPlugin",
     "WorkerInfo",

@@ -20,7 +20,10 @@ from rich.console import Console
 from rich.table import Table
 
 from service.client import JobClient
+from service.control import Command, ControlReport
 from service.errors import ActionQError, ConfigError, PluginActionExecutionError, SubmissionError
+from service.events import describe, reference_markdown
+from service.events import write_readme as rewrite_readme
 from service.handle import JobHandle, outcome_of
 from service.logs import configure_logging
 from service.models import JobRecord
@@ -131,13 +134,18 @@ def worker(
     config: ConfigOpt = None,
     redis_url: RedisOpt = None,
     namespace: NamespaceOpt = None,
-    concurrency: Annotated[int | None, typer.Option(help="Jobs run at once (default: config)")] = None,
+    concurrency: Annotated[int | None, typer.Option(help="Jobs one process runs at once (default: config)")] = None,
+    processes: Annotated[
+        int, typer.Option(min=1, help="Worker processes, supervised (restarted if one dies; SIGTERM drains all).")
+    ] = 1,
 ) -> None:
-    """Run a worker for the plugins that config.yml lists (Ctrl-C / SIGTERM to stop)."""
+    """Run a worker (or a pool of them) for the plugins config.yml lists; Ctrl-C / SIGTERM drains and stops."""
     from service.worker import main as run
 
     try:
         settings = _settings(config, redis_url, namespace, concurrency=concurrency)
+        if processes > 1:
+            raise typer.Exit(_run_pool(processes, config, redis_url, namespace, concurrency))
         run(settings)
     except ConfigError as exc:
         err.print(f"[red]error[/red]: {exc}", markup=True, highlight=False)
@@ -145,6 +153,18 @@ def worker(
     except ActionQError as exc:
         err.print(f"[red]error[/red]: {exc}", markup=True, highlight=False)
         raise typer.Exit(1) from exc
+
+
+def _run_pool(
+    processes: int, config: Path | None, redis_url: str | None, namespace: str | None, concurrency: int | None
+) -> int:
+    from service.logs import configure_logging
+    from service.pool import WorkerPool, worker_command
+
+    configure_logging(load_settings(config).log_format)
+    options = {"--config": config, "--redis-url": redis_url, "--namespace": namespace, "--concurrency": concurrency}
+    argv = [str(part) for name, value in options.items() if value is not None for part in (name, value)]
+    return WorkerPool(worker_command(argv), processes).run()
 
 
 @app.command()
@@ -284,10 +304,11 @@ def workers(
         if as_json:
             out.print_json(_dump([w.model_dump(mode="json") for w in infos]))
             return
-        table = Table("worker", "host", "pid", "plugins", "running", "failed plugins")
+        table = Table("worker", "host", "pid", "state", "plugins", "running", "failed plugins")
         for w in infos:
             plugins_text = ", ".join(f"{n} {v}" for n, v in sorted(w.plugins.items()))
-            table.add_row(w.worker_id, w.hostname, str(w.pid), plugins_text, str(w.running_jobs),
+            state = "draining" if w.draining else "paused" if w.paused else "active"
+            table.add_row(w.worker_id, w.hostname, str(w.pid), state, plugins_text, str(w.running_jobs),
                           ", ".join(sorted(w.failed_plugins)) or "-")  # fmt: skip
         out.print(table if infos else "no live workers")
 
@@ -337,6 +358,47 @@ def cancel(
         out.print(outcome.value, highlight=False)
 
     _client_run(config, redis_url, namespace, go)
+
+
+@app.command()
+def events(
+    kind: Annotated[list[str] | None, typer.Option("--kind", "-k", help="Only this kind (repeatable).")] = None,
+    plugin: Annotated[str | None, typer.Option(help="Only events of this plugin.")] = None,
+    job: Annotated[str | None, typer.Option("--job", help="Only events of this job.")] = None,
+    since: Annotated[str, typer.Option(help="now, replay:N (the last N matching) or a stream id.")] = "replay:50",
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep following new events (Ctrl-C stops).")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help='One JSON line per event: {"id", "event"}.')] = False,
+    reference: Annotated[bool, typer.Option("--reference", help="Print the event reference and exit.")] = False,
+    write_readme: Annotated[
+        Path | None, typer.Option(hidden=True, help="Rewrite the README's event reference.")
+    ] = None,
+    config: ConfigOpt = None,
+    redis_url: RedisOpt = None,
+    namespace: NamespaceOpt = None,
+) -> None:
+    """Print the workers' events: the recent past, then with --follow new ones as they happen."""
+    if write_readme is not None:
+        print(f"{write_readme}: {'updated' if rewrite_readme(write_readme) else 'unchanged'}")
+        return
+    if reference:
+        print(reference_markdown())
+        return
+
+    async def go(client: JobClient) -> None:
+        try:
+            async for item in client.events(kind, plugin, job, since, follow=follow):
+                if as_json:
+                    print(json.dumps({"id": item.id, "event": item.event.model_dump(mode="json")}), flush=True)
+                else:
+                    when = datetime.fromtimestamp(item.event.ts_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+                    print(f"{when}  {item.kind:<24} {item.event.worker_id}  {describe(item.event)}", flush=True)
+        except ValueError as exc:  # a bad --kind or --since
+            raise typer.BadParameter(str(exc)) from exc
+
+    try:
+        _client_run(config, redis_url, namespace, go)
+    except KeyboardInterrupt:
+        raise typer.Exit(0) from None
 
 
 dead = typer.Typer(help="Dead letters: jobs whose attempts ran out.", no_args_is_help=True)
@@ -417,6 +479,81 @@ def dead_purge(
         out.print(str(await client.dead.purge(None if purge_all else job_ids)), highlight=False)
 
     _client_run(config, redis_url, namespace, go)
+
+
+WorkerOpt = Annotated[str | None, typer.Option("--worker", help="Only this worker (id from `actionq workers`).")]
+HostOpt = Annotated[str | None, typer.Option("--host", help="Only the workers on this host.")]
+AllOpt = Annotated[bool, typer.Option("--all", help="Every worker (the default when no target is given).")]
+TimeoutOpt = Annotated[float, typer.Option(help="Seconds to wait for acknowledgements.")]
+
+
+def _control(
+    command: Command, worker: str | None, host: str | None, args: dict[str, Any] | None, timeout: float,
+    config: Path | None, redis_url: str | None, namespace: str | None,
+) -> None:  # fmt: skip
+    async def go(client: JobClient) -> ControlReport:
+        report = await client.control(command, worker=worker, host=host, args=args, timeout=timeout)
+        table = Table("worker", "host", "answer", "result")
+        for ack in report.acks:
+            answer = "acted" if ack.ok else f"refused: {ack.error}"
+            table.add_row(ack.worker_id, ack.hostname, answer, _dump(ack.result) if ack.result is not None else "")
+        for missing in report.missing:
+            table.add_row(missing, "", f"no answer within {timeout:g}s", "")
+        out.print(table if report.acks or report.missing else "no live worker matches the target")
+        return report
+
+    report = _client_run(config, redis_url, namespace, go)
+    if report.missing or report.refused:
+        raise typer.Exit(1)
+
+
+def _make_control_command(command: Command, doc: str) -> None:
+    def run(
+        worker: WorkerOpt = None,
+        host: HostOpt = None,
+        all_workers: AllOpt = False,
+        timeout: TimeoutOpt = 3.0,
+        config: ConfigOpt = None,
+        redis_url: RedisOpt = None,
+        namespace: NamespaceOpt = None,
+    ) -> None:
+        _control(command, worker, host, None, timeout, config, redis_url, namespace)
+
+    run.__doc__ = doc
+    app.command(command)(run)
+
+
+_make_control_command("pause", "Pause workers: they take no new jobs and keep running the ones they have.")
+_make_control_command("resume", "Resume paused workers.")
+_make_control_command("drain", "Drain workers: take no more jobs, finish the running ones, then stop.")
+_make_control_command("stop", "Stop workers gracefully (as SIGTERM: running jobs get the grace period).")
+
+plugin_app = typer.Typer(help="Load, disable or reload a plugin on running workers.", no_args_is_help=True)
+app.add_typer(plugin_app, name="plugin")
+
+
+def _make_plugin_command(command: Command, verb: str, doc: str) -> None:
+    def run(
+        name: Annotated[str, typer.Argument(help="Plugin name")],
+        path: Annotated[str | None, typer.Option(help="Plugin folder (default: config.yml's entry).")] = None,
+        worker: WorkerOpt = None,
+        host: HostOpt = None,
+        all_workers: AllOpt = False,
+        timeout: TimeoutOpt = 10.0,
+        config: ConfigOpt = None,
+        redis_url: RedisOpt = None,
+        namespace: NamespaceOpt = None,
+    ) -> None:
+        args = {"name": name, **({"path": path} if path else {})}
+        _control(command, worker, host, args, timeout, config, redis_url, namespace)
+
+    run.__doc__ = doc
+    plugin_app.command(verb)(run)
+
+
+_make_plugin_command("load_plugin", "load", "Load (and enable) a plugin on running workers.")
+_make_plugin_command("disable_plugin", "disable", "Disable and unload a plugin on running workers.")
+_make_plugin_command("reload_plugin", "reload", "Reload a plugin from its folder (a new version serves the next job).")
 
 
 def main() -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import aclosing
 from datetime import datetime
 from types import TracebackType
@@ -28,6 +28,7 @@ from pydantic import ValidationError
 from redis.asyncio import Redis
 
 from service.broker import broker_errors, connect
+from service.control import Command, ControlReport, send_control
 from service.deadletter import DeadLetterStore
 from service.errors import (
     ConfigError,
@@ -37,6 +38,8 @@ from service.errors import (
     SubmissionError,
     UnknownPluginError,
 )
+from service.eventbus import read_events
+from service.events import EventKind, ReceivedEvent
 from service.handle import JobHandle
 from service.keys import Keys
 from service.manifest import PluginManifest
@@ -253,3 +256,43 @@ class JobClient:
     async def workers(self) -> list[WorkerInfo]:
         """The live workers."""
         return await self.registry.workers()
+
+    async def control(
+        self,
+        command: Command,
+        *,
+        worker: str | None = None,
+        host: str | None = None,
+        args: dict[str, Any] | None = None,
+        timeout: float = 3.0,
+    ) -> ControlReport:
+        """Send a control command to every worker, the workers on ``host``, or one ``worker``.
+
+        Commands: ``pause``, ``resume``, ``drain``, ``stop``, ``load_plugin`` / ``disable_plugin``
+        / ``reload_plugin`` (``args={"name": ..., "path": ...}``). The report lists each worker's
+        acknowledgement and the targeted live workers that did not answer within ``timeout``.
+        """
+        return await send_control(self, command, worker=worker, host=host, args=args, timeout=timeout)
+
+    # -- events ---------------------------------------------------------------------------
+    def events(
+        self,
+        kinds: Iterable[str | EventKind] | None = None,
+        plugin: str | None = None,
+        job_id: str | None = None,
+        since: str | datetime = "now",
+        *,
+        worker_id: str | None = None,
+        follow: bool = True,
+    ) -> AsyncIterator[ReceivedEvent]:
+        """Every worker's events (``ReceivedEvent``: stream id + typed event), oldest first.
+
+        ``since``: ``"now"`` (only new ones), ``"replay:N"`` (the last N matching, then live),
+        a stream id (the events after it, e.g. the last ``id`` you saw) or a datetime. Nothing
+        is missed or repeated between the replay and the live part. Filters: ``kinds``,
+        ``plugin``, ``job_id``, ``worker_id``. ``follow=False`` stops at the newest event.
+        """
+        return read_events(
+            self.redis, self.keys, kinds=kinds, plugin=plugin, job_id=job_id, worker_id=worker_id,
+            since=since, follow=follow,
+        )  # fmt: skip

@@ -10,7 +10,6 @@ or ``retrying``, dead letter when attempts ran out.
 from __future__ import annotations
 
 import asyncio
-import functools
 from typing import Any
 
 import structlog
@@ -22,7 +21,8 @@ from service.context import JobContext, job_context
 from service.deadletter import DeadLetter, DeadLetterStore
 from service.errors import BrokerError, SubmissionError
 from service.loader import BoundAction, PluginLoader
-from service.models import AttemptInfo, JobRequest, JobState, now_ms
+from service.models import AttemptInfo, JobRequest, JobState, ProgressUpdate, now_ms
+from service.notify import JobEvents, Notify
 from service.outcome import Outcome, classify, with_retry
 from service.progress import ProgressReporter
 from service.retry import merge
@@ -48,6 +48,7 @@ class Executor:
         settings: Settings,
         worker_id: str,
         dead_letters: DeadLetterStore | None = None,
+        notify: Notify | None = None,
     ) -> None:
         self.loader = loader
         self.store = store
@@ -55,6 +56,7 @@ class Executor:
         self.worker_id = worker_id
         self.dead_letters = dead_letters or DeadLetterStore(store.redis, store.keys, ttl_s=settings.dead_letter_ttl_s)
         self._tokens: dict[str, CancellationToken] = {}
+        self.events = JobEvents(notify, worker_id)
 
     def cancel(self, job_id: str, reason: str) -> bool:
         """Set the token of ``job_id`` if it runs here; True if this worker acted on it."""
@@ -72,12 +74,14 @@ class Executor:
             try:
                 request = JobRequest.model_validate(raw_request)
             except ValidationError as exc:
+                self.events.received(job_id, raw_request, attempt, "unknown")
                 error = ValueError(f"malformed job data: {exc}")
                 outcome = Outcome.failed(error, with_traceback=False, retryable=False)
                 await asyncio.shield(
                     self.store.transition(job_id, JobState.FAILED, attempt=attempt, fields=_fields(outcome))
                 )
                 return outcome
+            self.events.received(job_id, raw_request, attempt, self._queue_of(request))
             with structlog.contextvars.bound_contextvars(plugin=request.plugin, action=request.action):
                 return await self._run_request(job_id, request, attempt)
 
@@ -87,6 +91,7 @@ class Executor:
             started_at = now_ms()
             if not await self._start(job_id, attempt, token, started_at):
                 return None
+            self.events.started(job_id, request, attempt, self._queue_of(request))
             stream = self._stream_writer(job_id)
             try:
                 outcome = await self._attempt(job_id, request, attempt, stream, token)
@@ -105,6 +110,17 @@ class Executor:
                 note=outcome.note,
             )
             await asyncio.shield(self._finish(job_id, request, info, outcome, stream))
+            self.events.finished(
+                job_id,
+                request,
+                attempt,
+                state=outcome.state,
+                error=outcome.error,
+                duration_ms=(info.finished_at_ms or started_at) - started_at,
+                retry_in_s=outcome.retry_in_s,
+                timeout_s=outcome.timeout_s,
+                reason=token.reason or "",
+            )
             log.info("job_finished", state=outcome.state.value, note=outcome.note or None)
             return outcome
         finally:
@@ -122,6 +138,10 @@ class Executor:
             token.cancel(extra)  # cancelled between being claimed and starting: stop at once
         log.info("job_started")
         return True
+
+    def _queue_of(self, request: JobRequest) -> str:
+        host = None if request.options.host == "any" else request.options.host
+        return self.store.keys.queue(request.plugin, request.options.queue, host)
 
     def _stream_writer(self, job_id: str) -> StreamWriter:
         """The job's output stream (touched only if the action turns out to be a generator)."""
@@ -156,9 +176,12 @@ class Executor:
         token: CancellationToken,
     ) -> Outcome:
         loop = asyncio.get_running_loop()
-        reporter = ProgressReporter(
-            functools.partial(self.store.progress, job_id), interval_s=self.settings.progress_interval_s, loop=loop
-        )
+
+        async def write_progress(update: ProgressUpdate) -> None:
+            if await self.store.progress(job_id, update) >= 0:
+                self.events.progress(job_id, request, attempt, update)
+
+        reporter = ProgressReporter(write_progress, interval_s=self.settings.progress_interval_s, loop=loop)
         ctx = JobContext.create(
             job_id=job_id,
             plugin=request.plugin,
@@ -241,6 +264,8 @@ class Executor:
             attempts=[*record.attempts, info],
         )
         await self.dead_letters.add(letter)
+        if outcome.error is not None:
+            self.events.dead_lettered(job_id, request, info.attempt, outcome.error, len(letter.attempts))
         log.warning("job_dead_lettered", error=outcome.error.type if outcome.error else None)
 
     async def _end_stream(self, stream: StreamWriter, outcome: Outcome, ttl_s: int) -> None:

@@ -103,6 +103,22 @@ class Keys:
         base = f"{self.namespace}:queue:{lane}:{plugin}"
         return base if host is None else f"{base}@{host}"
 
+    def control_channel(self) -> str:
+        """Pub/sub channel: control commands to workers (``ControlCommand`` JSON)."""
+        return f"{self.namespace}:ch:control"
+
+    def control_acks_channel(self) -> str:
+        """Pub/sub channel: workers' acknowledgements of control commands (``ControlAck`` JSON)."""
+        return f"{self.namespace}:ch:control-acks"
+
+    def control_acks(self, command_id: str) -> str:
+        """List: the acknowledgements of one command, kept a few minutes."""
+        return f"{self.namespace}:control:{command_id}"
+
+    def wake_channel(self) -> str:
+        """Pub/sub channel: a submit announces its queue's name here, so idle workers wake at once."""
+        return f"{self.namespace}:ch:wake"
+
     def queue_prefix(self) -> str:
         """Prefix shared by every queue of the namespace (for listing them)."""
         return f"{self.namespace}:queue:"
@@ -127,3 +143,16 @@ class Keys:
     def workers(self) -> str:
         """ZSET: worker id -> last heartbeat (epoch ms)."""
         return f"{self.namespace}:workers"
+
+    # -- events -----------------------------------------------------------------------------
+    def events(self) -> str:
+        """Stream: every worker's events (``{"event": <JSON>}``), capped at ``events_max_len``."""
+        return f"{self.namespace}:events"
+
+    def event_channel(self, kind: str) -> str:
+        """Pub/sub channel: the JSON of each event of ``kind`` (e.g. ``job_failed``), live."""
+        return f"{self.namespace}:ch:events:{kind}"
+
+    def event_channel_pattern(self) -> str:
+        """``PSUBSCRIBE`` pattern matching every event channel of the namespace."""
+        return f"{self.namespace}:ch:events:*"

@@ -34,6 +34,7 @@ import structlog
 from pydantic import ValidationError
 
 from service.context import JobContext, job_context
+from service.delegates import DelegateManager
 from service.errors import PluginLoadError, UnknownActionError, UnknownPluginError
 from service.manifest import ActionSpec, ArgumentSpec, PluginManifest, load_manifest
 from service.plugin import Plugin
@@ -129,8 +130,9 @@ class LoadedPlugin:
 class PluginLoader:
     """Loads plugins from folders, keeps the ones that work, and records the ones that do not."""
 
-    def __init__(self, *, enable_timeout_s: float = 30.0) -> None:
+    def __init__(self, *, enable_timeout_s: float = 30.0, delegates: DelegateManager | None = None) -> None:
         self.enable_timeout_s = enable_timeout_s
+        self.delegates = delegates
         self.loaded: dict[str, LoadedPlugin] = {}
         self.failures: dict[str, PluginLoadError] = {}
 
@@ -208,7 +210,7 @@ class PluginLoader:
             cls = _find_class(name, module, manifest)
             instance = _run(name, "instantiating the plugin class", cls)
             manifest, actions = _bind_actions(name, manifest, instance)
-            instance._attach(manifest)
+            instance._attach(manifest, self.delegates)
             _run(name, "on_load", instance.on_load)
             if instance.plugin_name != manifest.name:
                 instance.logger.warning("plugin_name_overridden", set_by_on_load=instance.plugin_name)

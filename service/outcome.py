@@ -40,6 +40,7 @@ class Outcome:
     requested_delay_s: float | None = None
     retry_in_s: float | None = None
     ended_as: JobState | None = None
+    timeout_s: float | None = None
     note: str = ""
 
     def summary(self) -> dict[str, Any]:
@@ -67,7 +68,7 @@ def classify(done: Supervised, *, job: str, timeout_s: float, reason: str | None
     if done.ending == "timed_out":
         message = f"action {job} ran past its timeout of {timeout_s:g}s"
         error = ErrorInfo(type=PluginActionTimeoutError.__name__, message=message)
-        return Outcome(JobState.TIMED_OUT, error=error, note=note)
+        return Outcome(JobState.TIMED_OUT, error=error, note=note, timeout_s=timeout_s)
     if done.ending == "cancelled" or isinstance(done.error, CancellationRequested):
         message = f"cancelled while running: {reason or 'cancelled'}"
         return Outcome(JobState.CANCELLED, error=ErrorInfo(type="JobCancelledError", message=message), note=note)

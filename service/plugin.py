@@ -22,6 +22,7 @@ from service.context import current_job
 if TYPE_CHECKING:
     from structlog.typing import FilteringBoundLogger
 
+    from service.delegates import DelegateManager
     from service.manifest import PluginManifest
 
 __all__ = ["Plugin"]
@@ -37,6 +38,9 @@ class Plugin:
 
     manifest: PluginManifest
     """The effective manifest the plugin was loaded with."""
+    delegates: DelegateManager | None
+    """The worker's :class:`~service.delegates.DelegateManager` (register notification and control
+    delegates in ``on_enable``); ``None`` when the plugin is loaded outside a worker."""
     plugin_name: str
     """The plugin's name (``manifest.name``)."""
     version: str
@@ -53,9 +57,10 @@ class Plugin:
     _logger: FilteringBoundLogger
     """Alias of :attr:`logger` under the name seed plugins use."""
 
-    def _attach(self, manifest: PluginManifest) -> None:
+    def _attach(self, manifest: PluginManifest, delegates: DelegateManager | None = None) -> None:
         """Set the identity attributes (called by the loader right after instantiation)."""
         self.manifest = manifest
+        self.delegates = delegates
         self.plugin_name = manifest.name
         self.version = manifest.version
         self.description = manifest.description

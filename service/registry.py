@@ -39,6 +39,8 @@ class WorkerInfo(BaseModel):
     started_at_ms: int = Field(default_factory=now_ms)
     heartbeat_ms: int = Field(default_factory=now_ms)
     running_jobs: int = 0
+    paused: bool = Field(default=False, description="Takes no new jobs (keeps running the ones it has).")
+    draining: bool = Field(default=False, description="Finishing its running jobs, then stopping.")
 
 
 class RegisteredPlugin(BaseModel):

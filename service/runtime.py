@@ -10,19 +10,36 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import uuid
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import structlog
 from redis.asyncio import Redis
 
+from service.commands import CommandHandler, Puller
+from service.delegates import DelegateManager
 from service.errors import ActionQError
+from service.eventbus import EventBridge
+from service.events import (
+    Event,
+    PluginDisabledEvent,
+    PluginEnabledEvent,
+    PluginFailedEvent,
+    PluginLoadedEvent,
+    WorkerErrorEvent,
+    WorkerStartedEvent,
+    WorkerStoppedEvent,
+)
 from service.executor import Executor, Outcome
 from service.keys import Keys
 from service.loader import PluginLoader
-from service.pubsub import PubSubMultiplexer, Subscription
+from service.models import ErrorInfo
+from service.pubsub import PubSubMultiplexer
 from service.registry import Registry, WorkerInfo
-from service.settings import Settings
+from service.settings import SUPERVISOR_ENV, Settings
 from service.store import JobStore
 
 __all__ = ["WorkerRuntime", "new_worker_id"]
@@ -45,14 +62,28 @@ class WorkerRuntime:
         self.worker_id = new_worker_id(settings.hostname)
         self.store = JobStore(redis, self.keys)
         self.registry = Registry(redis, self.keys, heartbeat_s=settings.heartbeat_s)
-        self.loader = PluginLoader(enable_timeout_s=settings.plugin_enable_timeout_s)
-        self.executor = Executor(loader=self.loader, store=self.store, settings=settings, worker_id=self.worker_id)
+        # Created on the running loop: delegates are dispatched there (see service.delegates).
+        self.delegates = DelegateManager(worker_id=self.worker_id)
+        self.bridge = EventBridge(redis, self.keys, max_len=settings.events_max_len)
+        self.bridge.attach(self.delegates)
+        self.loader = PluginLoader(enable_timeout_s=settings.plugin_enable_timeout_s, delegates=self.delegates)
+        self.executor = Executor(
+            loader=self.loader,
+            store=self.store,
+            settings=settings,
+            worker_id=self.worker_id,
+            notify=self.delegates.invoke_notification,
+        )
         self.info = WorkerInfo(worker_id=self.worker_id, hostname=settings.hostname)
         self.running_jobs = 0
         self._heartbeat: asyncio.Task[None] | None = None
-        self._cancels: asyncio.Task[None] | None = None
+        self._listeners: list[asyncio.Task[None]] = []
+        self.wake = asyncio.Event()  # set when there may be work: the worker polls at once
+        self._queue_set: frozenset[str] = frozenset()
         self._mux = PubSubMultiplexer(redis)
         self._stopped = False
+        self.stop_reason = ""
+        self.commands = CommandHandler(self)
 
     def queues(self) -> list[str]:
         """Every queue this worker reads: per lane, per loaded plugin, any host and this host."""
@@ -67,14 +98,20 @@ class WorkerRuntime:
         """Load and enable the configured plugins, then announce this worker."""
         entries = [(e.name, self.settings.plugin_path(e)) for e in self.settings.plugins if e.enabled]
         await self.loader.load_all(entries)
+        self._plugin_events()
         if not self.loader.loaded:
             log.warning("no_plugins_loaded", configured=[name for name, _ in entries])
         self.info.queues = self.queues()
+        self._queue_set = frozenset(self.info.queues)
         await self.publish()
         self._heartbeat = asyncio.create_task(self._beat(), name="actionq-heartbeat")
-        ready = asyncio.get_running_loop().create_future()
-        self._cancels = asyncio.create_task(self._listen_for_cancels(ready), name="actionq-cancel-listener")
-        await ready
+        supervisor = os.environ.get(SUPERVISOR_ENV)
+        if supervisor and supervisor.isdigit():
+            self._listeners.append(asyncio.create_task(_watch_supervisor(int(supervisor)), name="actionq-supervisor"))
+        await self._listen(self.keys.cancel_channel(), self._on_cancel)
+        await self._listen(self.keys.wake_channel(), self._on_wake)
+        await self._listen(self.keys.control_channel(), self.commands.on_message)
+        self.notify(WorkerStartedEvent(**self._me(), queues=self.info.queues, plugins=self.info.plugins))
         log.info(
             "worker_started",
             worker_id=self.worker_id,
@@ -82,6 +119,62 @@ class WorkerRuntime:
             failed=sorted(self.loader.failures),
             queues=self.info.queues,
         )
+
+    def attach(self, puller: Puller) -> None:
+        """The queue loop that runs this runtime's jobs (control commands act on it)."""
+        self.commands.puller = puller
+
+    async def load_plugin(self, name: str, path: Path) -> str:
+        """Load (and enable) a plugin at runtime; returns its version. Raises ``PluginLoadError``."""
+        try:
+            plugin = await self.loader.load(name, path)
+        finally:
+            self._plugin_events_for(name)
+        await self._plugins_changed()
+        return plugin.manifest.version
+
+    async def unload_plugin(self, name: str, *, missing_ok: bool = False) -> None:
+        """Disable and unload a plugin at runtime (its running jobs finish)."""
+        plugin = self.loader.loaded.get(name)
+        if plugin is None:
+            if missing_ok:
+                return
+            raise KeyError(f"plugin {name!r} is not loaded here")
+        await self.loader.unload(name)
+        self.notify(PluginDisabledEvent(worker_id=self.worker_id, plugin=name, version=plugin.manifest.version))
+        await self._plugins_changed()
+
+    async def _plugins_changed(self) -> None:
+        self.info.queues = self.queues()
+        self._queue_set = frozenset(self.info.queues)
+        if self.commands.puller is not None:
+            self.commands.puller.set_queues(self.info.queues)
+        await self.publish()
+        self.wake.set()
+
+    def _plugin_events_for(self, name: str) -> None:
+        plugin, failure = self.loader.loaded.get(name), self.loader.failures.get(name)
+        if plugin is not None:
+            version = plugin.manifest.version
+            self.notify(PluginLoadedEvent(worker_id=self.worker_id, plugin=name, version=version))
+            self.notify(PluginEnabledEvent(worker_id=self.worker_id, plugin=name, version=version))
+        elif failure is not None:
+            self.notify(PluginFailedEvent(worker_id=self.worker_id, plugin=name, reason=failure.reason))
+
+    def notify(self, event: Event) -> None:
+        """Hand an event to this worker's delegates (the Redis bridge is one of them); never blocks."""
+        self.delegates.invoke_notification(event, sender=self)
+
+    def _me(self) -> dict[str, Any]:
+        return {"worker_id": self.worker_id, "hostname": self.settings.hostname, "pid": os.getpid()}
+
+    def _plugin_events(self) -> None:
+        for name in [*self.loader.loaded, *self.loader.failures]:
+            self._plugin_events_for(name)
+
+    def worker_error(self, where: str, exc: BaseException) -> None:
+        """Report an error of the worker itself (not of a job) as a ``worker_error`` event."""
+        self.notify(WorkerErrorEvent(**self._me(), where=where, error=ErrorInfo.from_exception(exc)))
 
     async def publish(self) -> None:
         """Send this worker's description and manifests to the registry."""
@@ -97,28 +190,44 @@ class WorkerRuntime:
                 await self.publish()
             except ActionQError as exc:
                 log.warning("heartbeat_failed", error=str(exc))
+                self.worker_error("heartbeat", exc)
 
-    async def _listen_for_cancels(self, ready: asyncio.Future[None]) -> None:
+    async def _listen(self, channel: str, handle: Callable[[bytes], None]) -> None:
+        """Route a channel's messages to ``handle``, on the process's one pub/sub connection.
+
+        Returns once the subscription is confirmed, so nothing published after start is missed.
+        """
+        ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        async def follow() -> None:
+            try:
+                async with self._mux.subscribe(channel) as sub:
+                    ready.set_result(None)
+                    async for message in sub:
+                        handle(message)
+            except Exception as exc:
+                if not ready.done():
+                    ready.set_exception(exc)
+                raise
+
+        self._listeners.append(asyncio.create_task(follow(), name=f"actionq-listen-{channel}"))
+        await ready
+
+    def _on_cancel(self, message: bytes) -> None:
         """Cancel requests are pushed to every worker; the one running the job acts at once."""
         try:
-            async with self._mux.subscribe(self.keys.cancel_channel()) as sub:
-                ready.set_result(None)
-                await self._route_cancels(sub)
-        except Exception as exc:
-            if not ready.done():
-                ready.set_exception(exc)
-            raise
+            data = json.loads(message)
+            job_id, reason = str(data["job_id"]), str(data.get("reason") or "cancelled")
+        except (ValueError, KeyError, TypeError):
+            log.warning("bad_cancel_message", message=message[:200])
+            return
+        if self.executor.cancel(job_id, reason):
+            log.info("job_cancel_requested", job_id=job_id, reason=reason)
 
-    async def _route_cancels(self, sub: Subscription) -> None:
-        async for message in sub:
-            try:
-                data = json.loads(message)
-                job_id, reason = str(data["job_id"]), str(data.get("reason") or "cancelled")
-            except (ValueError, KeyError, TypeError):
-                log.warning("bad_cancel_message", message=message[:200])
-                continue
-            if self.executor.cancel(job_id, reason):
-                log.info("job_cancel_requested", job_id=job_id, reason=reason)
+    def _on_wake(self, message: bytes) -> None:
+        """A job was submitted to ``message`` (a queue name): poll now if it is one of ours."""
+        if message.decode(errors="replace") in self._queue_set:
+            self.wake.set()
 
     async def run(self, job_id: str, raw_request: Any, attempt: int) -> Outcome | None:
         """Run one job (called by the arq adapter)."""
@@ -133,7 +242,7 @@ class WorkerRuntime:
         if self._stopped:
             return
         self._stopped = True
-        for task in (self._heartbeat, self._cancels):
+        for task in (self._heartbeat, *self._listeners):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -141,5 +250,18 @@ class WorkerRuntime:
         await self._mux.close()
         with contextlib.suppress(ActionQError):
             await self.registry.withdraw(self.worker_id)
+        self.notify(WorkerStoppedEvent(**self._me(), reason=self.stop_reason))
+        for name, plugin in self.loader.loaded.items():
+            self.notify(PluginDisabledEvent(worker_id=self.worker_id, plugin=name, version=plugin.manifest.version))
         await self.loader.unload_all()
+        await self.delegates.aclose()
+        await self.bridge.aclose()
         log.info("worker_stopped", worker_id=self.worker_id)
+
+
+async def _watch_supervisor(pid: int) -> None:
+    """A pool member drains and exits when its supervisor is gone (SIGKILLed, say)."""
+    while os.getppid() == pid:  # noqa: ASYNC110 - no event tells a process its parent died; poll
+        await asyncio.sleep(1.0)
+    log.warning("supervisor_gone", supervisor_pid=pid)
+    os.kill(os.getpid(), signal.SIGTERM)  # the worker's own graceful shutdown

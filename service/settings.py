@@ -30,6 +30,9 @@ __all__ = ["ENV_PREFIX", "PluginEntry", "Settings", "load_settings"]
 ENV_PREFIX = "ACTIONQ_"
 # Read by the CLI, not a setting: the path of config.yml.
 CONFIG_ENV = "ACTIONQ_CONFIG"
+# Set by a worker pool for its members, not a setting: the supervisor's pid (see service.pool).
+SUPERVISOR_ENV = "ACTIONQ_SUPERVISOR_PID"
+_NOT_SETTINGS = frozenset({CONFIG_ENV, SUPERVISOR_ENV})
 
 _yaml_data: ContextVar[dict[str, Any] | None] = ContextVar("actionq_yaml_data", default=None)
 
@@ -60,7 +63,19 @@ class Settings(BaseSettings):
     plugins: list[PluginEntry] = Field(default_factory=list, description="Plugins a worker loads.")
     queues: list[str] = Field(default=["default"], min_length=1, description="Lanes a worker reads.")
     concurrency: int = Field(default=10, ge=1, le=10_000, description="Jobs one worker runs at once.")
-    poll_delay_s: float = Field(default=0.5, gt=0, le=60, description="Queue poll interval of a worker.")
+    poll_delay_s: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description="Fallback poll of an idle worker (new jobs wake it at once over pub/sub; deferred ones on time).",
+    )
+    lease_s: float = Field(
+        default=3.0,
+        ge=0.5,
+        le=300,
+        description="A running job's claim lasts this long unless renewed by its worker: a dead worker's job re-runs "
+        "within it.",
+    )
     default_timeout_s: float = Field(default=300, gt=0, description="Action timeout when none is declared.")
     max_timeout_s: float = Field(default=3600, gt=0, description="Largest timeout a job may ask for.")
     result_ttl_s: int = Field(default=86_400, gt=0, description="How long a finished job's record is kept.")
@@ -80,6 +95,9 @@ class Settings(BaseSettings):
     )
     stream_max_items: int = Field(
         default=10_000, ge=10, description="Cap of a job's output stream; older items are trimmed past it."
+    )
+    events_max_len: int = Field(
+        default=100_000, ge=100, description="Cap of the events stream (replay depth); older events are trimmed."
     )
     max_payload_bytes: int = Field(default=1_048_576, ge=1024, description="Largest serialized job or result accepted.")
     plugin_enable_timeout_s: float = Field(
@@ -162,7 +180,7 @@ def _check_environment(environ: dict[str, str]) -> None:
     known = set(Settings.model_fields)
     unknown = []
     for name in environ:
-        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
+        if not name.startswith(ENV_PREFIX) or name in _NOT_SETTINGS:
             continue
         field = name[len(ENV_PREFIX) :].lower().split("__", 1)[0]
         if field not in known:

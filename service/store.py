@@ -37,6 +37,7 @@ redis.call('HSET', KEYS[1], 'state', 'queued', 'request', ARGV[1], 'queue', ARGV
 redis.call('EXPIRE', KEYS[1], ARGV[5])
 redis.call('SET', KEYS[2], ARGV[6], 'PX', ARGV[7])
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[8])
+redis.call('PUBLISH', KEYS[6], KEYS[3])
 return {1}
 """
 
@@ -152,7 +153,14 @@ class JobStore:
         keys = self.keys
         with broker_errors(f"submitting job {job_id}"):
             reply = await self._create(
-                keys=[keys.job(job_id), keys.arq_job(job_id), queue, keys.arq_result(job_id), keys.arq_retry(job_id)],
+                keys=[
+                    keys.job(job_id),
+                    keys.arq_job(job_id),
+                    queue,
+                    keys.arq_result(job_id),
+                    keys.arq_retry(job_id),
+                    keys.wake_channel(),
+                ],
                 args=[
                     request.model_dump_json(),
                     queue,

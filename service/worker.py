@@ -14,6 +14,7 @@ written to the job record, so a job never stays "queued" because arq gave up on 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 from typing import Any
@@ -25,10 +26,10 @@ from arq.utils import timestamp_ms
 from arq.worker import Retry as ArqRetry
 from arq.worker import Worker, func
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.broker import connect
+from service.claims import Claims
 from service.client import ARQ_FUNCTION
 from service.errors import ConfigError, JobExpiredError
 from service.keys import ARQ_IN_PROGRESS_PREFIX, ARQ_JOB_PREFIX, ARQ_RESULT_PREFIX, ARQ_RETRY_PREFIX
@@ -83,21 +84,66 @@ async def run_action(ctx: dict[str, Any], *, request: Any) -> dict[str, Any]:
 
 
 class ActionWorker(Worker):
-    """arq's worker, reading every queue the runtime serves."""
+    """arq's worker, reading every queue the runtime serves, woken by submits, holding short leases."""
 
     def __init__(self, runtime: WorkerRuntime, redis_pool: ArqRedis, **kwargs: Any) -> None:
         self.runtime = runtime
         self.queues = runtime.queues() or [runtime.keys.queue("_none_")]
+        self.claims = Claims(redis_pool, lease_s=runtime.settings.lease_s)
         self._queue_of: dict[str, str] = {}
         self._rotation = itertools.cycle(range(len(self.queues)))
         self._backoff_s = 0.0
+        self._next_due_ms: int | None = None
+        self._saturated = False
         super().__init__(queue_name=self.queues[0], redis_pool=redis_pool, **kwargs)
+        # arq sizes its lock from the longest timeout; ours is the lease the worker renews.
+        self.in_progress_timeout_s = runtime.settings.lease_s
+
+    def set_queues(self, queues: list[str]) -> None:
+        """Read these queues from the next poll on (plugins were loaded or disabled at runtime)."""
+        self.queues = queues or [self.runtime.keys.queue("_none_")]
+        self._rotation = itertools.cycle(range(len(self.queues)))
+
+    async def main(self) -> None:
+        """arq's main loop with its fixed-interval poll replaced by a wake-up.
+
+        A submit publishes its queue on the wake channel and the worker polls at once; otherwise it
+        polls when the earliest deferred job falls due, or after ``poll_delay_s`` at the latest
+        (which also picks up jobs whose claim lapsed because their worker died).
+        """
+        self.ctx["redis"] = self.pool
+        if self.on_startup:
+            await self.on_startup(self.ctx)
+        renewer = asyncio.create_task(self.claims.renew_forever(), name="actionq-lease-renewal")
+        try:
+            while True:
+                await self._poll_iteration()
+                await self._wait_for_work()
+        finally:
+            await self.claims.stop(renewer)
+
+    async def _wait_for_work(self) -> None:
+        wait_s = self.poll_delay_s
+        if self._next_due_ms is not None:
+            wait_s = min(wait_s, max(0.0, (self._next_due_ms - timestamp_ms()) / 1000))
+        wake = self.runtime.wake
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(wake.wait(), wait_s)
+        wake.clear()
+
+    def _release_sem_dec_counter_on_complete(self) -> None:
+        super()._release_sem_dec_counter_on_complete()
+        if self._saturated:  # ready jobs were left waiting for a free slot: look again now
+            self._saturated = False
+            self.runtime.wake.set()
 
     async def _poll_iteration(self) -> None:
         """One round of the loop; a lost Redis connection is waited out with backoff, not fatal."""
         try:
             await self._poll_queues()
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            if not self._backoff_s:
+                self.runtime.worker_error("poll", exc)
             self._backoff_s = min(max(self._backoff_s * 2, _BACKOFF_MIN_S), _BACKOFF_MAX_S)
             log.warning("redis_unavailable", error=str(exc), retry_in_s=self._backoff_s)
             await asyncio.sleep(self._backoff_s)
@@ -110,54 +156,36 @@ class ActionWorker(Worker):
         if self.allow_pick_jobs and self.job_counter < self.max_jobs:
             start = next(self._rotation)  # rotate which queue goes first, for fairness
             order = self.queues[start:] + self.queues[:start]
+            now = timestamp_ms()
             async with self.pool.pipeline(transaction=False) as pipe:
                 for queue in order:
-                    pipe.zrangebyscore(queue, min=float("-inf"), max=timestamp_ms(), start=0, num=self.queue_read_limit)
+                    pipe.zrangebyscore(queue, min=float("-inf"), max=now, start=0, num=self.queue_read_limit)
+                    pipe.zrange(queue, 0, 0, withscores=True)  # the earliest entry: when to look next
                 found = await pipe.execute()
-            for queue, job_ids in zip(order, found, strict=True):
+            ready, earliest = found[::2], found[1::2]
+            dues = [int(entries[0][1]) for entries in earliest if entries and entries[0][1] > now]
+            self._next_due_ms = min(dues) if dues else None
+            for queue, job_ids in zip(order, ready, strict=True):
                 if job_ids:
-                    await self._start_from(queue, job_ids)
+                    await self._start_from(queue, [raw.decode() for raw in job_ids])
         for job_id, task in list(self.tasks.items()):
             if task.done():
                 del self.tasks[job_id]
                 task.result()  # surface errors of run_job itself
         await self.heart_beat()
 
-    async def _start_from(self, queue: str, job_ids: list[bytes]) -> None:
-        """arq's ``start_jobs`` for one named queue: claim each job with arq's in-progress lock."""
-        for raw_id in job_ids:
+    async def _start_from(self, queue: str, job_ids: list[str]) -> None:
+        """Lease as many of the ready jobs as there are free slots, in one script, and run them."""
+        free = self.max_jobs - self.job_counter
+        if free < len(job_ids):
+            self._saturated = True
+        for job_id, score in await self.claims.claim(queue, job_ids[: max(free, 0)], timestamp_ms()):
             await self.sem.acquire()
-            if self.job_counter >= self.max_jobs:
-                self.sem.release()
-                return
             self.job_counter += 1
-            job_id = raw_id.decode()
-            score = await self._claim(queue, job_id)
-            if score is None:
-                self.job_counter -= 1
-                self.sem.release()
-                continue
             self._queue_of[job_id] = queue
             task = self.loop.create_task(self.run_job(job_id, score))
             task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
             self.tasks[job_id] = task
-
-    async def _claim(self, queue: str, job_id: str) -> int | None:
-        """Take arq's in-progress lock on ``job_id``; its queue score, or None if not ours."""
-        in_progress = ARQ_IN_PROGRESS_PREFIX + job_id
-        async with self.pool.pipeline(transaction=True) as pipe:
-            await pipe.watch(in_progress)
-            ongoing = await pipe.exists(in_progress)
-            score = await pipe.zscore(queue, job_id)
-            if ongoing or not score or score > timestamp_ms():
-                return None  # running elsewhere, finished, or re-deferred meanwhile
-            pipe.multi()  # type: ignore[no-untyped-call]
-            pipe.psetex(in_progress, int(self.in_progress_timeout_s * 1000), b"1")
-            try:
-                await pipe.execute()
-            except (ResponseError, WatchError):
-                return None
-        return int(score)
 
     async def finish_job(
         self,
@@ -171,6 +199,7 @@ class ActionWorker(Worker):
     ) -> None:
         """arq's ``finish_job`` against the queue the job came from."""
         queue = self._queue_of.pop(job_id, self.queue_name)
+        self.claims.release(job_id)
         async with self.pool.pipeline(transaction=True) as tr:
             tr.delete(ARQ_IN_PROGRESS_PREFIX + job_id)
             if finish:
@@ -186,6 +215,7 @@ class ActionWorker(Worker):
     async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
         """arq's ``finish_failed_job`` against the job's queue, then the record says so too."""
         queue = self._queue_of.pop(job_id, self.queue_name)
+        self.claims.release(job_id)
         async with self.pool.pipeline(transaction=True) as tr:
             tr.delete(ARQ_RETRY_PREFIX + job_id, ARQ_IN_PROGRESS_PREFIX + job_id, ARQ_JOB_PREFIX + job_id)
             tr.zrem(queue, job_id)
@@ -263,6 +293,7 @@ async def run_worker(settings: Settings) -> None:
         await runtime.redis.aclose()
         raise
     worker = build_worker(runtime)
+    runtime.attach(worker)
     try:
         await worker.async_run()
     except asyncio.CancelledError:

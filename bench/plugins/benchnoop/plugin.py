@@ -1,0 +1,19 @@
+"""Benchmark actions for ``bench/throughput.py`` and ``bench/latency.py``: jobs that do nothing."""
+
+from __future__ import annotations
+
+import time
+
+from service.context import JobContext
+from service.plugin import Plugin
+
+
+class BenchNoopPlugin(Plugin):
+    """Actions whose only purpose is to be measured."""
+
+    async def noop(self, ctx: JobContext) -> None:
+        """Nothing: the job's cost is the service's alone."""
+
+    async def stamp(self, ctx: JobContext) -> float:
+        """``time.time()`` when the action started (the bench subtracts its submit time)."""
+        return time.time()

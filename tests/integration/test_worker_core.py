@@ -1,0 +1,107 @@
+"""The worker core: wake-ups instead of polling, short leases after a SIGKILL, supervised pools."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest_asyncio
+import yaml
+
+from service import JobClient, JobState
+from tests.conftest import FAST, REPO_ROOT, WorkerFactory, bundled_plugins_config
+
+RELIABILITY = {"name": "reliability", "path": str(REPO_ROOT / "tests" / "fixtures" / "plugins" / "reliability")}
+
+
+@pytest_asyncio.fixture
+async def client(redis_url: str, namespace: str) -> AsyncIterator[JobClient]:
+    async with await JobClient.connect(redis_url, namespace=namespace) as c:
+        yield c
+
+
+async def test_a_submit_wakes_an_idle_worker(worker_process: WorkerFactory, client: JobClient) -> None:
+    # With a 30 s fallback poll, only the wake-up (or the deferred-job timer) can start these in time.
+    worker_process(bundled_plugins_config(**{**FAST, "poll_delay_s": 30}))
+    await asyncio.sleep(0.5)  # let the worker go idle
+    now = await client.submit("PluginB", "calculate_square", {"x": 3})
+    assert await now.result(timeout=10) == 9
+    deferred = await client.submit("PluginB", "calculate_square", {"x": 4}, defer_s=0.5)
+    assert await deferred.result(timeout=10) == 16
+
+
+async def test_a_sigkilled_workers_job_runs_again_elsewhere_from_its_checkpoint(
+    worker_process: WorkerFactory, client: JobClient
+) -> None:
+    config = bundled_plugins_config(**{**FAST, "lease_s": 1.0})
+    config["plugins"].append(RELIABILITY)
+    first = worker_process(config)
+    handle = await client.submit("long_running", "count_slowly", {"steps": 400, "delay_s": 0.05})
+    async with asyncio.timeout(20):
+        while (await handle.record()).progress is None:
+            await asyncio.sleep(0.02)
+    first.kill()  # SIGKILL: no cleanup, the lease is not released, the record still says running
+    assert (await handle.record()).state is JobState.RUNNING
+    second = worker_process(config)
+    async with asyncio.timeout(30):
+        while (await handle.record()).attempt < 2:
+            await asyncio.sleep(0.05)
+    record = await handle.record()
+    assert record.state is JobState.RUNNING
+    assert record.worker is not None
+    assert f"-{second.pid}-" in record.worker
+    assert await handle.cancel() is not None  # end it; the point was the re-run
+
+
+def _pool(config: dict[str, object], env: dict[str, str], tmp_path: Path, processes: int) -> subprocess.Popen[bytes]:
+    path = tmp_path / "pool.yml"
+    path.write_text(yaml.safe_dump(config))
+    with (tmp_path / "pool.log").open("wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "service", "worker", "--config", str(path), "--processes", str(processes)],
+            env=env,
+            cwd=REPO_ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+
+async def _live_workers(client: JobClient, count: int, timeout_s: float = 30) -> list[int]:
+    async with asyncio.timeout(timeout_s):
+        while True:
+            workers = await client.workers()
+            if len(workers) == count:
+                return sorted(w.pid for w in workers)
+            await asyncio.sleep(0.1)
+
+
+async def test_a_pool_restarts_a_dead_worker_and_drains_on_sigterm(
+    client: JobClient, redis_url: str, namespace: str, tmp_path: Path
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ACTIONQ_")}
+    env.update(ACTIONQ_REDIS_URL=redis_url, ACTIONQ_NAMESPACE=namespace, ACTIONQ_LOG_FORMAT="json")
+    pool = _pool(bundled_plugins_config(**{**FAST, "heartbeat_s": 0.5}), env, tmp_path, processes=2)
+    try:
+        pids = await _live_workers(client, 2)
+        os.kill(pids[0], signal.SIGKILL)
+        async with asyncio.timeout(30):  # the dead one drops out of the registry, a new one joins
+            while True:
+                replacement = sorted(w.pid for w in await client.workers())
+                if len(replacement) == 2 and pids[0] not in replacement:
+                    break
+                await asyncio.sleep(0.2)
+        assert pids[0] not in replacement
+        assert pids[1] in replacement
+        results = [await client.submit("PluginB", "calculate_square", {"x": i}) for i in range(10)]
+        assert [await h.result(timeout=20) for h in results] == [i * i for i in range(10)]
+        pool.send_signal(signal.SIGTERM)
+        assert pool.wait(timeout=30) == 0
+        assert await client.workers() == []  # every member drained and left the registry
+    finally:
+        if pool.poll() is None:
+            pool.kill()
