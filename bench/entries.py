@@ -9,7 +9,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from bench import cancel, latency, noop, progress, throughput
+from bench import cancel, latency, memory, noop, progress, throughput
 from bench.options import RunOptions
 from bench.report import EntryResult
 
@@ -32,6 +32,7 @@ ENTRIES: dict[str, Entry] = {
         "N no-op jobs: enqueue, end-to-end and drain rates, Redis commands/job, worker RSS (actionq, arq, peers)",
         throughput.run,
     ),
+    "memory": Entry("a worker running 5,000 concurrent sleeping jobs: peak RSS and its curve over a soak", memory.run),
     "latency": Entry(
         "enqueue->start and enqueue->result p50/p95/p99 at 50 jobs/s; idle worker commands/s (actionq, arq, peers)",
         latency.run,

@@ -26,11 +26,13 @@ __all__ = ["Claims"]
 log = structlog.get_logger("actionq.worker")
 
 # KEYS[1] the queue, KEYS[2..] the jobs' in-progress keys; ARGV[1] lease ms, ARGV[2] now ms,
-# ARGV[3..] the job ids. Returns id, score pairs of the jobs claimed.
+# ARGV[3] how many to take at most, ARGV[4..] the job ids. Jobs already claimed (arq keeps a running
+# job in its queue until it finishes) are skipped, not counted. Returns id, score pairs of those taken.
 _CLAIM = """
-local claimed = {}
+local claimed, limit = {}, tonumber(ARGV[3])
 for i = 2, #KEYS do
-  local id = ARGV[i + 1]
+  if #claimed >= 2 * limit then break end
+  local id = ARGV[i + 2]
   local score = redis.call('ZSCORE', KEYS[1], id)
   if score and tonumber(score) <= tonumber(ARGV[2]) and redis.call('SET', KEYS[i], '1', 'NX', 'PX', ARGV[1]) then
     claimed[#claimed + 1] = id
@@ -55,12 +57,13 @@ class Claims:
         """The arq job ids this worker holds a lease on."""
         return frozenset(self._held)
 
-    async def claim(self, queue: str, job_ids: list[str], now_ms: int) -> list[tuple[str, int]]:
-        """Lease as many of ``job_ids`` (ready in ``queue``) as are free; (id, score) of each taken."""
-        if not job_ids:
+    async def claim(self, queue: str, job_ids: list[str], now_ms: int, limit: int) -> list[tuple[str, int]]:
+        """Lease up to ``limit`` of ``job_ids`` (ready in ``queue``) that nobody holds; (id, score) of each."""
+        candidates = [j for j in job_ids if j not in self._held]  # ours are running: skip them here already
+        if not candidates or limit <= 0:
             return []
-        keys = [queue, *(ARQ_IN_PROGRESS_PREFIX + job_id for job_id in job_ids)]
-        reply = await self._claim(keys=keys, args=[self.lease_ms, now_ms, *job_ids])
+        keys = [queue, *(ARQ_IN_PROGRESS_PREFIX + job_id for job_id in candidates)]
+        reply = await self._claim(keys=keys, args=[self.lease_ms, now_ms, limit, *candidates])
         taken = [
             (raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id), int(float(score)))
             for raw_id, score in zip(reply[::2], reply[1::2], strict=True)

@@ -177,9 +177,10 @@ class ActionWorker(Worker):
     async def _start_from(self, queue: str, job_ids: list[str]) -> None:
         """Lease as many of the ready jobs as there are free slots, in one script, and run them."""
         free = self.max_jobs - self.job_counter
-        if free < len(job_ids):
-            self._saturated = True
-        for job_id, score in await self.claims.claim(queue, job_ids[: max(free, 0)], timestamp_ms()):
+        taken = await self.claims.claim(queue, job_ids, timestamp_ms(), limit=free)
+        if len(taken) == free:
+            self._saturated = True  # maybe more were ready: look again when a slot frees up
+        for job_id, score in taken:
             await self.sem.acquire()
             self.job_counter += 1
             self._queue_of[job_id] = queue

@@ -105,3 +105,22 @@ async def test_a_pool_restarts_a_dead_worker_and_drains_on_sigterm(
     finally:
         if pool.poll() is None:
             pool.kill()
+
+
+async def test_running_jobs_do_not_crowd_new_ones_out_of_free_slots(
+    worker_process: WorkerFactory, client: JobClient
+) -> None:
+    # arq keeps running jobs in their queue until they finish: they are the oldest entries a poll
+    # reads, and claiming must skip them rather than count them against the free slots.
+    config = bundled_plugins_config(**{**FAST, "concurrency": 3})
+    config["plugins"].append(RELIABILITY)
+    worker_process(config)
+    long = [await client.submit("reliability", "cooperative", {"seconds": 60}) for _ in range(2)]
+    for handle in long:
+        async with asyncio.timeout(20):
+            while await handle.state() is not JobState.RUNNING:
+                await asyncio.sleep(0.02)
+    quick = await client.submit("reliability", "slow_ok", {"seconds": 0})
+    assert await quick.result(timeout=10) == "ok"
+    for handle in long:
+        await handle.cancel()

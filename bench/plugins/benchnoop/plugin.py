@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from service.context import JobContext
@@ -17,3 +18,7 @@ class BenchNoopPlugin(Plugin):
     async def stamp(self, ctx: JobContext) -> float:
         """``time.time()`` when the action started (the bench subtracts its submit time)."""
         return time.time()
+
+    async def sleep(self, seconds: float) -> None:
+        """Sleep (many of these run at once in the memory benchmark)."""
+        await asyncio.sleep(seconds)
