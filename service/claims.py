@@ -19,7 +19,7 @@ import structlog
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from service.keys import ARQ_IN_PROGRESS_PREFIX
+from service.keys import arq_in_progress_key
 
 __all__ = ["Claims"]
 
@@ -62,7 +62,7 @@ class Claims:
         candidates = [j for j in job_ids if j not in self._held]  # ours are running: skip them here already
         if not candidates or limit <= 0:
             return []
-        keys = [queue, *(ARQ_IN_PROGRESS_PREFIX + job_id for job_id in candidates)]
+        keys = [queue, *(arq_in_progress_key(job_id) for job_id in candidates)]
         reply = await self._claim(keys=keys, args=[self.lease_ms, now_ms, limit, *candidates])
         taken = [
             (raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id), int(float(score)))
@@ -86,7 +86,7 @@ class Claims:
             try:
                 async with self.redis.pipeline(transaction=False) as pipe:
                     for job_id in held:
-                        pipe.pexpire(ARQ_IN_PROGRESS_PREFIX + job_id, self.lease_ms)
+                        pipe.pexpire(arq_in_progress_key(job_id), self.lease_ms)
                     await pipe.execute()
             except (RedisError, OSError) as exc:
                 log.warning("lease_renewal_failed", error=str(exc), jobs=len(held))

@@ -23,6 +23,10 @@ __all__ = [
     "ARQ_RETRY_PREFIX",
     "DEFAULT_NAMESPACE",
     "Keys",
+    "arq_in_progress_key",
+    "arq_job_key",
+    "arq_result_key",
+    "arq_retry_key",
 ]
 
 DEFAULT_NAMESPACE = "actionq"
@@ -32,6 +36,26 @@ ARQ_JOB_PREFIX = "arq:job:"
 ARQ_IN_PROGRESS_PREFIX = "arq:in-progress:"
 ARQ_RESULT_PREFIX = "arq:result:"
 ARQ_RETRY_PREFIX = "arq:retry:"
+
+
+def arq_job_key(arq_job_id: str) -> str:
+    """arq's job body key of an arq job id (already namespaced: ``<ns>:<job_id>``)."""
+    return ARQ_JOB_PREFIX + arq_job_id
+
+
+def arq_in_progress_key(arq_job_id: str) -> str:
+    """arq's in-progress lock (our lease) of an arq job id."""
+    return ARQ_IN_PROGRESS_PREFIX + arq_job_id
+
+
+def arq_result_key(arq_job_id: str) -> str:
+    """arq's result key of an arq job id."""
+    return ARQ_RESULT_PREFIX + arq_job_id
+
+
+def arq_retry_key(arq_job_id: str) -> str:
+    """arq's try-counter key of an arq job id."""
+    return ARQ_RETRY_PREFIX + arq_job_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,19 +107,19 @@ class Keys:
 
     def arq_job(self, job_id: str) -> str:
         """arq's job body key."""
-        return ARQ_JOB_PREFIX + self.arq_job_id(job_id)
+        return arq_job_key(self.arq_job_id(job_id))
 
     def arq_result(self, job_id: str) -> str:
         """arq's result key."""
-        return ARQ_RESULT_PREFIX + self.arq_job_id(job_id)
+        return arq_result_key(self.arq_job_id(job_id))
 
     def arq_in_progress(self, job_id: str) -> str:
         """arq's in-progress lock key."""
-        return ARQ_IN_PROGRESS_PREFIX + self.arq_job_id(job_id)
+        return arq_in_progress_key(self.arq_job_id(job_id))
 
     def arq_retry(self, job_id: str) -> str:
         """arq's try-counter key."""
-        return ARQ_RETRY_PREFIX + self.arq_job_id(job_id)
+        return arq_retry_key(self.arq_job_id(job_id))
 
     # -- queues -----------------------------------------------------------------------------
     def queue(self, plugin: str, lane: str = "default", host: str | None = None) -> str:

@@ -32,7 +32,7 @@ from service.broker import connect
 from service.claims import Claims
 from service.client import ARQ_FUNCTION
 from service.errors import ConfigError, JobExpiredError
-from service.keys import ARQ_IN_PROGRESS_PREFIX, ARQ_JOB_PREFIX, ARQ_RESULT_PREFIX, ARQ_RETRY_PREFIX
+from service.keys import arq_in_progress_key, arq_job_key, arq_result_key, arq_retry_key
 from service.logs import configure_logging
 from service.models import ErrorInfo, JobState, now_ms
 from service.runtime import WorkerRuntime
@@ -202,12 +202,12 @@ class ActionWorker(Worker):
         queue = self._queue_of.pop(job_id, self.queue_name)
         self.claims.release(job_id)
         async with self.pool.pipeline(transaction=True) as tr:
-            tr.delete(ARQ_IN_PROGRESS_PREFIX + job_id)
+            tr.delete(arq_in_progress_key(job_id))
             if finish:
                 if result_data:
                     ttl_ms = None if keep_result_forever or not result_timeout_s else int(result_timeout_s * 1000)
-                    tr.set(ARQ_RESULT_PREFIX + job_id, result_data, px=ttl_ms)
-                tr.delete(ARQ_RETRY_PREFIX + job_id, ARQ_JOB_PREFIX + job_id)
+                    tr.set(arq_result_key(job_id), result_data, px=ttl_ms)
+                tr.delete(arq_retry_key(job_id), arq_job_key(job_id))
                 tr.zrem(queue, job_id)
             elif incr_score:
                 tr.zincrby(queue, incr_score, job_id)
@@ -218,10 +218,10 @@ class ActionWorker(Worker):
         queue = self._queue_of.pop(job_id, self.queue_name)
         self.claims.release(job_id)
         async with self.pool.pipeline(transaction=True) as tr:
-            tr.delete(ARQ_RETRY_PREFIX + job_id, ARQ_IN_PROGRESS_PREFIX + job_id, ARQ_JOB_PREFIX + job_id)
+            tr.delete(arq_retry_key(job_id), arq_in_progress_key(job_id), arq_job_key(job_id))
             tr.zrem(queue, job_id)
             if result_data is not None:
-                tr.set(ARQ_RESULT_PREFIX + job_id, result_data, px=int(self.keep_result_s * 1000))
+                tr.set(arq_result_key(job_id), result_data, px=int(self.keep_result_s * 1000))
             await tr.execute()
         await self._record_arq_failure(job_id, result_data)
 
