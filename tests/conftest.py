@@ -29,6 +29,7 @@ import redis as redis_sync
 import redis.asyncio as aioredis
 import yaml
 
+from service.client import JobClient
 from service.embedded import EmbeddedRedis, find_server_binary
 from service.errors import ConfigError
 from service.keys import Keys
@@ -57,6 +58,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 # -- helpers ------------------------------------------------------------------------------------
+def fixture_plugin(name: str) -> dict[str, str]:
+    """A ``plugins:`` entry for one of the test plugins under tests/fixtures/plugins."""
+    return {"name": name, "path": str(REPO_ROOT / "tests" / "fixtures" / "plugins" / name)}
+
+
 def bundled_plugins_config(**extra: Any) -> dict[str, Any]:
     """A worker config mapping loading the bundled plugins by absolute path, plus ``extra`` settings."""
     plugins = [{"name": name, "path": str(REPO_ROOT / "plugins" / name)} for name in BUNDLED_PLUGINS]
@@ -149,6 +155,13 @@ async def redis(redis_url: str, namespace: str) -> AsyncIterator[aioredis.Redis]
     finally:
         await client.aclose()
         await _purge(redis_url, namespace)
+
+
+@pytest_asyncio.fixture
+async def client(redis_url: str, namespace: str) -> AsyncIterator[JobClient]:
+    """A JobClient on the session server, in this test's namespace."""
+    async with await JobClient.connect(redis_url, namespace=namespace) as c:
+        yield c
 
 
 @pytest_asyncio.fixture

@@ -4,29 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import pytest_asyncio
-
 from service import JobClient, JobState
 from service.events import EventKind
-from tests.conftest import FAST, REPO_ROOT, WorkerFactory, bundled_plugins_config
+from tests.conftest import FAST, REPO_ROOT, WorkerFactory, bundled_plugins_config, fixture_plugin
 
-OBSERVER = {"name": "observer", "path": str(REPO_ROOT / "tests" / "fixtures" / "plugins" / "observer")}
+OBSERVER = fixture_plugin("observer")
 
 
 def _config(**extra: Any) -> dict[str, Any]:
     config = bundled_plugins_config(**{**FAST, **extra})
     config["plugins"].append(OBSERVER)
     return config
-
-
-@pytest_asyncio.fixture
-async def client(redis_url: str, namespace: str) -> AsyncIterator[JobClient]:
-    async with await JobClient.connect(redis_url, namespace=namespace) as c:
-        yield c
 
 
 async def _job_events(client: JobClient, job_id: str, since: str, until: EventKind) -> list[str]:

@@ -3,22 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
-import pytest_asyncio
 
 from service import JobClient, SyncJobClient
 from tests.conftest import FAST, WorkerFactory, bundled_plugins_config
 
 VALUES = ["it_sync_add", "it_async_add"]
 STREAMS = [("it_sync_gen", "g"), ("it_async_gen", "ag")]
-
-
-@pytest_asyncio.fixture
-async def client(redis_url: str, namespace: str) -> AsyncIterator[JobClient]:
-    async with await JobClient.connect(redis_url, namespace=namespace) as c:
-        yield c
 
 
 @pytest.mark.parametrize("action", VALUES)

@@ -4,19 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 
-import pytest_asyncio
 import redis.asyncio as aioredis
 
 from service import JobClient, JobHandle, JobState, ProgressSnapshot
 from tests.conftest import FAST, WorkerFactory, bundled_plugins_config
-
-
-@pytest_asyncio.fixture
-async def client(redis_url: str, namespace: str) -> AsyncIterator[JobClient]:
-    async with await JobClient.connect(redis_url, namespace=namespace) as c:
-        yield c
 
 
 async def _follow(handle: JobHandle, timeout_s: float = 30) -> list[ProgressSnapshot]:

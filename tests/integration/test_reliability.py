@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-import pytest_asyncio
 import redis.asyncio as aioredis
 
 from service import (
@@ -21,21 +19,15 @@ from service import (
     JobState,
     PluginActionExecutionError,
 )
-from tests.conftest import FAST, REPO_ROOT, WorkerFactory, WorkerProc, bundled_plugins_config
+from tests.conftest import FAST, WorkerFactory, WorkerProc, bundled_plugins_config, fixture_plugin
 
-RELIABILITY = {"name": "reliability", "path": str(REPO_ROOT / "tests" / "fixtures" / "plugins" / "reliability")}
+RELIABILITY = fixture_plugin("reliability")
 
 
 def _config(**extra: Any) -> dict[str, Any]:
     config = bundled_plugins_config(**{**FAST, **extra})
     config["plugins"].append(RELIABILITY)
     return config
-
-
-@pytest_asyncio.fixture
-async def client(redis_url: str, namespace: str) -> AsyncIterator[JobClient]:
-    async with await JobClient.connect(redis_url, namespace=namespace) as c:
-        yield c
 
 
 async def _running(handle: JobHandle, timeout_s: float = 20) -> None:

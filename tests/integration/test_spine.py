@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-import pytest_asyncio
 import redis.asyncio as aioredis
 from arq.jobs import Job, JobStatus
 
@@ -26,12 +24,6 @@ from service import (
 )
 from service.wire import loads
 from tests.conftest import FAST, REPO_ROOT, WorkerFactory, bundled_plugins_config
-
-
-@pytest_asyncio.fixture
-async def client(redis_url: str, namespace: str) -> AsyncIterator[JobClient]:
-    async with await JobClient.connect(redis_url, namespace=namespace) as c:
-        yield c
 
 
 async def _namespace_keys(redis: aioredis.Redis, namespace: str) -> list[str]:

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_asyncio
 
 from service import (
     JobClient,
@@ -28,12 +26,6 @@ def config(**extra: Any) -> dict[str, Any]:
     cfg = bundled_plugins_config(**FAST, **extra)
     cfg["plugins"].append({"name": "streamer", "path": str(STREAMER)})
     return cfg
-
-
-@pytest_asyncio.fixture
-async def client(redis_url: str, namespace: str) -> AsyncIterator[JobClient]:
-    async with await JobClient.connect(redis_url, namespace=namespace) as c:
-        yield c
 
 
 async def drain(handle: JobHandle, into: list[Any], timeout_s: float = 30) -> None:

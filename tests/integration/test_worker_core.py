@@ -7,22 +7,14 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import pytest_asyncio
 import yaml
 
 from service import JobClient, JobState
-from tests.conftest import FAST, REPO_ROOT, WorkerFactory, bundled_plugins_config
+from tests.conftest import FAST, REPO_ROOT, WorkerFactory, bundled_plugins_config, fixture_plugin
 
-RELIABILITY = {"name": "reliability", "path": str(REPO_ROOT / "tests" / "fixtures" / "plugins" / "reliability")}
-
-
-@pytest_asyncio.fixture
-async def client(redis_url: str, namespace: str) -> AsyncIterator[JobClient]:
-    async with await JobClient.connect(redis_url, namespace=namespace) as c:
-        yield c
+RELIABILITY = fixture_plugin("reliability")
 
 
 async def test_a_submit_wakes_an_idle_worker(worker_process: WorkerFactory, client: JobClient) -> None:
