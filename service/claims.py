@@ -1,98 +1,202 @@
-"""Claims on jobs as short leases: taken in batches, renewed by the worker, lapsing when it dies.
+"""Taking jobs: claim and start a batch in one script, hold them with short leases.
 
-arq's claim is one WATCH/MULTI transaction per job (six commands) and its in-progress lock lasts
-the longest timeout + 10 s, so a crashed worker's job waits that long (arq#402). Here a claim is
-arq's same in-progress key (so arq's ``Job`` API still reads it), taken for a batch of ready jobs
-in one script — ``ZSCORE`` + ``SET NX PX`` per job, the atomicity WATCH gave — with a lease of
-``lease_s``, renewed every ``lease_s / 3`` while the job runs. A worker killed with SIGKILL stops
-renewing: its jobs' claims lapse within ``lease_s`` and another worker's next poll runs them again
-(at-least-once; a job's checkpoint lets it resume). An event loop blocked for longer than the
-lease by a misbehaving ``async`` action can lose its claims the same way.
+arq claims a job with one WATCH/MULTI transaction (six commands), then reads its body and bumps
+its try counter in a second transaction, and our record said "running" in a third round trip.
+Here one Lua script (:data:`_TAKE`) does all of it for every ready job a worker has room for,
+across all of its queues, in one round trip:
+
+* it reads each queue's head in score order (``ZRANGEBYSCORE``), up to the free slots;
+* for each ready job it sets arq's in-progress key (``SET NX PX lease``, so arq's ``Job.status()``
+  still says ``in_progress``) and reads the record (``HMGET``);
+* it starts the attempt in the record (``HSET`` running, attempt + 1, worker, seq + 1) and
+  publishes the state message, exactly like a state transition;
+* and it moves the taken jobs' scores to ``now + lease`` (one ``ZADD XX`` per queue): a running
+  job stays in its queue, as in arq, but out of the ready window, so no worker reads it again.
+
+The lease is that score plus the in-progress key, renewed together every ``lease_s / 3`` while the
+job runs (:meth:`Claims.renew_forever`). A worker killed with SIGKILL stops renewing: its jobs'
+scores fall due within ``lease_s`` and the next poll of any worker takes them again (at-least-once;
+a job's checkpoint lets it resume). An event loop blocked for longer than the lease by a
+misbehaving ``async`` action can lose its claims the same way.
+
+A ready job whose record is gone (expired) or already ended leaves its queue in the same script;
+one past its queue-wait limit (``expires_at_ms``) is handed back as ``expired`` for the worker to
+record as failed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Literal
 
 import structlog
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from service.keys import arq_in_progress_key
+from service.keys import ARQ_IN_PROGRESS_PREFIX, Keys, arq_in_progress_key
+from service.models import now_ms
 
-__all__ = ["Claims"]
+__all__ = ["Claims", "TakenJob"]
 
 log = structlog.get_logger("actionq.worker")
 
-# KEYS[1] the queue, KEYS[2..] the jobs' in-progress keys; ARGV[1] lease ms, ARGV[2] now ms,
-# ARGV[3] how many to take at most, ARGV[4..] the job ids. Jobs already claimed (arq keeps a running
-# job in its queue until it finishes) are skipped, not counted. Returns id, score pairs of those taken.
-_CLAIM = """
-local claimed, limit = {}, tonumber(ARGV[3])
-for i = 2, #KEYS do
-  if #claimed >= 2 * limit then break end
-  local id = ARGV[i + 2]
-  local score = redis.call('ZSCORE', KEYS[1], id)
-  if score and tonumber(score) <= tonumber(ARGV[2]) and redis.call('SET', KEYS[i], '1', 'NX', 'PX', ARGV[1]) then
-    claimed[#claimed + 1] = id
-    claimed[#claimed + 1] = score
+# KEYS: the queues. ARGV: now ms, how many to take at most, lease ms, worker id, then the key
+# prefixes (arq job id, in-progress key, record, job channel). Returns {next due score or -1,
+# then per job: {arq id, queue index, status, attempt, request, cancel reason, enqueued at}}.
+_TAKE = """
+local now, limit, lease = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local worker, id_prefix, lease_prefix, rec_prefix, ch_prefix = ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+local terminal = {succeeded=true, failed=true, timed_out=true, cancelled=true}
+local out, due, taken = {-1}, -1, 0
+local function start(q, qi, aid)
+  local jid = string.sub(aid, #id_prefix + 1)
+  local rec = rec_prefix .. jid
+  local r = redis.call('HMGET', rec, 'state', 'attempt', 'seq', 'cancel_requested', 'request', 'expires_at_ms',
+    'enqueued_at_ms')
+  if not r[1] or terminal[r[1]] then
+    redis.call('ZREM', q, aid)
+    redis.call('DEL', lease_prefix .. aid)
+    return {aid, qi, r[1] and 'ended' or 'missing', 0, '', '', 0}
   end
+  local attempt, seq = tonumber(r[2] or '0') + 1, tonumber(r[3] or '0') + 1
+  if r[6] and tonumber(r[6]) < now then return {aid, qi, 'expired', attempt - 1, r[5] or '', '', r[7] or 0} end
+  redis.call('HSET', rec, 'state', 'running', 'attempt', attempt, 'worker', worker, 'started_at_ms', ARGV[1],
+    'seq', seq)
+  redis.call('PUBLISH', ch_prefix .. jid, '{"type":"state","job_id":"' .. jid ..
+    '","state":"running","attempt":' .. attempt .. ',"seq":' .. seq .. '}')
+  return {aid, qi, 'run', attempt, r[5] or '', r[4] or '', r[7] or 0}
 end
-return claimed
+for qi, q in ipairs(KEYS) do
+  if taken >= limit then break end
+  local entries = redis.call('ZRANGEBYSCORE', q, '-inf', '+inf', 'WITHSCORES', 'LIMIT', 0, limit - taken + 1)
+  local bumped = {}
+  for i = 1, #entries, 2 do
+    local aid, score = entries[i], tonumber(entries[i + 1])
+    if score > now then
+      if due < 0 or score < due then due = score end
+      break
+    end
+    if taken >= limit then break end
+    if redis.call('SET', lease_prefix .. aid, worker, 'NX', 'PX', lease) then
+      local job = start(q, qi, aid)
+      out[#out + 1] = job
+      if job[3] ~= 'missing' and job[3] ~= 'ended' then
+        taken = taken + 1
+        bumped[#bumped + 1] = now + lease
+        bumped[#bumped + 1] = aid
+      end
+    end
+  end
+  if #bumped > 0 then redis.call('ZADD', q, 'XX', unpack(bumped)) end
+end
+out[1] = due
+return out
 """
+
+TakeStatus = Literal["run", "expired", "missing", "ended"]
+
+
+@dataclass(frozen=True, slots=True)
+class TakenJob:
+    """A job the take script handed to this worker (``status == "run"``: its attempt has started)."""
+
+    job_id: str
+    arq_job_id: str
+    queue: str
+    status: TakeStatus
+    attempt: int
+    request: bytes
+    """The request JSON from the record (parsed by the executor, which records a malformed one)."""
+    cancel_reason: str = ""
+    """Set when a cancel arrived before the start: the job is cancelled at once."""
+    enqueued_at_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Take:
+    """What one take returned: the jobs, and when the earliest deferred job falls due (epoch ms)."""
+
+    jobs: list[TakenJob]
+    next_due_ms: int | None
 
 
 class Claims:
-    """The leases one worker holds."""
+    """The leases one worker holds: taken by :meth:`take`, renewed, released when a job is settled."""
 
-    def __init__(self, redis: Redis, *, lease_s: float) -> None:
+    def __init__(self, redis: Redis, keys: Keys, *, worker_id: str, lease_s: float) -> None:
         self.redis = redis
+        self.keys = keys
+        self.worker_id = worker_id
         self.lease_ms = int(lease_s * 1000)
-        self._held: set[str] = set()
-        self._claim = redis.register_script(_CLAIM)
+        self._held: dict[str, str] = {}  # arq job id -> queue
+        self._take = redis.register_script(_TAKE)
 
     @property
     def held(self) -> frozenset[str]:
         """The arq job ids this worker holds a lease on."""
         return frozenset(self._held)
 
-    async def claim(self, queue: str, job_ids: list[str], now_ms: int, limit: int) -> list[tuple[str, int]]:
-        """Lease up to ``limit`` of ``job_ids`` (ready in ``queue``) that nobody holds; (id, score) of each."""
-        candidates = [j for j in job_ids if j not in self._held]  # ours are running: skip them here already
-        if not candidates or limit <= 0:
-            return []
-        keys = [queue, *(arq_in_progress_key(job_id) for job_id in candidates)]
-        reply = await self._claim(keys=keys, args=[self.lease_ms, now_ms, limit, *candidates])
-        taken = [
-            (raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id), int(float(score)))
-            for raw_id, score in zip(reply[::2], reply[1::2], strict=True)
-        ]
-        self._held.update(job_id for job_id, _ in taken)
-        return taken
+    async def take(self, queues: list[str], now_ms: int, limit: int) -> Take:
+        """Claim and start up to ``limit`` ready jobs from ``queues`` (earlier queues first)."""
+        keys = self.keys
+        args: list[str | int] = [now_ms, max(limit, 0), self.lease_ms, self.worker_id, keys.arq_job_id_prefix()]
+        args += [ARQ_IN_PROGRESS_PREFIX, keys.job_prefix(), keys.job_channel_prefix()]
+        reply = await self._take(keys=queues, args=args)
+        due = int(float(reply[0]))
+        jobs = []
+        for aid, qi, status, attempt, request, cancel, enqueued in reply[1:]:
+            arq_id = _text(aid)
+            job = TakenJob(
+                job_id=keys.job_id_from_arq(arq_id),
+                arq_job_id=arq_id,
+                queue=queues[int(qi) - 1],
+                status=_text(status),  # type: ignore[arg-type]
+                attempt=int(attempt),
+                request=request if isinstance(request, bytes) else str(request).encode(),
+                cancel_reason=_text(cancel),
+                enqueued_at_ms=int(enqueued),
+            )
+            if job.status in ("run", "expired"):
+                self._held[arq_id] = job.queue
+            jobs.append(job)
+        return Take(jobs, due if due >= 0 else None)
 
-    def release(self, job_id: str) -> None:
-        """Forget a lease (its key is deleted by the job's finish)."""
-        self._held.discard(job_id)
+    def release(self, arq_job_id: str) -> None:
+        """Forget a lease (the job's settle deleted its key and took it out of the ready window)."""
+        self._held.pop(arq_job_id, None)
+
+    async def renew(self) -> None:
+        """Extend every held lease: the in-progress keys and the queue scores, in one round trip."""
+        if not self._held:
+            return
+        deadline = now_ms() + self.lease_ms
+        by_queue: dict[str, list[str]] = defaultdict(list)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for arq_id, queue in self._held.items():
+                pipe.pexpire(arq_in_progress_key(arq_id), self.lease_ms)
+                by_queue[queue].append(arq_id)
+            for queue, ids in by_queue.items():
+                pipe.zadd(queue, dict.fromkeys(ids, deadline), xx=True)
+            await pipe.execute()
 
     async def renew_forever(self) -> None:
-        """Extend every held lease each third of the lease, until cancelled."""
-        interval = self.lease_ms / 3000
+        """:meth:`renew` each third of the lease, until cancelled."""
         while True:
-            await asyncio.sleep(interval)
-            held = list(self._held)
-            if not held:
-                continue
+            await asyncio.sleep(self.lease_ms / 3000)
             try:
-                async with self.redis.pipeline(transaction=False) as pipe:
-                    for job_id in held:
-                        pipe.pexpire(arq_in_progress_key(job_id), self.lease_ms)
-                    await pipe.execute()
+                await self.renew()
             except (RedisError, OSError) as exc:
-                log.warning("lease_renewal_failed", error=str(exc), jobs=len(held))
+                log.warning("lease_renewal_failed", error=str(exc), jobs=len(self._held))
 
     async def stop(self, renewer: asyncio.Task[None]) -> None:
         """Stop renewing (the worker is exiting)."""
         renewer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await renewer
+
+
+def _text(raw: bytes | str | int) -> str:
+    return raw.decode() if isinstance(raw, bytes) else str(raw)

@@ -7,7 +7,7 @@
         print(await handle.result(timeout=10))   # 36
 
 Submission validates the params against the manifest that live workers published (the
-registry) before anything is written, then writes the job record, arq's job body and the
+registry) before anything is written, then writes the job record and the
 queue entry in one atomic script. A second submit with the same ``job_id`` does not enqueue
 again: it returns a handle with ``created=False`` (or raises :class:`JobConflictError` if the
 id was used for different work).
@@ -23,7 +23,6 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any
 
-from arq.jobs import serialize_job
 from pydantic import ValidationError
 from redis.asyncio import Redis
 
@@ -51,10 +50,7 @@ from service.settings import Settings, load_settings
 from service.store import JobStore
 from service.wire import check_size, dumps
 
-__all__ = ["ARQ_FUNCTION", "JobClient"]
-
-# arq knows exactly one job function; plugins never become arq functions.
-ARQ_FUNCTION = "run_action"
+__all__ = ["JobClient"]
 # Registry entries are re-read at most this often per plugin: submit stays one round trip.
 _REGISTRY_CACHE_S = 1.0
 
@@ -179,21 +175,18 @@ class JobClient:
         job_id = opts.job_id or uuid.uuid4().hex
         now = now_ms()
         score = opts.at_ms if opts.at_ms is not None else now + int((opts.defer_s or 0) * 1000)
-        payload = serialize_job(
-            ARQ_FUNCTION, (), {"request": request.model_dump(mode="json")}, None, now, serializer=dumps
-        )
-        check_size(f"job {job_id}", payload, self.settings.max_payload_bytes)
+        body = request.model_dump_json()
+        check_size(f"job {job_id}", body.encode(), self.settings.max_payload_bytes)
         lifetime_s = max(0, (score - now) // 1000) + self.settings.pending_ttl_s
         created = await self.store.create(
             job_id,
-            request,
+            body,
             queue=self.keys.queue(request.plugin, opts.queue, None if opts.host == "any" else opts.host),
             now_ms=now,
             score_ms=score,
             record_ttl_s=lifetime_s,
-            arq_payload=payload,
-            # arq drops a job whose body expired before a worker took it: the queue-wait limit.
-            arq_ttl_ms=(score - now) + int(opts.expires_s * 1000) if opts.expires_s else lifetime_s * 1000,
+            # The queue-wait limit: a worker that takes the job after this fails it instead.
+            expires_at_ms=score + int(opts.expires_s * 1000) if opts.expires_s else None,
         )
         existing = created.existing_request
         if not created.created and existing is not None and not request.same_work(existing):

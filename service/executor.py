@@ -17,16 +17,18 @@ from pydantic import ValidationError
 
 from service.cancellation import CancellationToken
 from service.checkpoint import Checkpoint
+from service.claims import TakenJob
 from service.context import JobContext, job_context
 from service.deadletter import DeadLetter, DeadLetterStore
-from service.errors import BrokerError, SubmissionError
+from service.errors import BrokerError, JobExpiredError, SubmissionError
 from service.loader import BoundAction, PluginLoader
-from service.models import AttemptInfo, JobRequest, JobState, ProgressUpdate, now_ms
+from service.models import AttemptInfo, ErrorInfo, JobRequest, JobState, ProgressUpdate, now_ms
 from service.notify import JobEvents, Notify
 from service.outcome import Outcome, classify, with_retry
 from service.progress import ProgressReporter
 from service.retry import merge
 from service.settings import Settings
+from service.settle import ARQ_FUNCTION, Settlement, Settler
 from service.store import JobStore
 from service.streams import StreamEnd, StreamWriter, pump
 from service.supervise import supervise
@@ -35,6 +37,9 @@ from service.wire import dumps
 __all__ = ["Executor", "Outcome"]
 
 log = structlog.get_logger("actionq.executor")
+
+# A job started this often never finished (each start killed its worker, say): fail it, stop the loop.
+MAX_STARTS = 1000
 
 
 class Executor:
@@ -55,6 +60,7 @@ class Executor:
         self.settings = settings
         self.worker_id = worker_id
         self.dead_letters = dead_letters or DeadLetterStore(store.redis, store.keys, ttl_s=settings.dead_letter_ttl_s)
+        self.settler = Settler(store.redis, store.keys)
         self._tokens: dict[str, CancellationToken] = {}
         self.events = JobEvents(notify, worker_id)
 
@@ -63,41 +69,57 @@ class Executor:
         token = self._tokens.get(job_id)
         return token is not None and token.cancel(reason)
 
-    async def run(self, job_id: str, raw_request: Any, attempt: int) -> Outcome | None:
-        """Run one attempt of ``job_id`` and record its outcome.
+    async def run(self, job: TakenJob) -> Outcome | None:
+        """Run one attempt of a job the take script started, and settle it.
 
         Returns ``None`` when the job must not run (its record is gone, or it already ended).
-        ``asyncio.CancelledError`` (the worker is shutting down) is recorded as "queued again"
-        and re-raised so that arq hands the job back to the queue.
+        ``asyncio.CancelledError`` (the worker is shutting down) puts the job back in its queue,
+        ready at once, and is re-raised.
         """
-        with structlog.contextvars.bound_contextvars(job_id=job_id, attempt=attempt):
+        with structlog.contextvars.bound_contextvars(job_id=job.job_id, attempt=job.attempt):
+            if job.status == "expired":
+                return await self._gave_up(job, JobExpiredError.__name__, "not started before its queue-wait limit")
+            if job.attempt > MAX_STARTS:
+                reason = f"started {job.attempt - 1} times without finishing (its workers died)"
+                return await self._gave_up(job, "JobExecutionFailed", reason)
+            if job.status != "run":
+                log.info("job_not_started", reason=f"its record is {job.status}; it left its queue")
+                return None
             try:
-                request = JobRequest.model_validate(raw_request)
+                request = JobRequest.model_validate_json(job.request)
             except ValidationError as exc:
-                self.events.received(job_id, raw_request, attempt, "unknown")
-                error = ValueError(f"malformed job data: {exc}")
-                outcome = Outcome.failed(error, with_traceback=False, retryable=False)
-                await asyncio.shield(
-                    self.store.transition(job_id, JobState.FAILED, attempt=attempt, fields=_fields(outcome))
+                self.events.received(job.job_id, None, job.attempt, job.queue)
+                outcome = Outcome.failed(
+                    ValueError(f"malformed job data: {exc}"), with_traceback=False, retryable=False
                 )
+                await asyncio.shield(self._settle(job, outcome, _fields(outcome), ttl_s=self.settings.result_ttl_s))
                 return outcome
-            self.events.received(job_id, raw_request, attempt, self._queue_of(request))
+            self.events.received(job.job_id, request, job.attempt, job.queue)
             with structlog.contextvars.bound_contextvars(plugin=request.plugin, action=request.action):
-                return await self._run_request(job_id, request, attempt)
+                return await self._run_request(job, request)
 
-    async def _run_request(self, job_id: str, request: JobRequest, attempt: int) -> Outcome | None:
+    async def _gave_up(self, job: TakenJob, error_type: str, message: str) -> Outcome:
+        """Failed without running: taken after its queue-wait limit, or started too often."""
+        outcome = Outcome(JobState.FAILED, error=ErrorInfo(type=error_type, message=message), retryable=False)
+        log.info("job_not_run", reason=message)
+        await asyncio.shield(self._settle(job, outcome, _fields(outcome), ttl_s=self.settings.result_ttl_s))
+        return outcome
+
+    async def _run_request(self, job: TakenJob, request: JobRequest) -> Outcome:
+        job_id, attempt = job.job_id, job.attempt
         token = self._tokens[job_id] = CancellationToken(asyncio.get_running_loop())
         try:
             started_at = now_ms()
-            if not await self._start(job_id, attempt, token, started_at):
-                return None
-            self.events.started(job_id, request, attempt, self._queue_of(request))
+            if job.cancel_reason:
+                token.cancel(job.cancel_reason)  # cancelled between being claimed and starting: stop at once
+            log.info("job_started")
+            self.events.started(job_id, request, attempt, job.queue)
             stream = self._stream_writer(job_id)
             try:
                 outcome = await self._attempt(job_id, request, attempt, stream, token)
             except asyncio.CancelledError:
                 stream.abort()
-                await asyncio.shield(self._requeued(job_id, attempt))
+                await asyncio.shield(self._requeued(job))
                 raise
             info = AttemptInfo(
                 attempt=attempt,
@@ -109,7 +131,7 @@ class Executor:
                 retry_in_s=outcome.retry_in_s,
                 note=outcome.note,
             )
-            await asyncio.shield(self._finish(job_id, request, info, outcome, stream))
+            await asyncio.shield(self._finish(job, request, info, outcome, stream))
             self.events.finished(
                 job_id,
                 request,
@@ -125,23 +147,6 @@ class Executor:
             return outcome
         finally:
             self._tokens.pop(job_id, None)
-
-    async def _start(self, job_id: str, attempt: int, token: CancellationToken, now: int) -> bool:
-        seq, extra = await self.store.start(job_id, attempt=attempt, worker=self.worker_id, now_ms=now)
-        if seq == -1:
-            log.warning("job_record_missing", reason="the record expired before the job started; not running it")
-            return False
-        if seq == -2:
-            log.info("job_not_started", reason=f"the job already ended ({extra})")
-            return False
-        if extra:
-            token.cancel(extra)  # cancelled between being claimed and starting: stop at once
-        log.info("job_started")
-        return True
-
-    def _queue_of(self, request: JobRequest) -> str:
-        host = None if request.options.host == "any" else request.options.host
-        return self.store.keys.queue(request.plugin, request.options.queue, host)
 
     def _stream_writer(self, job_id: str) -> StreamWriter:
         """The job's output stream (touched only if the action turns out to be a generator)."""
@@ -217,13 +222,14 @@ class Executor:
         return checkpoint
 
     async def _finish(
-        self, job_id: str, request: JobRequest, info: AttemptInfo, outcome: Outcome, stream: StreamWriter
+        self, job: TakenJob, request: JobRequest, info: AttemptInfo, outcome: Outcome, stream: StreamWriter
     ) -> None:
         fields = _fields(outcome)
         fields[f"attempt:{info.attempt}"] = info.model_dump_json()
         if outcome.state is JobState.RETRYING:
-            fields["scheduled_at_ms"] = now_ms() + int((outcome.retry_in_s or 0) * 1000)
-            await self._transition(job_id, outcome.state, info.attempt, fields, ttl_s=0)
+            due = now_ms() + int((outcome.retry_in_s or 0) * 1000)
+            fields["scheduled_at_ms"] = due
+            await self._settle(job, outcome, fields, score_ms=due)
             return
         ttl = request.options.result_ttl_s or self.settings.result_ttl_s
         if stream.started:
@@ -231,21 +237,35 @@ class Executor:
             await self._end_stream(stream, outcome, ttl)
         if outcome.state in (JobState.FAILED, JobState.TIMED_OUT):
             # Also before the final state: whoever sees the job failed finds its dead letter.
-            await self._dead_letter(job_id, request, info, outcome)
-        # The checkpoint goes with the final state: a job that ended has nothing to resume.
-        checkpoint = self.store.keys.checkpoint(job_id)
-        await self._transition(job_id, outcome.state, info.attempt, fields, ttl_s=ttl, delete=(checkpoint,))
+            await self._dead_letter(job.job_id, request, info, outcome)
+        await self._settle(job, outcome, fields, ttl_s=ttl, started_at_ms=info.started_at_ms or 0)
 
-    async def _transition(
+    async def _settle(
         self,
-        job_id: str,
-        state: JobState,
-        attempt: int,
-        fields: dict[str, Any],
-        ttl_s: int,
-        delete: tuple[str, ...] = (),
+        job: TakenJob,
+        outcome: Outcome,
+        fields: dict[str, str | int],
+        *,
+        ttl_s: int = 0,
+        score_ms: int | None = None,
+        started_at_ms: int = 0,
     ) -> None:
-        seq = await self.store.transition(job_id, state, attempt=attempt, fields=fields, ttl_s=ttl_s, delete=delete)
+        """Write the outcome: record, state message, queue entry, lease, and arq's result when it ended."""
+        final = score_ms is None
+        settlement = Settlement(
+            job_id=job.job_id,
+            queue=job.queue,
+            state=outcome.state,
+            attempt=job.attempt,
+            fields=fields,
+            ttl_s=ttl_s,
+            score_ms=score_ms,
+            arq_result=_arq_result(job, outcome, started_at_ms) if final else None,
+            arq_result_ttl_ms=ttl_s * 1000,
+            # The checkpoint goes with the final state: a job that ended has nothing to resume.
+            delete=(self.store.keys.checkpoint(job.job_id),) if final else (),
+        )
+        seq = await self.settler.settle(settlement)
         if seq == -1:
             log.warning("job_record_missing", reason="the record expired while the job ran; outcome not kept")
         elif seq == -2:
@@ -274,15 +294,43 @@ class Executor:
         except BrokerError as exc:
             log.error("stream_end_not_written", reason=str(exc))
 
-    async def _requeued(self, job_id: str, attempt: int) -> None:
-        await self.store.transition(job_id, JobState.QUEUED, attempt=attempt, fields={"worker": ""})
+    async def _requeued(self, job: TakenJob) -> None:
+        settlement = Settlement(
+            job_id=job.job_id,
+            queue=job.queue,
+            state=JobState.QUEUED,
+            attempt=job.attempt,
+            fields={"worker": ""},
+            score_ms=now_ms(),
+        )
+        await self.settler.settle(settlement)
         log.info("job_interrupted", reason="worker shutting down; the job goes back to its queue")
 
 
-def _fields(outcome: Outcome) -> dict[str, Any]:
-    fields: dict[str, Any] = {"finished_at_ms": now_ms()}
+def _fields(outcome: Outcome) -> dict[str, str | int]:
+    fields: dict[str, str | int] = {"finished_at_ms": now_ms()}
     if outcome.state is JobState.SUCCEEDED:
         fields["result"] = dumps(outcome.result).decode()
     if outcome.error is not None:
         fields["error"] = outcome.error.model_dump_json()
     return fields
+
+
+def _arq_result(job: TakenJob, outcome: Outcome, started_at_ms: int) -> bytes:
+    """The result arq's ``Job.result()`` / ``Job.info()`` read (arq's own result format, as JSON)."""
+    head = dumps(
+        {
+            "t": job.attempt,
+            "f": ARQ_FUNCTION,
+            "a": [],
+            "et": job.enqueued_at_ms,
+            "s": outcome.state is JobState.SUCCEEDED,
+            "r": outcome.summary(),
+            "st": started_at_ms or now_ms(),
+            "ft": now_ms(),
+            "q": job.queue,
+            "id": job.arq_job_id,
+        }
+    )
+    # The request goes in as arq's kwargs, spliced in as the JSON it already is.
+    return head[:-1] + b',"k":{"request":' + (job.request or b"null") + b"}}"

@@ -1,10 +1,11 @@
 """Every Redis key and channel name actionq uses, built in this one module.
 
 Everything lives under a namespace (default ``actionq``) so that several deployments can share
-one Redis without seeing each other's jobs. arq's own key prefixes are global (``arq:job:``,
-``arq:in-progress:``, ``arq:result:``, ``arq:retry:``), so isolation takes two measures:
+one Redis without seeing each other's jobs. arq's own key prefixes are global
+(``arq:in-progress:``, ``arq:result:``; actionq writes no ``arq:job:`` body or ``arq:retry:``
+counter), so isolation takes two measures:
 
-* arq job ids are ``<namespace>:<job_id>``, so arq's keys become ``arq:job:<namespace>:<job_id>``;
+* arq job ids are ``<namespace>:<job_id>``, so arq's keys become ``arq:result:<namespace>:<job_id>``;
 * queue names start with ``<namespace>:queue:``.
 
 Queues are chosen from the request so that a worker never takes a job for a plugin it does not
@@ -18,29 +19,18 @@ from dataclasses import dataclass
 
 __all__ = [
     "ARQ_IN_PROGRESS_PREFIX",
-    "ARQ_JOB_PREFIX",
     "ARQ_RESULT_PREFIX",
-    "ARQ_RETRY_PREFIX",
     "DEFAULT_NAMESPACE",
     "Keys",
     "arq_in_progress_key",
-    "arq_job_key",
     "arq_result_key",
-    "arq_retry_key",
 ]
 
 DEFAULT_NAMESPACE = "actionq"
 
 # arq's global prefixes (arq.constants); a unit test keeps these equal to arq's.
-ARQ_JOB_PREFIX = "arq:job:"
 ARQ_IN_PROGRESS_PREFIX = "arq:in-progress:"
 ARQ_RESULT_PREFIX = "arq:result:"
-ARQ_RETRY_PREFIX = "arq:retry:"
-
-
-def arq_job_key(arq_job_id: str) -> str:
-    """arq's job body key of an arq job id (already namespaced: ``<ns>:<job_id>``)."""
-    return ARQ_JOB_PREFIX + arq_job_id
 
 
 def arq_in_progress_key(arq_job_id: str) -> str:
@@ -53,11 +43,6 @@ def arq_result_key(arq_job_id: str) -> str:
     return ARQ_RESULT_PREFIX + arq_job_id
 
 
-def arq_retry_key(arq_job_id: str) -> str:
-    """arq's try-counter key of an arq job id."""
-    return ARQ_RETRY_PREFIX + arq_job_id
-
-
 @dataclass(frozen=True, slots=True)
 class Keys:
     """Key and channel names for one namespace."""
@@ -67,11 +52,19 @@ class Keys:
     # -- jobs -------------------------------------------------------------------------------
     def job(self, job_id: str) -> str:
         """Hash: the service's ``JobRecord`` for a job."""
-        return f"{self.namespace}:job:{job_id}"
+        return self.job_prefix() + job_id
+
+    def job_prefix(self) -> str:
+        """What :meth:`job` puts before the job id (Lua scripts that find ids in a queue build keys with it)."""
+        return f"{self.namespace}:job:"
 
     def job_channel(self, job_id: str) -> str:
-        """Pub/sub channel: state changes (and, later, progress) of one job."""
-        return f"{self.namespace}:ch:job:{job_id}"
+        """Pub/sub channel: state changes and progress of one job."""
+        return self.job_channel_prefix() + job_id
+
+    def job_channel_prefix(self) -> str:
+        """What :meth:`job_channel` puts before the job id."""
+        return f"{self.namespace}:ch:job:"
 
     def job_stream(self, job_id: str) -> str:
         """Stream: the items a generator action yielded, ended by a terminal marker entry."""
@@ -96,18 +89,18 @@ class Keys:
 
     def arq_job_id(self, job_id: str) -> str:
         """The id arq knows the job by: namespaced, because arq's key prefixes are global."""
-        return f"{self.namespace}:{job_id}"
+        return self.arq_job_id_prefix() + job_id
+
+    def arq_job_id_prefix(self) -> str:
+        """What :meth:`arq_job_id` puts before the job id."""
+        return f"{self.namespace}:"
 
     def job_id_from_arq(self, arq_job_id: str) -> str:
         """Inverse of :meth:`arq_job_id`."""
-        prefix = f"{self.namespace}:"
+        prefix = self.arq_job_id_prefix()
         if not arq_job_id.startswith(prefix):
             raise ValueError(f"arq job id {arq_job_id!r} is not in namespace {self.namespace!r}")
         return arq_job_id[len(prefix) :]
-
-    def arq_job(self, job_id: str) -> str:
-        """arq's job body key."""
-        return arq_job_key(self.arq_job_id(job_id))
 
     def arq_result(self, job_id: str) -> str:
         """arq's result key."""
@@ -116,10 +109,6 @@ class Keys:
     def arq_in_progress(self, job_id: str) -> str:
         """arq's in-progress lock key."""
         return arq_in_progress_key(self.arq_job_id(job_id))
-
-    def arq_retry(self, job_id: str) -> str:
-        """arq's try-counter key."""
-        return arq_retry_key(self.arq_job_id(job_id))
 
     # -- queues -----------------------------------------------------------------------------
     def queue(self, plugin: str, lane: str = "default", host: str | None = None) -> str:

@@ -221,6 +221,7 @@ class JobRecord(_Model):
     worker: str | None = None
     enqueued_at_ms: int
     scheduled_at_ms: int
+    expires_at_ms: int | None = Field(default=None, description="The queue-wait limit (``expires_s``), if set.")
     started_at_ms: int | None = None
     finished_at_ms: int | None = None
     result: Any = None

@@ -42,10 +42,9 @@ class JobEvents:
     def _base(self, job_id: str, plugin: str, action: str, attempt: int) -> dict[str, Any]:
         return {"worker_id": self.worker_id, "job_id": job_id, "plugin": plugin, "action": action, "attempt": attempt}
 
-    def received(self, job_id: str, raw_request: Any, attempt: int, queue: str) -> None:
-        """A worker took the job from its queue (before anything is validated)."""
-        data = raw_request if isinstance(raw_request, dict) else {}
-        plugin, action = str(data.get("plugin", "?")), str(data.get("action", "?"))
+    def received(self, job_id: str, request: JobRequest | None, attempt: int, queue: str) -> None:
+        """A worker took the job from its queue (``request`` is ``None`` when it is malformed)."""
+        plugin, action = (request.plugin, request.action) if request is not None else ("?", "?")
         self._emit(JobReceivedEvent(**self._base(job_id, plugin, action, attempt), queue=queue))
 
     def started(self, job_id: str, request: JobRequest, attempt: int, queue: str) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 import structlog
 from redis.asyncio import Redis
 
+from service.claims import TakenJob
 from service.commands import CommandHandler, Puller
 from service.delegates import DelegateManager
 from service.errors import ActionQError
@@ -229,11 +230,11 @@ class WorkerRuntime:
         if message.decode(errors="replace") in self._queue_set:
             self.wake.set()
 
-    async def run(self, job_id: str, raw_request: Any, attempt: int) -> Outcome | None:
-        """Run one job (called by the arq adapter)."""
+    async def run(self, job: TakenJob) -> Outcome | None:
+        """Run one taken job (called by the worker loop)."""
         self.running_jobs += 1
         try:
-            return await self.executor.run(job_id, raw_request, attempt)
+            return await self.executor.run(job)
         finally:
             self.running_jobs -= 1
 

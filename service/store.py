@@ -1,8 +1,10 @@
-"""The job record in Redis: created atomically with the arq job, changed by state transitions.
+"""The job record in Redis: created atomically with the queue entry, changed by state transitions.
 
 The record is a hash (``Keys.job``) so that a transition touches only its own fields. Every
 transition increments ``seq`` and publishes a state message on the job's channel in the same
 Lua script, so a subscriber that reads the record can tell exactly which messages it has seen.
+This module creates records, cancels and records progress; a worker starts attempts in its take
+script (:mod:`service.claims`) and ends them in its settle script (:mod:`service.settle`).
 
 Job channel messages (JSON)::
 
@@ -20,61 +22,26 @@ from redis.asyncio import Redis
 from service.broker import broker_errors
 from service.keys import Keys
 from service.models import AttemptInfo, ErrorInfo, JobRecord, JobRequest, JobState, ProgressUpdate
-from service.wire import WireError, dumps, loads
+from service.wire import WireError, loads
 
-__all__ = ["CreateResult", "JobStore"]
+__all__ = ["CreateResult", "JobStore", "state_message_prefix"]
 
-# Atomic submit: the record, arq's job body and the queue entry appear together or not at all,
-# and an existing record (same idempotency key) is returned instead of enqueuing twice.
-# A record that has expired frees the id: stale arq result/retry keys of the old job go too.
+# Atomic submit: the record and the queue entry appear together or not at all, and an existing
+# record (same idempotency key) is returned instead of enqueuing twice. The request lives in the
+# record only: the worker's take script reads it from there (arq's job body is not written).
 _CREATE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return {0, redis.call('HGET', KEYS[1], 'request') or '', redis.call('HGET', KEYS[1], 'state') or ''}
 end
-redis.call('DEL', KEYS[4], KEYS[5])
-redis.call('HSET', KEYS[1], 'state', 'queued', 'request', ARGV[1], 'queue', ARGV[2], 'attempt', 0,
-  'enqueued_at_ms', ARGV[3], 'scheduled_at_ms', ARGV[4], 'seq', 0)
-redis.call('EXPIRE', KEYS[1], ARGV[5])
-redis.call('SET', KEYS[2], ARGV[6], 'PX', ARGV[7])
-redis.call('ZADD', KEYS[3], ARGV[4], ARGV[8])
-redis.call('PUBLISH', KEYS[6], KEYS[3])
+redis.call('HSET', KEYS[1], 'state', 'queued', 'request', ARGV[1], 'queue', KEYS[2], 'attempt', 0,
+  'enqueued_at_ms', ARGV[2], 'scheduled_at_ms', ARGV[3], 'seq', 0, unpack(ARGV, 7))
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[5])
+redis.call('PUBLISH', ARGV[6], KEYS[2])
 return {1}
 """
 
 _TERMINAL_LUA = "local terminal = {succeeded=true, failed=true, timed_out=true, cancelled=true}\n"
-
-# A state transition: bump seq, set fields, optionally re-arm the TTL, publish the message.
-# Returns the new seq; -1 when the record no longer exists (never recreate a partial hash);
-# -2 when the job already ended (a finished job never changes state again).
-_TRANSITION = (
-    _TERMINAL_LUA
-    + """
-local current = redis.call('HGET', KEYS[1], 'state')
-if not current then return -1 end
-if terminal[current] then return -2 end
-local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
-if #ARGV > 2 then redis.call('HSET', KEYS[1], unpack(ARGV, 3)) end
-if tonumber(ARGV[1]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
-if #KEYS > 2 then redis.call('DEL', unpack(KEYS, 3)) end
-redis.call('PUBLISH', KEYS[2], ARGV[2] .. seq .. '}')
-return seq
-"""
-)
-
-# An attempt starts: refused for a job that ended (e.g. cancelled while queued); returns the seq
-# and the durable cancel flag, so a job whose cancel raced its start is cancelled at once.
-_START = (
-    _TERMINAL_LUA
-    + """
-local current = redis.call('HGET', KEYS[1], 'state')
-if not current then return {-1, ''} end
-if terminal[current] then return {-2, current} end
-local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
-redis.call('HSET', KEYS[1], 'state', 'running', 'attempt', ARGV[2], 'worker', ARGV[3], 'started_at_ms', ARGV[4])
-redis.call('PUBLISH', KEYS[2], ARGV[1] .. seq .. '}')
-return {seq, redis.call('HGET', KEYS[1], 'cancel_requested') or ''}
-"""
-)
 
 # Cancel: a waiting job (queued, or retrying after a backoff) is cancelled here and now and
 # leaves its queue; a running one gets the durable flag and a push to every worker.
@@ -90,7 +57,7 @@ if current == 'running' then
   return {'running', current}
 end
 redis.call('ZREM', redis.call('HGET', KEYS[1], 'queue'), ARGV[4])
-redis.call('DEL', KEYS[4], KEYS[5])
+redis.call('DEL', KEYS[4])
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 redis.call('HSET', KEYS[1], 'state', 'cancelled', 'cancel_requested', ARGV[1], 'finished_at_ms', ARGV[2],
   'error', ARGV[5])
@@ -113,7 +80,15 @@ redis.call('PUBLISH', KEYS[2], ARGV[2] .. seq .. '}')
 return seq
 """
 
-_INT_FIELDS = ("attempt", "enqueued_at_ms", "scheduled_at_ms", "started_at_ms", "finished_at_ms", "seq")
+_INT_FIELDS = (
+    "attempt",
+    "enqueued_at_ms",
+    "scheduled_at_ms",
+    "expires_at_ms",
+    "started_at_ms",
+    "finished_at_ms",
+    "seq",
+)
 
 
 class CreateResult:
@@ -132,44 +107,37 @@ class JobStore:
         self.redis = redis
         self.keys = keys
         self._create = redis.register_script(_CREATE)
-        self._transition = redis.register_script(_TRANSITION)
         self._progress = redis.register_script(_PROGRESS)
-        self._start = redis.register_script(_START)
         self._cancel = redis.register_script(_CANCEL)
 
     async def create(
         self,
         job_id: str,
-        request: JobRequest,
+        request_json: str,
         *,
         queue: str,
         now_ms: int,
         score_ms: int,
         record_ttl_s: int,
-        arq_payload: bytes,
-        arq_ttl_ms: int,
+        expires_at_ms: int | None = None,
     ) -> CreateResult:
-        """Write record + arq job + queue entry atomically, unless the job id is taken."""
+        """Write the record and the queue entry atomically, unless the job id is taken.
+
+        ``expires_at_ms``: the queue-wait limit; a worker that takes the job later fails it instead.
+        """
         keys = self.keys
+        extra: list[Any] = [] if expires_at_ms is None else ["expires_at_ms", expires_at_ms]
         with broker_errors(f"submitting job {job_id}"):
             reply = await self._create(
-                keys=[
-                    keys.job(job_id),
-                    keys.arq_job(job_id),
-                    queue,
-                    keys.arq_result(job_id),
-                    keys.arq_retry(job_id),
-                    keys.wake_channel(),
-                ],
+                keys=[keys.job(job_id), queue],
                 args=[
-                    request.model_dump_json(),
-                    queue,
+                    request_json,
                     now_ms,
                     score_ms,
                     record_ttl_s,
-                    arq_payload,
-                    arq_ttl_ms,
                     keys.arq_job_id(job_id),
+                    keys.wake_channel(),
+                    *extra,
                 ],
             )
         if int(reply[0]) == 1:
@@ -184,41 +152,6 @@ class JobStore:
             raw: dict[bytes, bytes] = await self.redis.hgetall(self.keys.job(job_id))  # type: ignore[misc]
         return parse_record(job_id, raw) if raw else None
 
-    async def transition(
-        self,
-        job_id: str,
-        state: JobState,
-        *,
-        attempt: int,
-        fields: dict[str, Any] | None = None,
-        ttl_s: int = 0,
-        delete: tuple[str, ...] = (),
-    ) -> int:
-        """Move the job to ``state`` (plus ``fields``), publish it; returns the new seq or -1.
-
-        ``fields`` values are stored as given for str/int, as JSON otherwise. ``ttl_s`` > 0 re-arms
-        the record's expiry (a finished job keeps its record for its result TTL); ``delete`` names
-        keys removed in the same step (a finished job's checkpoint).
-        """
-        flat: list[Any] = ["state", state.value, "attempt", attempt]
-        for name, value in (fields or {}).items():
-            flat += [name, value if isinstance(value, str | int) else dumps(value)]
-        prefix = _message_prefix(job_id, state, attempt)
-        with broker_errors(f"recording job {job_id} as {state.value}"):
-            seq = await self._transition(
-                keys=[self.keys.job(job_id), self.keys.job_channel(job_id), *delete], args=[ttl_s, prefix, *flat]
-            )
-        return int(seq)
-
-    async def start(self, job_id: str, *, attempt: int, worker: str, now_ms: int) -> tuple[int, str]:
-        """Mark an attempt running. Returns (seq, cancel reason or ""); seq -1: no record, -2: ended."""
-        prefix = _message_prefix(job_id, JobState.RUNNING, attempt)
-        with broker_errors(f"starting job {job_id}"):
-            seq, extra = await self._start(
-                keys=[self.keys.job(job_id), self.keys.job_channel(job_id)], args=[prefix, attempt, worker, now_ms]
-            )
-        return int(seq), extra.decode() if isinstance(extra, bytes) else str(extra)
-
     async def cancel(self, job_id: str, *, reason: str, now_ms: int, ttl_s: int) -> tuple[str, str]:
         """Cancel ``job_id``: returns (what happened, the state it was in).
 
@@ -229,11 +162,10 @@ class JobStore:
         keys = self.keys
         error = ErrorInfo(type="JobCancelledError", message=f"cancelled before it started: {reason}")
         push = json.dumps({"job_id": job_id, "reason": reason})
-        prefix = _message_prefix(job_id, JobState.CANCELLED, 0)
+        prefix = state_message_prefix(job_id, JobState.CANCELLED, 0)
         with broker_errors(f"cancelling job {job_id}"):
             what, state = await self._cancel(
-                keys=[keys.job(job_id), keys.job_channel(job_id), keys.cancel_channel(), keys.arq_job(job_id),
-                      keys.checkpoint(job_id)],
+                keys=[keys.job(job_id), keys.job_channel(job_id), keys.cancel_channel(), keys.checkpoint(job_id)],
                 args=[reason, now_ms, ttl_s, keys.arq_job_id(job_id), error.model_dump_json(), push, prefix],
             )  # fmt: skip
         return what.decode(), state.decode()
@@ -247,7 +179,7 @@ class JobStore:
         return int(seq)
 
 
-def _message_prefix(job_id: str, state: JobState, attempt: int) -> str:
+def state_message_prefix(job_id: str, state: JobState, attempt: int) -> str:
     """A state message without its closing ``"seq": N}`` (the Lua script appends the seq)."""
     message = json.dumps({"type": "state", "job_id": job_id, "state": state.value, "attempt": attempt})
     return message[:-1] + ',"seq":'

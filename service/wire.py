@@ -1,7 +1,8 @@
 """The wire format: JSON, everywhere. There is no pickle in actionq.
 
-A process that can write to Redis must not be able to run code on the workers, so arq's
-``job_serializer`` / ``job_deserializer`` hooks are set to these functions on both sides.
+A process that can write to Redis must not be able to run code on the workers: requests are
+JSON in the job record, arq's results are JSON too (read them with arq's ``Job(...,
+_deserializer=loads)``), and the arq pool's ``job_serializer`` / ``job_deserializer`` are these.
 """
 
 from __future__ import annotations

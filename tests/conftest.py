@@ -29,6 +29,7 @@ import redis as redis_sync
 import redis.asyncio as aioredis
 import yaml
 
+from service.claims import Claims, TakenJob
 from service.client import JobClient
 from service.embedded import EmbeddedRedis, find_server_binary
 from service.errors import ConfigError
@@ -47,6 +48,18 @@ LOG_TAIL_LINES = 40
 # Worker settings that keep integration tests quick: a short poll, frequent heartbeats, and a short
 # grace before a cancelled or timed-out action that ignores its token is stopped by force.
 FAST: dict[str, Any] = {"poll_delay_s": 0.05, "heartbeat_s": 1, "cancel_grace_s": 0.3}
+
+
+async def take_job(client: JobClient, job_id: str, *, worker_id: str = "w-test") -> TakenJob:
+    """Take ``job_id`` from its queue as a worker would (claimed, its attempt started in the record)."""
+    record = await client.job(job_id).record()
+    claims = Claims(client.redis, client.keys, worker_id=worker_id, lease_s=client.settings.lease_s)
+    for _ in range(100):
+        take = await claims.take([record.queue], int(time.time() * 1000), limit=100)
+        for job in take.jobs:
+            if job.job_id == job_id:
+                return job
+    raise AssertionError(f"job {job_id} could not be taken from {record.queue}")
 
 
 # -- collection ---------------------------------------------------------------------------------

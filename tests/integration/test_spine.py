@@ -14,6 +14,7 @@ from service import (
     InvalidParamsError,
     JobClient,
     JobConflictError,
+    JobHandle,
     JobState,
     PluginActionExecutionError,
     PluginActionTimeoutError,
@@ -185,15 +186,34 @@ async def test_finished_jobs_leave_no_key_without_a_ttl(
 
 
 async def test_arq_job_api_still_reads_our_jobs(worker_process: WorkerFactory, client: JobClient) -> None:
+    def arq_job(job_id: str, queue: str) -> Job:
+        return Job(client.keys.arq_job_id(job_id), client.redis, _queue_name=queue, _deserializer=loads)
+
+    # Before any worker: queued and deferred, as arq says it.
+    queued = await client.submit("long_running", "count_slowly", {"steps": 40, "delay_s": 0.05}, validate=False)
+    later = await client.submit("PluginB", "calculate_square", {"x": 2}, validate=False, defer_s=60)
+    running = arq_job(queued.job_id, (await queued.record()).queue)
+    assert await running.status() is JobStatus.queued
+    assert await arq_job(later.job_id, (await later.record()).queue).status() is JobStatus.deferred
     worker_process(bundled_plugins_config(**FAST))
+    await _wait_for_state(queued, JobState.RUNNING)
+    assert await running.status() is JobStatus.in_progress
     handle = await client.submit("PluginB", "calculate_square", {"x": 12})
     assert await handle.result(timeout=20) == 144
-    record = await handle.record()
-    arq_job = Job(client.keys.arq_job_id(handle.job_id), client.redis, _queue_name=record.queue, _deserializer=loads)
-    # Our record is written just before arq's own finish: wait on arq's result, as an arq user would.
-    summary: dict[str, Any] = await arq_job.result(timeout=5)
+    done = arq_job(handle.job_id, (await handle.record()).queue)
+    summary: dict[str, Any] = await done.result(timeout=5)
     assert summary == {"state": "succeeded", "result": 144, "error": None}
-    assert await arq_job.status() is JobStatus.complete
+    assert await done.status() is JobStatus.complete
+    info = await done.info()
+    assert info is not None
+    assert (info.function, info.job_try, info.success) == ("run_action", 1, True)
+    assert info.kwargs["request"]["params"] == {"x": 12}
+
+
+async def _wait_for_state(handle: JobHandle, state: JobState) -> None:
+    async with asyncio.timeout(20):
+        while (await handle.record()).state is not state:
+            await asyncio.sleep(0.02)
 
 
 async def test_sigterm_lets_a_running_job_finish(worker_process: WorkerFactory, client: JobClient) -> None:

@@ -9,6 +9,7 @@ import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
 
+from service.claims import Claims
 from service.client import JobClient
 from service.errors import (
     InvalidParamsError,
@@ -20,9 +21,10 @@ from service.errors import (
     UnknownPluginError,
 )
 from service.manifest import load_manifest
-from service.models import JobState
+from service.models import JobState, now_ms
 from service.registry import Registry, WorkerInfo
 from service.settings import Settings
+from service.settle import Settlement, Settler
 from service.wire import loads
 
 PLUGINS = Path(__file__).resolve().parents[2] / "plugins"
@@ -46,7 +48,7 @@ async def _all_keys(redis: aioredis.Redis) -> set[bytes]:
     return set(await redis.keys("*"))
 
 
-async def test_submit_writes_record_arq_job_and_queue_entry_together(client: JobClient) -> None:
+async def test_submit_writes_the_record_and_the_queue_entry_together(client: JobClient) -> None:
     await _register(client, "PluginB")
     handle = await client.submit("PluginB", "calculate_square", {"x": "6"}, job_id="j1")
     assert handle.created
@@ -54,12 +56,10 @@ async def test_submit_writes_record_arq_job_and_queue_entry_together(client: Job
     assert record.state is JobState.QUEUED
     assert record.request.params == {"x": 6}  # coerced before it was stored
     assert record.queue == "ut:queue:default:PluginB"
-    body = loads(await client.redis.get("arq:job:ut:j1"))
-    assert body["f"] == "run_action"
-    assert body["k"]["request"]["params"] == {"x": 6}
     assert await client.redis.zscore("ut:queue:default:PluginB", "ut:j1") is not None
     assert await client.redis.ttl("ut:job:j1") > 0
-    assert await client.redis.pttl("arq:job:ut:j1") > 0
+    assert {b"ut:job:j1", b"ut:queue:default:PluginB"} <= await _all_keys(client.redis)
+    assert not [k for k in await _all_keys(client.redis) if k.startswith(b"arq:")]  # the request is in the record
 
 
 async def test_rejections_write_nothing(client: JobClient) -> None:
@@ -125,15 +125,28 @@ async def test_unknown_job(client: JobClient) -> None:
         await client.job("nope").state()
 
 
-async def test_transition_publishes_with_sequence_numbers(client: JobClient) -> None:
+async def test_take_and_settle_publish_with_sequence_numbers(client: JobClient) -> None:
     await _register(client, "PluginB")
     handle = await client.submit("PluginB", "calculate_square", {"x": 1}, job_id="s1")
+    queue = (await handle.record()).queue
+    claims = Claims(client.redis, client.keys, worker_id="w", lease_s=3)
+    settler = Settler(client.redis, client.keys)
     async with client.pubsub.subscribe(client.keys.job_channel("s1")) as sub:
-        seq = await client.store.transition("s1", JobState.RUNNING, attempt=1, fields={"worker": "w"})
-        message = loads(await sub.get(5) or b"null")
-    assert seq == 1
-    assert message == {"type": "state", "job_id": "s1", "state": "running", "attempt": 1, "seq": 1}
+        take = await claims.take([queue], now_ms(), limit=5)
+        started = loads(await sub.get(5) or b"null")
+        done = Settlement(
+            job_id="s1", queue=queue, state=JobState.SUCCEEDED, attempt=1, fields={"result": "1"}, ttl_s=60
+        )
+        seq = await settler.settle(done)
+        ended = loads(await sub.get(5) or b"null")
+    assert [(j.job_id, j.status, j.attempt) for j in take.jobs] == [("s1", "run", 1)]
+    assert started == {"type": "state", "job_id": "s1", "state": "running", "attempt": 1, "seq": 1}
+    assert (seq, ended) == (2, {"type": "state", "job_id": "s1", "state": "succeeded", "attempt": 1, "seq": 2})
     record = await handle.record()
-    assert (record.state, record.seq, record.worker) == (JobState.RUNNING, 1, "w")
-    assert await client.store.transition("missing", JobState.RUNNING, attempt=1) == -1
+    assert (record.state, record.seq, record.worker, record.result) == (JobState.SUCCEEDED, 2, "w", 1)
+    assert await client.redis.zcard(queue) == 0
+    # A record that is gone is not recreated; one that ended is not changed again.
+    gone = Settlement(job_id="missing", queue=queue, state=JobState.SUCCEEDED, attempt=1)
+    assert await settler.settle(gone) == -1
     assert not await client.redis.exists("ut:job:missing")
+    assert await settler.settle(done) == -2

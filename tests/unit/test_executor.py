@@ -12,11 +12,13 @@ import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
 
+from service.claims import Claims
 from service.client import JobClient
 from service.executor import Executor
 from service.loader import PluginLoader
-from service.models import JobOptions, JobRequest, JobState
+from service.models import ErrorInfo, JobOptions, JobRequest, JobState, now_ms
 from service.settings import Settings
+from tests.conftest import take_job
 
 PLUGINS = Path(__file__).resolve().parents[2] / "plugins"
 
@@ -47,7 +49,7 @@ async def rig(fake_redis: aioredis.Redis) -> AsyncIterator[Rig]:
 
 async def test_success_is_recorded_with_result_and_ttl(rig: Rig) -> None:
     job = await rig.submit("PluginB", "calculate_square", {"x": 7}, result_ttl_s=60)
-    outcome = await rig.executor.run(job, (await rig.client.job(job).record()).request.model_dump(), attempt=1)
+    outcome = await rig.executor.run(await take_job(rig.client, job))
     assert outcome is not None
     assert outcome.state is JobState.SUCCEEDED
     record = await rig.client.job(job).record()
@@ -58,8 +60,7 @@ async def test_success_is_recorded_with_result_and_ttl(rig: Rig) -> None:
 
 async def _run(rig: Rig, plugin: str, action: str, params: dict[str, Any], **options: Any) -> Any:
     job = await rig.submit(plugin, action, params, **options)
-    request = (await rig.client.job(job).record()).request
-    await rig.executor.run(job, request.model_dump(mode="json"), attempt=1)
+    await rig.executor.run(await take_job(rig.client, job))
     return await rig.client.job(job).record()
 
 
@@ -115,26 +116,36 @@ async def test_results_must_be_json_and_fit_the_limit(rig: Rig) -> None:
 
 
 async def test_malformed_request_is_a_recorded_failure(rig: Rig) -> None:
+    # A record whose request this worker cannot read (written by hand, or by a newer version).
     job = await rig.submit("PluginB", "calculate_square", {"x": 1})
-    outcome = await rig.executor.run(job, {"malformed": "not JSON"}, attempt=1)
+    key, queue = rig.client.keys.job(job), (await rig.client.job(job).record()).queue
+    await rig.client.redis.hset(key, "request", '{"malformed": "not JSON"}')  # type: ignore[misc]
+    claims = Claims(rig.client.redis, rig.client.keys, worker_id="w-test", lease_s=3)
+    [taken] = (await claims.take([queue], now_ms(), limit=10)).jobs
+    outcome = await rig.executor.run(taken)
     assert outcome is not None
     assert outcome.state is JobState.FAILED
-    record = await rig.client.job(job).record()
-    assert record.state is JobState.FAILED
-    assert record.error is not None
-    assert "malformed job data" in record.error.message
+    state, error = await rig.client.redis.hmget(key, ["state", "error"])  # type: ignore[misc]
+    assert state == b"failed"
+    assert "malformed job data" in ErrorInfo.model_validate_json(error).message
+    assert await rig.client.redis.zcard(queue) == 0
 
 
-async def test_missing_record_means_the_job_does_not_run(rig: Rig) -> None:
-    request = JobRequest(plugin="long_running", action="fail", params={})
-    assert await rig.executor.run("gone", request.model_dump(), attempt=1) is None
-    assert not await rig.client.redis.exists(rig.client.keys.job("gone"))
+async def test_a_job_whose_record_expired_leaves_its_queue_without_running(rig: Rig) -> None:
+    job = await rig.submit("long_running", "fail", {})
+    queue = (await rig.client.job(job).record()).queue
+    await rig.client.redis.delete(rig.client.keys.job(job))
+    claims = Claims(rig.client.redis, rig.client.keys, worker_id="w-test", lease_s=3)
+    take = await claims.take([queue], now_ms(), limit=10)
+    assert [(j.job_id, j.status) for j in take.jobs] == [(job, "missing")]
+    assert claims.held == frozenset()
+    assert await rig.client.redis.zcard(queue) == 0
+    assert not await rig.client.redis.exists(rig.client.keys.job(job), rig.client.keys.arq_in_progress(job))
 
 
 async def test_cancellation_by_shutdown_requeues_the_record(rig: Rig) -> None:
     job = await rig.submit("long_running", "count_slowly", {"steps": 100, "delay_s": 0.05})
-    request = (await rig.client.job(job).record()).request.model_dump()
-    task = asyncio.create_task(rig.executor.run(job, request, attempt=1))
+    task = asyncio.create_task(rig.executor.run(await take_job(rig.client, job)))
     while (await rig.client.job(job).record()).state is not JobState.RUNNING:
         await asyncio.sleep(0.01)
     task.cancel()
@@ -142,6 +153,9 @@ async def test_cancellation_by_shutdown_requeues_the_record(rig: Rig) -> None:
         await task
     record = await rig.client.job(job).record()
     assert (record.state, record.worker) == (JobState.QUEUED, "")
+    # Back in its queue, ready at once, and no longer leased.
+    assert await rig.client.redis.zscore(record.queue, rig.client.keys.arq_job_id(job)) <= now_ms()
+    assert not await rig.client.redis.exists(rig.client.keys.arq_in_progress(job))
 
 
 async def test_sync_action_runs_in_a_thread_with_the_job_context(rig: Rig) -> None:

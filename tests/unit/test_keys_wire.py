@@ -9,16 +9,13 @@ import arq.constants
 import pytest
 
 from service.errors import PayloadTooLargeError
-from service.keys import ARQ_IN_PROGRESS_PREFIX, ARQ_JOB_PREFIX, ARQ_RESULT_PREFIX, ARQ_RETRY_PREFIX, Keys
+from service.keys import ARQ_IN_PROGRESS_PREFIX, ARQ_RESULT_PREFIX, Keys
 from service.wire import WireError, check_size, dumps, loads
-from service.worker import job_deserializer
 
 
 def test_arq_prefixes_match_arq() -> None:
-    assert arq.constants.job_key_prefix == ARQ_JOB_PREFIX
     assert arq.constants.in_progress_key_prefix == ARQ_IN_PROGRESS_PREFIX
     assert arq.constants.result_key_prefix == ARQ_RESULT_PREFIX
-    assert arq.constants.retry_key_prefix == ARQ_RETRY_PREFIX
 
 
 def test_namespaces_isolate_every_name() -> None:
@@ -26,7 +23,6 @@ def test_namespaces_isolate_every_name() -> None:
     names: list[Callable[[Keys], str]] = [
         lambda k: k.job("x"),
         lambda k: k.job_channel("x"),
-        lambda k: k.arq_job("x"),
         lambda k: k.arq_result("x"),
         lambda k: k.arq_in_progress("x"),
         lambda k: k.queue("P"),
@@ -37,7 +33,7 @@ def test_namespaces_isolate_every_name() -> None:
     ]
     for name in names:
         assert name(a) != name(b)
-    assert a.arq_job("x") == "arq:job:a:x"
+    assert a.arq_result("x") == "arq:result:a:x"
     assert a.job_id_from_arq(a.arq_job_id("x:y")) == "x:y"
     with pytest.raises(ValueError, match="not in namespace"):
         a.job_id_from_arq("b:x")
@@ -58,9 +54,3 @@ def test_size_limit() -> None:
     assert check_size("x", b"12", 2) == b"12"
     with pytest.raises(PayloadTooLargeError, match="3 bytes, over the limit of 2"):
         check_size("x", b"123", 2)
-
-
-def test_malformed_job_body_becomes_a_recordable_failure() -> None:
-    body = job_deserializer(pickle.dumps({"f": "run_action"}))
-    assert body["f"] == "run_action"
-    assert "malformed" in body["k"]["request"]

@@ -1,0 +1,152 @@
+"""Settling jobs: whatever ended, retries or goes back to its queue, written in one script per batch.
+
+When an attempt is over, four things change together: the record (state, fields, seq, TTL) with
+its state message on the job channel; arq's result key (so ``Job.result()`` works); the queue
+entry (removed, or moved to the retry time); and the lease (arq's in-progress key, deleted).
+arq does the last three in one MULTI/EXEC per job and our record took another round trip.
+
+Here every settlement made while a batch is in flight waits for the next one: :class:`Settler`
+buffers them and sends each batch as one ``EVALSHA`` of :data:`_SETTLE` (one round trip and one
+``ZREM`` per queue and one ``DEL``, however many jobs). Under load that turns four round trips per
+job into a fraction of one; alone, a job's settlement goes out at once (no timer, no added wait).
+The caller awaits its own settlement, so "settled" means "written".
+
+A record that ended meanwhile (cancelled while the attempt ran) is left as it is (seq ``-2``), a
+missing one (expired) is not recreated (seq ``-1``); either way the job leaves its queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass, field
+
+from redis.asyncio import Redis
+
+from service.broker import broker_errors
+from service.keys import Keys
+from service.models import JobState
+from service.store import state_message_prefix
+
+__all__ = ["ARQ_FUNCTION", "Settlement", "Settler"]
+
+# The one function name arq's results report (arq's ``Job.result()`` / ``Job.info()`` read it).
+ARQ_FUNCTION = "run_action"
+_BATCH = 500
+
+# ARGV[1]: a JSON list of settlements, each {k: record, c: channel, m: message without its seq,
+# s: state, f: [field, value, ...], t: record TTL s ("0": keep), q: queue, a: arq id, l: lease key,
+# z: new queue score (retry / requeue; absent: leave the queue), r: arq result, rk: its key,
+# rt: its TTL ms, d: other keys to delete}. Returns the new seq of each (-1 missing, -2 ended).
+_SETTLE = """
+local terminal = {succeeded=true, failed=true, timed_out=true, cancelled=true}
+local ops = cjson.decode(ARGV[1])
+local seqs, gone, dels = {}, {}, {}
+for i, op in ipairs(ops) do
+  local r = redis.call('HMGET', op.k, 'state', 'seq')
+  local seq = -1
+  if r[1] and terminal[r[1]] then
+    seq = -2
+  elseif r[1] then
+    seq = tonumber(r[2] or '0') + 1
+    redis.call('HSET', op.k, 'state', op.s, 'seq', seq, unpack(op.f))
+    if op.t ~= '0' then redis.call('EXPIRE', op.k, op.t) end
+    redis.call('PUBLISH', op.c, op.m .. seq .. '}')
+    if op.r then redis.call('SET', op.rk, op.r, 'PX', op.rt) end
+  end
+  seqs[i] = seq
+  if op.z and seq > 0 then
+    redis.call('ZADD', op.q, op.z, op.a)
+  else
+    gone[op.q] = gone[op.q] or {}
+    gone[op.q][#gone[op.q] + 1] = op.a
+  end
+  dels[#dels + 1] = op.l
+  for _, key in ipairs(op.d) do dels[#dels + 1] = key end
+end
+for q, ids in pairs(gone) do redis.call('ZREM', q, unpack(ids)) end
+redis.call('DEL', unpack(dels))
+return seqs
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """One job's settlement: its new state and fields, and what happens to its queue entry."""
+
+    job_id: str
+    queue: str
+    state: JobState
+    attempt: int
+    fields: dict[str, str | int] = field(default_factory=dict)
+    ttl_s: int = 0
+    """Re-arm the record's expiry (a finished job keeps its record for its result TTL); 0: keep."""
+    score_ms: int | None = None
+    """Back in the queue at this score (retry, requeue); ``None``: the job leaves its queue."""
+    arq_result: bytes | None = None
+    """arq's result payload, kept for ``arq_result_ttl_ms``."""
+    arq_result_ttl_ms: int = 0
+    delete: tuple[str, ...] = ()
+    """Other keys that go with this step (a finished job's checkpoint)."""
+
+
+class Settler:
+    """Sends settlements in batches: one script call per batch, each caller awaiting its own."""
+
+    def __init__(self, redis: Redis, keys: Keys) -> None:
+        self.redis = redis
+        self.keys = keys
+        self._script = redis.register_script(_SETTLE)
+        self._pending: list[tuple[str, asyncio.Future[int]]] = []
+        self._flushing: asyncio.Task[None] | None = None
+
+    async def settle(self, settlement: Settlement) -> int:
+        """Write ``settlement`` (with the next batch); returns the record's new seq, -1 or -2."""
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._pending.append((self._encode(settlement), future))
+        if self._flushing is None or self._flushing.done():
+            self._flushing = asyncio.create_task(self._flush(), name="actionq-settle")
+        return await future
+
+    def _encode(self, s: Settlement) -> str:
+        keys = self.keys
+        arq_id = keys.arq_job_id(s.job_id)
+        flat: list[str] = ["attempt", str(s.attempt)]
+        for name, value in s.fields.items():
+            flat += [name, str(value)]
+        op: dict[str, object] = {
+            "k": keys.job(s.job_id),
+            "c": keys.job_channel(s.job_id),
+            "m": state_message_prefix(s.job_id, s.state, s.attempt),
+            "s": s.state.value,
+            "f": flat,
+            "t": str(s.ttl_s),
+            "q": s.queue,
+            "a": arq_id,
+            "l": keys.arq_in_progress(s.job_id),
+            "d": list(s.delete),
+        }
+        if s.score_ms is not None:
+            op["z"] = str(s.score_ms)
+        if s.arq_result is not None:
+            op.update(r=s.arq_result.decode(), rk=keys.arq_result(s.job_id), rt=str(s.arq_result_ttl_ms))
+        return json.dumps(op, separators=(",", ":"))
+
+    async def _flush(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending[:_BATCH], self._pending[_BATCH:]
+            try:
+                with broker_errors(f"settling {len(batch)} job(s)"):
+                    seqs = await self._script(keys=[], args=["[" + ",".join(op for op, _ in batch) + "]"])
+            except asyncio.CancelledError:
+                for _, future in batch:
+                    future.cancel()
+                raise
+            except Exception as exc:  # each caller gets the error (its job's lease then lapses: re-run)
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (_, future), seq in zip(batch, seqs, strict=True):
+                if not future.done():
+                    future.set_result(int(seq))
