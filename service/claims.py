@@ -88,6 +88,10 @@ for qi, q in ipairs(KEYS) do
         bumped[#bumped + 1] = now + lease
         bumped[#bumped + 1] = aid
       end
+    else
+      -- A lapsed claim whose in-progress key outlives its score by a few ms: look again then.
+      local left = redis.call('PTTL', lease_prefix .. aid)
+      if left > 0 and (due < 0 or now + left < due) then due = now + left end
     end
   end
   if #bumped > 0 then redis.call('ZADD', q, 'XX', unpack(bumped)) end

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
@@ -53,7 +54,7 @@ def _settings(config: Path | None, redis_url: str | None, namespace: str | None,
 def _run(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
     """Run the coroutine ``make`` builds; an actionq error becomes a one-line message and an exit code."""
     try:
-        return asyncio.run(make())
+        return asyncio.run(_interruptible(make()))
     except PluginActionExecutionError as exc:
         err.print(f"[red]job failed[/red]: {exc}", markup=True, highlight=False)
         raise typer.Exit(1) from exc
@@ -63,6 +64,36 @@ def _run(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
     except ActionQError as exc:
         err.print(f"[red]error[/red]: {exc}", markup=True, highlight=False)
         raise typer.Exit(1) from exc
+
+
+async def _interruptible(body: Coroutine[Any, Any, T]) -> T:
+    """Await ``body``; Ctrl-C (SIGINT) cancels it and raises ``KeyboardInterrupt``.
+
+    asyncio.run's own SIGINT handler cancels the task from a Python signal handler, that is in
+    the middle of whatever the task is running; on Python 3.11 a cancel that lands while
+    redis-py's hiredis parser is entering its ``asyncio.timeout(0)`` is turned into a timeout and
+    swallowed, and a command like ``actionq events --follow`` never stops. A handler registered
+    with the loop runs between steps instead, where cancellation always arrives.
+    """
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    interrupted = False
+
+    def on_sigint() -> None:
+        nonlocal interrupted
+        interrupted = True
+        task.cancel()
+
+    loop.add_signal_handler(signal.SIGINT, on_sigint)
+    try:
+        return await body
+    except asyncio.CancelledError:
+        if interrupted:
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
 
 
 def _client_run(

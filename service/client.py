@@ -172,7 +172,7 @@ class JobClient:
     async def submit_request(self, request: JobRequest) -> JobHandle:
         """Write an already-built (and, if wanted, already-validated) request."""
         opts = request.options
-        job_id = opts.job_id or uuid.uuid4().hex
+        job_id = opts.job_id or uuid.uuid4().hex  # a caller's id is an idempotency key; ours is fresh
         now = now_ms()
         score = opts.at_ms if opts.at_ms is not None else now + int((opts.defer_s or 0) * 1000)
         body = request.model_dump_json()
@@ -187,6 +187,7 @@ class JobClient:
             record_ttl_s=lifetime_s,
             # The queue-wait limit: a worker that takes the job after this fails it instead.
             expires_at_ms=score + int(opts.expires_s * 1000) if opts.expires_s else None,
+            fresh_id=opts.job_id is None,
         )
         existing = created.existing_request
         if not created.created and existing is not None and not request.same_work(existing):

@@ -54,7 +54,9 @@ def events(
     kind: Annotated[list[str] | None, typer.Option("--kind", "-k", help="Only this kind (repeatable).")] = None,
     plugin: Annotated[str | None, typer.Option(help="Only events of this plugin.")] = None,
     job: Annotated[str | None, typer.Option("--job", help="Only events of this job.")] = None,
-    since: Annotated[str, typer.Option(help="now, replay:N (the last N matching) or a stream id.")] = "replay:50",
+    since: Annotated[
+        str, typer.Option(help="now, replay:N (the last N matching) or an event id (resume after it).")
+    ] = "replay:50",
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep following new events (Ctrl-C stops).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help='One JSON line per event: {"id", "event"}.')] = False,
     reference: Annotated[bool, typer.Option("--reference", help="Print the event reference and exit.")] = False,

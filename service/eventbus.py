@@ -1,28 +1,37 @@
 """Events across processes: a worker's notifications on Redis, and reading them back.
 
-**Writing** — :class:`EventBridge` is a notification delegate registered for ``"*"``. For every
-event it sends, in order::
+**Writing** — :class:`EventBridge` is a notification delegate registered for ``"*"``. The
+delegate only appends to a buffer and returns; one flush task sends the buffer in batches of at
+most ``_BATCH`` events, each batch as one pipeline of a constant number of commands, however
+many events it holds::
 
-    XADD <ns>:events MAXLEN ~ <events_max_len> * event <event JSON>   (replay, late readers)
-    PUBLISH <ns>:ch:events:<kind> <event JSON>                       (live followers)
+    XADD <ns>:events MAXLEN ~ <events_max_len / batch size> * events <JSON array of the batch's events>
+    EXPIRE <ns>:events <EVENTS_TTL_S>                    (no key without a TTL)
+    PUBLISH <ns>:ch:events:<kind> <JSON array of the batch's events of that kind>   (per kind)
 
-batched: the delegate only appends to a buffer and returns, and one flush task sends the
-buffer as one pipeline (one round trip per batch, however many events), refreshing the
-stream's TTL (``EVENTS_TTL_S``; no key without a TTL) in the same round trip. Redis errors are
+So a stream entry is a batch, and a channel message is the list of that kind's events of one
+batch, in order. ``MAXLEN`` counts entries: each flush trims to ``events_max_len`` divided by its
+own batch size, so the stream keeps about ``events_max_len`` events whether batches are small
+(a quiet worker) or full (a busy one). Redis errors are
 logged and the batch is dropped (counted in :attr:`EventBridge.failed`); they never reach the
 job path. The buffer is bounded: past ``max_buffer`` events the oldest are dropped and counted.
 Events are observability, best effort: the job record stays the source of truth.
 
 **Reading** — :func:`read_events` reads the stream only (``XREAD BLOCK``, a push from Redis): the
 stream is its own durable copy, so there is nothing to deduplicate between "replay" and "live".
-Its cursor is always an explicit entry id, and ``XREAD`` returns exactly the entries after it:
+It expands each entry into its events, in order; the event at index ``i`` (0-based) of entry
+``<ms>-<seq>`` has the id ``"<ms>-<seq>.<i>"``. Entries written by an older worker (one event
+per entry, field ``event``) still read, as index 0. Its cursor is always an explicit entry id,
+and ``XREAD`` returns exactly the entries after it:
 
 * ``since="now"``: the cursor is the newest id *at the start* (not ``$``, which each later
   ``XREAD`` would re-resolve, losing what arrived between two reads);
-* ``since="<id>"``: entries after that id (resume from the last one you saw);
+* ``since="<ms>-<seq>.<i>"`` (an event id): the events after that one — the rest of its entry,
+  then later entries (resume from the last event you saw);
+* ``since="<ms>-<seq>"`` (a stream id): the events of the entries after that whole entry;
 * ``since="replay:N"``: the last N *matching* events (scanning back from the newest), then live
-  from the newest id seen by that first scan — no gap, no duplicate;
-* ``since=<datetime>``: entries from that time on.
+  from the newest entry seen by that first scan — no gap, no duplicate;
+* ``since=<datetime>``: the events of the entries from that time on.
 """
 
 from __future__ import annotations
@@ -38,6 +47,7 @@ from typing import Any
 
 import structlog
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from service.broker import broker_errors
 from service.delegates import DelegateManager, Registration
@@ -49,18 +59,30 @@ __all__ = ["EVENTS_TTL_S", "EventBridge", "EventFilter", "read_events"]
 
 log = structlog.get_logger("actionq.events")
 
-FIELD = b"event"
+FIELD = b"events"
+"""The stream entry field holding a batch: a JSON array of event objects."""
+LEGACY_FIELD = b"event"
+"""The field of the older one-event-per-entry format (still read, never written)."""
 # The events stream outlives a week of silence (a deployment stopped over a long weekend can
 # still be replayed), and then disappears: no key without a TTL.
 EVENTS_TTL_S = 7 * 86_400
-# Events per pipeline at most (a few hundred KiB of JSON), and buffered before dropping the oldest.
+# Events per pipeline (and so per stream entry) at most: a few hundred KiB of JSON; and events
+# buffered before dropping the oldest.
 _BATCH = 500
 _MAX_BUFFER = 10_000
 _DROP_LOG_EVERY = 1_000
-_READ_COUNT = 500
-_REPLAY_PAGE = 500
+# Entries per XREAD / XREVRANGE reply: an entry holds up to _BATCH events, so 50 keeps a reply
+# under ~25,000 events even when every flush was full.
+_READ_COUNT = 50
+_REPLAY_PAGE = 50
 _MAX_SEQ = 2**64 - 1
 _ID_RE = re.compile(r"^\d+(-\d+)?$")
+_EVENT_ID_RE = re.compile(r"^(\d+-\d+)\.(\d+)$")
+
+
+def _json_array(items: Iterable[bytes]) -> bytes:
+    """A JSON array of already-encoded JSON values (no re-encoding)."""
+    return b"[" + b",".join(items) + b"]"
 
 
 class EventBridge:
@@ -72,6 +94,7 @@ class EventBridge:
         self.redis = redis
         self.keys = keys
         self.max_len = max_len
+        """Cap of the stream, in entries (batches of up to 500 events): ``MAXLEN ~``."""
         self.ttl_s = ttl_s
         self.max_buffer = max_buffer
         self.written = 0
@@ -103,16 +126,25 @@ class EventBridge:
         if self._flushing is None or self._flushing.done():
             self._flushing = asyncio.get_running_loop().create_task(self._flush(), name="actionq-events-bridge")
 
+    def _pipeline(self, batch: list[tuple[str, bytes]]) -> Pipeline:
+        """One XADD and one EXPIRE for the whole batch, and one PUBLISH per kind present in it."""
+        key = self.keys.events()
+        pipe = self.redis.pipeline(transaction=False)
+        entries = max(1, self.max_len // len(batch))  # about max_len events, whatever the batch size
+        pipe.xadd(key, {FIELD: _json_array(data for _, data in batch)}, maxlen=entries, approximate=True)
+        pipe.expire(key, self.ttl_s)
+        by_kind: dict[str, list[bytes]] = {}
+        for kind, data in batch:
+            by_kind.setdefault(kind, []).append(data)
+        for kind, items in by_kind.items():
+            pipe.publish(self.keys.event_channel(kind), _json_array(items))
+        return pipe
+
     async def _flush(self) -> None:
         while self._buffer:
             batch = [self._buffer.popleft() for _ in range(min(len(self._buffer), _BATCH))]
-            pipe = self.redis.pipeline(transaction=False)
-            for kind, data in batch:
-                pipe.xadd(self.keys.events(), {FIELD: data}, maxlen=self.max_len, approximate=True)
-                pipe.publish(self.keys.event_channel(kind), data)
-            pipe.expire(self.keys.events(), self.ttl_s)
             try:
-                await pipe.execute()
+                await self._pipeline(batch).execute()
             except Exception as exc:  # Redis down or failing: log, count, go on; never the job's problem
                 self.failed += len(batch)
                 if not self._failing:
@@ -198,18 +230,47 @@ def _id_before(entry_id: str) -> str:
     return f"{ms - 1}-{_MAX_SEQ}" if ms > 0 else "0-0"
 
 
-def _decode(raw_id: bytes | str, fields: dict[Any, Any], wanted: EventFilter) -> ReceivedEvent | None:
-    payload = fields.get(FIELD, fields.get(FIELD.decode()))
+def _field(fields: dict[Any, Any], name: bytes) -> Any:
+    """A field of an entry, whether the client decodes responses or not."""
+    return fields.get(name, fields.get(name.decode()))
+
+
+def _entry_items(fields: dict[Any, Any]) -> list[Any]:
+    """The parsed (not yet validated) event objects of an entry: a batch, or one old-format event."""
+    batch = _field(fields, FIELD)
+    if batch is not None:
+        items = loads(batch)
+        if not isinstance(items, list):
+            raise WireError("the events field is not a JSON array")
+        return items
+    single = _field(fields, LEGACY_FIELD)
+    if single is not None:
+        return [loads(single)]
+    raise WireError("no events field")
+
+
+def _decode_item(event_id: str, data: Any, wanted: EventFilter) -> ReceivedEvent | None:
     try:
-        data = loads(payload) if payload is not None else None
         if not isinstance(data, dict):
-            raise WireError("no event field")
+            raise WireError("not a JSON object")
         if not wanted.matches(data):
             return None
-        return ReceivedEvent(_text(raw_id), parse_event(data))
+        return ReceivedEvent(event_id, parse_event(data))
     except WireError as exc:  # foreign data, or a kind from a newer version: skip it
-        log.warning("event_skipped", id=_text(raw_id), error=str(exc))
+        log.warning("event_skipped", id=event_id, error=str(exc))
         return None
+
+
+def _decode(raw_id: bytes | str, fields: dict[Any, Any], wanted: EventFilter, first: int = 0) -> list[ReceivedEvent]:
+    """The matching events of one entry from index ``first`` on, in order, with their event ids."""
+    entry_id = _text(raw_id)
+    try:
+        items = _entry_items(fields)
+    except WireError as exc:  # foreign data: skip the entry
+        log.warning("event_skipped", id=entry_id, error=str(exc))
+        return []
+    found = (_decode_item(f"{entry_id}.{i}", data, wanted) for i, data in enumerate(items) if i >= first)
+    return [received for received in found if received is not None]
 
 
 async def _newest_id(redis: Redis, key: str) -> str:
@@ -219,11 +280,14 @@ async def _newest_id(redis: Redis, key: str) -> str:
 
 
 async def _replay(redis: Redis, key: str, n: int, wanted: EventFilter) -> tuple[str, list[ReceivedEvent]]:
-    """The last ``n`` matching events (oldest first) and the newest id looked at (the live cursor)."""
-    found: list[ReceivedEvent] = []
+    """The last ``n`` matching events (oldest first) and the newest entry id looked at (the live cursor)."""
+    if n == 0:
+        return await _newest_id(redis, key), []
+    newest_first: list[ReceivedEvent] = []
     top, upper = "0-0", "+"
-    while len(found) < n:
-        count = n - len(found) if wanted.everything else _REPLAY_PAGE
+    while len(newest_first) < n:
+        # Every entry holds at least one event: n - found entries may be enough when nothing is filtered.
+        count = min(n - len(newest_first), _REPLAY_PAGE) if wanted.everything else _REPLAY_PAGE
         with broker_errors(f"replaying {key}"):
             page = await redis.xrevrange(key, max=upper, min="-", count=count)
         if not page:
@@ -231,17 +295,23 @@ async def _replay(redis: Redis, key: str, n: int, wanted: EventFilter) -> tuple[
         if upper == "+":
             top = _text(page[0][0])
         for raw_id, fields in page:
-            received = _decode(raw_id, fields, wanted)
-            if received is not None and len(found) < n:
-                found.append(received)
+            newest_first.extend(reversed(_decode(raw_id, fields, wanted)))
         last = _text(page[-1][0])
         if len(page) < count or last == "0-0":
             break
         upper = _id_before(last)
-    return top, found[::-1]
+    return top, newest_first[:n][::-1]
+
+
+async def _after_event(redis: Redis, key: str, entry_id: str, index: int, wanted: EventFilter) -> list[ReceivedEvent]:
+    """The matching events after index ``index`` of entry ``entry_id`` (none if it was trimmed)."""
+    with broker_errors(f"reading {key}"):
+        entry = await redis.xrange(key, min=entry_id, max=entry_id, count=1)
+    return _decode(entry[0][0], entry[0][1], wanted, first=index + 1) if entry else []
 
 
 async def _start(redis: Redis, key: str, since: str | datetime, wanted: EventFilter) -> tuple[str, list[ReceivedEvent]]:
+    """The first XREAD cursor (an entry id) and the events to yield before reading from it."""
     if isinstance(since, datetime):
         return _id_before(f"{int(since.timestamp() * 1000)}-0"), []
     if since == "now":
@@ -251,8 +321,12 @@ async def _start(redis: Redis, key: str, since: str | datetime, wanted: EventFil
         if not count.isdigit():
             raise ValueError(f"since={since!r}: replay:N needs a number of events")
         return await _replay(redis, key, int(count), wanted)
+    event_id = _EVENT_ID_RE.match(since)
+    if event_id is not None:
+        entry_id, index = event_id.group(1), int(event_id.group(2))
+        return entry_id, await _after_event(redis, key, entry_id, index, wanted)
     if not _ID_RE.match(since):
-        raise ValueError(f"since={since!r} is not 'now', 'replay:N', a stream id or a datetime")
+        raise ValueError(f"since={since!r} is not 'now', 'replay:N', an event or stream id, or a datetime")
     return since, []
 
 
@@ -270,13 +344,15 @@ async def read_events(
 ) -> AsyncIterator[ReceivedEvent]:
     """Events from the events stream, oldest first, filtered; see the module docstring for ``since``.
 
-    With ``follow`` it waits for new events forever (blocking ``block_ms`` per ``XREAD``);
-    without, it stops at the newest event that existed when it started.
+    Each stream entry is expanded into its events, with ids ``"<entry id>.<index>"``; entries of
+    the older one-event format (field ``event``) read as index 0. With ``follow`` it waits for
+    new events forever (blocking ``block_ms`` per ``XREAD``); without, it stops at the newest
+    event that existed when it started.
     """
     wanted = EventFilter.of(kinds, plugin, job_id, worker_id)
     key = keys.events()
-    cursor, replayed = await _start(redis, key, since, wanted)
-    for received in replayed:
+    cursor, first = await _start(redis, key, since, wanted)
+    for received in first:
         yield received
     end = None if follow else _parse_id(await _newest_id(redis, key))
     while True:
@@ -289,6 +365,5 @@ async def read_events(
             cursor = _text(raw_id)
             if end is not None and _parse_id(cursor) > end:
                 return
-            item = _decode(raw_id, fields, wanted)
-            if item is not None:
-                yield item
+            for received in _decode(raw_id, fields, wanted):
+                yield received

@@ -293,7 +293,11 @@ def parse_event(data: bytes | str | dict[str, Any]) -> Event:
 
 @dataclass(frozen=True, slots=True)
 class ReceivedEvent:
-    """An event read from the events stream, with its stream entry id (resume with ``since=id``)."""
+    """An event read from the events stream, with its id (resume after it with ``since=id``).
+
+    The id is ``"<stream entry id>.<index>"`` (e.g. ``"1732200000000-0.2"``): an entry holds a
+    batch of events, and ``index`` is the event's place in it, from 0.
+    """
 
     id: str
     event: Event

@@ -76,7 +76,15 @@ class Executor:
         ``asyncio.CancelledError`` (the worker is shutting down) puts the job back in its queue,
         ready at once, and is re-raised.
         """
-        with structlog.contextvars.bound_contextvars(job_id=job.job_id, attempt=job.attempt):
+        request: JobRequest | None = None
+        problem = ""
+        if job.status == "run":
+            try:
+                request = JobRequest.model_validate_json(job.request)
+            except ValidationError as exc:
+                problem = f"malformed job data: {exc}"
+        names = {} if request is None else {"plugin": request.plugin, "action": request.action}
+        with structlog.contextvars.bound_contextvars(job_id=job.job_id, attempt=job.attempt, **names):
             if job.status == "expired":
                 return await self._gave_up(job, JobExpiredError.__name__, "not started before its queue-wait limit")
             if job.attempt > MAX_STARTS:
@@ -85,18 +93,12 @@ class Executor:
             if job.status != "run":
                 log.info("job_not_started", reason=f"its record is {job.status}; it left its queue")
                 return None
-            try:
-                request = JobRequest.model_validate_json(job.request)
-            except ValidationError as exc:
-                self.events.received(job.job_id, None, job.attempt, job.queue)
-                outcome = Outcome.failed(
-                    ValueError(f"malformed job data: {exc}"), with_traceback=False, retryable=False
-                )
+            self.events.received(job.job_id, request, job.attempt, job.queue)
+            if request is None:
+                outcome = Outcome.failed(ValueError(problem), with_traceback=False, retryable=False)
                 await asyncio.shield(self._settle(job, outcome, _fields(outcome), ttl_s=self.settings.result_ttl_s))
                 return outcome
-            self.events.received(job.job_id, request, job.attempt, job.queue)
-            with structlog.contextvars.bound_contextvars(plugin=request.plugin, action=request.action):
-                return await self._run_request(job, request)
+            return await self._run_request(job, request)
 
     async def _gave_up(self, job: TakenJob, error_type: str, message: str) -> Outcome:
         """Failed without running: taken after its queue-wait limit, or started too often."""

@@ -159,11 +159,14 @@ class Keys:
 
     # -- events -----------------------------------------------------------------------------
     def events(self) -> str:
-        """Stream: every worker's events (``{"event": <JSON>}``), capped at ``events_max_len``."""
+        """Stream: every worker's events, an entry per flushed batch (``{"events": <JSON array>}``).
+
+        Capped at ``events_max_len`` entries (of up to 500 events each).
+        """
         return f"{self.namespace}:events"
 
     def event_channel(self, kind: str) -> str:
-        """Pub/sub channel: the JSON of each event of ``kind`` (e.g. ``job_failed``), live."""
+        """Pub/sub channel: per flushed batch, a JSON array of its events of ``kind`` (e.g. ``job_failed``)."""
         return f"{self.namespace}:ch:events:{kind}"
 
     def event_channel_pattern(self) -> str:

@@ -97,7 +97,9 @@ class Settings(BaseSettings):
         default=10_000, ge=10, description="Cap of a job's output stream; older items are trimmed past it."
     )
     events_max_len: int = Field(
-        default=100_000, ge=100, description="Cap of the events stream (replay depth); older events are trimmed."
+        default=100_000,
+        ge=100,
+        description="Cap of the events stream, in events, approximately (replay depth); older ones are trimmed.",
     )
     max_payload_bytes: int = Field(default=1_048_576, ge=1024, description="Largest serialized job or result accepted.")
     plugin_enable_timeout_s: float = Field(

@@ -27,14 +27,15 @@ from service.wire import WireError, loads
 __all__ = ["CreateResult", "JobStore", "state_message_prefix"]
 
 # Atomic submit: the record and the queue entry appear together or not at all, and an existing
-# record (same idempotency key) is returned instead of enqueuing twice. The request lives in the
+# record (same idempotency key) is returned instead of enqueuing twice. ARGV[7] is '0' for an id
+# the client generated (a fresh uuid4 cannot exist: the check is skipped, one command saved). The request lives in the
 # record only: the worker's take script reads it from there (arq's job body is not written).
 _CREATE = """
-if redis.call('EXISTS', KEYS[1]) == 1 then
+if ARGV[7] == '1' and redis.call('EXISTS', KEYS[1]) == 1 then
   return {0, redis.call('HGET', KEYS[1], 'request') or '', redis.call('HGET', KEYS[1], 'state') or ''}
 end
 redis.call('HSET', KEYS[1], 'state', 'queued', 'request', ARGV[1], 'queue', KEYS[2], 'attempt', 0,
-  'enqueued_at_ms', ARGV[2], 'scheduled_at_ms', ARGV[3], 'seq', 0, unpack(ARGV, 7))
+  'enqueued_at_ms', ARGV[2], 'scheduled_at_ms', ARGV[3], 'seq', 0, unpack(ARGV, 8))
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[5])
 redis.call('PUBLISH', ARGV[6], KEYS[2])
@@ -120,10 +121,12 @@ class JobStore:
         score_ms: int,
         record_ttl_s: int,
         expires_at_ms: int | None = None,
+        fresh_id: bool = False,
     ) -> CreateResult:
         """Write the record and the queue entry atomically, unless the job id is taken.
 
         ``expires_at_ms``: the queue-wait limit; a worker that takes the job later fails it instead.
+        ``fresh_id``: the id was just generated (a uuid4), so it cannot be taken; not checked.
         """
         keys = self.keys
         extra: list[Any] = [] if expires_at_ms is None else ["expires_at_ms", expires_at_ms]
@@ -137,6 +140,7 @@ class JobStore:
                     record_ttl_s,
                     keys.arq_job_id(job_id),
                     keys.wake_channel(),
+                    "0" if fresh_id else "1",
                     *extra,
                 ],
             )

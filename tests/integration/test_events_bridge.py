@@ -1,4 +1,4 @@
-"""The events bridge and reader against a real Redis: XADD + PUBLISH per kind, replay -> live handover."""
+"""The events bridge and reader against a real Redis: one XADD per batch + one PUBLISH per kind, replay -> live."""
 
 from __future__ import annotations
 
@@ -14,10 +14,12 @@ from typing import Any
 
 import pytest
 from redis.asyncio import Redis
+from structlog.testing import capture_logs
 
 from service.client import JobClient
 from service.delegates import DelegateManager
-from service.eventbus import EVENTS_TTL_S, FIELD, EventBridge, read_events
+from service.embedded import EmbeddedRedis
+from service.eventbus import _BATCH, EVENTS_TTL_S, FIELD, LEGACY_FIELD, EventBridge, read_events
 from service.events import Event, JobFailedEvent, JobSucceededEvent, ReceivedEvent, WorkerStartedEvent, parse_event
 from service.keys import Keys
 from service.models import ErrorInfo
@@ -62,6 +64,15 @@ async def take(events: AsyncIterator[ReceivedEvent], n: int) -> list[ReceivedEve
     return out
 
 
+def flat(entries: list[Any]) -> list[Event]:
+    """Every event of the stream entries (each holding a JSON array of events), in order."""
+    return [parse_event(item) for _, fields in entries for item in json.loads(fields[FIELD])]
+
+
+async def entry_ids(redis: Redis, keys: Keys) -> list[str]:
+    return [raw.decode() for raw, _ in await redis.xrange(keys.events())]
+
+
 async def test_bridge_writes_the_stream_and_publishes_per_kind(redis: Redis, namespace: str) -> None:
     keys = Keys(namespace)
     pubsub = redis.pubsub()
@@ -77,46 +88,192 @@ async def test_bridge_writes_the_stream_and_publishes_per_kind(redis: Redis, nam
     await bridge.aclose()
     assert bridge.written == 3
 
-    entries = await redis.xrange(keys.events())
-    assert [parse_event(fields[FIELD]) for _, fields in entries] == events
+    assert flat(await redis.xrange(keys.events())) == events  # however the delegate lane batched them
     assert 0 < await redis.ttl(keys.events()) <= EVENTS_TTL_S
 
-    seen: list[tuple[str, str, dict[str, Any]]] = []
+    direct: list[tuple[str, list[dict[str, Any]]]] = []
+    via_pattern: list[tuple[str, dict[str, Any]]] = []
     async with asyncio.timeout(10):
-        while len(seen) < 4:  # 3 via the pattern + job_failed on its own channel
+        while len(via_pattern) < 3 or not direct:  # each message is a JSON array of one kind's events
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
+            if message is None:
+                continue
+            channel, items = message["channel"].decode(), json.loads(message["data"])
+            if message["type"] == "message":
+                direct.append((channel, items))
+            else:
+                via_pattern += [(channel, item) for item in items]
+    await pubsub.aclose()  # type: ignore[no-untyped-call]
+    assert [(c, [d["kind"] for d in items]) for c, items in direct] == [
+        (keys.event_channel("job_failed"), ["job_failed"])
+    ]
+    assert [(c, d["kind"]) for c, d in via_pattern] == [(keys.event_channel(e.kind), e.kind) for e in events]
+    assert parse_event(json.dumps(direct[0][1][0])) == events[1]
+
+
+async def _command_calls(redis: Redis) -> dict[str, int]:
+    stats = await redis.info("commandstats")
+    return {name.removeprefix("cmdstat_"): int(value["calls"]) for name, value in stats.items()}
+
+
+async def test_a_flush_costs_one_xadd_one_expire_and_one_publish_per_kind(
+    fresh_redis_server: EmbeddedRedis, namespace: str
+) -> None:
+    redis = Redis.from_url(fresh_redis_server.url)  # a server of this test alone: nothing else counts
+    try:
+        await _check_flush_commands(redis, Keys(namespace))
+    finally:
+        await redis.aclose()
+
+
+async def _check_flush_commands(redis: Redis, keys: Keys) -> None:
+    pubsub = redis.pubsub()
+    await pubsub.psubscribe(keys.event_channel_pattern())
+    events: list[Event] = [ok(0), failed(1), ok(2), WorkerStartedEvent(worker_id="w1", hostname="h", pid=1), ok(3)]
+    events += [failed(i) for i in range(4, 12)]
+    before = await _command_calls(redis)
+    bridge = await write(redis, keys, events)  # K = 13 events of 3 kinds, one flush
+    after = await _command_calls(redis)
+    spent = {name: after.get(name, 0) - before.get(name, 0) for name in ("xadd", "expire", "publish")}
+    assert spent == {"xadd": 1, "expire": 1, "publish": 3}
+    assert bridge.written == len(events)
+
+    entries = await redis.xrange(keys.events())
+    assert len(entries) == 1
+    assert set(entries[0][1]) == {FIELD}
+    assert flat(entries) == events
+    messages: dict[str, list[Event]] = {}
+    async with asyncio.timeout(10):
+        while len(messages) < 3:
             message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
             if message is not None:
-                seen.append((message["type"], message["channel"].decode(), json.loads(message["data"])))
+                messages[message["channel"].decode()] = [parse_event(item) for item in json.loads(message["data"])]
     await pubsub.aclose()  # type: ignore[no-untyped-call]
-    direct = [s for s in seen if s[0] == "message"]
-    assert [(c, d["kind"]) for _, c, d in direct] == [(keys.event_channel("job_failed"), "job_failed")]
-    via_pattern = [(c, d["kind"]) for t, c, d in seen if t == "pmessage"]
-    assert via_pattern == [(keys.event_channel(e.kind), e.kind) for e in events]
-    assert parse_event(json.dumps(direct[0][2])) == events[1]
+    assert messages == {  # each kind's events of the batch, in order, in one message
+        keys.event_channel(kind): [e for e in events if e.kind == kind]
+        for kind in ("job_succeeded", "job_failed", "worker_started")
+    }
 
 
-async def test_stream_is_capped(redis: Redis, namespace: str) -> None:
+async def test_a_big_flush_is_cut_into_entries_of_at_most_a_batch(redis: Redis, namespace: str) -> None:
     keys = Keys(namespace)
-    await write(redis, keys, [ok(i) for i in range(2000)], max_len=100)
+    await write(redis, keys, [ok(i) for i in range(2 * _BATCH + 7)])
+    entries = await redis.xrange(keys.events())
+    assert [len(json.loads(fields[FIELD])) for _, fields in entries] == [_BATCH, _BATCH, 7]
+    assert [e.job_id for e in flat(entries)] == [f"j{i}" for i in range(2 * _BATCH + 7)]  # type: ignore[union-attr]
+
+
+async def test_stream_is_capped_in_events_whatever_the_batch_size(redis: Redis, namespace: str) -> None:
+    keys = Keys(namespace)
+    bridge = EventBridge(redis, keys, max_len=400)
+    for i in range(1000):  # 1000 entries of 2 events: trimmed to about 200 entries
+        bridge.publish(ok(2 * i))
+        bridge.publish(ok(2 * i + 1))
+        await bridge.flush()
     length = await redis.xlen(keys.events())
-    assert 100 <= length < 2000  # MAXLEN ~ trims whole nodes: at least the cap, never the lot
+    assert 200 <= length < 1000  # MAXLEN ~ trims whole nodes: at least the cap, never the lot
+    for _ in range(20):  # 20 entries of 100 events: the cap is now 4 entries
+        for i in range(100):
+            bridge.publish(ok(i))
+        await bridge.flush()
+    entries = await redis.xrange(keys.events())
+    assert len(entries) < 200  # the small entries went: about 400 events kept, not 200 entries of 100
+    assert sum(len(json.loads(fields[FIELD])) for _, fields in entries) >= 400
+    assert bridge.written == 4000
 
 
 async def test_since_an_id_is_exclusive_and_follow_false_stops(redis: Redis, namespace: str) -> None:
     keys = Keys(namespace)
-    await write(redis, keys, [ok(i) for i in range(10)])
-    ids = [raw.decode() for raw, _ in await redis.xrange(keys.events())]
-    got = [r async for r in read_events(redis, keys, since=ids[3], follow=False)]
-    assert [index(r) for r in got] == list(range(4, 10))
-    assert [r.id for r in got] == ids[4:]
+    for batch in ([0, 1, 2], [3, 4, 5, 6], [7], [8, 9]):
+        await write(redis, keys, [ok(i) for i in batch])
+    first, second, third, fourth = await entry_ids(redis, keys)
+    got = [r async for r in read_events(redis, keys, since=second, follow=False)]  # after that whole entry
+    assert [index(r) for r in got] == [7, 8, 9]
+    assert [r.id for r in got] == [f"{third}.0", f"{fourth}.0", f"{fourth}.1"]
+    everything = [r async for r in read_events(redis, keys, since="0", follow=False)]
+    assert [r.id for r in everything][:4] == [f"{first}.0", f"{first}.1", f"{first}.2", f"{second}.0"]
+    assert [index(r) async for r in read_events(redis, keys, since=everything[4].id, follow=False)] == [5, 6, 7, 8, 9]
     assert [r async for r in read_events(redis, keys, since="now", follow=False)] == []
+    assert [r async for r in read_events(redis, keys, since=f"{fourth}.1", follow=False)] == []
     replayed = [r async for r in read_events(redis, keys, since="replay:3", follow=False)]
     assert [index(r) for r in replayed] == [7, 8, 9]
     assert [index(r) async for r in read_events(redis, keys, since="replay:100", follow=False)] == list(range(10))
-    stamp = datetime.fromtimestamp(int(ids[5].split("-")[0]) / 1000, UTC)
+    assert [r async for r in read_events(redis, keys, since="replay:0", follow=False)] == []
+    stamp = datetime.fromtimestamp(int(third.split("-")[0]) / 1000, UTC)
     from_time = [index(r) async for r in read_events(redis, keys, since=stamp, follow=False)]
     assert from_time[-1] == 9
-    assert 5 in from_time
+    assert 7 in from_time
+
+
+async def test_resume_from_an_event_in_the_middle_of_an_entry(redis: Redis, namespace: str) -> None:
+    keys = Keys(namespace)
+    await write(redis, keys, [ok(0), failed(1), ok(2), failed(3), ok(4)])
+    await write(redis, keys, [failed(5), ok(6)])
+    first, second = await entry_ids(redis, keys)
+    got = [r async for r in read_events(redis, keys, since=f"{first}.2", follow=False)]
+    assert [(r.id, index(r)) for r in got] == [
+        (f"{first}.3", 3),
+        (f"{first}.4", 4),
+        (f"{second}.0", 5),
+        (f"{second}.1", 6),
+    ]
+    only_failed = [r async for r in read_events(redis, keys, kinds=["job_failed"], since=f"{first}.1", follow=False)]
+    assert [r.id for r in only_failed] == [f"{first}.3", f"{second}.0"]  # ids keep their place in the entry
+
+    live = read_events(redis, keys, since=f"{first}.3", block_ms=100)  # the rest, then live
+    assert [index(r) for r in await take(live, 3)] == [4, 5, 6]
+    await write(redis, keys, [ok(7), ok(8)])
+    assert [index(r) for r in await take(live, 2)] == [7, 8]
+    await live.aclose()  # type: ignore[attr-defined]
+
+
+async def test_replay_is_exact_across_entries(redis: Redis, namespace: str) -> None:
+    keys = Keys(namespace)
+    sizes = [3, 4, 2, *[2] * 80]  # more entries than a replay page
+    n = 0
+    for size in sizes:
+        await write(redis, keys, [ok(i) if i % 3 else failed(i) for i in range(n, n + size)])
+        n += size
+
+    async def replay(count: int, **kwargs: Any) -> list[int]:
+        return [index(r) async for r in read_events(redis, keys, since=f"replay:{count}", follow=False, **kwargs)]
+
+    for count in (1, 2, 3, 5, 150, n - 8, n - 3, n - 1, n):  # ending mid-entry, on a boundary, in the first
+        assert await replay(count) == list(range(n - count, n)), count
+    assert await replay(n + 10) == list(range(n))
+    matching = [i for i in range(n) if i % 3 == 0]
+    for count in (1, 4, 50, len(matching)):
+        assert await replay(count, kinds=["job_failed"]) == matching[-count:], count
+
+
+async def test_old_single_event_entries_still_read(redis: Redis, namespace: str) -> None:
+    keys = Keys(namespace)
+    old = await redis.xadd(keys.events(), {LEGACY_FIELD: ok(0).model_dump_json()})  # as an older worker wrote
+    await write(redis, keys, [ok(1), failed(2)])
+    old_id = old.decode()
+    new_id = (await entry_ids(redis, keys))[1]
+    got = [r async for r in read_events(redis, keys, since="replay:10", follow=False)]
+    assert [(r.id, index(r)) for r in got] == [(f"{old_id}.0", 0), (f"{new_id}.0", 1), (f"{new_id}.1", 2)]
+    assert [index(r) async for r in read_events(redis, keys, since=old_id, follow=False)] == [1, 2]
+    assert [index(r) async for r in read_events(redis, keys, since=f"{old_id}.0", follow=False)] == [1, 2]
+    assert [index(r) async for r in read_events(redis, keys, since="replay:2", follow=False)] == [1, 2]
+    assert [index(r) async for r in read_events(redis, keys, since="0", follow=False)] == [0, 1, 2]
+
+
+async def test_foreign_entries_and_items_are_skipped(redis: Redis, namespace: str) -> None:
+    keys = Keys(namespace)
+    await write(redis, keys, [ok(0)])
+    await redis.xadd(keys.events(), {b"other": b"x"})
+    await redis.xadd(keys.events(), {FIELD: b'{"not": "a list"}'})
+    await redis.xadd(keys.events(), {FIELD: b"[" + ok(1).model_dump_json().encode() + b',{"kind": "job_exploded"},7]'})
+    await write(redis, keys, [ok(2)])
+    with capture_logs() as logs:
+        got = [index(r) async for r in read_events(redis, keys, since="0", follow=False)]
+    assert got == [0, 1, 2]
+    skipped = [entry["id"] for entry in logs if entry["event"] == "event_skipped"]
+    entries = await entry_ids(redis, keys)
+    assert skipped == [entries[1], entries[2], f"{entries[3]}.1", f"{entries[3]}.2"]
+    assert [index(r) async for r in read_events(redis, keys, since="replay:3", follow=False)] == [0, 1, 2]
 
 
 async def test_since_now_sees_only_new_events(redis: Redis, namespace: str) -> None:

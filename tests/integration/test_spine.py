@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from arq.jobs import Job, JobStatus
+from arq.jobs import Job, JobResult, JobStatus
 
 from service import (
     InvalidParamsError,
@@ -205,7 +205,7 @@ async def test_arq_job_api_still_reads_our_jobs(worker_process: WorkerFactory, c
     assert summary == {"state": "succeeded", "result": 144, "error": None}
     assert await done.status() is JobStatus.complete
     info = await done.info()
-    assert info is not None
+    assert isinstance(info, JobResult)  # a finished job's info is its result
     assert (info.function, info.job_try, info.success) == ("run_action", 1, True)
     assert info.kwargs["request"]["params"] == {"x": 12}
 

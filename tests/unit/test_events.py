@@ -1,18 +1,23 @@
-"""Event models: a round trip for every kind, the generated reference, the README, the bridge's error path."""
+"""Event models: a round trip for every kind, the generated reference, the README, the bridge's commands and errors."""
 
 from __future__ import annotations
 
+import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
 from redis import exceptions as redis_exc
+from redis.asyncio import Redis
+from structlog.testing import capture_logs
 
 from service.delegates import DelegateManager
-from service.eventbus import EventBridge, EventFilter, _id_before
+from service.eventbus import _BATCH, FIELD, LEGACY_FIELD, EventBridge, EventFilter, _decode, _id_before, read_events
 from service.events import (
     EVENT_MODELS,
     BaseEvent,
+    Event,
     EventKind,
     JobFailedEvent,
     JobProgressEvent,
@@ -57,6 +62,11 @@ SAMPLES: dict[EventKind, dict[str, Any]] = {
 
 def sample(kind: EventKind) -> BaseEvent:
     return EVENT_MODELS[kind](worker_id="w1", **SAMPLES[kind])
+
+
+def typed(kind: EventKind) -> Event:
+    """``sample(kind)`` typed as an :data:`Event` (what the bridge and the reader deal in)."""
+    return parse_event(sample(kind).model_dump(mode="json"))
 
 
 def test_every_kind_has_a_model_and_a_sample() -> None:
@@ -199,3 +209,107 @@ async def test_bridge_buffer_is_bounded() -> None:
     assert bridge.dropped == 7
     await bridge.aclose()
     assert bridge.failed == 3
+
+
+class _RecordingPipeline:
+    """Records every command queued on it, whatever its name, and each ``execute``."""
+
+    def __init__(self, calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]]) -> None:
+        self.calls = calls
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args, **kwargs: self.calls.append((name, args, kwargs))
+
+    async def execute(self) -> list[Any]:
+        self.calls.append(("execute", (), {}))
+        return []
+
+
+class _RecordingRedis:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
+
+    def pipeline(self, transaction: bool = True) -> _RecordingPipeline:
+        return _RecordingPipeline(self.calls)
+
+
+async def test_a_flush_is_one_xadd_one_expire_and_one_publish_per_kind() -> None:
+    redis = _RecordingRedis()
+    bridge = EventBridge(redis, Keys("ns"), max_len=100, ttl_s=60)  # type: ignore[arg-type]
+    kinds = [EventKind.JOB_RECEIVED, EventKind.JOB_STARTED, EventKind.JOB_SUCCEEDED] * 4 + [EventKind.JOB_FAILED]
+    events = [typed(kind) for kind in kinds]  # K = 13 events of 4 kinds
+    for event in events:
+        bridge.publish(event)
+    await bridge.flush()
+    assert bridge.written == 13
+    assert Counter(name for name, _, _ in redis.calls) == {"xadd": 1, "expire": 1, "publish": 4, "execute": 1}
+    (_, xadd_args, xadd_kwargs), *_ = (call for call in redis.calls if call[0] == "xadd")
+    assert xadd_args[0] == "ns:events"
+    assert xadd_kwargs == {"maxlen": 100 // 13, "approximate": True}  # about 100 events, in entries of 13
+    assert [parse_event(item) for item in json.loads(xadd_args[1][FIELD])] == events
+    assert [args for name, args, _ in redis.calls if name == "expire"] == [("ns:events", 60)]
+    published = {
+        args[0]: [parse_event(item) for item in json.loads(args[1])]
+        for name, args, _ in redis.calls
+        if name == "publish"
+    }
+    assert published == {Keys("ns").event_channel(kind): [e for e in events if e.kind == kind] for kind in set(kinds)}
+
+
+async def test_a_long_buffer_is_flushed_in_batches() -> None:
+    redis = _RecordingRedis()
+    bridge = EventBridge(redis, Keys("ns"), max_len=100)  # type: ignore[arg-type]
+    for _ in range(2 * _BATCH + 1):
+        bridge.publish(typed(EventKind.JOB_SUCCEEDED))
+    await bridge.flush()
+    sizes = [len(json.loads(args[1][FIELD])) for name, args, _ in redis.calls if name == "xadd"]
+    assert sizes == [_BATCH, _BATCH, 1]
+    assert Counter(name for name, _, _ in redis.calls) == {"xadd": 3, "expire": 3, "publish": 3, "execute": 3}
+    assert bridge.written == 2 * _BATCH + 1
+
+
+def test_decode_expands_an_entry_into_its_events() -> None:
+    failed, done = typed(EventKind.JOB_FAILED), typed(EventKind.JOB_SUCCEEDED)
+    batch = b"[" + failed.model_dump_json().encode() + b"," + done.model_dump_json().encode() + b"]"
+    everything = EventFilter.of()
+    assert _decode(b"5-1", {FIELD: batch}, everything) == [ReceivedEvent("5-1.0", failed), ReceivedEvent("5-1.1", done)]
+    assert _decode("5-1", {"events": batch.decode()}, everything) == _decode(b"5-1", {FIELD: batch}, everything)
+    assert _decode(b"5-1", {FIELD: batch}, everything, first=1) == [ReceivedEvent("5-1.1", done)]
+    assert _decode(b"5-1", {FIELD: batch}, EventFilter.of(["job_succeeded"])) == [ReceivedEvent("5-1.1", done)]
+    old = {LEGACY_FIELD: failed.model_dump_json().encode()}  # one event per entry, as older workers wrote
+    assert _decode(b"4-0", old, everything) == [ReceivedEvent("4-0.0", failed)]
+    assert _decode(b"4-0", old, everything, first=1) == []
+
+
+def test_decode_skips_foreign_entries_and_items() -> None:
+    done = typed(EventKind.JOB_SUCCEEDED)
+    with capture_logs() as logs:
+        assert _decode(b"1-0", {b"other": b"x"}, EventFilter.of()) == []
+        assert _decode(b"2-0", {FIELD: b'{"kind": "job_succeeded"}'}, EventFilter.of()) == []
+        assert _decode(b"3-0", {FIELD: b"\x80\x04pickle"}, EventFilter.of()) == []
+        mixed = b'[7,{"kind": "job_exploded"},' + done.model_dump_json().encode() + b"]"
+        assert _decode(b"4-0", {FIELD: mixed}, EventFilter.of()) == [ReceivedEvent("4-0.2", done)]
+    assert [(log["event"], log["id"]) for log in logs] == [
+        ("event_skipped", "1-0"),
+        ("event_skipped", "2-0"),
+        ("event_skipped", "3-0"),
+        ("event_skipped", "4-0.0"),
+        ("event_skipped", "4-0.1"),
+    ]
+
+
+async def test_reading_batches_on_fakeredis(fake_redis: Redis) -> None:
+    keys = Keys("ns")
+    bridge = EventBridge(fake_redis, keys, max_len=100)
+    for size in (3, 1, 4):
+        for _ in range(size):
+            bridge.publish(typed(EventKind.JOB_STARTED))
+        await bridge.flush()
+    first, second, third = [raw.decode() for raw, _ in await fake_redis.xrange(keys.events())]
+    ids = [r.id async for r in read_events(fake_redis, keys, since="0", follow=False)]
+    assert ids == [f"{first}.{i}" for i in range(3)] + [f"{second}.0"] + [f"{third}.{i}" for i in range(4)]
+    assert [r.id async for r in read_events(fake_redis, keys, since="replay:6", follow=False)] == ids[2:]
+    assert [r.id async for r in read_events(fake_redis, keys, since=f"{first}.1", follow=False)] == ids[2:]
+    assert [r.id async for r in read_events(fake_redis, keys, since=second, follow=False)] == ids[4:]
+    with pytest.raises(ValueError, match="event or stream id"):
+        [r async for r in read_events(fake_redis, keys, since="5-1.x", follow=False)]
