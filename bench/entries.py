@@ -9,7 +9,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from bench import cancel, latency, memory, noop, progress, throughput
+from bench import cancel, latency, memory, noop, progress, recovery, throughput
 from bench.options import RunOptions
 from bench.report import EntryResult
 
@@ -36,5 +36,9 @@ ENTRIES: dict[str, Entry] = {
     "latency": Entry(
         "enqueue->start and enqueue->result p50/p95/p99 at 50 jobs/s; idle worker commands/s (actionq, arq, peers)",
         latency.run,
+    ),
+    "recovery": Entry(
+        "SIGKILL the worker running a job, two workers, default lease: kill -> the job starts on the other (<= 5 s)",
+        recovery.run,
     ),
 }

@@ -105,6 +105,7 @@ class BenchEnv:
         self.log_level = log_level
         self.server = EmbeddedRedis()
         self.workers: list[Worker] = []
+        self._spawned = 0  # numbers each worker's files: len(workers) repeats once one is stopped
         self._tmp = Path(tempfile.mkdtemp(prefix="actionq-bench-"))
         self._client: JobClient | None = None
 
@@ -161,7 +162,8 @@ class BenchEnv:
         self, config: Mapping[str, Any], env: Mapping[str, str] | None = None, *, wait: bool = True
     ) -> Worker:
         """Start ``python -m service worker`` with ``config`` (written to a YAML file) and wait until ready."""
-        n = len(self.workers) + 1
+        self._spawned += 1
+        n = self._spawned
         config_path = self._tmp / f"config-{n}.yml"
         config_path.write_text(yaml.safe_dump(dict(config), sort_keys=False))
         log_path = self._tmp / f"worker-{n}.log"

@@ -6,13 +6,17 @@ import asyncio
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 from bench.contenders import CONCURRENCY, JOB_TIMEOUT_S, RESULT_POLL_S, Contender
-from bench.harness import REPO_ROOT, BenchEnv, BenchError
+from bench.harness import REPO_ROOT, WORKER_READY_TIMEOUT_S, BenchEnv, BenchError
+from bench.peerworker import SAQ_SWEEP_S
 
 __all__ = ["Saq", "Taskiq"]
+
+READY_POLL_S = 0.02
 
 
 class PeerProcess(Contender):
@@ -51,8 +55,11 @@ class PeerProcess(Contender):
             proc.kill()
             proc.wait()
         if proc.returncode not in (0, -15):
-            tail = Path(self.log.name).read_text(errors="replace")[-2000:]
-            raise BenchError(f"{self.kind} worker exited with {proc.returncode}:\n{tail}")
+            raise BenchError(f"{self.kind} worker exited with {proc.returncode}:\n{self.log_tail()}")
+
+    def log_tail(self) -> str:
+        """The end of what the worker wrote."""
+        return Path(self.log.name).read_text(errors="replace")[-2000:]
 
 
 class Saq(PeerProcess):
@@ -68,10 +75,28 @@ class Saq(PeerProcess):
 
     def settings(self) -> dict[str, Any]:
         return {
-            "worker": {"processes": 1, "concurrency": CONCURRENCY, "other": "SAQ defaults, sweep 600 s (not 60)"},
-            "client": "Queue.enqueue, sequential; Queue.apply for a result",
+            "worker": {
+                "processes": 1,
+                "concurrency": CONCURRENCY,
+                "timers.sweep_s": SAQ_SWEEP_S,
+                "other": "SAQ defaults otherwise (sweep every 60 s; job timeout 10 s, heartbeat off, retries 1)",
+            },
+            "worker ready": "its first sweep done (the sweep lock key exists) before any job is enqueued",
+            "why the sweep interval": "a sweep aborts a job caught between dequeue and active (tobymao/saq#124)",
+            "client": "Queue.enqueue, sequential; Queue.apply(timeout=60) for a result (also the job's timeout)",
             "drain probe": "ZCARD of the queue's incomplete set (Queue.count('incomplete'))",
         }
+
+    async def start(self) -> None:
+        """Start the worker and wait for its first sweep, which would abort a job dequeued meanwhile."""
+        await super().start()
+        sweep_lock = self.client.namespace("sweep")  # SETEX'd in the same script as the sweep's LRANGE
+        deadline = time.monotonic() + WORKER_READY_TIMEOUT_S
+        while not await self.probe.exists(sweep_lock):
+            assert self.proc is not None
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise BenchError(f"saq worker not ready (exit code {self.proc.returncode}):\n{self.log_tail()}")
+            await asyncio.sleep(READY_POLL_S)
 
     async def stop(self) -> None:
         await super().stop()

@@ -53,8 +53,10 @@ def taskiq_broker(url: str, queue: str) -> Any:
 async def _run_saq(url: str, queue: str, concurrency: int) -> None:
     from saq import Worker
 
-    # SAQ's sweep (every 60 s) aborts a job it finds in the active list before the worker has
-    # marked it active ("swept"), which a steady stream of jobs hits: sweep every 10 min instead.
+    # SAQ's sweep aborts ("swept") a job it finds in the active list still marked queued: the
+    # window between the worker's BLMOVE and its SET of the job as active (tobymao/saq#124, #277).
+    # The first sweep runs as the worker starts (Saq.start waits for it, so no job is in flight);
+    # the next ones every SAQ_SWEEP_S, not SAQ's 60 s, so that none lands inside a bench phase.
     from saq.types import PartialTimersDict
 
     timers = cast("PartialTimersDict", {"sweep": SAQ_SWEEP_S})  # SAQ fills in the other timers

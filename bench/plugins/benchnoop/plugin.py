@@ -1,4 +1,4 @@
-"""Benchmark actions for ``bench/throughput.py`` and ``bench/latency.py``: jobs that do nothing."""
+"""Benchmark actions for ``bench/throughput.py``, ``latency.py``, ``memory.py`` and ``recovery.py``: idle jobs."""
 
 from __future__ import annotations
 
@@ -22,3 +22,12 @@ class BenchNoopPlugin(Plugin):
     async def sleep(self, seconds: float) -> None:
         """Sleep (many of these run at once in the memory benchmark)."""
         await asyncio.sleep(seconds)
+
+    async def hold(self, ctx: JobContext, seconds: float) -> None:
+        """Wait until cancelled (returning at once, so the job ends without its grace period) or ``seconds``."""
+        try:
+            async with asyncio.timeout(seconds):
+                await ctx.cancellation.wait()
+        except TimeoutError:
+            return
+        ctx.cancellation.raise_if_cancelled()
