@@ -60,9 +60,7 @@ class JobContext:
         checkpoint: Checkpoint | None = None,
     ) -> JobContext:
         """A context whose logger is bound to the job's id, plugin and action."""
-        logger: FilteringBoundLogger = structlog.get_logger("actionq.job").bind(
-            job_id=job_id, plugin=plugin, action=action, attempt=attempt
-        )
+        logger: FilteringBoundLogger = _job_log.bind(job_id=job_id, plugin=plugin, action=action, attempt=attempt)
         return cls(
             job_id=job_id,
             plugin=plugin,
@@ -97,6 +95,9 @@ class JobContext:
         """A child progress reporter; the job's percentage rolls up from its children by weight."""
         return self.tree.subtask(name, weight)
 
+
+# One proxy for every job: structlog assembles it once (cache_logger_on_first_use), then binds cheaply.
+_job_log = structlog.get_logger("actionq.job")
 
 _current: ContextVar[JobContext | None] = ContextVar("actionq_current_job", default=None)
 

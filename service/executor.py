@@ -84,21 +84,28 @@ class Executor:
             except ValidationError as exc:
                 problem = f"malformed job data: {exc}"
         names = {} if request is None else {"plugin": request.plugin, "action": request.action}
-        with structlog.contextvars.bound_contextvars(job_id=job.job_id, attempt=job.attempt, **names):
-            if job.status == "expired":
-                return await self._gave_up(job, JobExpiredError.__name__, "not started before its queue-wait limit")
-            if job.attempt > MAX_STARTS:
-                reason = f"started {job.attempt - 1} times without finishing (its workers died)"
-                return await self._gave_up(job, "JobExecutionFailed", reason)
-            if job.status != "run":
-                log.info("job_not_started", reason=f"its record is {job.status}; it left its queue")
-                return None
-            self.events.received(job.job_id, request, job.attempt, job.queue)
-            if request is None:
-                outcome = Outcome.failed(ValueError(problem), with_traceback=False, retryable=False)
-                await asyncio.shield(self._settle(job, outcome, _fields(outcome), ttl_s=self.settings.result_ttl_s))
-                return outcome
-            return await self._run_request(job, request)
+        # Tokens, not bound_contextvars(): that one copies the whole context on every job.
+        tokens = structlog.contextvars.bind_contextvars(job_id=job.job_id, attempt=job.attempt, **names)
+        try:
+            return await self._run_taken(job, request, problem)
+        finally:
+            structlog.contextvars.reset_contextvars(**tokens)
+
+    async def _run_taken(self, job: TakenJob, request: JobRequest | None, problem: str) -> Outcome | None:
+        if job.status == "expired":
+            return await self._gave_up(job, JobExpiredError.__name__, "not started before its queue-wait limit")
+        if job.attempt > MAX_STARTS:
+            reason = f"started {job.attempt - 1} times without finishing (its workers died)"
+            return await self._gave_up(job, "JobExecutionFailed", reason)
+        if job.status != "run":
+            log.info("job_not_started", reason=f"its record is {job.status}; it left its queue")
+            return None
+        self.events.received(job.job_id, request, job.attempt, job.queue)
+        if request is None:
+            outcome = Outcome.failed(ValueError(problem), with_traceback=False, retryable=False)
+            await asyncio.shield(self._settle(job, outcome, _fields(outcome), ttl_s=self.settings.result_ttl_s))
+            return outcome
+        return await self._run_request(job, request)
 
     async def _gave_up(self, job: TakenJob, error_type: str, message: str) -> Outcome:
         """Failed without running: taken after its queue-wait limit, or started too often."""

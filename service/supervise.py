@@ -44,15 +44,28 @@ async def supervise(
     action: Coroutine[Any, Any, Any], *, token: CancellationToken, timeout_s: float, grace_s: float
 ) -> Supervised:
     """Run ``action`` until it finishes, times out or is cancelled (see the module docstring)."""
+    loop = asyncio.get_running_loop()
     task: asyncio.Future[Any] = asyncio.ensure_future(action)
-    cancelled = asyncio.ensure_future(token.wait())
+    # One future woken by whichever comes first (the action ends, the token is set, the timeout
+    # passes): no extra task per job, unlike asyncio.wait over the action and token.wait().
+    woken: asyncio.Future[None] = loop.create_future()
+
+    def wake(*_: object) -> None:
+        if not woken.done():
+            woken.set_result(None)
+
+    task.add_done_callback(wake)
+    forget = token.on_cancel(wake)
+    timer = loop.call_later(timeout_s, wake)
     try:
-        await asyncio.wait({task, cancelled}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        await woken
     except asyncio.CancelledError:
         task.cancel()  # the worker is shutting down: the job goes back to its queue
         raise
     finally:
-        cancelled.cancel()
+        timer.cancel()
+        forget()
+        task.remove_done_callback(wake)
     if task.done():
         # An action that raised once its token was set stopped because it was asked to.
         stopped = token.is_cancelled and (task.cancelled() or task.exception() is not None)

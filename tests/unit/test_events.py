@@ -29,7 +29,8 @@ from service.events import (
     write_readme,
 )
 from service.keys import Keys
-from service.models import ErrorInfo, ProgressUpdate
+from service.models import ErrorInfo, JobRequest, JobState, ProgressUpdate
+from service.notify import JobEvents
 from service.settings import Settings
 from service.wire import WireError
 
@@ -313,3 +314,23 @@ async def test_reading_batches_on_fakeredis(fake_redis: Redis) -> None:
     assert [r.id async for r in read_events(fake_redis, keys, since=second, follow=False)] == ids[4:]
     with pytest.raises(ValueError, match="event or stream id"):
         [r async for r in read_events(fake_redis, keys, since="5-1.x", follow=False)]
+
+
+def test_job_events_built_without_validation_are_valid_events() -> None:
+    # JobEvents uses model_construct on the job path: what it builds must parse back unchanged.
+    sent: list[Event] = []
+    events = JobEvents(sent.append, "w-1")
+    request = JobRequest(plugin="P", action="a", params={"x": 1})
+    error = ErrorInfo(type="RuntimeError", message="boom")
+    events.received("j1", request, 1, "q")
+    events.received("j1", None, 1, "q")
+    events.started("j1", request, 1, "q")
+    events.progress("j1", request, 1, ProgressUpdate(percentage=50.0))
+    for state in (JobState.SUCCEEDED, JobState.RETRYING, JobState.TIMED_OUT, JobState.CANCELLED, JobState.FAILED):
+        events.finished("j1", request, 1, state=state, error=error, duration_ms=5, retry_in_s=0.5, timeout_s=2.0)
+    events.dead_lettered("j1", request, 2, error, 2)
+    assert len(sent) == 10
+    for event in sent:
+        parsed = parse_event(json.loads(event.model_dump_json()))
+        assert type(parsed) is type(event)
+        assert parsed.model_dump() == event.model_dump()
