@@ -39,18 +39,20 @@ from redis.exceptions import RedisError
 from service.keys import ARQ_IN_PROGRESS_PREFIX, Keys, arq_in_progress_key
 from service.models import now_ms
 
-__all__ = ["Claims", "TakenJob"]
+__all__ = ["IDLE_TTL_S", "Claims", "TakenJob", "handed_job"]
 
 log = structlog.get_logger("actionq.worker")
 
-# KEYS: the queues. ARGV: now ms, how many to take at most, lease ms, worker id, then the key
-# prefixes (arq job id, in-progress key, record, job channel). Returns {next due score or -1,
-# then per job: {arq id, queue index, status, attempt, request, cancel reason, enqueued at}}.
+# KEYS: the queues. ARGV: now ms, how many to take at most, lease ms, worker id, the key prefixes
+# (arq job id, in-progress key, record, job channel), then the idle registration: this worker's
+# state ('none', 'fresh' or 'stale'), its TTL ms and the idle and queue key prefixes. Returns
+# {next due score or -1, registered (0/1), then per job: {arq id, queue index, status, attempt,
+# request, cancel reason, enqueued at}}.
 _TAKE = """
 local now, limit, lease = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local worker, id_prefix, lease_prefix, rec_prefix, ch_prefix = ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local terminal = {succeeded=true, failed=true, timed_out=true, cancelled=true}
-local out, due, taken = {-1}, -1, 0
+local out, due, taken = {-1, 0}, -1, 0
 local function start(q, qi, aid)
   local jid = string.sub(aid, #id_prefix + 1)
   local rec = rec_prefix .. jid
@@ -96,9 +98,29 @@ for qi, q in ipairs(KEYS) do
   end
   if #bumped > 0 then redis.call('ZADD', q, 'XX', unpack(bumped)) end
 end
-out[1] = due
+-- Idle registration: a worker with free slots left is listed in each queue's idle set, so that a
+-- submit can hand it a job at once; one without is taken off. Refreshed only when stale.
+local registered, want = ARGV[9], taken < limit and tonumber(ARGV[10]) > 0
+if (want and registered ~= 'fresh') or (not want and registered ~= 'none') then
+  local ttl, idle_prefix, queue_prefix = tonumber(ARGV[10]), ARGV[11], ARGV[12]
+  for _, q in ipairs(KEYS) do
+    local idle = idle_prefix .. string.sub(q, #queue_prefix + 1)
+    if want then
+      redis.call('ZREMRANGEBYSCORE', idle, '-inf', now)
+      redis.call('ZADD', idle, now + ttl, worker)
+      redis.call('PEXPIRE', idle, ttl)
+    else
+      redis.call('ZREM', idle, worker)
+    end
+  end
+end
+out[1], out[2] = due, want and 1 or 0
 return out
 """
+
+# How long an idle worker's listing lasts unless renewed (renewed at half of it): a worker killed
+# while idle can be handed jobs for this long; they run again elsewhere after the lease.
+IDLE_TTL_S = 10.0
 
 TakeStatus = Literal["run", "expired", "missing", "ended"]
 
@@ -130,13 +152,16 @@ class Take:
 class Claims:
     """The leases one worker holds: taken by :meth:`take`, renewed, released when a job is settled."""
 
-    def __init__(self, redis: Redis, keys: Keys, *, worker_id: str, lease_s: float) -> None:
+    def __init__(self, redis: Redis, keys: Keys, *, worker_id: str, lease_s: float, list_idle: bool = True) -> None:
+        """``list_idle=False``: never list this taker in the idle sets (a tool or a test taking jobs)."""
         self.redis = redis
+        self.list_idle = list_idle
         self.keys = keys
         self.worker_id = worker_id
         self.lease_ms = int(lease_s * 1000)
         self._held: dict[str, str] = {}  # arq job id -> queue
         self._take = redis.register_script(_TAKE)
+        self._registered_at = 0  # when this worker last listed itself as idle (0: it is not listed)
 
     @property
     def held(self) -> frozenset[str]:
@@ -148,10 +173,17 @@ class Claims:
         keys = self.keys
         args: list[str | int] = [now_ms, max(limit, 0), self.lease_ms, self.worker_id, keys.arq_job_id_prefix()]
         args += [ARQ_IN_PROGRESS_PREFIX, keys.job_prefix(), keys.job_channel_prefix()]
+        registration = self._registration()
+        ttl_ms = int(IDLE_TTL_S * 1000) if self.list_idle else 0
+        args += [registration, ttl_ms, keys.idle_prefix(), keys.queue_prefix()]
         reply = await self._take(keys=queues, args=args)
         due = int(float(reply[0]))
+        if not reply[1]:
+            self._registered_at = 0
+        elif registration != "fresh":
+            self._registered_at = now_ms
         jobs = []
-        for aid, qi, status, attempt, request, cancel, enqueued in reply[1:]:
+        for aid, qi, status, attempt, request, cancel, enqueued in reply[2:]:
             arq_id = _text(aid)
             job = TakenJob(
                 job_id=keys.job_id_from_arq(arq_id),
@@ -167,6 +199,29 @@ class Claims:
                 self._held[arq_id] = job.queue
             jobs.append(job)
         return Take(jobs, due if due >= 0 else None)
+
+    def _registration(self) -> str:
+        if not self._registered_at:
+            return "none"
+        return "fresh" if now_ms() - self._registered_at < IDLE_TTL_S * 500 else "stale"
+
+    def handed(self, job: TakenJob) -> None:
+        """A submit handed ``job`` to this worker (already claimed): hold its lease.
+
+        The submit also took this worker off that queue's idle set: the next take lists it again.
+        """
+        self._held[job.arq_job_id] = job.queue
+        self._registered_at = 1  # stale: refreshed by the next take
+
+    async def unregister(self, queues: list[str]) -> None:
+        """Leave the idle sets (pausing, draining, stopping): submits no longer hand jobs here."""
+        if not self._registered_at:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for queue in queues:
+                pipe.zrem(self.keys.idle_workers(queue), self.worker_id)
+            await pipe.execute()
+        self._registered_at = 0
 
     def release(self, arq_job_id: str) -> None:
         """Forget a lease (the job's settle deleted its key and took it out of the ready window)."""
@@ -204,3 +259,10 @@ class Claims:
 
 def _text(raw: bytes | str | int) -> str:
     return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+
+def handed_job(payload: bytes, keys: Keys) -> TakenJob:
+    """The job a submit handed to this worker: ``arq id \\n queue \\n enqueued ms \\n request JSON``."""
+    arq_id, queue, enqueued, request = payload.split(b"\n", 3)
+    job_id = keys.job_id_from_arq(arq_id.decode())
+    return TakenJob(job_id, arq_id.decode(), queue.decode(), "run", 1, request, enqueued_at_ms=int(enqueued))

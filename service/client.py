@@ -188,6 +188,7 @@ class JobClient:
             # The queue-wait limit: a worker that takes the job after this fails it instead.
             expires_at_ms=score + int(opts.expires_s * 1000) if opts.expires_s else None,
             fresh_id=opts.job_id is None,
+            lease_ms=int(self.settings.lease_s * 1000),
         )
         existing = created.existing_request
         if not created.created and existing is not None and not request.same_work(existing):

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
+from service.claims import TakenJob
 from service.control import ControlAck, ControlCommand, record_ack, wait_idle
 from service.errors import ActionQError
 
@@ -34,6 +35,8 @@ class Puller(Protocol):
     tasks: dict[str, asyncio.Task[Any]]
 
     def set_queues(self, queues: list[str]) -> None: ...
+
+    def adopt(self, job: TakenJob) -> None: ...
 
     def handle_sig(self, signum: signal.Signals) -> None: ...
 
@@ -91,6 +94,7 @@ class CommandHandler:
             puller.allow_pick_jobs = False
             runtime.info.paused = True
             runtime.info.draining = cmd.command == "drain"
+            runtime.wake.set()  # the loop takes this worker off the idle sets: no more jobs handed here
             await runtime.publish()
             return {"running_jobs": runtime.running_jobs}
         if cmd.command == "resume":

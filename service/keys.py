@@ -132,6 +132,25 @@ class Keys:
         """Pub/sub channel: a submit announces its queue's name here, so idle workers wake at once."""
         return f"{self.namespace}:ch:wake"
 
+    def idle_workers(self, queue: str) -> str:
+        """ZSET: id of each worker waiting for ``queue``'s jobs -> until when (epoch ms) it says so.
+
+        A submit that finds one hands the job straight to it (see :mod:`service.handoff`).
+        """
+        return self.idle_prefix() + queue.removeprefix(self.queue_prefix())
+
+    def idle_prefix(self) -> str:
+        """What :meth:`idle_workers` puts before a queue's name (without the queue prefix)."""
+        return f"{self.namespace}:idle:"
+
+    def worker_channel(self, worker_id: str) -> str:
+        """Pub/sub channel: jobs handed straight to one worker by a submit (it is idle)."""
+        return self.worker_channel_prefix() + worker_id
+
+    def worker_channel_prefix(self) -> str:
+        """What :meth:`worker_channel` puts before the worker id."""
+        return f"{self.namespace}:ch:worker:"
+
     def queue_prefix(self) -> str:
         """Prefix shared by every queue of the namespace (for listing them)."""
         return f"{self.namespace}:queue:"

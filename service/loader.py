@@ -185,7 +185,8 @@ class PluginLoader:
         if plugin is None:
             raise UnknownPluginError(name, known=list(self.loaded))
         try:
-            await asyncio.wait_for(plugin.instance.on_disable(), self.enable_timeout_s)
+            async with asyncio.timeout(self.enable_timeout_s):
+                await plugin.instance.on_disable()
         except TimeoutError:
             logger.error(
                 "plugin_disable_failed", plugin=name, reason=f"on_disable timed out ({self.enable_timeout_s:g}s)"
@@ -225,7 +226,8 @@ class PluginLoader:
 
     async def _enable(self, name: str, instance: Plugin) -> None:
         try:
-            await asyncio.wait_for(instance.on_enable(), self.enable_timeout_s)
+            async with asyncio.timeout(self.enable_timeout_s):
+                await instance.on_enable()
         except TimeoutError as exc:
             raise PluginLoadError(name, f"on_enable did not finish within {self.enable_timeout_s:g}s") from exc
         except Exception as exc:

@@ -214,7 +214,8 @@ class ProgressReporter:
         if wait > 0 and not self._closing:
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), wait)
+                async with asyncio.timeout(wait):  # not wait_for: it can swallow a cancel on 3.11
+                    await self._wake.wait()
         self._dirty = False
         with self._tree_lock:
             update = self._root.snapshot()

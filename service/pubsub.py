@@ -43,7 +43,8 @@ class Subscription:
     async def get(self, timeout: float | None = None) -> bytes | None:
         """The next message, or ``None`` if ``timeout`` seconds pass first."""
         try:
-            return await asyncio.wait_for(self.queue.get(), timeout)
+            async with asyncio.timeout(timeout):  # not wait_for: on 3.11 it can swallow a cancel
+                return await self.queue.get()
         except TimeoutError:
             return None
 
@@ -87,7 +88,8 @@ class PubSubMultiplexer:
                 self._ensure_reader()
             event = self._confirmed[sub.channel]
         try:
-            await asyncio.wait_for(event.wait(), _SUBSCRIBE_TIMEOUT_S)
+            async with asyncio.timeout(_SUBSCRIBE_TIMEOUT_S):
+                await event.wait()
         except TimeoutError:
             await self._remove(sub)
             raise

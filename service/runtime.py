@@ -19,7 +19,7 @@ from typing import Any
 import structlog
 from redis.asyncio import Redis
 
-from service.claims import TakenJob
+from service.claims import TakenJob, handed_job
 from service.commands import CommandHandler, Puller
 from service.delegates import DelegateManager
 from service.errors import ActionQError
@@ -111,6 +111,7 @@ class WorkerRuntime:
             self._listeners.append(asyncio.create_task(_watch_supervisor(int(supervisor)), name="actionq-supervisor"))
         await self._listen(self.keys.cancel_channel(), self._on_cancel)
         await self._listen(self.keys.wake_channel(), self._on_wake)
+        await self._listen(self.keys.worker_channel(self.worker_id), self._on_handoff)
         await self._listen(self.keys.control_channel(), self.commands.on_message)
         self.notify(WorkerStartedEvent(**self._me(), queues=self.info.queues, plugins=self.info.plugins))
         log.info(
@@ -229,6 +230,18 @@ class WorkerRuntime:
         """A job was submitted to ``message`` (a queue name): poll now if it is one of ours."""
         if message.decode(errors="replace") in self._queue_set:
             self.wake.set()
+
+    def _on_handoff(self, message: bytes) -> None:
+        """A submit handed a job straight to this worker (it was listed as idle): run it now."""
+        try:
+            job = handed_job(message, self.keys)
+        except ValueError as exc:  # also a bad UTF-8 or a foreign namespace
+            log.warning("bad_handoff_message", error=str(exc), message=message[:200])
+            return
+        if self.commands.puller is None:  # not listed before the loop runs: cannot happen; the lease lapses
+            log.warning("handoff_before_start", job_id=job.job_id)
+            return
+        self.commands.puller.adopt(job)
 
     async def run(self, job: TakenJob) -> Outcome | None:
         """Run one taken job (called by the worker loop)."""

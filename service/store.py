@@ -27,18 +27,39 @@ from service.wire import WireError, loads
 __all__ = ["CreateResult", "JobStore", "state_message_prefix"]
 
 # Atomic submit: the record and the queue entry appear together or not at all, and an existing
-# record (same idempotency key) is returned instead of enqueuing twice. ARGV[7] is '0' for an id
-# the client generated (a fresh uuid4 cannot exist: the check is skipped, one command saved). The request lives in the
-# record only: the worker's take script reads it from there (arq's job body is not written).
+# record (same idempotency key) is returned instead of enqueuing twice. ``check`` is '0' for an id
+# the client generated (a fresh uuid4 cannot exist: the check is skipped, one command saved).
+# A job that is ready now and finds an idle worker for its queue is handed to it at once: claimed
+# and started here, exactly as the worker's take script would (:mod:`service.claims`), and sent
+# on the worker's channel, which saves the worker a round trip (:mod:`service.handoff`).
+# KEYS: record, queue, idle workers, in-progress key, job channel.
 _CREATE = """
-if ARGV[7] == '1' and redis.call('EXISTS', KEYS[1]) == 1 then
+local request, now, score, ttl, aid, wake, check, lease, worker_prefix, jid =
+  ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10]
+if check == '1' and redis.call('EXISTS', KEYS[1]) == 1 then
   return {0, redis.call('HGET', KEYS[1], 'request') or '', redis.call('HGET', KEYS[1], 'state') or ''}
 end
-redis.call('HSET', KEYS[1], 'state', 'queued', 'request', ARGV[1], 'queue', KEYS[2], 'attempt', 0,
-  'enqueued_at_ms', ARGV[2], 'scheduled_at_ms', ARGV[3], 'seq', 0, unpack(ARGV, 8))
-redis.call('EXPIRE', KEYS[1], ARGV[4])
-redis.call('ZADD', KEYS[2], ARGV[3], ARGV[5])
-redis.call('PUBLISH', ARGV[6], KEYS[2])
+local worker = nil
+if tonumber(score) <= tonumber(now) then
+  worker = redis.call('ZRANGEBYSCORE', KEYS[3], now, '+inf', 'LIMIT', 0, 1)[1]
+end
+if worker then
+  redis.call('ZREM', KEYS[3], worker)
+  redis.call('HSET', KEYS[1], 'state', 'running', 'request', request, 'queue', KEYS[2], 'attempt', 1,
+    'enqueued_at_ms', now, 'scheduled_at_ms', score, 'worker', worker, 'started_at_ms', now, 'seq', 1,
+    unpack(ARGV, 11))
+  redis.call('EXPIRE', KEYS[1], ttl)
+  redis.call('SET', KEYS[4], worker, 'PX', lease)
+  redis.call('ZADD', KEYS[2], tonumber(now) + tonumber(lease), aid)
+  redis.call('PUBLISH', KEYS[5], '{"type":"state","job_id":"' .. jid .. '","state":"running","attempt":1,"seq":1}')
+  redis.call('PUBLISH', worker_prefix .. worker, aid .. '\\n' .. KEYS[2] .. '\\n' .. now .. '\\n' .. request)
+  return {1, worker}
+end
+redis.call('HSET', KEYS[1], 'state', 'queued', 'request', request, 'queue', KEYS[2], 'attempt', 0,
+  'enqueued_at_ms', now, 'scheduled_at_ms', score, 'seq', 0, unpack(ARGV, 11))
+redis.call('EXPIRE', KEYS[1], ttl)
+redis.call('ZADD', KEYS[2], score, aid)
+redis.call('PUBLISH', wake, KEYS[2])
 return {1}
 """
 
@@ -122,17 +143,25 @@ class JobStore:
         record_ttl_s: int,
         expires_at_ms: int | None = None,
         fresh_id: bool = False,
+        lease_ms: int = 3000,
     ) -> CreateResult:
         """Write the record and the queue entry atomically, unless the job id is taken.
 
         ``expires_at_ms``: the queue-wait limit; a worker that takes the job later fails it instead.
         ``fresh_id``: the id was just generated (a uuid4), so it cannot be taken; not checked.
+        ``lease_ms``: the claim of a job handed straight to an idle worker (the workers' ``lease_s``).
         """
         keys = self.keys
         extra: list[Any] = [] if expires_at_ms is None else ["expires_at_ms", expires_at_ms]
         with broker_errors(f"submitting job {job_id}"):
             reply = await self._create(
-                keys=[keys.job(job_id), queue],
+                keys=[
+                    keys.job(job_id),
+                    queue,
+                    keys.idle_workers(queue),
+                    keys.arq_in_progress(job_id),
+                    keys.job_channel(job_id),
+                ],
                 args=[
                     request_json,
                     now_ms,
@@ -141,6 +170,9 @@ class JobStore:
                     keys.arq_job_id(job_id),
                     keys.wake_channel(),
                     "0" if fresh_id else "1",
+                    lease_ms,
+                    keys.worker_channel_prefix(),
+                    job_id,
                     *extra,
                 ],
             )

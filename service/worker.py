@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+from collections.abc import Coroutine
 from typing import Any
 
 import structlog
@@ -27,16 +28,17 @@ from arq.connections import ArqRedis
 from arq.utils import timestamp_ms
 from arq.worker import Worker, func
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.broker import connect
 from service.claims import Claims, TakenJob
 from service.errors import ConfigError
 from service.logs import configure_logging
-from service.models import JobState
+from service.models import JobState, now_ms
 from service.runtime import WorkerRuntime
 from service.settings import Settings
-from service.settle import ARQ_FUNCTION
+from service.settle import ARQ_FUNCTION, Settlement
 from service.wire import dumps, loads
 
 __all__ = ["ActionWorker", "build_worker", "run_worker"]
@@ -68,12 +70,15 @@ class ActionWorker(Worker):
         self._backoff_s = 0.0
         self._next_due_ms: int | None = None
         self._saturated = False
+        self._chores: set[asyncio.Task[None]] = set()
         super().__init__(queue_name=self.queues[0], redis_pool=redis_pool, **kwargs)
 
     def set_queues(self, queues: list[str]) -> None:
         """Read these queues from the next poll on (plugins were loaded or disabled at runtime)."""
-        self.queues = queues or [self.runtime.keys.queue("_none_")]
+        old, self.queues = self.queues, queues or [self.runtime.keys.queue("_none_")]
         self._rotation = itertools.cycle(range(len(self.queues)))
+        # Leave the old queues' idle sets; the next take lists this worker in the new ones.
+        self._background(self.claims.unregister(old), "actionq-unlist")
 
     async def main(self) -> None:
         """arq's main loop with its fixed-interval poll replaced by a wake-up and a batch take."""
@@ -87,14 +92,19 @@ class ActionWorker(Worker):
                 await self._wait_for_work()
         finally:
             await self.claims.stop(renewer)
+            with contextlib.suppress(RedisError, OSError):
+                await self.claims.unregister(self.queues)
 
     async def _wait_for_work(self) -> None:
         wait_s = self.poll_delay_s
         if self._next_due_ms is not None:
             wait_s = min(wait_s, max(0.0, (self._next_due_ms - timestamp_ms()) / 1000))
         wake = self.runtime.wake
+        # asyncio.timeout, not wait_for: on Python 3.11, wait_for returns normally when the event is
+        # set in the same loop turn as a cancel (shutdown), and the worker would go on taking jobs.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(wake.wait(), wait_s)
+            async with asyncio.timeout(wait_s):
+                await wake.wait()
         wake.clear()
 
     def _release_sem_dec_counter_on_complete(self) -> None:
@@ -121,7 +131,9 @@ class ActionWorker(Worker):
 
     async def _poll_queues(self) -> None:
         free = self.max_jobs - self.job_counter
-        if self.allow_pick_jobs and free > 0:
+        if not self.allow_pick_jobs:
+            await self.claims.unregister(self.queues)  # paused or draining: submits must not hand jobs here
+        elif free > 0:
             start = next(self._rotation)  # rotate which queue goes first, for fairness
             take = await self.claims.take(self.queues[start:] + self.queues[:start], timestamp_ms(), free)
             self._next_due_ms = take.next_due_ms
@@ -130,11 +142,29 @@ class ActionWorker(Worker):
                 self._saturated = True  # maybe more were ready: look again when a slot frees up
             for job in take.jobs:
                 self._launch(job)
-        for job_id, task in list(self.tasks.items()):
-            if task.done():
-                del self.tasks[job_id]
-                task.result()  # surface errors of the job task itself
         await self.heart_beat()
+
+    def adopt(self, job: TakenJob) -> None:
+        """Run a job a submit handed straight to this worker (see :data:`service.store._CREATE`)."""
+        self.claims.handed(job)
+        self.runtime.wake.set()  # list this worker as idle again, and look for more work
+        if self.allow_pick_jobs and self.job_counter < self.max_jobs and job.queue in self.queues:
+            self._launch(job)
+        else:  # paused, full, or the plugin just went: back to its queue, ready, for another worker
+            self._background(self._give_back(job), f"actionq-give-back-{job.job_id}")
+
+    async def _give_back(self, job: TakenJob) -> None:
+        back = Settlement(job.job_id, job.queue, JobState.QUEUED, job.attempt - 1, {"worker": ""}, score_ms=now_ms())
+        try:
+            await self.runtime.executor.settler.settle(back)
+            await self.pool.publish(self.runtime.keys.wake_channel(), job.queue)
+        finally:
+            self.claims.release(job.arq_job_id)
+
+    def _background(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._chores.add(task)
+        task.add_done_callback(self._chores.discard)
 
     def _launch(self, job: TakenJob) -> None:
         if job.status not in ("run", "expired"):
@@ -142,8 +172,14 @@ class ActionWorker(Worker):
             return
         self.job_counter += 1
         task = self.loop.create_task(self._run(job), name=f"actionq-job-{job.job_id}")
-        task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+        task.add_done_callback(lambda done: self._done(job.arq_job_id, done))
         self.tasks[job.arq_job_id] = task
+
+    def _done(self, arq_job_id: str, task: asyncio.Task[None]) -> None:
+        # Out of arq's task list at once: its shutdown waits while the list is not empty.
+        if self.tasks.get(arq_job_id) is task:
+            del self.tasks[arq_job_id]
+        self._release_sem_dec_counter_on_complete()
 
     async def _run(self, job: TakenJob) -> None:
         """Run a taken job; arq's counters (its health-check line) follow the outcome."""

@@ -79,6 +79,10 @@ async def test_submit_validates_against_the_registry_and_writes_nothing_when_rej
     worker_process: WorkerFactory, client: JobClient, redis: aioredis.Redis, namespace: str
 ) -> None:
     worker_process(bundled_plugins_config(**FAST))
+    idle = client.keys.idle_workers(client.keys.queue("PluginB"))
+    async with asyncio.timeout(10):
+        while not await redis.exists(idle):  # the worker lists itself as idle (its own keys, not ours)
+            await asyncio.sleep(0.02)
     before = await _namespace_keys(redis, namespace)
 
     with pytest.raises(UnknownPluginError, match="'Nope'") as unknown:

@@ -7,11 +7,13 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import yaml
 
-from service import JobClient, JobState
+from service import JobClient, JobHandle, JobState
+from service.models import now_ms
 from tests.conftest import FAST, REPO_ROOT, WorkerFactory, bundled_plugins_config, fixture_plugin
 
 RELIABILITY = fixture_plugin("reliability")
@@ -116,3 +118,41 @@ async def test_running_jobs_do_not_crowd_new_ones_out_of_free_slots(
     assert await quick.result(timeout=10) == "ok"
     for handle in long:
         await handle.cancel()
+
+
+async def test_an_idle_worker_is_handed_jobs_and_a_paused_one_gives_them_back(
+    worker_process: WorkerFactory, client: JobClient
+) -> None:
+    # A 30 s fallback poll: only a handoff or a wake-up can start these in time.
+    worker_process(bundled_plugins_config(**{**FAST, "poll_delay_s": 30}))
+    idle = client.keys.idle_workers(client.keys.queue("PluginB"))
+    await _until(lambda: client.redis.zcard(idle), "the idle worker to list itself")
+    handle = await client.submit("PluginB", "calculate_square", {"x": 5})
+    assert await handle.result(timeout=10) == 25
+    record = await handle.record()
+    assert record.started_at_ms == record.enqueued_at_ms  # started by the submit itself: handed over
+    # Paused, it leaves the idle sets; a listing that outlived the pause gets its job given back.
+    assert (await client.control("pause")).acted
+    await _until(lambda: _not(client.redis.zcard(idle)), "the paused worker to leave the idle set")
+    assert record.worker is not None
+    await client.redis.zadd(idle, {record.worker: now_ms() + 5_000})
+    back = await client.submit("PluginB", "calculate_square", {"x": 6})
+    await _until(lambda: _given_back(back), "the job to be given back")
+    assert (await client.control("resume")).acted
+    assert await back.result(timeout=10) == 36
+    assert (await back.record()).attempt == 1
+
+
+async def _until(check: Callable[[], Awaitable[object]], what: str) -> None:
+    async with asyncio.timeout(10):
+        while not await check():
+            await asyncio.sleep(0.02)
+
+
+async def _not(value: Awaitable[object]) -> bool:
+    return not await value
+
+
+async def _given_back(handle: JobHandle) -> bool:
+    record = await handle.record()
+    return record.state is JobState.QUEUED and record.seq == 2 and record.attempt == 0 and not record.worker

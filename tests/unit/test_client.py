@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
 
-from service.claims import Claims
+from service.claims import IDLE_TTL_S, Claims, handed_job
 from service.client import JobClient
 from service.errors import (
     InvalidParamsError,
@@ -21,7 +22,7 @@ from service.errors import (
     UnknownPluginError,
 )
 from service.manifest import load_manifest
-from service.models import JobState, now_ms
+from service.models import JobRequest, JobState, now_ms
 from service.registry import Registry, WorkerInfo
 from service.settings import Settings
 from service.settle import Settlement, Settler
@@ -129,7 +130,7 @@ async def test_take_and_settle_publish_with_sequence_numbers(client: JobClient) 
     await _register(client, "PluginB")
     handle = await client.submit("PluginB", "calculate_square", {"x": 1}, job_id="s1")
     queue = (await handle.record()).queue
-    claims = Claims(client.redis, client.keys, worker_id="w", lease_s=3)
+    claims = Claims(client.redis, client.keys, worker_id="w", lease_s=3, list_idle=False)
     settler = Settler(client.redis, client.keys)
     async with client.pubsub.subscribe(client.keys.job_channel("s1")) as sub:
         take = await claims.take([queue], now_ms(), limit=5)
@@ -150,3 +151,48 @@ async def test_take_and_settle_publish_with_sequence_numbers(client: JobClient) 
     assert await settler.settle(gone) == -1
     assert not await client.redis.exists("ut:job:missing")
     assert await settler.settle(done) == -2
+
+
+async def test_an_idle_worker_is_handed_a_ready_job_by_the_submit_itself(client: JobClient) -> None:
+    await _register(client, "PluginB")
+    queue = client.keys.queue("PluginB")
+    claims = Claims(client.redis, client.keys, worker_id="w-idle", lease_s=3)
+    assert (await claims.take([queue], now_ms(), limit=5)).jobs == []  # nothing to do: it lists itself
+    assert await client.redis.zscore(client.keys.idle_workers(queue), "w-idle") > now_ms()
+    assert 0 < await client.redis.pttl(client.keys.idle_workers(queue)) <= IDLE_TTL_S * 1000
+    async with (
+        client.pubsub.subscribe(client.keys.worker_channel("w-idle")) as inbox,
+        client.pubsub.subscribe(client.keys.job_channel("h1")) as job_channel,
+    ):
+        handle = await client.submit("PluginB", "calculate_square", {"x": 3}, job_id="h1")
+        handed = handed_job(await inbox.get(5) or b"", client.keys)
+        state = loads(await job_channel.get(5) or b"null")
+    assert (handed.job_id, handed.queue, handed.status, handed.attempt) == ("h1", queue, "run", 1)
+    assert JobRequest.model_validate_json(handed.request).params == {"x": 3}
+    assert state == {"type": "state", "job_id": "h1", "state": "running", "attempt": 1, "seq": 1}
+    record = await handle.record()
+    assert (record.state, record.worker, record.attempt, record.seq) == (JobState.RUNNING, "w-idle", 1, 1)
+    assert await client.redis.get(client.keys.arq_in_progress("h1")) == b"w-idle"  # claimed, leased
+    assert await client.redis.zscore(queue, client.keys.arq_job_id("h1")) > now_ms()  # out of the ready window
+    assert await client.redis.zscore(client.keys.idle_workers(queue), "w-idle") is None  # one job per listing
+    # The next submit finds nobody idle: queued, and the workers are woken instead.
+    assert (await (await client.submit("PluginB", "calculate_square", {"x": 4})).record()).state is JobState.QUEUED
+
+
+async def test_no_handoff_for_a_deferred_job_or_a_stale_listing_or_a_full_worker(client: JobClient) -> None:
+    await _register(client, "PluginB")
+    queue, idle = client.keys.queue("PluginB"), client.keys.idle_workers(client.keys.queue("PluginB"))
+    await client.redis.zadd(idle, {"w-gone": now_ms() - 1})  # its listing ran out (killed while idle)
+    later = await client.submit("PluginB", "calculate_square", {"x": 1}, defer_s=60)
+    assert (await later.record()).state is JobState.QUEUED
+    now = await client.submit("PluginB", "calculate_square", {"x": 1})
+    assert (await now.record()).state is JobState.QUEUED
+    # A worker whose take fills its last free slot takes itself off the idle sets.
+    claims = Claims(client.redis, client.keys, worker_id="w-busy", lease_s=3)
+    assert len((await claims.take([queue], now_ms(), limit=5)).jobs) == 1  # one ready job, 4 slots left: listed
+    assert await client.redis.zscore(idle, "w-busy") is not None
+    for x in (2, 3):  # deferred by a millisecond: not handed over, ready right after
+        await client.submit("PluginB", "calculate_square", {"x": x}, defer_s=0.001)
+    await asyncio.sleep(0.01)
+    assert len((await claims.take([queue], now_ms(), limit=2)).jobs) == 2  # its last two slots
+    assert await client.redis.zscore(idle, "w-busy") is None
