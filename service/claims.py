@@ -200,6 +200,11 @@ class Claims:
             jobs.append(job)
         return Take(jobs, due if due >= 0 else None)
 
+    @property
+    def listed(self) -> bool:
+        """True while this worker's idle listing is fresh (a handoff uses it up)."""
+        return self._registration() == "fresh"
+
     def _registration(self) -> str:
         if not self._registered_at:
             return "none"

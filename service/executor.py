@@ -10,6 +10,8 @@ or ``retrying``, dead letter when attempts ran out.
 from __future__ import annotations
 
 import asyncio
+import functools
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -100,8 +102,8 @@ class Executor:
         if job.status != "run":
             log.info("job_not_started", reason=f"its record is {job.status}; it left its queue")
             return None
-        self.events.received(job.job_id, request, job.attempt, job.queue)
         if request is None:
+            self.events.received(job.job_id, None, job.attempt, job.queue)
             outcome = Outcome.failed(ValueError(problem), with_traceback=False, retryable=False)
             await asyncio.shield(self._settle(job, outcome, _fields(outcome), ttl_s=self.settings.result_ttl_s))
             return outcome
@@ -122,10 +124,10 @@ class Executor:
             if job.cancel_reason:
                 token.cancel(job.cancel_reason)  # cancelled between being claimed and starting: stop at once
             log.info("job_started")
-            self.events.started(job_id, request, attempt, job.queue)
             stream = self._stream_writer(job_id)
+            announce = functools.partial(self._announce, job, request)
             try:
-                outcome = await self._attempt(job_id, request, attempt, stream, token)
+                outcome = await self._attempt(job_id, request, attempt, stream, token, announce)
             except asyncio.CancelledError:
                 stream.abort()
                 await asyncio.shield(self._requeued(job))
@@ -167,15 +169,28 @@ class Executor:
             pending_ttl_s=self.settings.pending_ttl_s,
         )
 
+    def _announce(self, job: TakenJob, request: JobRequest) -> None:
+        """``job_received`` and ``job_started``: sent once the action's task exists, so that the
+        event bridge's work is queued behind the action's first step, not ahead of it."""
+        self.events.received(job.job_id, request, job.attempt, job.queue)
+        self.events.started(job.job_id, request, job.attempt, job.queue)
+
     async def _attempt(
-        self, job_id: str, request: JobRequest, attempt: int, stream: StreamWriter, token: CancellationToken
+        self,
+        job_id: str,
+        request: JobRequest,
+        attempt: int,
+        stream: StreamWriter,
+        token: CancellationToken,
+        announce: Callable[[], None],
     ) -> Outcome:
         try:
             action = self.loader.resolve(request.plugin, request.action)
             params = action.validate(request.params)
         except SubmissionError as exc:
+            announce()
             return Outcome.failed(exc, with_traceback=False, retryable=False)
-        outcome = await self._execute(job_id, request, attempt, action, params, stream, token)
+        outcome = await self._execute(job_id, request, attempt, action, params, stream, token, announce)
         policy = merge(self.settings.retry, action.spec.retry, request.options.retry)
         return with_retry(outcome, policy, attempt)
 
@@ -188,6 +203,7 @@ class Executor:
         params: dict[str, Any],
         stream: StreamWriter,
         token: CancellationToken,
+        announce: Callable[[], None],
     ) -> Outcome:
         loop = asyncio.get_running_loop()
 
@@ -211,7 +227,7 @@ class Executor:
         try:
             with job_context(ctx):  # the action's task is created inside: it inherits the context
                 coro = pump(action.iterate(params, ctx), stream) if action.is_generator else action.invoke(params, ctx)
-                done = await supervise(coro, token=token, timeout_s=timeout_s, grace_s=grace_s)
+                done = await supervise(coro, token=token, timeout_s=timeout_s, grace_s=grace_s, started=announce)
         finally:
             # The last progress is written before the final state, whatever the outcome.
             await asyncio.shield(reporter.close())

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -34,10 +34,15 @@ _SUBSCRIBE_TIMEOUT_S = 10.0
 
 
 class Subscription:
-    """Messages (raw ``bytes`` payloads) of one channel, in the order Redis delivered them."""
+    """Messages (raw ``bytes`` payloads) of one channel, in the order Redis delivered them.
 
-    def __init__(self, channel: str) -> None:
+    With a ``callback``, each message is handed to it by the reader at once instead (no queue,
+    no task to wake: a worker's wake-ups, cancels and handed jobs skip a loop turn).
+    """
+
+    def __init__(self, channel: str, callback: Callable[[bytes], None] | None = None) -> None:
         self.channel = channel
+        self.callback = callback
         self.queue: asyncio.Queue[bytes] = asyncio.Queue()
 
     async def get(self, timeout: float | None = None) -> bytes | None:
@@ -68,9 +73,14 @@ class PubSubMultiplexer:
         self._closed = False
 
     @asynccontextmanager
-    async def subscribe(self, channel: str) -> AsyncIterator[Subscription]:
-        """Subscribe to ``channel`` for the duration of the block (confirmed before it starts)."""
-        sub = Subscription(channel)
+    async def subscribe(
+        self, channel: str, callback: Callable[[bytes], None] | None = None
+    ) -> AsyncIterator[Subscription]:
+        """Subscribe to ``channel`` for the duration of the block (confirmed before it starts).
+
+        ``callback``: called by the reader with each message (it must not block; errors are logged).
+        """
+        sub = Subscription(channel, callback)
         await self._add(sub)
         try:
             yield sub
@@ -138,7 +148,13 @@ class PubSubMultiplexer:
             data = message["data"]
             payload = data if isinstance(data, bytes) else str(data).encode()
             for sub in tuple(self._subs.get(channel, ())):
-                sub.queue.put_nowait(payload)
+                if sub.callback is None:
+                    sub.queue.put_nowait(payload)
+                    continue
+                try:
+                    sub.callback(payload)
+                except Exception:  # one bad handler must not stop the reader
+                    log.exception("pubsub_callback_failed", channel=channel)
 
     async def close(self) -> None:
         """Stop the reader and close the connection; pending subscriptions get nothing more."""

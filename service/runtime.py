@@ -203,10 +203,9 @@ class WorkerRuntime:
 
         async def follow() -> None:
             try:
-                async with self._mux.subscribe(channel) as sub:
+                async with self._mux.subscribe(channel, handle):  # the reader calls handle itself
                     ready.set_result(None)
-                    async for message in sub:
-                        handle(message)
+                    await asyncio.Event().wait()  # subscribed until stop() cancels this task
             except Exception as exc:
                 if not ready.done():
                     ready.set_exception(exc)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -41,11 +41,22 @@ class Supervised:
 
 
 async def supervise(
-    action: Coroutine[Any, Any, Any], *, token: CancellationToken, timeout_s: float, grace_s: float
+    action: Coroutine[Any, Any, Any],
+    *,
+    token: CancellationToken,
+    timeout_s: float,
+    grace_s: float,
+    started: Callable[[], None] | None = None,
 ) -> Supervised:
-    """Run ``action`` until it finishes, times out or is cancelled (see the module docstring)."""
+    """Run ``action`` until it finishes, times out or is cancelled (see the module docstring).
+
+    ``started`` is called once the action's task exists (its first step is queued ahead of
+    whatever ``started`` schedules).
+    """
     loop = asyncio.get_running_loop()
     task: asyncio.Future[Any] = asyncio.ensure_future(action)
+    if started is not None:
+        started()
     # One future woken by whichever comes first (the action ends, the token is set, the timeout
     # passes): no extra task per job, unlike asyncio.wait over the action and token.wait().
     woken: asyncio.Future[None] = loop.create_future()

@@ -146,8 +146,7 @@ class ActionWorker(Worker):
 
     def adopt(self, job: TakenJob) -> None:
         """Run a job a submit handed straight to this worker (see :data:`service.store._CREATE`)."""
-        self.claims.handed(job)
-        self.runtime.wake.set()  # list this worker as idle again, and look for more work
+        self.claims.handed(job)  # the next look lists this worker as idle again (see _done)
         if self.allow_pick_jobs and self.job_counter < self.max_jobs and job.queue in self.queues:
             self._launch(job)
         else:  # paused, full, or the plugin just went: back to its queue, ready, for another worker
@@ -180,6 +179,8 @@ class ActionWorker(Worker):
         if self.tasks.get(arq_job_id) is task:
             del self.tasks[arq_job_id]
         self._release_sem_dec_counter_on_complete()
+        if not self.claims.listed:
+            self.runtime.wake.set()  # a handoff used up its listing: look, and list this worker again
 
     async def _run(self, job: TakenJob) -> None:
         """Run a taken job; arq's counters (its health-check line) follow the outcome."""
