@@ -98,9 +98,10 @@ for qi, q in ipairs(KEYS) do
   end
   if #bumped > 0 then redis.call('ZADD', q, 'XX', unpack(bumped)) end
 end
--- Idle registration: a worker with free slots left is listed in each queue's idle set, so that a
--- submit can hand it a job at once; one without is taken off. Refreshed only when stale.
-local registered, want = ARGV[9], taken < limit and tonumber(ARGV[10]) > 0
+-- Idle registration: a worker with nothing to do (nothing running, nothing taken now) is listed in
+-- each queue's idle set, so that a submit can hand it a job at once; a busy one is taken off (under
+-- load, batched takes beat handoffs one by one). Refreshed only when stale.
+local registered, want = ARGV[9], taken == 0 and tonumber(ARGV[10]) > 0
 if (want and registered ~= 'fresh') or (not want and registered ~= 'none') then
   local ttl, idle_prefix, queue_prefix = tonumber(ARGV[10]), ARGV[11], ARGV[12]
   for _, q in ipairs(KEYS) do
@@ -152,10 +153,8 @@ class Take:
 class Claims:
     """The leases one worker holds: taken by :meth:`take`, renewed, released when a job is settled."""
 
-    def __init__(self, redis: Redis, keys: Keys, *, worker_id: str, lease_s: float, list_idle: bool = True) -> None:
-        """``list_idle=False``: never list this taker in the idle sets (a tool or a test taking jobs)."""
+    def __init__(self, redis: Redis, keys: Keys, *, worker_id: str, lease_s: float) -> None:
         self.redis = redis
-        self.list_idle = list_idle
         self.keys = keys
         self.worker_id = worker_id
         self.lease_ms = int(lease_s * 1000)
@@ -168,13 +167,16 @@ class Claims:
         """The arq job ids this worker holds a lease on."""
         return frozenset(self._held)
 
-    async def take(self, queues: list[str], now_ms: int, limit: int) -> Take:
-        """Claim and start up to ``limit`` ready jobs from ``queues`` (earlier queues first)."""
+    async def take(self, queues: list[str], now_ms: int, limit: int, *, idle: bool = False) -> Take:
+        """Claim and start up to ``limit`` ready jobs from ``queues`` (earlier queues first).
+
+        ``idle``: nothing runs here; if nothing is taken either, list this worker as idle.
+        """
         keys = self.keys
         args: list[str | int] = [now_ms, max(limit, 0), self.lease_ms, self.worker_id, keys.arq_job_id_prefix()]
         args += [ARQ_IN_PROGRESS_PREFIX, keys.job_prefix(), keys.job_channel_prefix()]
         registration = self._registration()
-        ttl_ms = int(IDLE_TTL_S * 1000) if self.list_idle else 0
+        ttl_ms = int(IDLE_TTL_S * 1000) if idle else 0
         args += [registration, ttl_ms, keys.idle_prefix(), keys.queue_prefix()]
         reply = await self._take(keys=queues, args=args)
         due = int(float(reply[0]))

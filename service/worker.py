@@ -135,7 +135,8 @@ class ActionWorker(Worker):
             await self.claims.unregister(self.queues)  # paused or draining: submits must not hand jobs here
         elif free > 0:
             start = next(self._rotation)  # rotate which queue goes first, for fairness
-            take = await self.claims.take(self.queues[start:] + self.queues[:start], timestamp_ms(), free)
+            queues = self.queues[start:] + self.queues[:start]
+            take = await self.claims.take(queues, timestamp_ms(), free, idle=self.job_counter == 0)
             self._next_due_ms = take.next_due_ms
             started = [job for job in take.jobs if job.status in ("run", "expired")]
             if len(started) == free:
@@ -179,8 +180,8 @@ class ActionWorker(Worker):
         if self.tasks.get(arq_job_id) is task:
             del self.tasks[arq_job_id]
         self._release_sem_dec_counter_on_complete()
-        if not self.claims.listed:
-            self.runtime.wake.set()  # a handoff used up its listing: look, and list this worker again
+        if self.job_counter == 0 and not self.claims.listed:
+            self.runtime.wake.set()  # idle now: look for work, and list this worker if there is none
 
     async def _run(self, job: TakenJob) -> None:
         """Run a taken job; arq's counters (its health-check line) follow the outcome."""

@@ -53,7 +53,7 @@ FAST: dict[str, Any] = {"poll_delay_s": 0.05, "heartbeat_s": 1, "cancel_grace_s"
 async def take_job(client: JobClient, job_id: str, *, worker_id: str = "w-test") -> TakenJob:
     """Take ``job_id`` from its queue as a worker would (claimed, its attempt started in the record)."""
     record = await client.job(job_id).record()
-    claims = Claims(client.redis, client.keys, worker_id=worker_id, lease_s=client.settings.lease_s, list_idle=False)
+    claims = Claims(client.redis, client.keys, worker_id=worker_id, lease_s=client.settings.lease_s)
     for _ in range(100):
         take = await claims.take([record.queue], int(time.time() * 1000), limit=100)
         for job in take.jobs:

@@ -130,7 +130,7 @@ async def test_take_and_settle_publish_with_sequence_numbers(client: JobClient) 
     await _register(client, "PluginB")
     handle = await client.submit("PluginB", "calculate_square", {"x": 1}, job_id="s1")
     queue = (await handle.record()).queue
-    claims = Claims(client.redis, client.keys, worker_id="w", lease_s=3, list_idle=False)
+    claims = Claims(client.redis, client.keys, worker_id="w", lease_s=3)
     settler = Settler(client.redis, client.keys)
     async with client.pubsub.subscribe(client.keys.job_channel("s1")) as sub:
         take = await claims.take([queue], now_ms(), limit=5)
@@ -157,7 +157,7 @@ async def test_an_idle_worker_is_handed_a_ready_job_by_the_submit_itself(client:
     await _register(client, "PluginB")
     queue = client.keys.queue("PluginB")
     claims = Claims(client.redis, client.keys, worker_id="w-idle", lease_s=3)
-    assert (await claims.take([queue], now_ms(), limit=5)).jobs == []  # nothing to do: it lists itself
+    assert (await claims.take([queue], now_ms(), limit=5, idle=True)).jobs == []  # nothing to do: listed
     assert await client.redis.zscore(client.keys.idle_workers(queue), "w-idle") > now_ms()
     assert 0 < await client.redis.pttl(client.keys.idle_workers(queue)) <= IDLE_TTL_S * 1000
     async with (
@@ -187,12 +187,15 @@ async def test_no_handoff_for_a_deferred_job_or_a_stale_listing_or_a_full_worker
     assert (await later.record()).state is JobState.QUEUED
     now = await client.submit("PluginB", "calculate_square", {"x": 1})
     assert (await now.record()).state is JobState.QUEUED
-    # A worker whose take fills its last free slot takes itself off the idle sets.
+    # Only a worker with nothing to do is listed; one that takes work leaves the idle sets.
     claims = Claims(client.redis, client.keys, worker_id="w-busy", lease_s=3)
-    assert len((await claims.take([queue], now_ms(), limit=5)).jobs) == 1  # one ready job, 4 slots left: listed
+    assert len((await claims.take([queue], now_ms(), limit=5, idle=True)).jobs) == 1  # found work: not listed
+    assert await client.redis.zscore(idle, "w-busy") is None
+    assert (await claims.take([queue], now_ms(), limit=5, idle=False)).jobs == []  # nothing, but a job runs
+    assert await client.redis.zscore(idle, "w-busy") is None
+    assert (await claims.take([queue], now_ms(), limit=5, idle=True)).jobs == []  # nothing at all: listed
     assert await client.redis.zscore(idle, "w-busy") is not None
-    for x in (2, 3):  # deferred by a millisecond: not handed over, ready right after
-        await client.submit("PluginB", "calculate_square", {"x": x}, defer_s=0.001)
+    await client.submit("PluginB", "calculate_square", {"x": 2}, defer_s=0.001)  # not handed over: deferred
     await asyncio.sleep(0.01)
-    assert len((await claims.take([queue], now_ms(), limit=2)).jobs) == 2  # its last two slots
+    assert len((await claims.take([queue], now_ms(), limit=5, idle=True)).jobs) == 1  # busy again: unlisted
     assert await client.redis.zscore(idle, "w-busy") is None

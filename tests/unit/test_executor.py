@@ -120,7 +120,7 @@ async def test_malformed_request_is_a_recorded_failure(rig: Rig) -> None:
     job = await rig.submit("PluginB", "calculate_square", {"x": 1})
     key, queue = rig.client.keys.job(job), (await rig.client.job(job).record()).queue
     await rig.client.redis.hset(key, "request", '{"malformed": "not JSON"}')  # type: ignore[misc]
-    claims = Claims(rig.client.redis, rig.client.keys, worker_id="w-test", lease_s=3, list_idle=False)
+    claims = Claims(rig.client.redis, rig.client.keys, worker_id="w-test", lease_s=3)
     [taken] = (await claims.take([queue], now_ms(), limit=10)).jobs
     outcome = await rig.executor.run(taken)
     assert outcome is not None
@@ -135,7 +135,7 @@ async def test_a_job_whose_record_expired_leaves_its_queue_without_running(rig: 
     job = await rig.submit("long_running", "fail", {})
     queue = (await rig.client.job(job).record()).queue
     await rig.client.redis.delete(rig.client.keys.job(job))
-    claims = Claims(rig.client.redis, rig.client.keys, worker_id="w-test", lease_s=3, list_idle=False)
+    claims = Claims(rig.client.redis, rig.client.keys, worker_id="w-test", lease_s=3)
     take = await claims.take([queue], now_ms(), limit=10)
     assert [(j.job_id, j.status) for j in take.jobs] == [(job, "missing")]
     assert claims.held == frozenset()
