@@ -96,7 +96,9 @@ for qi, q in ipairs(KEYS) do
       if left > 0 and (due < 0 or now + left < due) then due = now + left end
     end
   end
-  if #bumped > 0 then redis.call('ZADD', q, 'XX', unpack(bumped)) end
+  for i = 1, #bumped, 1000 do  -- in slices: Lua's unpack stops at a few thousand values
+    redis.call('ZADD', q, 'XX', unpack(bumped, i, math.min(i + 999, #bumped)))
+  end
 end
 -- Idle registration: a worker with nothing to do (nothing running, nothing taken now) is listed in
 -- each queue's idle set, so that a submit can hand it a job at once; a busy one is taken off (under

@@ -170,8 +170,8 @@ class Executor:
         )
 
     def _announce(self, job: TakenJob, request: JobRequest) -> None:
-        """``job_received`` and ``job_started``: sent once the action's task exists, so that the
-        event bridge's work is queued behind the action's first step, not ahead of it."""
+        """``job_received`` and ``job_started``: sent right after the action's first step, so that
+        building them and the event bridge's work do not delay the action's start."""
         self.events.received(job.job_id, request, job.attempt, job.queue)
         self.events.started(job.job_id, request, job.attempt, job.queue)
 

@@ -50,33 +50,13 @@ async def supervise(
 ) -> Supervised:
     """Run ``action`` until it finishes, times out or is cancelled (see the module docstring).
 
-    ``started`` is called once the action's task exists (its first step is queued ahead of
-    whatever ``started`` schedules).
+    ``started`` is called on the loop right after the action's first step (an action's first
+    step is not kept waiting for bookkeeping such as the start events).
     """
-    loop = asyncio.get_running_loop()
     task: asyncio.Future[Any] = asyncio.ensure_future(action)
     if started is not None:
-        started()
-    # One future woken by whichever comes first (the action ends, the token is set, the timeout
-    # passes): no extra task per job, unlike asyncio.wait over the action and token.wait().
-    woken: asyncio.Future[None] = loop.create_future()
-
-    def wake(*_: object) -> None:
-        if not woken.done():
-            woken.set_result(None)
-
-    task.add_done_callback(wake)
-    forget = token.on_cancel(wake)
-    timer = loop.call_later(timeout_s, wake)
-    try:
-        await woken
-    except asyncio.CancelledError:
-        task.cancel()  # the worker is shutting down: the job goes back to its queue
-        raise
-    finally:
-        timer.cancel()
-        forget()
-        task.remove_done_callback(wake)
+        asyncio.get_running_loop().call_soon(started)  # after the action's first step, already queued
+    await _first_of(task, token, timeout_s)
     if task.done():
         # An action that raised once its token was set stopped because it was asked to.
         stopped = token.is_cancelled and (task.cancelled() or task.exception() is not None)
@@ -92,6 +72,33 @@ async def supervise(
         with contextlib.suppress(BaseException):
             task.result()
     return Supervised(ending, forced=True, stuck=not task.done())
+
+
+async def _first_of(task: asyncio.Future[Any], token: CancellationToken, timeout_s: float) -> None:
+    """Wait until the action ends, the token is set or the timeout passes, whichever comes first.
+
+    One future woken by any of them: no extra task per job, unlike ``asyncio.wait`` over the
+    action and ``token.wait()``. Cancelled (the worker is shutting down): the action is too.
+    """
+    loop = asyncio.get_running_loop()
+    woken: asyncio.Future[None] = loop.create_future()
+
+    def wake(*_: object) -> None:
+        if not woken.done():
+            woken.set_result(None)
+
+    task.add_done_callback(wake)
+    forget = token.on_cancel(wake)
+    timer = loop.call_later(timeout_s, wake)
+    try:
+        await woken
+    except asyncio.CancelledError:
+        task.cancel()  # the job goes back to its queue
+        raise
+    finally:
+        timer.cancel()
+        forget()
+        task.remove_done_callback(wake)
 
 
 def _ending_of(token: CancellationToken) -> Ending:

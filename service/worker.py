@@ -118,16 +118,24 @@ class ActionWorker(Worker):
         """One round of the loop; a lost Redis connection is waited out with backoff, not fatal."""
         try:
             await self._poll_queues()
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            if not self._backoff_s:
-                self.runtime.worker_error("poll", exc)
-            self._backoff_s = min(max(self._backoff_s * 2, _BACKOFF_MIN_S), _BACKOFF_MAX_S)
-            log.warning("redis_unavailable", error=str(exc), retry_in_s=self._backoff_s)
-            await asyncio.sleep(self._backoff_s)
+        except RedisError as exc:  # a script error must not stop the loop either: logged, retried
+            if not isinstance(exc, RedisConnectionError | RedisTimeoutError):
+                log.error("poll_failed", error=str(exc))
+            await self._back_off(exc)
+        except OSError as exc:
+            await self._back_off(exc)
         else:
             if self._backoff_s:
                 log.info("redis_reconnected")
             self._backoff_s = 0.0
+
+    async def _back_off(self, exc: BaseException) -> None:
+        """Wait out a failed poll, longer each time (Redis down or restarting)."""
+        if not self._backoff_s:
+            self.runtime.worker_error("poll", exc)
+        self._backoff_s = min(max(self._backoff_s * 2, _BACKOFF_MIN_S), _BACKOFF_MAX_S)
+        log.warning("redis_unavailable", error=str(exc), retry_in_s=self._backoff_s)
+        await asyncio.sleep(self._backoff_s)
 
     async def _poll_queues(self) -> None:
         free = self.max_jobs - self.job_counter

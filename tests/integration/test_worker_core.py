@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 
 from service import JobClient, JobHandle, JobState
+from service.claims import Claims
 from service.models import now_ms
 from tests.conftest import FAST, REPO_ROOT, WorkerFactory, bundled_plugins_config, fixture_plugin
 
@@ -156,3 +157,20 @@ async def _not(value: Awaitable[object]) -> bool:
 async def _given_back(handle: JobHandle) -> bool:
     record = await handle.record()
     return record.state is JobState.QUEUED and record.seq == 2 and record.attempt == 0 and not record.worker
+
+
+async def test_one_take_of_thousands_of_jobs(client: JobClient) -> None:
+    # Real Redis (Lua 5.1): a take's writes of 4,500 jobs once overran Lua's unpack() limit,
+    # leaving jobs marked running that no worker ran (the memory bench's 5,000-job waves).
+    async with client.redis.pipeline(transaction=False) as pipe:
+        for i in range(4_500):
+            pipe.zadd(client.keys.queue("PluginB"), {client.keys.arq_job_id(f"bulk{i}"): 1})
+            pipe.hset(client.keys.job(f"bulk{i}"), mapping={"state": "queued", "request": "{}", "seq": 0})
+            pipe.expire(client.keys.job(f"bulk{i}"), 60)
+        await pipe.execute()
+    claims = Claims(client.redis, client.keys, worker_id="w-bulk", lease_s=3)
+    take = await claims.take([client.keys.queue("PluginB")], now_ms(), limit=5_000)
+    assert len(take.jobs) == 4_500
+    assert {job.status for job in take.jobs} == {"run"}
+    scores = await client.redis.zrange(client.keys.queue("PluginB"), 0, -1, withscores=True)
+    assert min(score for _, score in scores) > now_ms()  # every one out of the ready window
