@@ -21,9 +21,7 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
-import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -36,6 +34,7 @@ import yaml
 from service.client import JobClient
 from service.embedded import EmbeddedRedis
 from service.keys import Keys
+from service.spawn import WorkerStartError, spawn_worker, wait_registered
 
 __all__ = ["BENCH_PLUGIN_DIR", "REPO_ROOT", "BenchEnv", "BenchError", "Worker", "plugin_entry"]
 
@@ -45,7 +44,6 @@ BENCH_PLUGIN_DIR = Path(__file__).resolve().parent / "plugins"
 WORKER_READY_TIMEOUT_S = 30.0
 # Above the default shutdown grace (10 s) of an idle worker, with slack.
 WORKER_STOP_TIMEOUT_S = 20.0
-_READY_POLL_S = 0.05
 _LOG_TAIL_LINES = 30
 
 
@@ -167,7 +165,7 @@ class BenchEnv:
         config_path = self._tmp / f"config-{n}.yml"
         config_path.write_text(yaml.safe_dump(dict(config), sort_keys=False))
         log_path = self._tmp / f"worker-{n}.log"
-        proc = _spawn_worker(config_path, log_path, self.worker_env(env))
+        proc = spawn_worker(config_path, self.worker_env(env), log_path=log_path, cwd=REPO_ROOT)
         worker = Worker(proc=proc, log_path=log_path, config=dict(config), env=dict(env or {}))
         self.workers.append(worker)
         if wait:
@@ -176,19 +174,11 @@ class BenchEnv:
 
     async def wait_ready(self, worker: Worker, timeout_s: float = WORKER_READY_TIMEOUT_S) -> None:
         """Wait until ``worker`` is registered (its id, with ``-<pid>-``, is in the workers ZSET)."""
-        key = Keys(self.namespace).workers()
-        marker = f"-{worker.pid}-".encode()
-        deadline = time.monotonic() + timeout_s
-        while True:
-            members = await self.client.redis.zrange(key, 0, -1)
-            if any(marker in member for member in members):
-                await self._check_plugins(worker)
-                return
-            if not worker.running:
-                raise BenchError(f"worker {worker.pid} exited with {worker.proc.returncode}:\n{worker.log_tail()}")
-            if time.monotonic() > deadline:
-                raise BenchError(f"worker {worker.pid} not ready within {timeout_s:g}s:\n{worker.log_tail()}")
-            await asyncio.sleep(_READY_POLL_S)
+        try:
+            await wait_registered(self.client.redis, Keys(self.namespace), worker.proc, timeout_s)
+        except WorkerStartError as exc:
+            raise BenchError(f"{exc}:\n{worker.log_tail()}") from exc
+        await self._check_plugins(worker)
 
     async def _check_plugins(self, worker: Worker) -> None:
         """A benchmark of a worker that failed to load a plugin would measure nothing: refuse it."""
@@ -203,16 +193,3 @@ class BenchEnv:
         code = await worker.stop()
         self.workers.remove(worker)
         return code
-
-
-def _spawn_worker(config_path: Path, log_path: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    """``python -m service worker --config config_path``, its output going to ``log_path``."""
-    with log_path.open("wb") as log:
-        return subprocess.Popen(
-            [sys.executable, "-m", "service", "worker", "--config", str(config_path)],
-            cwd=REPO_ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )

@@ -12,7 +12,6 @@ import asyncio
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from service.client import JobClient
 from service.embedded import EmbeddedRedis
 from service.errors import ConfigError
 from service.settings import Settings, load_settings
+from service.spawn import spawn_worker
 
 __all__ = ["DEMO_JOBS", "run_up"]
 
@@ -84,8 +84,7 @@ def _start_worker(settings: Settings, config: Path | None, *, verbose: bool) -> 
     env = {**os.environ, "ACTIONQ_REDIS_URL": str(settings.redis_url), "ACTIONQ_NAMESPACE": settings.namespace}
     if not verbose:
         env["ACTIONQ_LOG_LEVEL"] = "WARNING"  # keep the demo's table readable; --verbose shows job logs
-    command = [sys.executable, "-m", "service", "worker"] + (["--config", str(config)] if config else [])
-    return subprocess.Popen(command, env=env, start_new_session=True)
+    return spawn_worker(config, env, new_session=True)
 
 
 def _stop_worker(worker: subprocess.Popen[bytes]) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Generator, Iterator
@@ -34,6 +33,7 @@ from service.client import JobClient
 from service.embedded import EmbeddedRedis, find_server_binary
 from service.errors import ConfigError
 from service.keys import Keys
+from service.spawn import has_pid, spawn_worker
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 INTEGRATION_DIR = REPO_ROOT / "tests" / "integration"
@@ -281,15 +281,7 @@ class _Workers:
             **(env or {}),
         }
         log_path = self.tmp_path / f"worker-{n}.log"
-        with log_path.open("wb") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "service", "worker", "--config", str(config_path)],
-                cwd=REPO_ROOT,
-                env=child_env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+        proc = spawn_worker(config_path, child_env, log_path=log_path, cwd=REPO_ROOT)
         worker = WorkerProc(proc=proc, log_path=log_path, config_path=config_path)
         self.started.append(worker)
         if wait:
@@ -302,9 +294,8 @@ class _Workers:
         client = redis_sync.Redis.from_url(self.url)
         deadline = time.monotonic() + timeout
         try:
-            marker = f"-{worker.pid}-".encode()
             # The sync client's return types are a union with Awaitable; this one is a list.
-            while not any(marker in member for member in client.zrange(key, 0, -1)):  # type: ignore[union-attr]
+            while not has_pid(client.zrange(key, 0, -1), worker.pid):  # type: ignore[arg-type]
                 if not worker.running:
                     pytest.fail(
                         f"worker {worker.pid} exited with {worker.proc.returncode} before registering:\n"

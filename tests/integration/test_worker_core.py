@@ -10,11 +10,15 @@ import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import pytest
 import yaml
+from redis.asyncio import Redis
 
 from service import JobClient, JobHandle, JobState
 from service.claims import Claims
+from service.keys import Keys
 from service.models import now_ms
+from service.spawn import WorkerStartError, has_pid, spawn_worker, wait_registered
 from tests.conftest import FAST, REPO_ROOT, WorkerFactory, bundled_plugins_config, fixture_plugin
 
 RELIABILITY = fixture_plugin("reliability")
@@ -174,3 +178,17 @@ async def test_one_take_of_thousands_of_jobs(client: JobClient) -> None:
     assert {job.status for job in take.jobs} == {"run"}
     scores = await client.redis.zrange(client.keys.queue("PluginB"), 0, -1, withscores=True)
     assert min(score for _, score in scores) > now_ms()  # every one out of the ready window
+
+
+async def test_waiting_for_a_worker_that_exits_says_so(
+    redis: Redis, redis_url: str, namespace: str, tmp_path: Path
+) -> None:
+    config = tmp_path / "config.yml"
+    config.write_text("no_such_setting: 1\n")  # the worker refuses it and exits
+    env = {**os.environ, "ACTIONQ_REDIS_URL": redis_url, "ACTIONQ_NAMESPACE": namespace}
+    proc = spawn_worker(config, env, log_path=tmp_path / "worker.log", cwd=REPO_ROOT)
+    with pytest.raises(WorkerStartError, match=f"worker {proc.pid} exited with [1-9]"):
+        await wait_registered(redis, Keys(namespace), proc, timeout_s=30)
+    assert "no_such_setting" in (tmp_path / "worker.log").read_text()
+    assert not has_pid([f"vm-{proc.pid}1-abc", f"vm-1{proc.pid}-abc"], proc.pid)
+    assert has_pid([b"a", f"vm-{proc.pid}-abc".encode()], proc.pid)
