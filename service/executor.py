@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -40,6 +41,10 @@ __all__ = ["Executor", "Outcome"]
 
 log = structlog.get_logger("actionq.executor")
 
+# Cancel pushes for jobs not (yet) running here are kept this long, and this many at most.
+_EARLY_CANCEL_S = 30.0
+_EARLY_CANCELS_MAX = 10_000
+
 # A job started this often never finished (each start killed its worker, say): fail it, stop the loop.
 MAX_STARTS = 1000
 
@@ -64,12 +69,32 @@ class Executor:
         self.dead_letters = dead_letters or DeadLetterStore(store.redis, store.keys, ttl_s=settings.dead_letter_ttl_s)
         self.settler = Settler(store.redis, store.keys)
         self._tokens: dict[str, CancellationToken] = {}
+        self._early_cancels: dict[str, tuple[str, float]] = {}  # job id -> (reason, when)
         self.events = JobEvents(notify, worker_id)
 
     def cancel(self, job_id: str, reason: str) -> bool:
-        """Set the token of ``job_id`` if it runs here; True if this worker acted on it."""
+        """Set the token of ``job_id`` if it runs here; True if this worker acted on it.
+
+        A push for a job this worker has no token for yet is remembered for a while: the job may
+        have been taken (or handed over) before the cancel, and be about to start here. The
+        durable flag the take reads cannot cover that gap; this does.
+        """
         token = self._tokens.get(job_id)
-        return token is not None and token.cancel(reason)
+        if token is not None:
+            return token.cancel(reason)
+        now = time.monotonic()
+        if len(self._early_cancels) >= _EARLY_CANCELS_MAX:
+            self._early_cancels = {j: (r, t) for j, (r, t) in self._early_cancels.items() if now - t < _EARLY_CANCEL_S}
+        if len(self._early_cancels) < _EARLY_CANCELS_MAX:
+            self._early_cancels[job_id] = (reason, now)
+        return False
+
+    def _new_token(self, job_id: str) -> CancellationToken:
+        token = self._tokens[job_id] = CancellationToken(asyncio.get_running_loop())
+        early = self._early_cancels.pop(job_id, None)
+        if early is not None and time.monotonic() - early[1] < _EARLY_CANCEL_S:
+            token.cancel(early[0])
+        return token
 
     async def run(self, job: TakenJob) -> Outcome | None:
         """Run one attempt of a job the take script started, and settle it.
@@ -118,7 +143,7 @@ class Executor:
 
     async def _run_request(self, job: TakenJob, request: JobRequest) -> Outcome:
         job_id, attempt = job.job_id, job.attempt
-        token = self._tokens[job_id] = CancellationToken(asyncio.get_running_loop())
+        token = self._new_token(job_id)
         try:
             started_at = now_ms()
             if job.cancel_reason:

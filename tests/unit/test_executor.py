@@ -161,3 +161,17 @@ async def test_cancellation_by_shutdown_requeues_the_record(rig: Rig) -> None:
 async def test_sync_action_runs_in_a_thread_with_the_job_context(rig: Rig) -> None:
     record = await _run(rig, "long_running", "blocking_sleep", {"seconds": 0.01})
     assert (record.state, record.result) == (JobState.SUCCEEDED, 0.01)
+
+
+async def test_a_cancel_push_that_arrives_before_the_job_starts_here_still_cancels_it(rig: Rig) -> None:
+    # Taken (or handed over) before the cancel set its durable flag, the push beat the start.
+    job = await rig.submit("long_running", "count_slowly", {"steps": 100, "delay_s": 0.05})
+    taken = await take_job(rig.client, job)
+    assert taken.cancel_reason == ""
+    assert not rig.executor.cancel(job, "stop early")  # no token yet: remembered, not lost
+    assert not rig.executor.cancel("someone-elses-job", "not ours")
+    async with asyncio.timeout(5):
+        outcome = await rig.executor.run(taken)
+    assert outcome is not None
+    assert outcome.state is JobState.CANCELLED
+    assert "stop early" in (await rig.client.job(job).record()).error.message
