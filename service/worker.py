@@ -71,6 +71,7 @@ class ActionWorker(Worker):
         self._next_due_ms: int | None = None
         self._saturated = False
         self._chores: set[asyncio.Task[None]] = set()
+        self._closing = False
         super().__init__(queue_name=self.queues[0], redis_pool=redis_pool, **kwargs)
 
     def set_queues(self, queues: list[str]) -> None:
@@ -91,6 +92,7 @@ class ActionWorker(Worker):
                 await self._poll_iteration()
                 await self._wait_for_work()
         finally:
+            self._closing = True  # a job handed over from now on goes back to its queue
             await self.claims.stop(renewer)
             with contextlib.suppress(RedisError, OSError):
                 await self.claims.unregister(self.queues)
@@ -156,9 +158,10 @@ class ActionWorker(Worker):
     def adopt(self, job: TakenJob) -> None:
         """Run a job a submit handed straight to this worker (see :data:`service.store._CREATE`)."""
         self.claims.handed(job)  # the next look lists this worker as idle again (see _done)
-        if self.allow_pick_jobs and self.job_counter < self.max_jobs and job.queue in self.queues:
+        runnable = self.allow_pick_jobs and not self._closing and self.job_counter < self.max_jobs
+        if runnable and job.queue in self.queues:
             self._launch(job)
-        else:  # paused, full, or the plugin just went: back to its queue, ready, for another worker
+        else:  # paused, stopping, full, or the plugin just went: back to its queue, ready, for another worker
             self._background(self._give_back(job), f"actionq-give-back-{job.job_id}")
 
     async def _give_back(self, job: TakenJob) -> None:

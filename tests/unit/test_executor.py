@@ -174,4 +174,6 @@ async def test_a_cancel_push_that_arrives_before_the_job_starts_here_still_cance
         outcome = await rig.executor.run(taken)
     assert outcome is not None
     assert outcome.state is JobState.CANCELLED
-    assert "stop early" in (await rig.client.job(job).record()).error.message
+    error = (await rig.client.job(job).record()).error
+    assert error is not None
+    assert "stop early" in error.message
