@@ -9,7 +9,7 @@ across all of its queues, in one round trip:
 * for each ready job it sets arq's in-progress key (``SET NX PX lease``, so arq's ``Job.status()``
   still says ``in_progress``) and reads the record (``HMGET``);
 * it starts the attempt in the record (``HSET`` running, attempt + 1, worker, seq + 1) and
-  publishes the state message, exactly like a state transition;
+  publishes the state message if someone follows the job, exactly like a state transition;
 * and it moves the taken jobs' scores to ``now + lease`` (one ``ZADD XX`` per queue): a running
   job stays in its queue, as in arq, but out of the ready window, so no worker reads it again.
 
@@ -44,10 +44,11 @@ __all__ = ["IDLE_TTL_S", "Claims", "TakenJob", "handed_job"]
 log = structlog.get_logger("actionq.worker")
 
 # KEYS: the queues. ARGV: now ms, how many to take at most, lease ms, worker id, the key prefixes
-# (arq job id, in-progress key, record, job channel), then the idle registration: this worker's
-# state ('none', 'fresh' or 'stale'), its TTL ms and the idle and queue key prefixes. Returns
-# {next due score or -1, registered (0/1), then per job: {arq id, queue index, status, attempt,
-# request, cancel reason, enqueued at}}.
+# (arq job id, in-progress key, record, job channel), then the listing: how this worker is listed
+# ('none', 'idle' or 'wake'), the listing TTL ms (0: do not list), the idle and queue key prefixes,
+# whether the listing is fresh ('1'), whether nothing runs here ('1'), then the queues whose listing
+# a submit used up. Returns {next due score or -1, how it is listed now, then per job: {arq id,
+# queue index, status, attempt, request, cancel reason, enqueued at}}.
 _TAKE = """
 local now, limit, lease = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local worker, id_prefix, lease_prefix, rec_prefix, ch_prefix = ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
@@ -57,7 +58,7 @@ local function start(q, qi, aid)
   local jid = string.sub(aid, #id_prefix + 1)
   local rec = rec_prefix .. jid
   local r = redis.call('HMGET', rec, 'state', 'attempt', 'seq', 'cancel_requested', 'request', 'expires_at_ms',
-    'enqueued_at_ms')
+    'enqueued_at_ms', 'watched')
   if not r[1] or terminal[r[1]] then
     redis.call('ZREM', q, aid)
     redis.call('DEL', lease_prefix .. aid)
@@ -67,8 +68,10 @@ local function start(q, qi, aid)
   if r[6] and tonumber(r[6]) < now then return {aid, qi, 'expired', attempt - 1, r[5] or '', '', r[7] or 0} end
   redis.call('HSET', rec, 'state', 'running', 'attempt', attempt, 'worker', worker, 'started_at_ms', ARGV[1],
     'seq', seq)
-  redis.call('PUBLISH', ch_prefix .. jid, '{"type":"state","job_id":"' .. jid ..
-    '","state":"running","attempt":' .. attempt .. ',"seq":' .. seq .. '}')
+  if r[8] then  -- someone follows the job (see service.store._READ)
+    redis.call('PUBLISH', ch_prefix .. jid, '{"type":"state","job_id":"' .. jid ..
+      '","state":"running","attempt":' .. attempt .. ',"seq":' .. seq .. '}')
+  end
   return {aid, qi, 'run', attempt, r[5] or '', r[4] or '', r[7] or 0}
 end
 for qi, q in ipairs(KEYS) do
@@ -100,24 +103,31 @@ for qi, q in ipairs(KEYS) do
     redis.call('ZADD', q, 'XX', unpack(bumped, i, math.min(i + 999, #bumped)))
   end
 end
--- Idle registration: a worker with nothing to do (nothing running, nothing taken now) is listed in
--- each queue's idle set, so that a submit can hand it a job at once; a busy one is taken off (under
--- load, batched takes beat handoffs one by one). Refreshed only when stale.
-local registered, want = ARGV[9], taken == 0 and tonumber(ARGV[10]) > 0
-if (want and registered ~= 'fresh') or (not want and registered ~= 'none') then
-  local ttl, idle_prefix, queue_prefix = tonumber(ARGV[10]), ARGV[11], ARGV[12]
+-- Listing: a worker with free slots that took nothing, or not enough to fill them, waits for work
+-- and lists itself in each of its queues' idle sets, so that a submit finds it: as itself when
+-- nothing runs here (the submit hands it the job), as '~' .. itself when jobs run (the submit wakes
+-- it, once: a busy worker takes new work in batches). A full worker is not listed: it looks again
+-- when a slot frees up. Renewed when stale, when the kind changes, and where a submit used it up.
+local cur, ttl, idle_prefix, queue_prefix = ARGV[9], tonumber(ARGV[10]), ARGV[11], ARGV[12]
+local want = 'none'
+if ttl > 0 and taken < limit then want = (taken == 0 and ARGV[14] == '1') and 'idle' or 'wake' end
+local renew, used = want ~= cur or ARGV[13] ~= '1', {}
+for i = 15, #ARGV do used[ARGV[i]] = true end
+local function member(kind) return kind == 'idle' and worker or '~' .. worker end
+if renew or #ARGV >= 15 then
   for _, q in ipairs(KEYS) do
-    local idle = idle_prefix .. string.sub(q, #queue_prefix + 1)
-    if want then
-      redis.call('ZREMRANGEBYSCORE', idle, '-inf', now)
-      redis.call('ZADD', idle, now + ttl, worker)
-      redis.call('PEXPIRE', idle, ttl)
-    else
-      redis.call('ZREM', idle, worker)
+    local set = idle_prefix .. string.sub(q, #queue_prefix + 1)
+    if want == 'none' then
+      if cur ~= 'none' then redis.call('ZREM', set, worker, '~' .. worker) end
+    elseif renew or used[q] then
+      if cur == 'none' then redis.call('ZREMRANGEBYSCORE', set, '-inf', now) end
+      if cur ~= 'none' and cur ~= want then redis.call('ZREM', set, member(cur)) end
+      redis.call('ZADD', set, now + ttl, member(want))
+      redis.call('PEXPIRE', set, ttl)
     end
   end
 end
-out[1], out[2] = due, want and 1 or 0
+out[1], out[2] = due, want
 return out
 """
 
@@ -126,6 +136,7 @@ return out
 IDLE_TTL_S = 10.0
 
 TakeStatus = Literal["run", "expired", "missing", "ended"]
+Listing = Literal["none", "idle", "wake"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,57 +173,60 @@ class Claims:
         self.lease_ms = int(lease_s * 1000)
         self._held: dict[str, str] = {}  # arq job id -> queue
         self._take = redis.register_script(_TAKE)
-        self._registered_at = 0  # when this worker last listed itself as idle (0: it is not listed)
+        self._listing: Listing = "none"  # how this worker is listed in its queues' idle sets
+        self._listed_at = 0  # when the listing was last renewed everywhere
+        self._used: set[str] = set()  # queues whose listing a submit used up (a handoff, a wake-up)
 
     @property
     def held(self) -> frozenset[str]:
         """The arq job ids this worker holds a lease on."""
         return frozenset(self._held)
 
-    async def take(self, queues: list[str], now_ms: int, limit: int, *, idle: bool = False) -> Take:
+    async def take(
+        self, queues: list[str], now_ms: int, limit: int, *, advertise: bool = False, idle: bool = False
+    ) -> Take:
         """Claim and start up to ``limit`` ready jobs from ``queues`` (earlier queues first).
 
-        ``idle``: nothing runs here; if nothing is taken either, list this worker as idle.
+        ``advertise``: then list this worker where submits find it, if slots are still free: as
+        idle (``idle``: nothing runs here, and nothing was taken) or as one to wake.
         """
         keys = self.keys
         args: list[str | int] = [now_ms, max(limit, 0), self.lease_ms, self.worker_id, keys.arq_job_id_prefix()]
         args += [ARQ_IN_PROGRESS_PREFIX, keys.job_prefix(), keys.job_channel_prefix()]
-        registration = self._registration()
-        ttl_ms = int(IDLE_TTL_S * 1000) if idle else 0
-        args += [registration, ttl_ms, keys.idle_prefix(), keys.queue_prefix()]
+        used = self._used & set(queues)
+        fresh = now_ms - self._listed_at < IDLE_TTL_S * 500
+        ttl_ms = int(IDLE_TTL_S * 1000) if advertise else 0
+        args += [self._listing, ttl_ms, keys.idle_prefix(), keys.queue_prefix(), int(fresh), int(idle), *used]
         reply = await self._take(keys=queues, args=args)
         due = int(float(reply[0]))
-        if not reply[1]:
-            self._registered_at = 0
-        elif registration != "fresh":
-            self._registered_at = now_ms
-        jobs = []
-        for aid, qi, status, attempt, request, cancel, enqueued in reply[2:]:
-            arq_id = _text(aid)
-            job = TakenJob(
-                job_id=keys.job_id_from_arq(arq_id),
-                arq_job_id=arq_id,
-                queue=queues[int(qi) - 1],
-                status=_text(status),  # type: ignore[arg-type]
-                attempt=int(attempt),
-                request=request if isinstance(request, bytes) else str(request).encode(),
-                cancel_reason=_text(cancel),
-                enqueued_at_ms=int(enqueued),
-            )
-            if job.status in ("run", "expired"):
-                self._held[arq_id] = job.queue
-            jobs.append(job)
+        listing: Listing = _text(reply[1])  # type: ignore[assignment]
+        if listing != self._listing or not fresh:
+            self._listing, self._listed_at = listing, now_ms
+        self._used -= used
+        jobs = [self._taken(queues, *job) for job in reply[2:]]
         return Take(jobs, due if due >= 0 else None)
+
+    def _taken(self, queues: list[str], *reply: bytes | int) -> TakenJob:
+        aid, qi, status, attempt, request, cancel, enqueued = reply
+        arq_id = _text(aid)
+        job = TakenJob(
+            job_id=self.keys.job_id_from_arq(arq_id),
+            arq_job_id=arq_id,
+            queue=queues[int(qi) - 1],
+            status=_text(status),  # type: ignore[arg-type]
+            attempt=int(attempt),
+            request=request if isinstance(request, bytes) else str(request).encode(),
+            cancel_reason=_text(cancel),
+            enqueued_at_ms=int(enqueued),
+        )
+        if job.status in ("run", "expired"):
+            self._held[arq_id] = job.queue
+        return job
 
     @property
     def listed(self) -> bool:
-        """True while this worker's idle listing is fresh (a handoff uses it up)."""
-        return self._registration() == "fresh"
-
-    def _registration(self) -> str:
-        if not self._registered_at:
-            return "none"
-        return "fresh" if now_ms() - self._registered_at < IDLE_TTL_S * 500 else "stale"
+        """True while this worker is listed as idle everywhere (a handoff uses a listing up)."""
+        return self._listing == "idle" and not self._used and now_ms() - self._listed_at < IDLE_TTL_S * 500
 
     def handed(self, job: TakenJob) -> None:
         """A submit handed ``job`` to this worker (already claimed): hold its lease.
@@ -220,17 +234,21 @@ class Claims:
         The submit also took this worker off that queue's idle set: the next take lists it again.
         """
         self._held[job.arq_job_id] = job.queue
-        self._registered_at = 1  # stale: refreshed by the next take
+        self._used.add(job.queue)
+
+    def woken(self, queue: str) -> None:
+        """A submit to ``queue`` woke this worker (and took it off that queue's idle set)."""
+        self._used.add(queue)
 
     async def unregister(self, queues: list[str]) -> None:
-        """Leave the idle sets (pausing, draining, stopping): submits no longer hand jobs here."""
-        if not self._registered_at:
+        """Leave the idle sets (pausing, draining, stopping): submits no longer find this worker."""
+        if self._listing == "none":
             return
         async with self.redis.pipeline(transaction=False) as pipe:
             for queue in queues:
-                pipe.zrem(self.keys.idle_workers(queue), self.worker_id)
+                pipe.zrem(self.keys.idle_workers(queue), self.worker_id, "~" + self.worker_id)
             await pipe.execute()
-        self._registered_at = 0
+        self._listing = "none"
 
     def release(self, arq_job_id: str) -> None:
         """Forget a lease (the job's settle deleted its key and took it out of the ready window)."""

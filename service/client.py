@@ -130,6 +130,7 @@ class JobClient:
         retry: RetryOverride | Mapping[str, Any] | None = None,
         expires_s: float | None = None,
         host: str = "any",
+        watch: bool = False,
         validate: bool = True,
     ) -> JobHandle:
         """Submit ``plugin.action(**params)`` and return a handle to follow it.
@@ -138,7 +139,9 @@ class JobClient:
         positional values or a single value, bound to the declared arguments in order.
         ``host`` is ``"any"``, ``"local"`` (this machine) or a hostname. ``validate=False``
         skips the registry check, for submitting before any worker is up: the worker then
-        validates, and a bad job fails there with the same error.
+        validates, and a bad job fails there with the same error. ``watch=True`` publishes the
+        job's changes on its channel from the start, for a raw subscriber that subscribed before
+        this call (the handle's :meth:`~JobHandle.wait` and :meth:`~JobHandle.progress` need no flag).
         """
         options = self._options(
             job_id=job_id,
@@ -150,6 +153,7 @@ class JobClient:
             host=self.settings.hostname if host == "local" else host,
             retry=retry,
             expires_s=expires_s,
+            watch=watch,
         )
         manifest = await self._manifest(plugin) if validate else None
         checked = self._check_params(manifest, plugin, action, params)
@@ -177,17 +181,16 @@ class JobClient:
         score = opts.at_ms if opts.at_ms is not None else now + int((opts.defer_s or 0) * 1000)
         body = request.model_dump_json()
         check_size(f"job {job_id}", body.encode(), self.settings.max_payload_bytes)
-        lifetime_s = max(0, (score - now) // 1000) + self.settings.pending_ttl_s
         created = await self.store.create(
             job_id,
             body,
             queue=self.keys.queue(request.plugin, opts.queue, None if opts.host == "any" else opts.host),
             now_ms=now,
             score_ms=score,
-            record_ttl_s=lifetime_s,
             # The queue-wait limit: a worker that takes the job after this fails it instead.
             expires_at_ms=score + int(opts.expires_s * 1000) if opts.expires_s else None,
             fresh_id=opts.job_id is None,
+            watch=opts.watch,
             lease_ms=int(self.settings.lease_s * 1000),
         )
         existing = created.existing_request

@@ -104,8 +104,8 @@ class DeadLetterStore:
     async def replay(self, job_id: str, *, new_id: bool = False) -> JobHandle:
         """Submit the dead job again as a fresh attempt series; the letter is removed.
 
-        Same job id by default: the old (failed) record is replaced. ``new_id=True`` leaves the old
-        record as it is and gives the replay a new random id.
+        Same job id by default: the old (failed) record, and arq's result that holds it, are
+        replaced. ``new_id=True`` leaves the old record as it is and gives the replay a new random id.
         """
         if self._client is None:
             raise RuntimeError("replay needs a store obtained from a JobClient (client.dead)")
@@ -114,7 +114,7 @@ class DeadLetterStore:
         request = letter.request.model_copy(update={"options": options})
         if not new_id:
             with broker_errors(f"replacing the record of {job_id}"):
-                await self.redis.delete(self.keys.job(job_id))
+                await self.redis.delete(self.keys.job(job_id), self.keys.arq_result(job_id))
         handle = await self._client.submit_request(request)
         await self.purge([job_id])
         return handle

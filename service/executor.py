@@ -317,7 +317,9 @@ class Executor:
         )
         seq = await self.settler.settle(settlement)
         if seq == -1:
-            log.warning("job_record_missing", reason="the record expired while the job ran; outcome not kept")
+            log.warning(
+                "job_outcome_not_kept", reason="the job's live record is gone (it ended elsewhere, or was deleted)"
+            )
         elif seq == -2:
             log.info("job_outcome_not_kept", reason="the job already ended (it was cancelled meanwhile)")
 

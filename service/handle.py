@@ -41,9 +41,13 @@ class JobHandle:
     def __repr__(self) -> str:
         return f"JobHandle(job_id={self.job_id!r}, created={self.created})"
 
-    async def record(self) -> JobRecord:
-        """The job's current record; :class:`JobNotFoundError` if it has none."""
-        record = await self.client.store.get(self.job_id)
+    async def record(self, *, watch: bool = False) -> JobRecord:
+        """The job's current record; :class:`JobNotFoundError` if it has none.
+
+        ``watch``: from now on the job's changes are published on its channel (its followers,
+        :meth:`wait` and :meth:`progress`, subscribe first, then read with ``watch``).
+        """
+        record = await self.client.store.get(self.job_id, watch=watch)
         if record is None:
             raise JobNotFoundError(self.job_id)
         return record
@@ -63,7 +67,7 @@ class JobHandle:
         deadline = None if timeout is None else loop.time() + timeout
         channel = self.client.keys.job_channel(self.job_id)
         async with self.client.pubsub.subscribe(channel) as sub:
-            record = await self.record()
+            record = await self.record(watch=True)
             while not record.is_terminal:
                 remaining = None if deadline is None else deadline - loop.time()
                 if remaining is not None and remaining <= 0:
@@ -84,7 +88,7 @@ class JobHandle:
         """
         channel = self.client.keys.job_channel(self.job_id)
         async with self.client.pubsub.subscribe(channel) as sub:
-            snap = _snapshot(await self.record())
+            snap = _snapshot(await self.record(watch=True))
             yield snap
             while not snap.state.is_terminal:
                 message = await sub.get(_RECHECK_S)

@@ -148,6 +148,11 @@ class JobOptions(_Model):
         description='"any" worker serving the plugin, or a hostname: only workers on that host take it '
         '("local" is resolved to the submitting host by the client).',
     )
+    watch: bool = Field(
+        default=False,
+        description="Publish the job's changes on its channel from the start, for a subscriber that subscribed "
+        "before the submit (the client's followers mark the job themselves when they start following).",
+    )
 
     @field_validator("host")
     @classmethod

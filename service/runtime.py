@@ -231,7 +231,14 @@ class WorkerRuntime:
             self.wake.set()
 
     def _on_handoff(self, message: bytes) -> None:
-        """A submit handed a job straight to this worker (it was listed as idle): run it now."""
+        """A submit handed a job straight to this worker (it was listed as idle): run it now.
+
+        A bare queue name instead: a submit to that queue woke this busy worker (it had room).
+        """
+        if b"\n" not in message:
+            if self.commands.puller is not None:
+                self.commands.puller.woken(message.decode(errors="replace"))
+            return
         try:
             job = handed_job(message, self.keys)
         except ValueError as exc:  # also a bad UTF-8 or a foreign namespace

@@ -80,7 +80,9 @@ class Settings(BaseSettings):
     max_timeout_s: float = Field(default=3600, gt=0, description="Largest timeout a job may ask for.")
     result_ttl_s: int = Field(default=86_400, gt=0, description="How long a finished job's record is kept.")
     pending_ttl_s: int = Field(
-        default=7 * 86_400, gt=0, description="Lifetime of an unfinished job's record past its run-at time."
+        default=7 * 86_400,
+        gt=0,
+        description="Lifetime of a running job's checkpoint and output stream past their last write.",
     )
     heartbeat_s: float = Field(default=5, gt=0, le=300, description="Worker and registry heartbeat interval.")
     retry: RetryPolicy = Field(

@@ -1,9 +1,14 @@
 """Settling jobs: whatever ended, retries or goes back to its queue, written in one script per batch.
 
-When an attempt is over, four things change together: the record (state, fields, seq, TTL) with
-its state message on the job channel; arq's result key (so ``Job.result()`` works); the queue
-entry (removed, or moved to the retry time); and the lease (arq's in-progress key, deleted).
-arq does the last three in one MULTI/EXEC per job and our record took another round trip.
+When an attempt is over, four things change together: the record (state, fields, seq) with its
+state message on the job channel; arq's result key (so ``Job.result()`` works); the queue entry
+(removed, or moved to the retry time); and the lease (arq's in-progress key, deleted). arq does the
+last three in one MULTI/EXEC per job and our record took another round trip.
+
+A job that ended keeps one key, not two: its final record goes into arq's result (one ``SET`` with
+the result TTL, under ``"actionq"``) and the record hash is deleted, so the final write costs a read
+and a write. :meth:`service.store.JobStore.get` reads either form. A job that goes back to its queue
+(retry, requeue) keeps its hash, updated in place.
 
 Here every settlement made while a batch is in flight waits for the next one: :class:`Settler`
 buffers them and sends each batch as one ``EVALSHA`` of :data:`_SETTLE` (one round trip and one
@@ -11,8 +16,8 @@ buffers them and sends each batch as one ``EVALSHA`` of :data:`_SETTLE` (one rou
 job into a fraction of one; alone, a job's settlement goes out at once (no timer, no added wait).
 The caller awaits its own settlement, so "settled" means "written".
 
-A record that ended meanwhile (cancelled while the attempt ran) is left as it is (seq ``-2``), a
-missing one (expired) is not recreated (seq ``-1``); either way the job leaves its queue.
+A record that ended meanwhile is left as it is (seq ``-2``), a missing one (it ended elsewhere, or
+was deleted) is not recreated (seq ``-1``); either way the job leaves its queue.
 """
 
 from __future__ import annotations
@@ -36,24 +41,41 @@ _BATCH = 500
 
 # ARGV[1]: a JSON list of settlements, each {k: record, c: channel, m: message without its seq,
 # s: state, f: [field, value, ...], t: record TTL s ("0": keep), q: queue, a: arq id, l: lease key,
-# z: new queue score (retry / requeue; absent: leave the queue), r: arq result, rk: its key,
-# rt: its TTL ms, d: other keys to delete}. Returns the new seq of each (-1 missing, -2 ended).
+# z: new queue score (retry / requeue; absent: leave the queue), r: arq result (a JSON object),
+# rk: its key, rt: its TTL ms, d: other keys to delete}. Returns the new seq of each (-1 missing,
+# -2 ended). A job that ended (``r`` given) leaves its record hash: the final record goes into arq's
+# result, under "actionq" (less its request, which arq's kwargs hold), and the hash is deleted.
+# The state message goes out only if someone follows the job (the record's ``watched``).
 _SETTLE = """
 local terminal = {succeeded=true, failed=true, timed_out=true, cancelled=true}
 local ops = cjson.decode(ARGV[1])
 local seqs, gone, dels = {}, {}, {}
+local function final(op)
+  local h = redis.call('HGETALL', op.k)
+  if #h == 0 then return -1, nil end
+  local rec = {}
+  for j = 1, #h, 2 do rec[h[j]] = h[j + 1] end
+  if terminal[rec.state] then return -2, nil end
+  local seq = tonumber(rec.seq or '0') + 1
+  rec.state, rec.seq, rec.request = op.s, tostring(seq), nil
+  for j = 1, #op.f, 2 do rec[op.f[j]] = op.f[j + 1] end
+  redis.call('SET', op.rk, string.sub(op.r, 1, -2) .. ',"actionq":' .. cjson.encode(rec) .. '}', 'PX', op.rt)
+  dels[#dels + 1] = op.k
+  return seq, rec.watched
+end
+local function step(op)
+  local r = redis.call('HMGET', op.k, 'state', 'seq', 'watched')
+  if not r[1] then return -1, nil end
+  if terminal[r[1]] then return -2, nil end
+  local seq = tonumber(r[2] or '0') + 1
+  redis.call('HSET', op.k, 'state', op.s, 'seq', seq, unpack(op.f))
+  if op.t ~= '0' then redis.call('EXPIRE', op.k, op.t) end
+  return seq, r[3]
+end
 for i, op in ipairs(ops) do
-  local r = redis.call('HMGET', op.k, 'state', 'seq')
-  local seq = -1
-  if r[1] and terminal[r[1]] then
-    seq = -2
-  elseif r[1] then
-    seq = tonumber(r[2] or '0') + 1
-    redis.call('HSET', op.k, 'state', op.s, 'seq', seq, unpack(op.f))
-    if op.t ~= '0' then redis.call('EXPIRE', op.k, op.t) end
-    redis.call('PUBLISH', op.c, op.m .. seq .. '}')
-    if op.r then redis.call('SET', op.rk, op.r, 'PX', op.rt) end
-  end
+  local seq, watched
+  if op.r then seq, watched = final(op) else seq, watched = step(op) end
+  if watched then redis.call('PUBLISH', op.c, op.m .. seq .. '}') end
   seqs[i] = seq
   if op.z and seq > 0 then
     redis.call('ZADD', op.q, op.z, op.a)

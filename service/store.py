@@ -15,11 +15,13 @@ Job channel messages (JSON)::
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from redis.asyncio import Redis
 
 from service.broker import broker_errors
+from service.errors import BrokerError
 from service.keys import Keys
 from service.models import AttemptInfo, ErrorInfo, JobRecord, JobRequest, JobState, ProgressUpdate
 from service.wire import WireError, loads
@@ -27,51 +29,86 @@ from service.wire import WireError, loads
 __all__ = ["CreateResult", "JobStore", "state_message_prefix"]
 
 # Atomic submit: the record and the queue entry appear together or not at all, and an existing
-# record (same idempotency key) is returned instead of enqueuing twice. ``check`` is '0' for an id
-# the client generated (a fresh uuid4 cannot exist: the check is skipped, one command saved).
+# job (same idempotency key: its record, or its final record in arq's result) is returned instead
+# of enqueuing twice. ``check`` is '0' for an id the client generated (a fresh uuid4 cannot exist:
+# the check is skipped, two commands saved). The record has no TTL while its job is live (it is in
+# its queue); it gets one when the job ends.
 # A job that is ready now and finds an idle worker for its queue is handed to it at once: claimed
 # and started here, exactly as the worker's take script would (:mod:`service.claims`), and sent
-# on the worker's channel, which saves the worker a round trip (:mod:`service.handoff`).
-# KEYS: record, queue, idle workers, in-progress key, job channel.
+# on the worker's channel, which saves the worker a round trip. A busy worker with room, listed as
+# '~' .. its id, is woken instead (once; it lists itself again after its next take). With nobody
+# listed, every worker of the queue is busy or full and looks again when it can: nothing is sent.
+# A handed job's "running" message is published only if the submit asked for ``watch`` (nobody
+# else can follow a job that did not exist yet).
+# KEYS: record, queue, idle workers, in-progress key, arq result, job channel.
 _CREATE = """
-local request, now, score, ttl, aid, wake, check, lease, worker_prefix, jid =
+local request, now, score, aid, wake, check, lease, worker_prefix, watched, jid =
   ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10]
-if check == '1' and redis.call('EXISTS', KEYS[1]) == 1 then
-  return {0, redis.call('HGET', KEYS[1], 'request') or '', redis.call('HGET', KEYS[1], 'state') or ''}
+if check == '1' then
+  local r = redis.call('HMGET', KEYS[1], 'request', 'state')
+  if r[1] then return {0, r[1], r[2] or '', ''} end
+  local done = redis.call('GET', KEYS[5])
+  if done then return {0, '', '', done} end
 end
-local worker = nil
-if tonumber(score) <= tonumber(now) then
+local worker, ready = nil, tonumber(score) <= tonumber(now)
+if ready then
   worker = redis.call('ZRANGEBYSCORE', KEYS[3], now, '+inf', 'LIMIT', 0, 1)[1]
 end
-if worker then
+if worker and string.sub(worker, 1, 1) ~= '~' then
   redis.call('ZREM', KEYS[3], worker)
   redis.call('HSET', KEYS[1], 'state', 'running', 'request', request, 'queue', KEYS[2], 'attempt', 1,
     'enqueued_at_ms', now, 'scheduled_at_ms', score, 'worker', worker, 'started_at_ms', now, 'seq', 1,
     unpack(ARGV, 11))
-  redis.call('EXPIRE', KEYS[1], ttl)
   redis.call('SET', KEYS[4], worker, 'PX', lease)
   redis.call('ZADD', KEYS[2], tonumber(now) + tonumber(lease), aid)
-  redis.call('PUBLISH', KEYS[5], '{"type":"state","job_id":"' .. jid .. '","state":"running","attempt":1,"seq":1}')
+  if watched == '1' then
+    redis.call('PUBLISH', KEYS[6], '{"type":"state","job_id":"' .. jid .. '","state":"running","attempt":1,"seq":1}')
+  end
   redis.call('PUBLISH', worker_prefix .. worker, aid .. '\\n' .. KEYS[2] .. '\\n' .. now .. '\\n' .. request)
   return {1, worker}
 end
 redis.call('HSET', KEYS[1], 'state', 'queued', 'request', request, 'queue', KEYS[2], 'attempt', 0,
   'enqueued_at_ms', now, 'scheduled_at_ms', score, 'seq', 0, unpack(ARGV, 11))
-redis.call('EXPIRE', KEYS[1], ttl)
 redis.call('ZADD', KEYS[2], score, aid)
-redis.call('PUBLISH', wake, KEYS[2])
+if worker then  -- a busy worker with room: woken once, it takes this job (and what follows) in a batch
+  redis.call('ZREM', KEYS[3], worker)
+  redis.call('PUBLISH', worker_prefix .. string.sub(worker, 2), KEYS[2])
+elseif not ready then  -- every worker of the queue looks again, to wait for the right time
+  redis.call('PUBLISH', wake, KEYS[2])
+end
 return {1}
 """
 
 _TERMINAL_LUA = "local terminal = {succeeded=true, failed=true, timed_out=true, cancelled=true}\n"
 
+# Read a record: the hash of a live job, else the final record kept in arq's result. With ARGV[1]
+# '1' the job is marked as followed (``watched``): from then on its state changes and progress are
+# published on its channel (a follower subscribes first, then reads here: nothing is missed).
+# KEYS: record, arq result. Returns {hash fields (flat), final record or false}.
+_READ = """
+local h = redis.call('HGETALL', KEYS[1])
+if #h > 0 then
+  if ARGV[1] == '1' then redis.call('HSET', KEYS[1], 'watched', '1') end
+  return {h, false}
+end
+return {h, redis.call('GET', KEYS[2])}
+"""
+
 # Cancel: a waiting job (queued, or retrying after a backoff) is cancelled here and now and
 # leaves its queue; a running one gets the durable flag and a push to every worker.
+# KEYS: record, job channel, cancel channel, checkpoint, arq result.
 _CANCEL = (
     _TERMINAL_LUA
     + """
-local current = redis.call('HGET', KEYS[1], 'state')
-if not current then return {'missing', ''} end
+local r = redis.call('HMGET', KEYS[1], 'state', 'watched')
+local current = r[1]
+if not current then
+  local done = redis.call('GET', KEYS[5])
+  if not done then return {'missing', ''} end
+  local ok, final = pcall(cjson.decode, done)
+  local state = ok and type(final) == 'table' and type(final.actionq) == 'table' and final.actionq.state
+  return {'finished', type(state) == 'string' and state or ''}
+end
 if terminal[current] then return {'finished', current} end
 if current == 'running' then
   redis.call('HSET', KEYS[1], 'cancel_requested', ARGV[1])
@@ -88,17 +125,19 @@ local ok, request = pcall(cjson.decode, redis.call('HGET', KEYS[1], 'request'))
 local ttl = ok and type(request) == 'table' and type(request.options) == 'table' and request.options.result_ttl_s
 if type(ttl) ~= 'number' then ttl = tonumber(ARGV[3]) end
 redis.call('EXPIRE', KEYS[1], ttl)
-redis.call('PUBLISH', KEYS[2], ARGV[7] .. seq .. '}')
+if r[2] then redis.call('PUBLISH', KEYS[2], ARGV[7] .. seq .. '}') end
 return {'cancelled', current}
 """
 )
 
-# A progress update: only while the job runs (a late update never follows the final state).
+# A progress update: only while the job runs (a late update never follows the final state);
+# published only if someone follows the job.
 _PROGRESS = """
-if redis.call('HGET', KEYS[1], 'state') ~= 'running' then return -1 end
+local r = redis.call('HMGET', KEYS[1], 'state', 'watched')
+if r[1] ~= 'running' then return -1 end
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 redis.call('HSET', KEYS[1], 'progress', ARGV[1])
-redis.call('PUBLISH', KEYS[2], ARGV[2] .. seq .. '}')
+if r[2] then redis.call('PUBLISH', KEYS[2], ARGV[2] .. seq .. '}') end
 return seq
 """
 
@@ -131,6 +170,7 @@ class JobStore:
         self._create = redis.register_script(_CREATE)
         self._progress = redis.register_script(_PROGRESS)
         self._cancel = redis.register_script(_CANCEL)
+        self._read = redis.register_script(_READ)
 
     async def create(
         self,
@@ -140,19 +180,22 @@ class JobStore:
         queue: str,
         now_ms: int,
         score_ms: int,
-        record_ttl_s: int,
         expires_at_ms: int | None = None,
         fresh_id: bool = False,
         lease_ms: int = 3000,
+        watch: bool = False,
     ) -> CreateResult:
         """Write the record and the queue entry atomically, unless the job id is taken.
 
         ``expires_at_ms``: the queue-wait limit; a worker that takes the job later fails it instead.
         ``fresh_id``: the id was just generated (a uuid4), so it cannot be taken; not checked.
         ``lease_ms``: the claim of a job handed straight to an idle worker (the workers' ``lease_s``).
+        ``watch``: the job is followed from the start (its changes are published; see :meth:`get`).
         """
         keys = self.keys
         extra: list[Any] = [] if expires_at_ms is None else ["expires_at_ms", expires_at_ms]
+        if watch:
+            extra += ["watched", "1"]
         with broker_errors(f"submitting job {job_id}"):
             reply = await self._create(
                 keys=[
@@ -160,33 +203,45 @@ class JobStore:
                     queue,
                     keys.idle_workers(queue),
                     keys.arq_in_progress(job_id),
+                    keys.arq_result(job_id),
                     keys.job_channel(job_id),
                 ],
                 args=[
                     request_json,
                     now_ms,
                     score_ms,
-                    record_ttl_s,
                     keys.arq_job_id(job_id),
                     keys.wake_channel(),
                     "0" if fresh_id else "1",
                     lease_ms,
                     keys.worker_channel_prefix(),
+                    "1" if watch else "0",
                     job_id,
                     *extra,
                 ],
             )
         if int(reply[0]) == 1:
             return CreateResult(True, None, None)
+        if reply[3]:  # the job ended: its final record is in arq's result
+            final = parse_final(job_id, reply[3])
+            return CreateResult(False, final.request, final.state)
         existing = JobRequest.model_validate_json(reply[1]) if reply[1] else None
         state = JobState(reply[2].decode()) if reply[2] else None
         return CreateResult(False, existing, state)
 
-    async def get(self, job_id: str) -> JobRecord | None:
-        """The record of ``job_id``, or ``None`` if there is none (never existed or expired)."""
+    async def get(self, job_id: str, *, watch: bool = False) -> JobRecord | None:
+        """The record of ``job_id`` (live or final), or ``None`` if there is none (never existed or expired).
+
+        ``watch``: mark the job as followed, so that its changes are published on its channel
+        from now on (subscribe to the channel first, then read with ``watch=True``).
+        """
         with broker_errors(f"reading job {job_id}"):
-            raw: dict[bytes, bytes] = await self.redis.hgetall(self.keys.job(job_id))  # type: ignore[misc]
-        return parse_record(job_id, raw) if raw else None
+            fields, final = await self._read(
+                keys=[self.keys.job(job_id), self.keys.arq_result(job_id)], args=["1" if watch else "0"]
+            )
+        if fields:
+            return parse_record(job_id, dict(zip(fields[::2], fields[1::2], strict=True)))
+        return parse_final(job_id, final) if final else None
 
     async def cancel(self, job_id: str, *, reason: str, now_ms: int, ttl_s: int) -> tuple[str, str]:
         """Cancel ``job_id``: returns (what happened, the state it was in).
@@ -201,7 +256,13 @@ class JobStore:
         prefix = state_message_prefix(job_id, JobState.CANCELLED, 0)
         with broker_errors(f"cancelling job {job_id}"):
             what, state = await self._cancel(
-                keys=[keys.job(job_id), keys.job_channel(job_id), keys.cancel_channel(), keys.checkpoint(job_id)],
+                keys=[
+                    keys.job(job_id),
+                    keys.job_channel(job_id),
+                    keys.cancel_channel(),
+                    keys.checkpoint(job_id),
+                    keys.arq_result(job_id),
+                ],
                 args=[reason, now_ms, ttl_s, keys.arq_job_id(job_id), error.model_dump_json(), push, prefix],
             )  # fmt: skip
         return what.decode(), state.decode()
@@ -221,12 +282,13 @@ def state_message_prefix(job_id: str, state: JobState, attempt: int) -> str:
     return message[:-1] + ',"seq":'
 
 
-def parse_record(job_id: str, raw: dict[bytes, bytes]) -> JobRecord:
+def parse_record(job_id: str, raw: Mapping[bytes, bytes] | Mapping[str, str]) -> JobRecord:
     """Build a :class:`JobRecord` from the hash fields Redis returned."""
-    fields = {k.decode(): v.decode() for k, v in raw.items()}
     data: dict[str, Any] = {"job_id": job_id}
     attempts = []
-    for name, value in fields.items():
+    for key, raw_value in raw.items():
+        name = key.decode() if isinstance(key, bytes) else key
+        value = raw_value.decode() if isinstance(raw_value, bytes) else raw_value
         if name.startswith("attempt:"):
             attempts.append(AttemptInfo.model_validate_json(value))
         elif name in _INT_FIELDS:
@@ -239,10 +301,21 @@ def parse_record(job_id: str, raw: dict[bytes, bytes]) -> JobRecord:
             data[name] = ErrorInfo.model_validate_json(value)
         elif name == "progress":
             data[name] = ProgressUpdate.model_validate_json(value)
-        else:
+        elif name != "watched":
             data[name] = value
     data["attempts"] = sorted(attempts, key=lambda a: a.attempt)
     return JobRecord.model_validate(data)
+
+
+def parse_final(job_id: str, raw: bytes) -> JobRecord:
+    """The final record of an ended job, from arq's result (see :mod:`service.settle`)."""
+    try:
+        final = json.loads(raw)
+        fields: dict[str, Any] = final["actionq"]
+        fields["request"] = json.dumps(final["k"]["request"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BrokerError(f"the final record of job {job_id} is unreadable: {exc}") from exc
+    return parse_record(job_id, fields)
 
 
 def _json_or_raw(value: str) -> Any:

@@ -146,7 +146,7 @@ class ActionWorker(Worker):
         elif free > 0:
             start = next(self._rotation)  # rotate which queue goes first, for fairness
             queues = self.queues[start:] + self.queues[:start]
-            take = await self.claims.take(queues, timestamp_ms(), free, idle=self.job_counter == 0)
+            take = await self.claims.take(queues, timestamp_ms(), free, advertise=True, idle=self.job_counter == 0)
             self._next_due_ms = take.next_due_ms
             started = [job for job in take.jobs if job.status in ("run", "expired")]
             if len(started) == free:
@@ -163,6 +163,11 @@ class ActionWorker(Worker):
             self._launch(job)
         else:  # paused, stopping, full, or the plugin just went: back to its queue, ready, for another worker
             self._background(self._give_back(job), f"actionq-give-back-{job.job_id}")
+
+    def woken(self, queue: str) -> None:
+        """A submit to ``queue`` found this worker listed as one to wake: look now."""
+        self.claims.woken(queue)
+        self.runtime.wake.set()
 
     async def _give_back(self, job: TakenJob) -> None:
         back = Settlement(job.job_id, job.queue, JobState.QUEUED, job.attempt - 1, {"worker": ""}, score_ms=now_ms())

@@ -109,7 +109,8 @@ async def test_the_channel_speaks_documented_json(
     job_id = "raw-json-1"
     pubsub = redis.pubsub()
     await pubsub.subscribe(client.keys.job_channel(job_id))
-    await client.submit("long_running", "count_slowly", {"steps": 2, "delay_s": 0.05}, job_id=job_id)
+    # Subscribed before the job exists: the submit asks for its changes to be published from the start.
+    await client.submit("long_running", "count_slowly", {"steps": 2, "delay_s": 0.05}, job_id=job_id, watch=True)
     messages: list[dict[str, object]] = []
     async with asyncio.timeout(20):
         while not messages or messages[-1].get("state") not in ("succeeded", "failed"):

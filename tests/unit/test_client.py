@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
+from arq.jobs import deserialize_result
 
 from service.claims import IDLE_TTL_S, Claims, handed_job
 from service.client import JobClient
@@ -58,7 +61,7 @@ async def test_submit_writes_the_record_and_the_queue_entry_together(client: Job
     assert record.request.params == {"x": 6}  # coerced before it was stored
     assert record.queue == "ut:queue:default:PluginB"
     assert await client.redis.zscore("ut:queue:default:PluginB", "ut:j1") is not None
-    assert await client.redis.ttl("ut:job:j1") > 0
+    assert await client.redis.ttl("ut:job:j1") == -1  # a live job's record: no TTL until it ends
     assert {b"ut:job:j1", b"ut:queue:default:PluginB"} <= await _all_keys(client.redis)
     assert not [k for k in await _all_keys(client.redis) if k.startswith(b"arq:")]  # the request is in the record
 
@@ -129,10 +132,15 @@ async def test_unknown_job(client: JobClient) -> None:
 async def test_take_and_settle_publish_with_sequence_numbers(client: JobClient) -> None:
     await _register(client, "PluginB")
     handle = await client.submit("PluginB", "calculate_square", {"x": 1}, job_id="s1")
+    quiet = await client.submit("PluginB", "calculate_square", {"x": 2}, job_id="s2")  # nobody follows it
     queue = (await handle.record()).queue
     claims = Claims(client.redis, client.keys, worker_id="w", lease_s=3)
     settler = Settler(client.redis, client.keys)
-    async with client.pubsub.subscribe(client.keys.job_channel("s1")) as sub:
+    async with (
+        client.pubsub.subscribe(client.keys.job_channel("s1")) as sub,
+        client.pubsub.subscribe(client.keys.job_channel("s2")) as unwatched,
+    ):
+        await handle.record(watch=True)  # subscribe, then read with watch: from now on it is published
         take = await claims.take([queue], now_ms(), limit=5)
         started = loads(await sub.get(5) or b"null")
         done = Settlement(
@@ -140,36 +148,75 @@ async def test_take_and_settle_publish_with_sequence_numbers(client: JobClient) 
         )
         seq = await settler.settle(done)
         ended = loads(await sub.get(5) or b"null")
-    assert [(j.job_id, j.status, j.attempt) for j in take.jobs] == [("s1", "run", 1)]
+        await settler.settle(Settlement(job_id="s2", queue=queue, state=JobState.SUCCEEDED, attempt=1, ttl_s=60))
+        assert await unwatched.get(0.2) is None
+    assert [(j.job_id, j.status, j.attempt) for j in take.jobs] == [("s1", "run", 1), ("s2", "run", 1)]
     assert started == {"type": "state", "job_id": "s1", "state": "running", "attempt": 1, "seq": 1}
     assert (seq, ended) == (2, {"type": "state", "job_id": "s1", "state": "succeeded", "attempt": 1, "seq": 2})
     record = await handle.record()
     assert (record.state, record.seq, record.worker, record.result) == (JobState.SUCCEEDED, 2, "w", 1)
+    assert (await quiet.record()).state is JobState.SUCCEEDED
     assert await client.redis.zcard(queue) == 0
     # A record that is gone is not recreated; one that ended is not changed again.
     gone = Settlement(job_id="missing", queue=queue, state=JobState.SUCCEEDED, attempt=1)
     assert await settler.settle(gone) == -1
     assert not await client.redis.exists("ut:job:missing")
     assert await settler.settle(done) == -2
+    cancelled = await client.submit("PluginB", "calculate_square", {"x": 3}, job_id="s3")
+    await cancelled.cancel()
+    late = Settlement(job_id="s3", queue=queue, state=JobState.SUCCEEDED, attempt=1, fields={"result": "9"})
+    assert await settler.settle(late) == -2
+    assert (await cancelled.record()).state is JobState.CANCELLED
+
+
+async def test_an_ended_job_keeps_one_key_its_final_record_in_arqs_result(client: JobClient) -> None:
+    await _register(client, "PluginB")
+    handle = await client.submit("PluginB", "calculate_square", {"x": 5}, job_id="f1", result_ttl_s=60)
+    queue = (await handle.record()).queue
+    await Claims(client.redis, client.keys, worker_id="w", lease_s=3).take([queue], now_ms(), limit=5)
+    settled = Settlement(
+        job_id="f1", queue=queue, state=JobState.SUCCEEDED, attempt=1, fields={"result": "25"}, ttl_s=60
+    )
+    request = await client.redis.hget(client.keys.job("f1"), "request")  # type: ignore[misc]
+    arq_result = b'{"t":1,"f":"run_action","a":[],"et":1,"s":true,"r":25,"st":2,"ft":3,"k":{"request":%s}}' % request
+    assert (
+        await Settler(client.redis, client.keys).settle(
+            replace(settled, arq_result=arq_result, arq_result_ttl_ms=60_000)
+        )
+        == 2
+    )
+    assert not await client.redis.exists(client.keys.job("f1"))
+    assert 0 < await client.redis.pttl(client.keys.arq_result("f1")) <= 60_000
+    record = await handle.record()
+    assert (record.state, record.result, record.worker, record.attempt, record.seq) == (
+        JobState.SUCCEEDED,
+        25,
+        "w",
+        1,
+        2,
+    )
+    assert record.request.params == {"x": 5}
+    arq_view = deserialize_result(await client.redis.get(client.keys.arq_result("f1")), deserializer=json.loads)
+    assert (arq_view.success, arq_view.result, arq_view.job_try) == (True, 25, 1)
+    # The same id again: the ended job is found (idempotent), not run twice.
+    again = await client.submit("PluginB", "calculate_square", {"x": 5}, job_id="f1")
+    assert not again.created
+    assert await client.redis.zcard(queue) == 0
+    assert (await client.store.cancel("f1", reason="late", now_ms=now_ms(), ttl_s=60)) == ("finished", "succeeded")
 
 
 async def test_an_idle_worker_is_handed_a_ready_job_by_the_submit_itself(client: JobClient) -> None:
     await _register(client, "PluginB")
     queue = client.keys.queue("PluginB")
     claims = Claims(client.redis, client.keys, worker_id="w-idle", lease_s=3)
-    assert (await claims.take([queue], now_ms(), limit=5, idle=True)).jobs == []  # nothing to do: listed
+    assert (await claims.take([queue], now_ms(), limit=5, advertise=True, idle=True)).jobs == []  # listed
     assert await client.redis.zscore(client.keys.idle_workers(queue), "w-idle") > now_ms()
     assert 0 < await client.redis.pttl(client.keys.idle_workers(queue)) <= IDLE_TTL_S * 1000
-    async with (
-        client.pubsub.subscribe(client.keys.worker_channel("w-idle")) as inbox,
-        client.pubsub.subscribe(client.keys.job_channel("h1")) as job_channel,
-    ):
+    async with client.pubsub.subscribe(client.keys.worker_channel("w-idle")) as inbox:
         handle = await client.submit("PluginB", "calculate_square", {"x": 3}, job_id="h1")
         handed = handed_job(await inbox.get(5) or b"", client.keys)
-        state = loads(await job_channel.get(5) or b"null")
     assert (handed.job_id, handed.queue, handed.status, handed.attempt) == ("h1", queue, "run", 1)
     assert JobRequest.model_validate_json(handed.request).params == {"x": 3}
-    assert state == {"type": "state", "job_id": "h1", "state": "running", "attempt": 1, "seq": 1}
     record = await handle.record()
     assert (record.state, record.worker, record.attempt, record.seq) == (JobState.RUNNING, "w-idle", 1, 1)
     assert await client.redis.get(client.keys.arq_in_progress("h1")) == b"w-idle"  # claimed, leased
@@ -187,15 +234,41 @@ async def test_no_handoff_for_a_deferred_job_or_a_stale_listing_or_a_full_worker
     assert (await later.record()).state is JobState.QUEUED
     now = await client.submit("PluginB", "calculate_square", {"x": 1})
     assert (await now.record()).state is JobState.QUEUED
-    # Only a worker with nothing to do is listed; one that takes work leaves the idle sets.
+    # A worker with nothing to do is listed as itself (for a handoff), one with jobs running and free
+    # slots as "~" itself (to be woken), a full one not at all.
     claims = Claims(client.redis, client.keys, worker_id="w-busy", lease_s=3)
-    assert len((await claims.take([queue], now_ms(), limit=5, idle=True)).jobs) == 1  # found work: not listed
-    assert await client.redis.zscore(idle, "w-busy") is None
-    assert (await claims.take([queue], now_ms(), limit=5, idle=False)).jobs == []  # nothing, but a job runs
-    assert await client.redis.zscore(idle, "w-busy") is None
-    assert (await claims.take([queue], now_ms(), limit=5, idle=True)).jobs == []  # nothing at all: listed
-    assert await client.redis.zscore(idle, "w-busy") is not None
+    take = await claims.take([queue], now_ms(), limit=1, advertise=True, idle=True)
+    assert len(take.jobs) == 1  # took as many as it had room for: not listed
+    assert await client.redis.zrangebyscore(idle, now_ms(), "+inf") == []
+    assert (await claims.take([queue], now_ms(), limit=5, advertise=True)).jobs == []  # a job runs, room for 5
+    assert await client.redis.zrangebyscore(idle, now_ms(), "+inf") == [b"~w-busy"]
+    assert (await claims.take([queue], now_ms(), limit=5, advertise=True, idle=True)).jobs == []  # nothing runs
+    assert await client.redis.zrangebyscore(idle, now_ms(), "+inf") == [b"w-busy"]
     await client.submit("PluginB", "calculate_square", {"x": 2}, defer_s=0.001)  # not handed over: deferred
     await asyncio.sleep(0.01)
-    assert len((await claims.take([queue], now_ms(), limit=5, idle=True)).jobs) == 1  # busy again: unlisted
-    assert await client.redis.zscore(idle, "w-busy") is None
+    assert len((await claims.take([queue], now_ms(), limit=5, advertise=True, idle=True)).jobs) == 1
+    assert await client.redis.zrangebyscore(idle, now_ms(), "+inf") == [b"~w-busy"]  # busy now: to be woken
+    assert not claims.listed
+
+
+async def test_a_busy_worker_with_room_is_woken_once_by_a_submit(client: JobClient) -> None:
+    await _register(client, "PluginB")
+    queue, idle = client.keys.queue("PluginB"), client.keys.idle_workers(client.keys.queue("PluginB"))
+    claims = Claims(client.redis, client.keys, worker_id="w-room", lease_s=3)
+    await claims.take([queue], now_ms(), limit=5, advertise=True)  # jobs run elsewhere in it: room for 5
+    assert await client.redis.zrange(idle, 0, -1) == [b"~w-room"]
+    async with (
+        client.pubsub.subscribe(client.keys.worker_channel("w-room")) as inbox,
+        client.pubsub.subscribe(client.keys.wake_channel()) as everyone,
+    ):
+        first = await client.submit("PluginB", "calculate_square", {"x": 1})
+        assert await inbox.get(5) == queue.encode()  # woken, not handed the job
+        second = await client.submit("PluginB", "calculate_square", {"x": 2})
+        assert await inbox.get(0.2) is None  # once: it takes both in its next take
+        assert await everyone.get(0.1) is None  # nobody else was woken
+    assert (await first.record()).state is (await second.record()).state is JobState.QUEUED
+    assert await client.redis.zrange(idle, 0, -1) == []
+    claims.woken(queue)
+    take = await claims.take([queue], now_ms(), limit=5, advertise=True)
+    assert [j.job_id for j in take.jobs] == [first.job_id, second.job_id]
+    assert await client.redis.zrange(idle, 0, -1) == [b"~w-room"]  # listed again where it was used up
