@@ -5,6 +5,7 @@ Only this module knows redis-py's exception types; everything above it sees acti
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -12,10 +13,11 @@ from typing import ParamSpec, TypeVar
 
 from redis import exceptions as redis_exc
 from redis.asyncio import Redis
+from redis.asyncio.connection import AbstractConnection, ConnectionPool
 
 from service.errors import BrokerError
 
-__all__ = ["broker_errors", "connect", "translating"]
+__all__ = ["LeanPool", "broker_errors", "connect", "translating"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -29,10 +31,36 @@ def connect(url: str, **kwargs: object) -> Redis:
     options: dict[str, object] = {"health_check_interval": 30, "socket_keepalive": True}
     options.update(kwargs)
     try:
-        client: Redis = Redis.from_url(url, **options)  # type: ignore[arg-type]
+        pool = LeanPool.from_url(url, **options)
     except ValueError as exc:
         raise BrokerError(f"invalid Redis URL {url!r}: {exc}") from exc
-    return client
+    return Redis.from_pool(pool)
+
+
+class LeanPool(ConnectionPool):
+    """redis-py's connection pool, less one event-loop turn per command.
+
+    Before it lends a connection, redis-py reads from the socket with a zero timeout, to catch a
+    connection that was put back with unread data or that the server closed. That read costs a
+    full loop turn per command: about 0.1 ms on an idle machine, on every submit's way to its job's
+    start. Both cases show without a read: a closed connection as EOF (or an error) on its stream,
+    which the loop records while the connection sits in the pool, and unread data as bytes in the
+    stream's buffer. A connection showing either, or one of a kind this does not know (another
+    parser, not yet open), gets redis-py's own check.
+    """
+
+    async def ensure_connection(self, connection: AbstractConnection) -> None:
+        """Lend ``connection`` as it is if its stream is open and empty; else redis-py's check."""
+        stream = getattr(connection, "_reader", None)
+        if (
+            connection.is_connected
+            and isinstance(stream, asyncio.StreamReader)
+            and not stream.at_eof()
+            and stream.exception() is None
+            and not getattr(stream, "_buffer", b"?")
+        ):
+            return
+        await super().ensure_connection(connection)
 
 
 @contextmanager

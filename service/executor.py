@@ -148,7 +148,6 @@ class Executor:
             started_at = now_ms()
             if job.cancel_reason:
                 token.cancel(job.cancel_reason)  # cancelled between being claimed and starting: stop at once
-            log.info("job_started")
             stream = self._stream_writer(job_id)
             announce = functools.partial(self._announce, job, request)
             try:
@@ -196,7 +195,8 @@ class Executor:
 
     def _announce(self, job: TakenJob, request: JobRequest) -> None:
         """``job_received`` and ``job_started``: sent right after the action's first step, so that
-        building them and the event bridge's work do not delay the action's start."""
+        building them, the log line and the event bridge's work do not delay the action's start."""
+        log.info("job_started")
         self.events.received(job.job_id, request, job.attempt, job.queue)
         self.events.started(job.job_id, request, job.attempt, job.queue)
 

@@ -104,15 +104,17 @@ class WorkerRuntime:
             log.warning("no_plugins_loaded", configured=[name for name, _ in entries])
         self.info.queues = self.queues()
         self._queue_set = frozenset(self.info.queues)
+        # Listen before announcing: a command sent as soon as this worker shows in the registry
+        # (the tests', an operator's script's) must find it subscribed.
+        await self._listen(self.keys.cancel_channel(), self._on_cancel)
+        await self._listen(self.keys.wake_channel(), self._on_wake)
+        await self._listen(self.keys.worker_channel(self.worker_id), self._on_handoff)
+        await self._listen(self.keys.control_channel(), self.commands.on_message)
         await self.publish()
         self._heartbeat = asyncio.create_task(self._beat(), name="actionq-heartbeat")
         supervisor = os.environ.get(SUPERVISOR_ENV)
         if supervisor and supervisor.isdigit():
             self._listeners.append(asyncio.create_task(_watch_supervisor(int(supervisor)), name="actionq-supervisor"))
-        await self._listen(self.keys.cancel_channel(), self._on_cancel)
-        await self._listen(self.keys.wake_channel(), self._on_wake)
-        await self._listen(self.keys.worker_channel(self.worker_id), self._on_handoff)
-        await self._listen(self.keys.control_channel(), self.commands.on_message)
         self.notify(WorkerStartedEvent(**self._me(), queues=self.info.queues, plugins=self.info.plugins))
         log.info(
             "worker_started",

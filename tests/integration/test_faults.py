@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from service import JobClient
+from service.broker import LeanPool
 from service.embedded import EmbeddedRedis
 from tests.conftest import FAST as BASE_FAST
 from tests.conftest import WorkerFactory, WorkerProc, bundled_plugins_config
@@ -54,3 +55,19 @@ async def test_worker_stops_cleanly_while_redis_is_down(
     await asyncio.sleep(0.5)
     assert worker.terminate() == 0, worker.log_tail()
     assert "plugin_unloaded" in worker.log_text()  # plugins were disabled even without Redis
+
+
+async def test_a_pooled_connection_the_server_closed_is_replaced_before_use(
+    fresh_redis_server: EmbeddedRedis, namespace: str
+) -> None:
+    # LeanPool lends a connection without redis-py's probing read: the server's close must still
+    # be noticed (EOF on the idle stream), or the first command after a restart would fail.
+    async with await JobClient.connect(fresh_redis_server.url, namespace=namespace) as client:
+        assert isinstance(client.redis.connection_pool, LeanPool)
+        assert await client.redis.ping()  # one connection, now idle in the pool
+        fresh_redis_server.stop()
+        fresh_redis_server.start()
+        await asyncio.sleep(0.2)  # the loop records the EOF of the idle connection
+        assert await client.redis.ping()  # first try, no error
+        handle = await client.submit("PluginB", "calculate_square", {"x": 2}, validate=False)
+        assert (await handle.record()).request.params == {"x": 2}
