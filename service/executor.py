@@ -314,6 +314,8 @@ class Executor:
             arq_result_ttl_ms=ttl_s * 1000,
             # The checkpoint goes with the final state: a job that ended has nothing to resume.
             delete=(self.store.keys.checkpoint(job.job_id),) if final else (),
+            # A job taken after its queue-wait limit never started: no attempt of ours to check.
+            owner=None if job.status == "expired" else (self.worker_id, job.attempt),
         )
         seq = await self.settler.settle(settlement)
         if seq == -1:
@@ -322,6 +324,8 @@ class Executor:
             )
         elif seq == -2:
             log.info("job_outcome_not_kept", reason="the job already ended (it was cancelled meanwhile)")
+        elif seq == -3:
+            log.warning("job_outcome_not_kept", reason="this attempt's lease lapsed: another attempt holds the job")
 
     async def _dead_letter(self, job_id: str, request: JobRequest, info: AttemptInfo, outcome: Outcome) -> None:
         record = await self.store.get(job_id)
@@ -354,6 +358,7 @@ class Executor:
             attempt=job.attempt,
             fields={"worker": ""},
             score_ms=now_ms(),
+            owner=(self.worker_id, job.attempt),
         )
         await self.settler.settle(settlement)
         log.info("job_interrupted", reason="worker shutting down; the job goes back to its queue")

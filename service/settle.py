@@ -17,7 +17,10 @@ job into a fraction of one; alone, a job's settlement goes out at once (no timer
 The caller awaits its own settlement, so "settled" means "written".
 
 A record that ended meanwhile is left as it is (seq ``-2``), a missing one (it ended elsewhere, or
-was deleted) is not recreated (seq ``-1``); either way the job leaves its queue.
+was deleted) is not recreated (seq ``-1``); either way the job leaves its queue. A settlement that
+names its attempt (``owner``) and finds the record held by another one (this worker's lease lapsed,
+say an event loop blocked for longer than the lease, and another worker took the job) changes
+nothing (seq ``-3``): the attempt that runs now settles the job.
 """
 
 from __future__ import annotations
@@ -42,20 +45,26 @@ _BATCH = 500
 # ARGV[1]: a JSON list of settlements, each {k: record, c: channel, m: message without its seq,
 # s: state, f: [field, value, ...], t: record TTL s ("0": keep), q: queue, a: arq id, l: lease key,
 # z: new queue score (retry / requeue; absent: leave the queue), r: arq result (a JSON object),
-# rk: its key, rt: its TTL ms, d: other keys to delete}. Returns the new seq of each (-1 missing,
-# -2 ended). A job that ended (``r`` given) leaves its record hash: the final record goes into arq's
-# result, under "actionq" (less its request, which arq's kwargs hold), and the hash is deleted.
+# rk: its key, rt: its TTL ms, d: other keys to delete, o: {worker id, attempt} of the attempt
+# settling, if it must still be the record's}. Returns the new seq of each (-1 missing, -2 ended,
+# -3 superseded: another attempt holds the job now, so its queue entry and lease are left alone).
+# A job that ended (``r`` given) leaves its record hash: the final record goes into arq's result,
+# under "actionq" (less its request, which arq's kwargs hold), and the hash is deleted.
 # The state message goes out only if someone follows the job (the record's ``watched``).
 _SETTLE = """
 local terminal = {succeeded=true, failed=true, timed_out=true, cancelled=true}
 local ops = cjson.decode(ARGV[1])
 local seqs, gone, dels = {}, {}, {}
+local function superseded(op, state, worker, attempt)
+  return op.o and (state ~= 'running' or worker ~= op.o[1] or attempt ~= op.o[2])
+end
 local function final(op)
   local h = redis.call('HGETALL', op.k)
   if #h == 0 then return -1, nil end
   local rec = {}
   for j = 1, #h, 2 do rec[h[j]] = h[j + 1] end
   if terminal[rec.state] then return -2, nil end
+  if superseded(op, rec.state, rec.worker, rec.attempt) then return -3, nil end
   local seq = tonumber(rec.seq or '0') + 1
   rec.state, rec.seq, rec.request = op.s, tostring(seq), nil
   for j = 1, #op.f, 2 do rec[op.f[j]] = op.f[j + 1] end
@@ -64,9 +73,10 @@ local function final(op)
   return seq, rec.watched
 end
 local function step(op)
-  local r = redis.call('HMGET', op.k, 'state', 'seq', 'watched')
+  local r = redis.call('HMGET', op.k, 'state', 'seq', 'watched', 'worker', 'attempt')
   if not r[1] then return -1, nil end
   if terminal[r[1]] then return -2, nil end
+  if superseded(op, r[1], r[4], r[5]) then return -3, nil end
   local seq = tonumber(r[2] or '0') + 1
   redis.call('HSET', op.k, 'state', op.s, 'seq', seq, unpack(op.f))
   if op.t ~= '0' then redis.call('EXPIRE', op.k, op.t) end
@@ -77,17 +87,21 @@ for i, op in ipairs(ops) do
   if op.r then seq, watched = final(op) else seq, watched = step(op) end
   if watched then redis.call('PUBLISH', op.c, op.m .. seq .. '}') end
   seqs[i] = seq
-  if op.z and seq > 0 then
+  if seq == -3 then
+    -- another attempt runs: its queue entry, lease and checkpoint stay
+  elseif op.z and seq > 0 then
     redis.call('ZADD', op.q, op.z, op.a)
   else
     gone[op.q] = gone[op.q] or {}
     gone[op.q][#gone[op.q] + 1] = op.a
   end
-  dels[#dels + 1] = op.l
-  for _, key in ipairs(op.d) do dels[#dels + 1] = key end
+  if seq ~= -3 then
+    dels[#dels + 1] = op.l
+    for _, key in ipairs(op.d) do dels[#dels + 1] = key end
+  end
 end
 for q, ids in pairs(gone) do redis.call('ZREM', q, unpack(ids)) end
-redis.call('DEL', unpack(dels))
+if #dels > 0 then redis.call('DEL', unpack(dels)) end
 return seqs
 """
 
@@ -110,6 +124,9 @@ class Settlement:
     arq_result_ttl_ms: int = 0
     delete: tuple[str, ...] = ()
     """Other keys that go with this step (a finished job's checkpoint)."""
+    owner: tuple[str, int] | None = None
+    """(worker id, attempt) of the attempt settling: if the record is no longer that attempt's
+    (its lease lapsed and another worker took the job), nothing is written (seq ``-3``)."""
 
 
 class Settler:
@@ -123,7 +140,7 @@ class Settler:
         self._flushing: asyncio.Task[None] | None = None
 
     async def settle(self, settlement: Settlement) -> int:
-        """Write ``settlement`` (with the next batch); returns the record's new seq, -1 or -2."""
+        """Write ``settlement`` (with the next batch); returns the record's new seq, or -1, -2, -3."""
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._pending.append((self._encode(settlement), future))
         if self._flushing is None or self._flushing.done():
@@ -150,6 +167,8 @@ class Settler:
         }
         if s.score_ms is not None:
             op["z"] = str(s.score_ms)
+        if s.owner is not None:
+            op["o"] = [s.owner[0], str(s.owner[1])]
         if s.arq_result is not None:
             op.update(r=s.arq_result.decode(), rk=keys.arq_result(s.job_id), rt=str(s.arq_result_ttl_ms))
         return json.dumps(op, separators=(",", ":"))

@@ -170,7 +170,10 @@ class ActionWorker(Worker):
         self.runtime.wake.set()
 
     async def _give_back(self, job: TakenJob) -> None:
-        back = Settlement(job.job_id, job.queue, JobState.QUEUED, job.attempt - 1, {"worker": ""}, score_ms=now_ms())
+        owner = (self.runtime.worker_id, job.attempt)
+        back = Settlement(
+            job.job_id, job.queue, JobState.QUEUED, job.attempt - 1, {"worker": ""}, score_ms=now_ms(), owner=owner
+        )
         try:
             await self.runtime.executor.settler.settle(back)
             await self.pool.publish(self.runtime.keys.wake_channel(), job.queue)

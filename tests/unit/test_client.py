@@ -272,3 +272,35 @@ async def test_a_busy_worker_with_room_is_woken_once_by_a_submit(client: JobClie
     take = await claims.take([queue], now_ms(), limit=5, advertise=True)
     assert [j.job_id for j in take.jobs] == [first.job_id, second.job_id]
     assert await client.redis.zrange(idle, 0, -1) == [b"~w-room"]  # listed again where it was used up
+
+
+async def test_an_attempt_whose_lease_lapsed_does_not_settle_the_one_that_took_over(client: JobClient) -> None:
+    await _register(client, "PluginB")
+    handle = await client.submit("PluginB", "calculate_square", {"x": 4}, job_id="lap1")
+    queue = (await handle.record()).queue
+    settler = Settler(client.redis, client.keys)
+    first = Claims(client.redis, client.keys, worker_id="w-a", lease_s=3)
+    [a] = (await first.take([queue], now_ms(), limit=5)).jobs
+    # w-a stops renewing (its loop blocked): the lease lapses and w-b takes the job, attempt 2.
+    await client.redis.delete(client.keys.arq_in_progress("lap1"))
+    second = Claims(client.redis, client.keys, worker_id="w-b", lease_s=3)
+    [b] = (await second.take([queue], now_ms() + 3_500, limit=5)).jobs
+    assert (a.attempt, b.attempt) == (1, 2)
+    late = Settlement(
+        job_id="lap1", queue=queue, state=JobState.SUCCEEDED, attempt=1, fields={"result": "16"}, owner=("w-a", 1)
+    )
+    assert (
+        await settler.settle(replace(late, arq_result=b'{"t":1,"k":{"request":null}}', arq_result_ttl_ms=60_000)) == -3
+    )
+    record = await handle.record()
+    assert (record.state, record.attempt, record.worker) == (JobState.RUNNING, 2, "w-b")  # untouched
+    assert await client.redis.zscore(queue, client.keys.arq_job_id("lap1")) is not None  # still w-b's
+    assert await client.redis.get(client.keys.arq_in_progress("lap1")) == b"w-b"
+    assert not await client.redis.exists(client.keys.arq_result("lap1"))
+    request = await client.redis.hget(client.keys.job("lap1"), "request")  # type: ignore[misc]
+    done = replace(
+        late, attempt=2, owner=("w-b", 2), arq_result=b'{"t":2,"k":{"request":%s}}' % request, arq_result_ttl_ms=60_000
+    )
+    assert await settler.settle(done) > 0
+    assert (await handle.record()).state is JobState.SUCCEEDED
+    assert await client.redis.zcard(queue) == 0
