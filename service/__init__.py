@@ -10,7 +10,7 @@ from service.checkpoint import Checkpoint
 from service.client import JobClient
 from service.context import JobContext, current_job
 from service.deadletter import DeadLetter, DeadLetterStore
-from service.delegates import DelegateManager, Registration, any_true
+from service.delegates import DelegateManager, any_true
 from service.errors import (
     ActionQError,
     ActionQSignal,
@@ -81,6 +81,7 @@ from service.models import (
 )
 from service.plugin import Plugin
 from service.progress import ProgressSnapshot, SubTask
+from service.registrations import Registration
 from service.registry import RegisteredPlugin, WorkerInfo
 from service.retry import RetryOverride, RetryPolicy
 from service.settings import PluginEntry, Settings, load_settings

@@ -208,6 +208,9 @@ def submit(
     defer: Annotated[float | None, typer.Option(help="Start no earlier than this many seconds from now.")] = None,
     host: Annotated[str, typer.Option(help='"any", "local" or a hostname.')] = "any",
     validate: Annotated[bool, typer.Option(help="Check params against the registry first.")] = True,
+    watch: Annotated[
+        bool, typer.Option("--publish", help="Publish the job's changes from the start (for raw subscribers).")
+    ] = False,
     config: ConfigOpt = None,
     redis_url: RedisOpt = None,
     namespace: NamespaceOpt = None,
@@ -218,7 +221,7 @@ def submit(
     async def go(client: JobClient) -> None:
         handle = await client.submit(
             plugin, action, values, job_id=job_id, timeout_s=job_timeout, queue=queue, defer_s=defer,
-            host=host, validate=validate,
+            host=host, watch=watch, validate=validate,
         )  # fmt: skip
         _report_submit(handle)
         if follow:

@@ -50,9 +50,10 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
 from service.broker import broker_errors
-from service.delegates import DelegateManager, Registration
+from service.delegates import DelegateManager
 from service.events import Event, EventKind, ReceivedEvent, parse_event
 from service.keys import Keys
+from service.registrations import Registration
 from service.wire import WireError, loads
 
 __all__ = ["EVENTS_TTL_S", "EventBridge", "EventFilter", "read_events"]

@@ -17,12 +17,8 @@ import contextlib
 import contextvars
 import functools
 import importlib
-import importlib.machinery
 import inspect
-import itertools
 import json
-import re
-import sys
 import types
 from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
 from contextlib import aclosing
@@ -37,6 +33,7 @@ from service.context import JobContext, job_context
 from service.delegates import DelegateManager
 from service.errors import PluginLoadError, UnknownActionError, UnknownPluginError
 from service.manifest import ActionSpec, ArgumentSpec, PluginManifest, load_manifest
+from service.packages import new_package, remove_modules
 from service.plugin import Plugin
 from service.streams import iterate_in_thread
 
@@ -44,8 +41,6 @@ __all__ = ["ActionKind", "BoundAction", "LoadedPlugin", "PluginLoader"]
 
 ActionKind = Literal["async", "sync", "async_gen", "sync_gen"]
 
-_ROOT_PACKAGE = "actionq_plugins"
-_package_ids = itertools.count(1)
 _KEYWORD_KINDS = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
 _VAR_KINDS = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
 
@@ -195,7 +190,7 @@ class PluginLoader:
             logger.error("plugin_disable_failed", plugin=name, reason=_describe(exc))
         finally:
             plugin.instance.enabled = False
-            _remove_modules(plugin.package)
+            remove_modules(plugin.package)
         logger.info("plugin_unloaded", plugin=name)
 
     async def unload_all(self) -> None:
@@ -205,7 +200,7 @@ class PluginLoader:
 
     async def _load(self, name: str, folder: Path) -> LoadedPlugin:
         manifest = load_manifest(folder, name)
-        package = _new_package(name, folder)
+        package = new_package(name, folder)
         try:
             module = _import_module(name, package, folder, manifest)
             cls = _find_class(name, module, manifest)
@@ -218,7 +213,7 @@ class PluginLoader:
                 instance.plugin_name = manifest.name
             await self._enable(name, instance)
         except BaseException:
-            _remove_modules(package)
+            remove_modules(package)
             raise
         return LoadedPlugin(
             name=name, manifest=manifest, instance=instance, path=folder, actions=actions, package=package
@@ -249,32 +244,6 @@ def _run(plugin: str, what: str, func: Callable[[], Any]) -> Any:
         return func()
     except Exception as exc:
         raise PluginLoadError(plugin, f"{what} raised {_describe(exc)}") from exc
-
-
-def _new_package(name: str, folder: Path) -> str:
-    """Register a fresh, empty package whose search path is the plugin folder."""
-    if _ROOT_PACKAGE not in sys.modules:
-        sys.modules[_ROOT_PACKAGE] = _package(_ROOT_PACKAGE, [])
-    safe_name = re.sub(r"\W", "_", name)
-    package = f"{_ROOT_PACKAGE}.{safe_name}_{next(_package_ids)}"
-    sys.modules[package] = _package(package, [str(folder)])
-    return package
-
-
-def _package(name: str, path: list[str]) -> types.ModuleType:
-    module = types.ModuleType(name, "Synthetic package of an actionq plugin folder.")
-    module.__path__ = path
-    module.__package__ = name
-    module.__spec__ = importlib.machinery.ModuleSpec(name, None, is_package=True)
-    module.__spec__.submodule_search_locations = path
-    return module
-
-
-def _remove_modules(package: str) -> None:
-    if not package:
-        return
-    for key in [k for k in sys.modules if k == package or k.startswith(package + ".")]:
-        del sys.modules[key]
 
 
 def _import_module(plugin: str, package: str, folder: Path, manifest: PluginManifest) -> types.ModuleType:

@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import redis.asyncio as aioredis
+
 from service.keys import Keys
 from tests.conftest import FAST, REPO_ROOT, WorkerFactory, bundled_plugins_config
 
@@ -182,3 +184,15 @@ def test_cancel_and_dead_letter_commands(worker_process: WorkerFactory, redis_ur
     assert actionq("dead", "purge", "--all", env=env).stdout.strip() == "1"
     assert actionq("dead", "purge", env=env).returncode == 2  # names nothing: refused
     assert actionq("dead", "show", "cli-dead", env=env).returncode == 1
+
+
+async def test_submit_publish_marks_the_job_followed_from_the_start(
+    redis: aioredis.Redis, redis_url: str, namespace: str
+) -> None:
+    env = _env(redis_url, namespace)
+    for job_id, extra in (("cli-pub", ["--publish"]), ("cli-quiet", [])):
+        args = ["submit", "PluginB", "calculate_square", "x=1", "--job-id", job_id, "--defer", "60", "--no-validate"]
+        assert actionq(*args, *extra, env=env).returncode == 0
+    keys = Keys(namespace)
+    assert await redis.hget(keys.job("cli-pub"), "watched") == b"1"  # type: ignore[misc]
+    assert await redis.hget(keys.job("cli-quiet"), "watched") is None  # type: ignore[misc]
