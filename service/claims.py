@@ -228,6 +228,12 @@ class Claims:
         """True while this worker is listed as idle everywhere (a handoff uses a listing up)."""
         return self._listing == "idle" and not self._used and now_ms() - self._listed_at < IDLE_TTL_S * 500
 
+    def renew_listing_in_s(self) -> float:
+        """Seconds until the listing goes stale and a take must renew it (``inf``: not listed)."""
+        if self._listing == "none":
+            return float("inf")
+        return max(0.0, (self._listed_at + IDLE_TTL_S * 500 - now_ms()) / 1000)
+
     def handed(self, job: TakenJob) -> None:
         """A submit handed ``job`` to this worker (already claimed): hold its lease.
 

@@ -98,7 +98,9 @@ class ActionWorker(Worker):
                 await self.claims.unregister(self.queues)
 
     async def _wait_for_work(self) -> None:
-        wait_s = self.poll_delay_s
+        # A listing must be renewed before it runs out, whatever poll_delay_s says: submits find
+        # only listed workers (an unlisted one with room would wait for its fallback poll).
+        wait_s = min(self.poll_delay_s, self.claims.renew_listing_in_s())
         if self._next_due_ms is not None:
             wait_s = min(wait_s, max(0.0, (self._next_due_ms - timestamp_ms()) / 1000))
         wake = self.runtime.wake
@@ -153,14 +155,19 @@ class ActionWorker(Worker):
                 self._saturated = True  # maybe more were ready: look again when a slot frees up
             for job in take.jobs:
                 self._launch(job)
+        else:
+            self._saturated = True  # full (a handoff filled the last slot): look again when one frees up
         await self.heart_beat()
 
     def adopt(self, job: TakenJob) -> None:
         """Run a job a submit handed straight to this worker (see :data:`service.store._CREATE`)."""
-        self.claims.handed(job)  # the next look lists this worker as idle again (see _done)
+        self.claims.handed(job)
         runnable = self.allow_pick_jobs and not self._closing and self.job_counter < self.max_jobs
         if runnable and job.queue in self.queues:
             self._launch(job)
+            # The submit used up this worker's listing: look again (and list it again, as busy with
+            # room) once the job's action has started (call_soon runs after the job's first step).
+            self.loop.call_soon(self.runtime.wake.set)
         else:  # paused, stopping, full, or the plugin just went: back to its queue, ready, for another worker
             self._background(self._give_back(job), f"actionq-give-back-{job.job_id}")
 

@@ -163,6 +163,35 @@ async def _given_back(handle: JobHandle) -> bool:
     return record.state is JobState.QUEUED and record.seq == 2 and record.attempt == 0 and not record.worker
 
 
+async def test_busy_workers_with_room_are_woken_and_lose_no_job(
+    worker_process: WorkerFactory, client: JobClient
+) -> None:
+    # Two busy workers with free slots are listed to be woken, each once per take; with a 30 s
+    # fallback poll and 30 s leases (a worker also looks when a lease falls due), a lost wake-up would
+    # leave jobs waiting far past the 20 s below.
+    config = bundled_plugins_config(**{**FAST, "poll_delay_s": 30, "lease_s": 30, "concurrency": 4})
+    worker_process({**config, "queues": ["default", "one"]})
+    worker_process({**config, "queues": ["default", "two"]})
+    # A long job on each worker (its own lane): busy, so never idle (no handoffs), with room for 3.
+    long = [
+        await client.submit("long_running", "count_slowly", {"steps": 600, "delay_s": 0.05}, queue=lane)
+        for lane in ("one", "two")
+    ]
+    async with asyncio.timeout(10):
+        while {(await h.record()).state for h in long} != {JobState.RUNNING}:
+            await asyncio.sleep(0.02)
+    sequential = [await client.submit("PluginB", "calculate_square", {"x": i}) for i in range(150)]
+    burst = await asyncio.gather(*(client.submit("PluginB", "calculate_square", {"x": i}) for i in range(150)))
+    async with asyncio.timeout(20):
+        results = [await h.result() for h in [*sequential, *burst]]
+    assert results == [i * i for i in range(150)] * 2
+    assert {(await h.record()).state for h in long} == {JobState.RUNNING}
+    for h in long:
+        await h.cancel()
+    workers = {(await h.record()).worker for h in [*sequential, *burst]}
+    assert len(workers) == 2  # both took work
+
+
 async def test_one_take_of_thousands_of_jobs(client: JobClient) -> None:
     # Real Redis (Lua 5.1): a take's writes of 4,500 jobs once overran Lua's unpack() limit,
     # leaving jobs marked running that no worker ran (the memory bench's 5,000-job waves).

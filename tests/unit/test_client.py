@@ -304,3 +304,16 @@ async def test_an_attempt_whose_lease_lapsed_does_not_settle_the_one_that_took_o
     assert await settler.settle(done) > 0
     assert (await handle.record()).state is JobState.SUCCEEDED
     assert await client.redis.zcard(queue) == 0
+
+
+async def test_a_listed_worker_knows_when_to_renew_its_listing(client: JobClient) -> None:
+    await _register(client, "PluginB")
+    queue = client.keys.queue("PluginB")
+    claims = Claims(client.redis, client.keys, worker_id="w-renew", lease_s=3)
+    assert claims.renew_listing_in_s() == float("inf")  # not listed: nothing to renew
+    await claims.take([queue], now_ms(), limit=5, advertise=True, idle=True)
+    # The worker's loop waits no longer than this, whatever its poll_delay_s: the listing (10 s)
+    # is renewed when half of it is gone, so an idle worker stays where submits find it.
+    assert 0 < claims.renew_listing_in_s() <= IDLE_TTL_S / 2
+    await claims.unregister([queue])
+    assert claims.renew_listing_in_s() == float("inf")
