@@ -11,10 +11,11 @@ and a write. :meth:`service.store.JobStore.get` reads either form. A job that go
 (retry, requeue) keeps its hash, updated in place.
 
 Here every settlement made while a batch is in flight waits for the next one: :class:`Settler`
-buffers them and sends each batch as one ``EVALSHA`` of :data:`_SETTLE` (one round trip and one
-``ZREM`` per queue and one ``DEL``, however many jobs). Under load that turns four round trips per
-job into a fraction of one; alone, a job's settlement goes out at once (no timer, no added wait).
-The caller awaits its own settlement, so "settled" means "written".
+buffers them (:class:`service.batching.Batcher`) and sends each batch as one ``EVALSHA`` of
+:data:`_SETTLE` (one round trip and one ``ZREM`` per queue and one ``DEL``, however many jobs).
+Under load that turns four round trips per job into a fraction of one; alone, a job's settlement
+goes out at once (no timer, no added wait). The caller awaits its own settlement, so "settled"
+means "written".
 
 A record that ended meanwhile is left as it is (seq ``-2``), a missing one (it ended elsewhere, or
 was deleted) is not recreated (seq ``-1``); either way the job leaves its queue. A settlement that
@@ -25,12 +26,12 @@ nothing (seq ``-3``): the attempt that runs now settles the job.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
 
+from service.batching import Batcher
 from service.broker import broker_errors
 from service.keys import Keys
 from service.models import JobState
@@ -136,16 +137,11 @@ class Settler:
         self.redis = redis
         self.keys = keys
         self._script = redis.register_script(_SETTLE)
-        self._pending: list[tuple[str, asyncio.Future[int]]] = []
-        self._flushing: asyncio.Task[None] | None = None
+        self._batcher: Batcher[str, int] = Batcher(self._send, max_batch=_BATCH, name="actionq-settle")
 
     async def settle(self, settlement: Settlement) -> int:
-        """Write ``settlement`` (with the next batch); returns the record's new seq, or -1, -2, -3."""
-        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._pending.append((self._encode(settlement), future))
-        if self._flushing is None or self._flushing.done():
-            self._flushing = asyncio.create_task(self._flush(), name="actionq-settle")
-        return await future
+        """Write ``settlement`` (now, or with the next batch); returns the record's new seq, or -1, -2, -3."""
+        return await self._batcher.submit(self._encode(settlement))
 
     def _encode(self, s: Settlement) -> str:
         keys = self.keys
@@ -173,21 +169,7 @@ class Settler:
             op.update(r=s.arq_result.decode(), rk=keys.arq_result(s.job_id), rt=str(s.arq_result_ttl_ms))
         return json.dumps(op, separators=(",", ":"))
 
-    async def _flush(self) -> None:
-        while self._pending:
-            batch, self._pending = self._pending[:_BATCH], self._pending[_BATCH:]
-            try:
-                with broker_errors(f"settling {len(batch)} job(s)"):
-                    seqs = await self._script(keys=[], args=["[" + ",".join(op for op, _ in batch) + "]"])
-            except asyncio.CancelledError:
-                for _, future in batch:
-                    future.cancel()
-                raise
-            except Exception as exc:  # each caller gets the error (its job's lease then lapses: re-run)
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
-            for (_, future), seq in zip(batch, seqs, strict=True):
-                if not future.done():
-                    future.set_result(int(seq))
+    async def _send(self, ops: list[str]) -> list[int]:
+        with broker_errors(f"settling {len(ops)} job(s)"):
+            seqs = await self._script(keys=[], args=["[" + ",".join(ops) + "]"])
+        return [int(seq) for seq in seqs]

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
 
+from service.batching import Batcher
 from service.broker import broker_errors
 from service.errors import BrokerError
 from service.keys import Keys
@@ -40,44 +42,61 @@ __all__ = ["CreateResult", "JobStore", "state_message_prefix"]
 # listed, every worker of the queue is busy or full and looks again when it can: nothing is sent.
 # A handed job's "running" message is published only if the submit asked for ``watch`` (nobody
 # else can follow a job that did not exist yet).
-# KEYS: record, queue, idle workers, in-progress key, arq result, job channel.
+# Several submits in one call (concurrent ones are coalesced, see :meth:`JobStore.create`): KEYS, six
+# per job: record, queue, idle workers, in-progress key, arq result, job channel. ARGV: the wake
+# channel and the worker channel prefix, then nine per job: request, now, score, arq id, check,
+# watch, job id, queue-wait limit ('' for none), lease ms (of a job handed over). Returns per job
+# {1} (queued), {1, worker} (handed over) or {0, existing request, its state, its final record}
+# (the id is taken).
 _CREATE = """
-local request, now, score, aid, wake, check, lease, worker_prefix, watched, jid =
-  ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10]
-if check == '1' then
-  local r = redis.call('HMGET', KEYS[1], 'request', 'state')
-  if r[1] then return {0, r[1], r[2] or '', ''} end
-  local done = redis.call('GET', KEYS[5])
-  if done then return {0, '', '', done} end
-end
-local worker, ready = nil, tonumber(score) <= tonumber(now)
-if ready then
-  worker = redis.call('ZRANGEBYSCORE', KEYS[3], now, '+inf', 'LIMIT', 0, 1)[1]
-end
-if worker and string.sub(worker, 1, 1) ~= '~' then
-  redis.call('ZREM', KEYS[3], worker)
-  redis.call('HSET', KEYS[1], 'state', 'running', 'request', request, 'queue', KEYS[2], 'attempt', 1,
-    'enqueued_at_ms', now, 'scheduled_at_ms', score, 'worker', worker, 'started_at_ms', now, 'seq', 1,
-    unpack(ARGV, 11))
-  redis.call('SET', KEYS[4], worker, 'PX', lease)
-  redis.call('ZADD', KEYS[2], tonumber(now) + tonumber(lease), aid)
-  if watched == '1' then
-    redis.call('PUBLISH', KEYS[6], '{"type":"state","job_id":"' .. jid .. '","state":"running","attempt":1,"seq":1}')
+local wake, worker_prefix = ARGV[1], ARGV[2]
+local woke = {}
+local function create(k, a)
+  local rec, q, idle, claim, done_key, channel = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], KEYS[k + 5],
+    KEYS[k + 6]
+  local request, now, score, aid, check, watched, jid, expires, lease = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3],
+    ARGV[a + 4], ARGV[a + 5], ARGV[a + 6], ARGV[a + 7], ARGV[a + 8], ARGV[a + 9]
+  if check == '1' then
+    local r = redis.call('HMGET', rec, 'request', 'state')
+    if r[1] then return {0, r[1], r[2] or '', ''} end
+    local done = redis.call('GET', done_key)
+    if done then return {0, '', '', done} end
   end
-  redis.call('PUBLISH', worker_prefix .. worker, aid .. '\\n' .. KEYS[2] .. '\\n' .. now .. '\\n' .. request)
-  return {1, worker}
+  local extra = {}
+  if expires ~= '' then extra[#extra + 1] = 'expires_at_ms'; extra[#extra + 1] = expires end
+  if watched == '1' then extra[#extra + 1] = 'watched'; extra[#extra + 1] = '1' end
+  local worker, ready = nil, tonumber(score) <= tonumber(now)
+  if ready then worker = redis.call('ZRANGEBYSCORE', idle, now, '+inf', 'LIMIT', 0, 1)[1] end
+  if worker and string.sub(worker, 1, 1) ~= '~' then
+    redis.call('ZREM', idle, worker)
+    redis.call('HSET', rec, 'state', 'running', 'request', request, 'queue', q, 'attempt', 1, 'enqueued_at_ms', now,
+      'scheduled_at_ms', score, 'worker', worker, 'started_at_ms', now, 'seq', 1, unpack(extra))
+    redis.call('SET', claim, worker, 'PX', lease)
+    redis.call('ZADD', q, tonumber(now) + tonumber(lease), aid)
+    if watched == '1' then
+      redis.call('PUBLISH', channel, '{"type":"state","job_id":"' .. jid .. '","state":"running","attempt":1,"seq":1}')
+    end
+    redis.call('PUBLISH', worker_prefix .. worker, aid .. '\\n' .. q .. '\\n' .. now .. '\\n' .. request)
+    return {1, worker}
+  end
+  redis.call('HSET', rec, 'state', 'queued', 'request', request, 'queue', q, 'attempt', 0, 'enqueued_at_ms', now,
+    'scheduled_at_ms', score, 'seq', 0, unpack(extra))
+  redis.call('ZADD', q, score, aid)
+  if worker then  -- a busy worker with room: woken once, it takes this job (and what follows) in a batch
+    redis.call('ZREM', idle, worker)
+    redis.call('PUBLISH', worker_prefix .. string.sub(worker, 2), q)
+  elseif not ready and not woke[q] then  -- every worker of the queue looks again, to wait for the right time
+    woke[q] = true
+    redis.call('PUBLISH', wake, q)
+  end
+  return {1}
 end
-redis.call('HSET', KEYS[1], 'state', 'queued', 'request', request, 'queue', KEYS[2], 'attempt', 0,
-  'enqueued_at_ms', now, 'scheduled_at_ms', score, 'seq', 0, unpack(ARGV, 11))
-redis.call('ZADD', KEYS[2], score, aid)
-if worker then  -- a busy worker with room: woken once, it takes this job (and what follows) in a batch
-  redis.call('ZREM', KEYS[3], worker)
-  redis.call('PUBLISH', worker_prefix .. string.sub(worker, 2), KEYS[2])
-elseif not ready then  -- every worker of the queue looks again, to wait for the right time
-  redis.call('PUBLISH', wake, KEYS[2])
-end
-return {1}
+local out = {}
+for j = 0, #KEYS / 6 - 1 do out[j + 1] = create(j * 6, 2 + j * 9) end
+return out
 """
+
+_BATCH = 200  # submits per call at most
 
 _TERMINAL_LUA = "local terminal = {succeeded=true, failed=true, timed_out=true, cancelled=true}\n"
 
@@ -161,6 +180,15 @@ class CreateResult:
         self.existing_state = existing_state
 
 
+@dataclass(frozen=True, slots=True)
+class _NewJob:
+    """One submit's keys and arguments for :data:`_CREATE`."""
+
+    job_id: str
+    keys: tuple[str, ...]
+    args: tuple[Any, ...]
+
+
 class JobStore:
     """Reads and writes job records for one namespace (shared by producers and workers)."""
 
@@ -168,6 +196,9 @@ class JobStore:
         self.redis = redis
         self.keys = keys
         self._create = redis.register_script(_CREATE)
+        self._creator: Batcher[_NewJob, list[Any]] = Batcher(
+            self._create_batch, max_batch=_BATCH, name="actionq-submit"
+        )
         self._progress = redis.register_script(_PROGRESS)
         self._cancel = redis.register_script(_CANCEL)
         self._read = redis.register_script(_READ)
@@ -191,35 +222,32 @@ class JobStore:
         ``fresh_id``: the id was just generated (a uuid4), so it cannot be taken; not checked.
         ``lease_ms``: the claim of a job handed straight to an idle worker (the workers' ``lease_s``).
         ``watch``: the job is followed from the start (its changes are published; see :meth:`get`).
+        Concurrent calls share round trips: those made while one is in flight go out together next.
         """
         keys = self.keys
-        extra: list[Any] = [] if expires_at_ms is None else ["expires_at_ms", expires_at_ms]
-        if watch:
-            extra += ["watched", "1"]
-        with broker_errors(f"submitting job {job_id}"):
-            reply = await self._create(
-                keys=[
-                    keys.job(job_id),
-                    queue,
-                    keys.idle_workers(queue),
-                    keys.arq_in_progress(job_id),
-                    keys.arq_result(job_id),
-                    keys.job_channel(job_id),
-                ],
-                args=[
-                    request_json,
-                    now_ms,
-                    score_ms,
-                    keys.arq_job_id(job_id),
-                    keys.wake_channel(),
-                    "0" if fresh_id else "1",
-                    lease_ms,
-                    keys.worker_channel_prefix(),
-                    "1" if watch else "0",
-                    job_id,
-                    *extra,
-                ],
-            )
+        job = _NewJob(
+            job_id,
+            keys=(
+                keys.job(job_id),
+                queue,
+                keys.idle_workers(queue),
+                keys.arq_in_progress(job_id),
+                keys.arq_result(job_id),
+                keys.job_channel(job_id),
+            ),
+            args=(
+                request_json,
+                now_ms,
+                score_ms,
+                keys.arq_job_id(job_id),
+                "0" if fresh_id else "1",
+                "1" if watch else "0",
+                job_id,
+                "" if expires_at_ms is None else expires_at_ms,
+                lease_ms,
+            ),
+        )
+        reply = await self._creator.submit(job)
         if int(reply[0]) == 1:
             return CreateResult(True, None, None)
         if reply[3]:  # the job ended: its final record is in arq's result
@@ -228,6 +256,17 @@ class JobStore:
         existing = JobRequest.model_validate_json(reply[1]) if reply[1] else None
         state = JobState(reply[2].decode()) if reply[2] else None
         return CreateResult(False, existing, state)
+
+    async def _create_batch(self, jobs: list[_NewJob]) -> list[list[Any]]:
+        keys: list[str] = []
+        args: list[Any] = [self.keys.wake_channel(), self.keys.worker_channel_prefix()]
+        for job in jobs:
+            keys += job.keys
+            args += job.args
+        doing = f"submitting job {jobs[0].job_id}" if len(jobs) == 1 else f"submitting {len(jobs)} jobs"
+        with broker_errors(doing):
+            replies: list[list[Any]] = await self._create(keys=keys, args=args)
+        return replies
 
     async def get(self, job_id: str, *, watch: bool = False) -> JobRecord | None:
         """The record of ``job_id`` (live or final), or ``None`` if there is none (never existed or expired).

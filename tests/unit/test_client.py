@@ -7,6 +7,7 @@ import json
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -24,6 +25,7 @@ from service.errors import (
     UnknownActionError,
     UnknownPluginError,
 )
+from service.handle import JobHandle
 from service.manifest import load_manifest
 from service.models import JobRequest, JobState, now_ms
 from service.registry import Registry, WorkerInfo
@@ -270,7 +272,7 @@ async def test_a_busy_worker_with_room_is_woken_once_by_a_submit(client: JobClie
     assert await client.redis.zrange(idle, 0, -1) == []
     claims.woken(queue)
     take = await claims.take([queue], now_ms(), limit=5, advertise=True)
-    assert [j.job_id for j in take.jobs] == [first.job_id, second.job_id]
+    assert {j.job_id for j in take.jobs} == {first.job_id, second.job_id}
     assert await client.redis.zrange(idle, 0, -1) == [b"~w-room"]  # listed again where it was used up
 
 
@@ -317,3 +319,34 @@ async def test_a_listed_worker_knows_when_to_renew_its_listing(client: JobClient
     assert 0 < claims.renew_listing_in_s() <= IDLE_TTL_S / 2
     await claims.unregister([queue])
     assert claims.renew_listing_in_s() == float("inf")
+
+
+async def test_concurrent_submits_share_round_trips(client: JobClient) -> None:
+    await _register(client, "PluginB")
+    sizes: list[int] = []
+    send = client.store._create_batch
+
+    async def counting(jobs: list[Any]) -> list[list[Any]]:
+        sizes.append(len(jobs))
+        return await send(jobs)
+
+    client.store._creator._send = counting
+    handles = await asyncio.gather(*(client.submit("PluginB", "calculate_square", {"x": i}) for i in range(50)))
+    assert sum(sizes) == 50
+    assert sizes[0] == 1  # the first alone, at once
+    assert len(sizes) < 50  # the rest in batches behind it
+    assert [(await h.record()).request.params["x"] for h in handles] == list(range(50))
+    # Idempotency still holds inside one batch: the same id twice, the second is the existing job.
+    twice = await asyncio.gather(
+        *(client.submit("PluginB", "calculate_square", {"x": 7}, job_id="same") for _ in range(3)),
+        return_exceptions=True,
+    )
+    assert [h.created for h in twice if isinstance(h, JobHandle)] == [True, False, False]
+    clash = await asyncio.gather(
+        client.submit("PluginB", "calculate_square", {"x": 1}, job_id="clash"),
+        client.submit("PluginB", "calculate_square", {"x": 2}, job_id="clash"),
+        return_exceptions=True,
+    )
+    assert isinstance(clash[0], JobHandle)
+    assert isinstance(clash[1], JobConflictError)
+    assert await client.redis.zcard(client.keys.queue("PluginB")) == 50 + 1 + 1
