@@ -2,9 +2,10 @@
 
 A caller hands its item to a :class:`Batcher` and awaits its own result. With nothing in flight
 the item goes out at once, from the caller's own task (no timer, no task switch: a lone call costs
-what a direct call would). Items that arrive while a call is in flight wait for it and then go out
-together, up to ``max_batch`` per call. Each caller gets its own result, or the error of the call
-its item went out in.
+what a direct call would); or, with ``same_turn``, from a task that also takes every item handed
+over in the same loop turn (jobs that end together settle together, for one task switch). Items that
+arrive while a call is in flight wait for it and then go out together, up to ``max_batch`` per
+call. Each caller gets its own result, or the error of the call its item went out in.
 """
 
 from __future__ import annotations
@@ -22,9 +23,17 @@ R = TypeVar("R")
 class Batcher(Generic[T, R]):
     """Sends items with ``send`` (a list of items -> one result per item, in order), coalescing."""
 
-    def __init__(self, send: Callable[[list[T]], Awaitable[Sequence[R]]], *, max_batch: int, name: str) -> None:
+    def __init__(
+        self,
+        send: Callable[[list[T]], Awaitable[Sequence[R]]],
+        *,
+        max_batch: int,
+        name: str,
+        same_turn: bool = False,
+    ) -> None:
         self._send = send
         self._max_batch = max_batch
+        self._same_turn = same_turn
         self._name = name
         self._pending: list[tuple[T, asyncio.Future[R]]] = []
         self._busy = False
@@ -32,9 +41,12 @@ class Batcher(Generic[T, R]):
 
     async def submit(self, item: T) -> R:
         """Send ``item`` (now, or with the next batch) and return its result."""
-        if self._busy:
+        if self._busy or self._same_turn:
             future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
             self._pending.append((item, future))
+            if not self._busy:
+                self._busy = True
+                self._flushing = asyncio.create_task(self._flush(), name=self._name)
             return await future
         self._busy = True
         try:

@@ -137,7 +137,7 @@ class Settler:
         self.redis = redis
         self.keys = keys
         self._script = redis.register_script(_SETTLE)
-        self._batcher: Batcher[str, int] = Batcher(self._send, max_batch=_BATCH, name="actionq-settle")
+        self._batcher: Batcher[str, int] = Batcher(self._send, max_batch=_BATCH, name="actionq-settle", same_turn=True)
 
     async def settle(self, settlement: Settlement) -> int:
         """Write ``settlement`` (now, or with the next batch); returns the record's new seq, or -1, -2, -3."""
