@@ -40,6 +40,8 @@ class Contender(ABC):
     """One job queue with one worker process (async context manager: started, then stopped)."""
 
     label: str
+    max_run_jobs: int | None = None
+    """At most this many jobs per throughput run (None: as many as the entry asks for)."""
 
     def __init__(self, env: BenchEnv) -> None:
         self.env = env
@@ -149,11 +151,14 @@ class Actionq(Contender):
 class Arq(Contender):
     """Raw arq 0.28 (:mod:`bench.arqworker`), JSON serialization, ``ArqRedis.enqueue_job``."""
 
-    def __init__(self, env: BenchEnv, label: str, poll_delay_s: float, max_jobs: int) -> None:
+    def __init__(
+        self, env: BenchEnv, label: str, poll_delay_s: float, max_jobs: int, max_run_jobs: int | None = None
+    ) -> None:
         super().__init__(env)
         self.label = label
         self.poll_delay_s = poll_delay_s
         self.max_jobs = max_jobs
+        self.max_run_jobs = max_run_jobs
         self.tmp = tempfile.TemporaryDirectory(prefix="actionq-bench-arq-")
         self.process: ArqWorkerProcess | None = None
 
@@ -219,7 +224,7 @@ def contenders(env: BenchEnv) -> list[Contender]:
     """actionq, arq defaults, arq tuned, and each installed peer; none started yet."""
     found: list[Contender] = [
         Actionq(env),
-        Arq(env, "arq defaults", poll_delay_s=0.5, max_jobs=10),
+        Arq(env, "arq defaults", poll_delay_s=0.5, max_jobs=10, max_run_jobs=1_000),
         Arq(env, "arq tuned", poll_delay_s=0.01, max_jobs=CONCURRENCY),
     ]
     from bench.peers import Saq, Taskiq  # they import this module

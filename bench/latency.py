@@ -39,9 +39,9 @@ IDLE = "idle worker commands/s"
 
 async def run(options: RunOptions) -> EntryResult:
     """Every contender in turn: ``runs`` latency runs, then one idle measurement."""
-    jobs = options.pick(full=500, quick=60)
+    jobs = options.pick(full=150, quick=60)
     runs = options.run_count(full=3, quick=3)
-    idle_s = options.pick(full=10, quick=2)
+    idle_s = options.pick(full=5, quick=2)
     metrics = Metrics()
     idle: dict[str, Counter[str]] = {}
     settings: dict[str, Any] = {

@@ -22,7 +22,7 @@ __all__ = ["run"]
 async def run(options: RunOptions) -> EntryResult:
     """Submit ``jobs`` jobs, wait for all, repeat; report submit rate, drain rate and wall time."""
     jobs = options.pick(full=2000, quick=300)
-    runs = options.run_count(full=5, quick=3)
+    runs = options.run_count(full=3, quick=3)
     worker = {"concurrency": 10, "poll_delay_s": 0.5}
     settings = {"jobs": jobs, "runs": runs, "worker": worker}
     metrics = Metrics()

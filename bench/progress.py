@@ -58,7 +58,7 @@ class Phase:
 
 
 PHASES = (
-    Phase("interval 50 ms", None, spacing_s=0.06, samples=(200, 40), slowdown_target=True),
+    Phase("interval 50 ms", None, spacing_s=0.06, samples=(100, 40), slowdown_target=True),
     Phase("interval 0", 0.0, spacing_s=0.005, samples=(300, 100), slowdown_target=False),
 )
 
@@ -77,8 +77,8 @@ class Sizes:
     def of(cls, options: RunOptions) -> Sizes:
         """Full or quick sizes; ``--runs`` sets both the latency runs and the spin pairs."""
         return cls(
-            latency_runs=options.run_count(full=5, quick=3),
-            spin_pairs=options.run_count(full=7, quick=3),
+            latency_runs=options.run_count(full=3, quick=3),
+            spin_pairs=options.run_count(full=5, quick=3),
             iterations=options.pick(full=20_000, quick=5_000),
             work=250,
             quick=options.quick,

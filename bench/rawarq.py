@@ -48,6 +48,8 @@ class ArqVariant:
 
     label: str
     poll_delay_s: float
+    max_samples: int | None = None
+    """At most this many cancel samples per run (None: as many as the entry asks for)."""
 
 
 async def arq_pool(url: str) -> ArqRedis:

@@ -58,7 +58,7 @@ POLL_DELAY_S = float(Settings.model_fields["poll_delay_s"].default)
 
 async def run(options: RunOptions) -> EntryResult:
     """``runs`` kills, each with a live spare: two workers up, one killed under the job, replaced."""
-    runs = options.run_count(full=10, quick=3)
+    runs = options.run_count(full=6, quick=3)
     metrics = Metrics()
     rerun = "the record's started_at_ms of attempt 2 (other worker) - time.time() at the SIGKILL"
     metrics.declare(RERUN, "ms", rerun, Target("<=", 5000))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -389,5 +390,17 @@ def _arq_result(job: TakenJob, outcome: Outcome, started_at_ms: int) -> bytes:
             "id": job.arq_job_id,
         }
     )
-    # The request goes in as arq's kwargs, spliced in as the JSON it already is.
-    return head[:-1] + b',"k":{"request":' + (job.request or b"null") + b"}}"
+    # The request goes in as arq's kwargs, spliced in as the JSON it already is; one that is not JSON
+    # (written by hand: the job failed as malformed) goes in as a string, so the result stays JSON.
+    request = job.request or b"null"
+    if outcome.state is not JobState.SUCCEEDED and not _is_json(request):
+        request = dumps(request.decode(errors="replace"))
+    return head[:-1] + b',"k":{"request":' + request + b"}}"
+
+
+def _is_json(raw: bytes) -> bool:
+    try:
+        json.loads(raw)
+    except ValueError:
+        return False
+    return True

@@ -133,6 +133,21 @@ async def test_malformed_request_is_a_recorded_failure(rig: Rig) -> None:
     assert await rig.client.redis.zcard(queue) == 0
 
 
+async def test_a_request_that_is_not_json_still_leaves_a_readable_arq_result(rig: Rig) -> None:
+    job = await rig.submit("PluginB", "calculate_square", {"x": 1})
+    key, queue = rig.client.keys.job(job), (await rig.client.job(job).record()).queue
+    await rig.client.redis.hset(key, "request", "{not json")  # type: ignore[misc]
+    [taken] = (
+        await Claims(rig.client.redis, rig.client.keys, worker_id="w-test", lease_s=3).take([queue], now_ms(), 10)
+    ).jobs
+    outcome = await rig.executor.run(taken)
+    assert outcome is not None
+    assert outcome.state is JobState.FAILED
+    result = json.loads(await rig.client.redis.get(rig.client.keys.arq_result(job)))  # valid JSON for arq
+    assert result["k"]["request"] == "{not json"
+    assert result["actionq"]["state"] == "failed"
+
+
 async def test_a_job_whose_record_expired_leaves_its_queue_without_running(rig: Rig) -> None:
     job = await rig.submit("long_running", "fail", {})
     queue = (await rig.client.job(job).record()).queue
