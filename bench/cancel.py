@@ -66,8 +66,8 @@ class Sizes:
 
     @classmethod
     def of(cls, options: RunOptions) -> Sizes:
-        """Full: 4 runs x 40 samples; quick: 3 x 10 (``--runs`` overrides the runs)."""
-        return cls(runs=options.run_count(full=4, quick=3), samples=options.pick(full=40, quick=10))
+        """Full: 3 runs x 40 samples; quick: 3 x 10 (``--runs`` overrides the runs)."""
+        return cls(runs=options.run_count(full=3, quick=3), samples=options.pick(full=40, quick=10))
 
 
 async def run(options: RunOptions) -> EntryResult:

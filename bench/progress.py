@@ -78,7 +78,7 @@ class Sizes:
         """Full or quick sizes; ``--runs`` sets both the latency runs and the spin pairs."""
         return cls(
             latency_runs=options.run_count(full=3, quick=3),
-            spin_pairs=options.run_count(full=5, quick=3),
+            spin_pairs=options.run_count(full=7, quick=3),
             iterations=options.pick(full=20_000, quick=5_000),
             work=250,
             quick=options.quick,
