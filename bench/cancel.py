@@ -31,7 +31,7 @@ from bench.options import RunOptions
 from bench.rawarq import ArqVariant, ArqWorkerProcess, abort_samples, arq_pool
 from bench.report import EntryResult
 from bench.stats import Metrics, Target, percentiles
-from service.handle import JobHandle
+from service.client.handle import JobHandle
 from service.models import CancelOutcome, JobRecord, JobState
 
 __all__ = ["run"]

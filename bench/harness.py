@@ -31,10 +31,10 @@ from typing import Any
 
 import yaml
 
-from service.client import JobClient
-from service.embedded import EmbeddedRedis
+from service.client.client import JobClient
 from service.keys import Keys
-from service.spawn import WorkerStartError, spawn_worker, wait_registered
+from service.processes.embedded import EmbeddedRedis
+from service.processes.spawn import WorkerStartError, spawn_worker, wait_registered
 
 __all__ = ["BENCH_PLUGIN_DIR", "REPO_ROOT", "BenchEnv", "BenchError", "Worker", "plugin_entry"]
 

@@ -9,7 +9,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from service.embedded import find_server_binary
+from service.processes.embedded import find_server_binary
 
 __all__ = ["machine_info"]
 

@@ -16,8 +16,8 @@ from bench.harness import BenchEnv, plugin_entry
 from bench.options import RunOptions
 from bench.report import EntryResult
 from bench.stats import Metrics, Target
-from service.client import JobClient
-from service.handle import JobHandle
+from service.client.client import JobClient
+from service.client.handle import JobHandle
 
 __all__ = ["run"]
 

@@ -13,7 +13,7 @@ from bench.harness import BenchEnv, plugin_entry
 from bench.options import RunOptions
 from bench.report import EntryResult
 from bench.stats import Metrics
-from service.client import JobClient
+from service.client.client import JobClient
 from service.models import JobRecord, JobState
 
 __all__ = ["run"]

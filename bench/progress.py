@@ -28,10 +28,10 @@ from bench.options import RunOptions
 from bench.plugins.benchprog.plugin import burn
 from bench.report import EntryResult
 from bench.stats import Metrics, Target, percentiles
-from service.client import JobClient
-from service.handle import JobHandle
+from service.client.client import JobClient
+from service.client.handle import JobHandle
 from service.models import JobRecord, JobState
-from service.progress import make_update
+from service.plugins.progress import make_update
 
 __all__ = ["run"]
 

@@ -34,7 +34,7 @@ from bench.harness import BenchEnv, BenchError, Worker, plugin_entry
 from bench.options import RunOptions
 from bench.report import EntryResult
 from bench.stats import Metrics, Target, percentile
-from service.handle import JobHandle
+from service.client.handle import JobHandle
 from service.models import JobRecord, JobState
 from service.settings import Settings
 

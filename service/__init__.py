@@ -5,12 +5,10 @@ built on arq run the plugin's action under a timeout; :class:`JobHandle` follows
 result. Plugin authors derive from :class:`Plugin` and may take a :class:`JobContext`.
 """
 
-from service.cancellation import CancellationToken
-from service.checkpoint import Checkpoint
-from service.client import JobClient
-from service.context import JobContext, current_job
-from service.deadletter import DeadLetter, DeadLetterStore
-from service.delegates import DelegateManager, any_true
+from service.client.client import JobClient
+from service.client.deadletters import DeadLetter, DeadLetterStore
+from service.client.handle import JobHandle
+from service.client.sync import SyncJobClient, SyncJobHandle
 from service.errors import (
     ActionQError,
     ActionQSignal,
@@ -18,6 +16,7 @@ from service.errors import (
     CancellationRequested,
     ConfigError,
     DeadLetterNotFoundError,
+    ErrorInfo,
     FieldError,
     InvalidParamsError,
     InvalidProgressError,
@@ -39,7 +38,8 @@ from service.errors import (
     UnknownActionError,
     UnknownPluginError,
 )
-from service.events import (
+from service.events.delegates import DelegateManager, any_true
+from service.events.models import (
     BaseEvent,
     DelegateExecutionErrorEvent,
     Event,
@@ -63,29 +63,30 @@ from service.events import (
     WorkerStoppedEvent,
     parse_event,
 )
-from service.handle import JobHandle
+from service.events.registrations import Registration
 from service.keys import Keys
-from service.manifest import ActionSpec, ArgumentSpec, PluginManifest
 from service.models import (
     TERMINAL_STATES,
     AttemptInfo,
     CancelOutcome,
-    ErrorInfo,
     JobOptions,
     JobRecord,
     JobRequest,
     JobState,
+    ProgressSnapshot,
     ProgressStatus,
     ProgressUpdate,
     SubTaskProgress,
 )
-from service.plugin import Plugin
-from service.progress import ProgressSnapshot, SubTask
-from service.registrations import Registration
-from service.registry import RegisteredPlugin, WorkerInfo
+from service.plugins.cancellation import CancellationToken
+from service.plugins.checkpoint import Checkpoint
+from service.plugins.context import JobContext, current_job
+from service.plugins.manifest import ActionSpec, ArgumentSpec, PluginManifest
+from service.plugins.plugin import Plugin
+from service.plugins.progress import SubTask
+from service.plugins.registry import RegisteredPlugin, WorkerInfo
 from service.retry import RetryOverride, RetryPolicy
 from service.settings import PluginEntry, Settings, load_settings
-from service.sync import SyncJobClient, SyncJobHandle
 
 __version__ = "0.1.0"
 

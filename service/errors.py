@@ -1,7 +1,7 @@
 """The one exception tree of actionq.
 
 Every error the service raises derives from :class:`ActionQError`; third-party errors are
-translated at one boundary (Redis errors in :mod:`service.broker`, pydantic validation errors
+translated at one boundary (Redis errors in :mod:`service.redis.connection`, pydantic validation errors
 where params and settings are validated), so callers never have to catch ``redis.*`` or
 ``pydantic.*`` exceptions::
 
@@ -28,6 +28,8 @@ where params and settings are validated), so callers never have to catch ``redis
     ├── StreamUnavailableError         the job ended and has no output stream (not a generator, or expired)
     └── StreamTrimmedError             a stream reader fell more than the cap behind; items were trimmed
 
+A failure kept as data (in records, dead letters, events) is an :class:`ErrorInfo`.
+
 Control flow that carries data is not an error and is never logged as a failure::
 
     ActionQSignal
@@ -37,14 +39,14 @@ Control flow that carries data is not an error and is never logged as a failure:
 
 from __future__ import annotations
 
+import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from service.models import ErrorInfo
+from pydantic import BaseModel, ConfigDict
 
 __all__ = [
+    "ErrorInfo",
     "ActionQError",
     "ActionQSignal",
     "CancellationRequested",
@@ -72,6 +74,27 @@ __all__ = [
     "UnknownActionError",
     "UnknownPluginError",
 ]
+
+
+class ErrorInfo(BaseModel):
+    """A failure recorded as data: exception type, message, and where it came from.
+
+    Kept in job records, dead letters and events; the exceptions below that stand for a job's
+    outcome carry one (``PluginActionExecutionError.error``).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: str
+    message: str
+    traceback: str | None = None
+    retryable: bool = False
+
+    @classmethod
+    def from_exception(cls, exc: BaseException, *, with_traceback: bool = True) -> ErrorInfo:
+        """Describe ``exc`` (its class name, ``str()`` and formatted traceback)."""
+        tb = "".join(traceback.format_exception(exc)) if with_traceback else None
+        return cls(type=type(exc).__name__, message=str(exc) or type(exc).__name__, traceback=tb)
 
 
 class ActionQError(Exception):

@@ -17,30 +17,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = [
-    "ARQ_IN_PROGRESS_PREFIX",
-    "ARQ_RESULT_PREFIX",
-    "DEFAULT_NAMESPACE",
-    "Keys",
-    "arq_in_progress_key",
-    "arq_result_key",
-]
+from service.arqformat import IN_PROGRESS_PREFIX, RESULT_PREFIX
+
+__all__ = ["DEFAULT_NAMESPACE", "Keys"]
 
 DEFAULT_NAMESPACE = "actionq"
-
-# arq's global prefixes (arq.constants); a unit test keeps these equal to arq's.
-ARQ_IN_PROGRESS_PREFIX = "arq:in-progress:"
-ARQ_RESULT_PREFIX = "arq:result:"
-
-
-def arq_in_progress_key(arq_job_id: str) -> str:
-    """arq's in-progress lock (our lease) of an arq job id."""
-    return ARQ_IN_PROGRESS_PREFIX + arq_job_id
-
-
-def arq_result_key(arq_job_id: str) -> str:
-    """arq's result key of an arq job id."""
-    return ARQ_RESULT_PREFIX + arq_job_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,19 +32,15 @@ class Keys:
 
     # -- jobs -------------------------------------------------------------------------------
     def job(self, job_id: str) -> str:
-        """Hash: the service's ``JobRecord`` for a job."""
-        return self.job_prefix() + job_id
-
-    def job_prefix(self) -> str:
-        """What :meth:`job` puts before the job id (Lua scripts that find ids in a queue build keys with it)."""
-        return f"{self.namespace}:job:"
+        """Hash: the service's ``JobRecord`` of a live job (an ended job's is in its arq result)."""
+        return f"{self.namespace}:job:{job_id}"
 
     def job_channel(self, job_id: str) -> str:
         """Pub/sub channel: state changes and progress of one job."""
         return self.job_channel_prefix() + job_id
 
     def job_channel_prefix(self) -> str:
-        """What :meth:`job_channel` puts before the job id."""
+        """What :meth:`job_channel` puts before the job id (the submit script names the channels of its jobs)."""
         return f"{self.namespace}:ch:job:"
 
     def job_stream(self, job_id: str) -> str:
@@ -89,26 +66,22 @@ class Keys:
 
     def arq_job_id(self, job_id: str) -> str:
         """The id arq knows the job by: namespaced, because arq's key prefixes are global."""
-        return self.arq_job_id_prefix() + job_id
-
-    def arq_job_id_prefix(self) -> str:
-        """What :meth:`arq_job_id` puts before the job id."""
-        return f"{self.namespace}:"
+        return f"{self.namespace}:{job_id}"
 
     def job_id_from_arq(self, arq_job_id: str) -> str:
         """Inverse of :meth:`arq_job_id`."""
-        prefix = self.arq_job_id_prefix()
+        prefix = f"{self.namespace}:"
         if not arq_job_id.startswith(prefix):
             raise ValueError(f"arq job id {arq_job_id!r} is not in namespace {self.namespace!r}")
         return arq_job_id[len(prefix) :]
 
     def arq_result(self, job_id: str) -> str:
-        """arq's result key."""
-        return arq_result_key(self.arq_job_id(job_id))
+        """arq's result key (holding the final record once the job ended; :mod:`service.arqformat`)."""
+        return RESULT_PREFIX + self.arq_job_id(job_id)
 
     def arq_in_progress(self, job_id: str) -> str:
-        """arq's in-progress lock key."""
-        return arq_in_progress_key(self.arq_job_id(job_id))
+        """arq's in-progress key: the job's lease (its value is the worker id)."""
+        return IN_PROGRESS_PREFIX + self.arq_job_id(job_id)
 
     # -- queues -----------------------------------------------------------------------------
     def queue(self, plugin: str, lane: str = "default", host: str | None = None) -> str:
@@ -135,20 +108,16 @@ class Keys:
     def idle_workers(self, queue: str) -> str:
         """ZSET: id of each worker waiting for ``queue``'s jobs -> until when (epoch ms) it says so.
 
-        A submit that finds one hands the job straight to it (see :mod:`service.handoff`).
+        A submit that finds one hands the job straight to it (``service/redis/lua/submit.lua``).
         """
-        return self.idle_prefix() + queue.removeprefix(self.queue_prefix())
-
-    def idle_prefix(self) -> str:
-        """What :meth:`idle_workers` puts before a queue's name (without the queue prefix)."""
-        return f"{self.namespace}:idle:"
+        return f"{self.namespace}:idle:" + queue.removeprefix(self.queue_prefix())
 
     def worker_channel(self, worker_id: str) -> str:
         """Pub/sub channel: jobs handed straight to one worker by a submit (it is idle)."""
         return self.worker_channel_prefix() + worker_id
 
     def worker_channel_prefix(self) -> str:
-        """What :meth:`worker_channel` puts before the worker id."""
+        """What :meth:`worker_channel` puts before the worker id (the submit script names a listed worker's channel)."""
         return f"{self.namespace}:ch:worker:"
 
     def queue_prefix(self) -> str:

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import re
 import time
-import traceback
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
+from service.errors import ErrorInfo
 from service.retry import RetryOverride
 from service.wire import dumps
 
@@ -20,6 +20,7 @@ __all__ = [
     "ACTIVE_STATES",
     "ID_PATTERN",
     "NAME_PATTERN",
+    "ProgressSnapshot",
     "ProgressStatus",
     "ProgressUpdate",
     "SubTaskProgress",
@@ -175,21 +176,6 @@ class JobRequest(_Model):
         return (self.plugin, self.action, self.params) == (other.plugin, other.action, other.params)
 
 
-class ErrorInfo(_Model):
-    """A failure recorded as data: exception type, message, and where it came from."""
-
-    type: str
-    message: str
-    traceback: str | None = None
-    retryable: bool = False
-
-    @classmethod
-    def from_exception(cls, exc: BaseException, *, with_traceback: bool = True) -> ErrorInfo:
-        """Describe ``exc`` (its class name, ``str()`` and formatted traceback)."""
-        tb = "".join(traceback.format_exception(exc)) if with_traceback else None
-        return cls(type=type(exc).__name__, message=str(exc) or type(exc).__name__, traceback=tb)
-
-
 class CancelOutcome(StrEnum):
     """What a cancel request did."""
 
@@ -242,4 +228,15 @@ class JobRecord(_Model):
         return self.state.is_terminal
 
 
-OutcomeKind = Literal["succeeded", "failed", "timed_out", "cancelled"]
+class ProgressSnapshot(_Model):
+    """What a follower of a job sees: its state and latest progress as of ``seq``."""
+
+    job_id: str
+    seq: int
+    state: JobState
+    progress: ProgressUpdate | None = None
+
+    @classmethod
+    def of(cls, record: JobRecord) -> ProgressSnapshot:
+        """The snapshot a record stands for."""
+        return cls(job_id=record.job_id, seq=record.seq, state=record.state, progress=record.progress)

@@ -30,7 +30,7 @@ __all__ = ["ENV_PREFIX", "PluginEntry", "Settings", "load_settings"]
 ENV_PREFIX = "ACTIONQ_"
 # Read by the CLI, not a setting: the path of config.yml.
 CONFIG_ENV = "ACTIONQ_CONFIG"
-# Set by a worker pool for its members, not a setting: the supervisor's pid (see service.pool).
+# Set by a worker pool for its members, not a setting: the supervisor's pid (see service.processes.supervisor).
 SUPERVISOR_ENV = "ACTIONQ_SUPERVISOR_PID"
 _NOT_SETTINGS = frozenset({CONFIG_ENV, SUPERVISOR_ENV})
 

@@ -1,6 +1,6 @@
 """Shared fixtures: a real Redis server of our own, a fake one, isolated namespaces, worker processes.
 
-* ``redis_server`` (session) is a private server started by :mod:`service.embedded` on a free
+* ``redis_server`` (session) is a private server started by :mod:`service.processes.embedded` on a free
   loopback port (never the shared Redis on 6379). Without a server binary, integration tests are
   skipped locally and fail when ``CI`` is set (a CI run must never go green by skipping them).
 * Every test gets its own ``namespace``; the ``redis`` fixture and the ``worker_process`` factory
@@ -28,12 +28,12 @@ import redis as redis_sync
 import redis.asyncio as aioredis
 import yaml
 
-from service.claims import Claims, TakenJob
-from service.client import JobClient
-from service.embedded import EmbeddedRedis, find_server_binary
+from service.client.client import JobClient
 from service.errors import ConfigError
 from service.keys import Keys
-from service.spawn import has_pid, spawn_worker
+from service.processes.embedded import EmbeddedRedis, find_server_binary
+from service.processes.spawn import has_pid, spawn_worker
+from service.worker.take import Claims, TakenJob
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 INTEGRATION_DIR = REPO_ROOT / "tests" / "integration"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from service.settings import load_settings
-from service.worker import main
+from service.worker.adapter import main
 
 
 def run() -> None:

@@ -6,7 +6,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
 
-from service.plugin import Plugin
+from service.plugins.plugin import Plugin
 
 
 class InteropTarget(Plugin):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from service.plugin import Plugin
+from service.plugins.plugin import Plugin
 
 
 class PluginB(Plugin):

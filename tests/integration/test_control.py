@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from service import JobClient, JobState
-from service.events import EventKind
+from service.events.models import EventKind
 from tests.conftest import FAST, REPO_ROOT, WorkerFactory, bundled_plugins_config, fixture_plugin
 
 OBSERVER = fixture_plugin("observer")

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from service import embedded
-from service.embedded import EmbeddedRedis, find_server_binary, free_port
 from service.errors import ConfigError
+from service.processes import embedded
+from service.processes.embedded import EmbeddedRedis, find_server_binary, free_port
 
 
 def _ping(server: EmbeddedRedis) -> bool:

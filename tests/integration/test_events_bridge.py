@@ -16,13 +16,21 @@ import pytest
 from redis.asyncio import Redis
 from structlog.testing import capture_logs
 
-from service.client import JobClient
-from service.delegates import DelegateManager
-from service.embedded import EmbeddedRedis
-from service.eventbus import _BATCH, EVENTS_TTL_S, FIELD, LEGACY_FIELD, EventBridge, read_events
-from service.events import Event, JobFailedEvent, JobSucceededEvent, ReceivedEvent, WorkerStartedEvent, parse_event
+from service.client.client import JobClient
+from service.events.bridge import _BATCH, EVENTS_TTL_S, FIELD, LEGACY_FIELD, EventBridge
+from service.events.delegates import DelegateManager
+from service.events.models import (
+    Event,
+    JobFailedEvent,
+    JobSucceededEvent,
+    ReceivedEvent,
+    WorkerStartedEvent,
+    parse_event,
+)
+from service.events.reader import read_events
 from service.keys import Keys
 from service.models import ErrorInfo
+from service.processes.embedded import EmbeddedRedis
 from service.settings import Settings
 from tests.conftest import REPO_ROOT
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 
 from service import JobClient
-from service.broker import LeanPool
-from service.embedded import EmbeddedRedis
+from service.processes.embedded import EmbeddedRedis
+from service.redis.connection import LeanPool
 from tests.conftest import FAST as BASE_FAST
 from tests.conftest import WorkerFactory, WorkerProc, bundled_plugins_config
 

@@ -15,10 +15,10 @@ import yaml
 from redis.asyncio import Redis
 
 from service import JobClient, JobHandle, JobState
-from service.claims import Claims
 from service.keys import Keys
 from service.models import now_ms
-from service.spawn import WorkerStartError, has_pid, spawn_worker, wait_registered
+from service.processes.spawn import WorkerStartError, has_pid, spawn_worker, wait_registered
+from service.worker.take import Claims
 from tests.conftest import FAST, REPO_ROOT, WorkerFactory, bundled_plugins_config, fixture_plugin
 
 RELIABILITY = fixture_plugin("reliability")

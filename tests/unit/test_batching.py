@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from service.batching import Batcher
+from service.redis.batching import Batcher
 
 
 class Recorder:

@@ -14,8 +14,8 @@ import pytest_asyncio
 import redis.asyncio as aioredis
 from arq.jobs import deserialize_result
 
-from service.claims import IDLE_TTL_S, Claims, handed_job
-from service.client import JobClient
+from service.client.client import JobClient
+from service.client.handle import JobHandle
 from service.errors import (
     InvalidParamsError,
     JobConflictError,
@@ -25,13 +25,13 @@ from service.errors import (
     UnknownActionError,
     UnknownPluginError,
 )
-from service.handle import JobHandle
-from service.manifest import load_manifest
 from service.models import JobRequest, JobState, now_ms
-from service.registry import Registry, WorkerInfo
+from service.plugins.manifest import load_manifest
+from service.plugins.registry import Registry, WorkerInfo
 from service.settings import Settings
-from service.settle import Settlement, Settler
 from service.wire import loads
+from service.worker.settle import Settlement, Settler
+from service.worker.take import IDLE_TTL_S, Claims, handed_job
 
 PLUGINS = Path(__file__).resolve().parents[2] / "plugins"
 
@@ -146,11 +146,11 @@ async def test_take_and_settle_publish_with_sequence_numbers(client: JobClient) 
         take = await claims.take([queue], now_ms(), limit=5)
         started = loads(await sub.get(5) or b"null")
         done = Settlement(
-            job_id="s1", queue=queue, state=JobState.SUCCEEDED, attempt=1, fields={"result": "1"}, ttl_s=60
+            job_id="s1", queue=queue, state=JobState.SUCCEEDED, attempt=1, fields={"result": "1"}, result_ttl_s=60
         )
         seq = await settler.settle(done)
         ended = loads(await sub.get(5) or b"null")
-        await settler.settle(Settlement(job_id="s2", queue=queue, state=JobState.SUCCEEDED, attempt=1, ttl_s=60))
+        await settler.settle(Settlement(job_id="s2", queue=queue, state=JobState.SUCCEEDED, attempt=1, result_ttl_s=60))
         assert await unwatched.get(0.2) is None
     assert [(j.job_id, j.status, j.attempt) for j in take.jobs] == [("s1", "run", 1), ("s2", "run", 1)]
     assert started == {"type": "state", "job_id": "s1", "state": "running", "attempt": 1, "seq": 1}
@@ -177,15 +177,12 @@ async def test_an_ended_job_keeps_one_key_its_final_record_in_arqs_result(client
     queue = (await handle.record()).queue
     await Claims(client.redis, client.keys, worker_id="w", lease_s=3).take([queue], now_ms(), limit=5)
     settled = Settlement(
-        job_id="f1", queue=queue, state=JobState.SUCCEEDED, attempt=1, fields={"result": "25"}, ttl_s=60
+        job_id="f1", queue=queue, state=JobState.SUCCEEDED, attempt=1, fields={"result": "25"}, result_ttl_s=60
     )
     request = await client.redis.hget(client.keys.job("f1"), "request")  # type: ignore[misc]
     arq_result = b'{"t":1,"f":"run_action","a":[],"et":1,"s":true,"r":25,"st":2,"ft":3,"k":{"request":%s}}' % request
     assert (
-        await Settler(client.redis, client.keys).settle(
-            replace(settled, arq_result=arq_result, arq_result_ttl_ms=60_000)
-        )
-        == 2
+        await Settler(client.redis, client.keys).settle(replace(settled, arq_result=arq_result, result_ttl_s=60)) == 2
     )
     assert not await client.redis.exists(client.keys.job("f1"))
     assert 0 < await client.redis.pttl(client.keys.arq_result("f1")) <= 60_000
@@ -291,9 +288,7 @@ async def test_an_attempt_whose_lease_lapsed_does_not_settle_the_one_that_took_o
     late = Settlement(
         job_id="lap1", queue=queue, state=JobState.SUCCEEDED, attempt=1, fields={"result": "16"}, owner=("w-a", 1)
     )
-    assert (
-        await settler.settle(replace(late, arq_result=b'{"t":1,"k":{"request":null}}', arq_result_ttl_ms=60_000)) == -3
-    )
+    assert await settler.settle(replace(late, arq_result=b'{"t":1,"k":{"request":null}}', result_ttl_s=60)) == -3
     record = await handle.record()
     assert (record.state, record.attempt, record.worker) == (JobState.RUNNING, 2, "w-b")  # untouched
     assert await client.redis.zscore(queue, client.keys.arq_job_id("lap1")) is not None  # still w-b's
@@ -301,7 +296,7 @@ async def test_an_attempt_whose_lease_lapsed_does_not_settle_the_one_that_took_o
     assert not await client.redis.exists(client.keys.arq_result("lap1"))
     request = await client.redis.hget(client.keys.job("lap1"), "request")  # type: ignore[misc]
     done = replace(
-        late, attempt=2, owner=("w-b", 2), arq_result=b'{"t":2,"k":{"request":%s}}' % request, arq_result_ttl_ms=60_000
+        late, attempt=2, owner=("w-b", 2), arq_result=b'{"t":2,"k":{"request":%s}}' % request, result_ttl_s=60
     )
     assert await settler.settle(done) > 0
     assert (await handle.record()).state is JobState.SUCCEEDED

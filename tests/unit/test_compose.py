@@ -1,7 +1,7 @@
 """docker-compose.yml, the Dockerfile, .ci/run and the README agree with the package they run.
 
 No Docker engine is needed: the files are parsed and checked against pyproject.toml, the Typer
-app in :mod:`service.cli` and the files the image would contain.
+app in :mod:`service.cli.app` and the files the image would contain.
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ def _config_option(words: list[str]) -> PurePosixPath:
 
 def _typer_subcommands() -> set[str]:
     """Top-level subcommands of the Typer app ``service.cli.app``."""
-    cli = importlib.import_module("service.cli")
+    cli = importlib.import_module("service.cli.app")
     app = cli.app
     assert isinstance(app, typer.Typer), "service.cli.app must be the Typer app"
     # Duck-typed: recent typer versions vendor click, so the group is not a `click.Group`.

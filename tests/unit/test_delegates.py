@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from service.delegates import DelegateManager, any_true
-from service.events import DelegateExecutionErrorEvent, Event, EventKind, JobStartedEvent, JobSucceededEvent
+from service.events.delegates import DelegateManager, any_true
+from service.events.models import DelegateExecutionErrorEvent, Event, EventKind, JobStartedEvent, JobSucceededEvent
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -12,9 +12,10 @@ from redis import exceptions as redis_exc
 from redis.asyncio import Redis
 from structlog.testing import capture_logs
 
-from service.delegates import DelegateManager
-from service.eventbus import _BATCH, FIELD, LEGACY_FIELD, EventBridge, EventFilter, _decode, _id_before, read_events
-from service.events import (
+from service.events.bridge import _BATCH, FIELD, LEGACY_FIELD, EventBridge
+from service.events.delegates import DelegateManager
+from service.events.jobevents import JobEvents
+from service.events.models import (
     EVENT_MODELS,
     BaseEvent,
     Event,
@@ -28,9 +29,9 @@ from service.events import (
     reference_markdown,
     write_readme,
 )
+from service.events.reader import EventFilter, _decode, _id_before, read_events
 from service.keys import Keys
 from service.models import ErrorInfo, JobRequest, JobState, ProgressUpdate
-from service.notify import JobEvents
 from service.settings import Settings
 from service.wire import WireError
 

@@ -13,12 +13,12 @@ import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
 
-from service.claims import Claims
-from service.client import JobClient
-from service.executor import Executor
-from service.loader import PluginLoader
+from service.client.client import JobClient
 from service.models import ErrorInfo, JobOptions, JobRequest, JobState, now_ms
+from service.plugins.loader import PluginLoader
 from service.settings import Settings
+from service.worker.executor import Executor
+from service.worker.take import Claims
 from tests.conftest import take_job
 
 PLUGINS = Path(__file__).resolve().parents[2] / "plugins"
@@ -42,7 +42,7 @@ async def rig(fake_redis: aioredis.Redis) -> AsyncIterator[Rig]:
     loader = PluginLoader(enable_timeout_s=5)
     await loader.load_all([(n, PLUGINS / n) for n in ("long_running", "PluginB", "InteropTarget")])
     client = JobClient(fake_redis, settings, owns_redis=False)
-    executor = Executor(loader=loader, store=client.store, settings=settings, worker_id="w-test")
+    executor = Executor(loader=loader, redis=client.redis, keys=client.keys, settings=settings, worker_id="w-test")
     yield Rig(client, executor)
     await loader.unload_all()
     await client.close()

@@ -8,14 +8,15 @@ from collections.abc import Callable
 import arq.constants
 import pytest
 
+from service.arqformat import IN_PROGRESS_PREFIX, RESULT_PREFIX
 from service.errors import PayloadTooLargeError
-from service.keys import ARQ_IN_PROGRESS_PREFIX, ARQ_RESULT_PREFIX, Keys
+from service.keys import Keys
 from service.wire import WireError, check_size, dumps, loads
 
 
 def test_arq_prefixes_match_arq() -> None:
-    assert arq.constants.in_progress_key_prefix == ARQ_IN_PROGRESS_PREFIX
-    assert arq.constants.result_key_prefix == ARQ_RESULT_PREFIX
+    assert arq.constants.in_progress_key_prefix == IN_PROGRESS_PREFIX
+    assert arq.constants.result_key_prefix == RESULT_PREFIX
 
 
 def test_namespaces_isolate_every_name() -> None:

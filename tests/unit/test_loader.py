@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from service.context import JobContext, current_job
 from service.errors import ManifestError, PluginLoadError, UnknownActionError, UnknownPluginError
-from service.loader import LoadedPlugin, PluginLoader
-from service.manifest import PluginManifest
+from service.plugins.context import JobContext, current_job
+from service.plugins.loader import LoadedPlugin, PluginLoader
+from service.plugins.manifest import PluginManifest
 
 ROOT = Path(__file__).resolve().parents[2]
 PLUGINS = ROOT / "plugins"
@@ -44,7 +44,9 @@ def write_plugin(tmp_path: Path) -> WritePlugin:
         folder = tmp_path / name
         folder.mkdir()
         (folder / "plugin.yml").write_text(textwrap.dedent(manifest))
-        header = "from __future__ import annotations\nfrom typing import Any\nfrom service.plugin import Plugin\n"
+        header = (
+            "from __future__ import annotations\nfrom typing import Any\nfrom service.plugins.plugin import Plugin\n"
+        )
         (folder / "plugin.py").write_text(header + textwrap.dedent(code))
         return folder
 
@@ -213,7 +215,7 @@ async def test_a_later_successful_load_clears_the_failure(loader: PluginLoader, 
     (folder / "plugin.py").write_text("raise ImportError('not yet')\n")
     with pytest.raises(PluginLoadError):
         await loader.load("flaky", folder)
-    (folder / "plugin.py").write_text("from service.plugin import Plugin\n\nclass Flaky(Plugin):\n    pass\n")
+    (folder / "plugin.py").write_text("from service.plugins.plugin import Plugin\n\nclass Flaky(Plugin):\n    pass\n")
     await loader.load("flaky", folder)
     assert "flaky" not in loader.failures
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from service.errors import FieldError, InvalidParamsError, ManifestError, UnknownActionError
-from service.manifest import MISSING, ArgumentSpec, PluginManifest, load_manifest, parse_type
+from service.plugins.manifest import MISSING, ArgumentSpec, PluginManifest, load_manifest, parse_type
 
 PLUGINS = Path(__file__).resolve().parents[2] / "plugins"
 

@@ -7,10 +7,11 @@ import threading
 
 import pytest
 
-from service.context import JobContext
 from service.errors import InvalidProgressError
 from service.models import ProgressUpdate
-from service.progress import ProgressReporter, SubTask, make_update
+from service.plugins.context import JobContext
+from service.plugins.progress import SubTask, make_update
+from service.worker.progress import ProgressReporter
 
 
 def test_steps_give_a_percentage_and_indeterminate_progress_has_none() -> None:

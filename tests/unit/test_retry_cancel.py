@@ -11,10 +11,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from service.cancellation import CancellationToken
 from service.errors import CancellationRequested, Retry
+from service.plugins.cancellation import CancellationToken
 from service.retry import RetryOverride, RetryPolicy, decide, merge
-from service.supervise import supervise
+from service.worker.deadline import supervise
 
 
 @given(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from pathlib import Path
@@ -13,7 +12,8 @@ import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
 
-from service.client import JobClient
+from service.client.client import JobClient
+from service.client.streams import follow
 from service.errors import (
     PayloadTooLargeError,
     PluginActionExecutionError,
@@ -21,12 +21,15 @@ from service.errors import (
     StreamTrimmedError,
     StreamUnavailableError,
 )
-from service.executor import Executor
-from service.loader import PluginLoader
-from service.models import ErrorInfo, JobOptions, JobRequest, JobState
+from service.models import ErrorInfo, JobOptions, JobRequest, JobState, now_ms
+from service.plugins.loader import PluginLoader
+from service.plugins.threads import iterate_in_thread
+from service.redis.streams import StreamEnd, entry_id, entry_index
 from service.retry import RetryPolicy
 from service.settings import Settings
-from service.streams import StreamEnd, StreamWriter, entry_id, entry_index, follow, iterate_in_thread, pump
+from service.worker.executor import Executor
+from service.worker.streams import StreamWriter, pump
+from service.worker.take import Claims
 from tests.conftest import take_job
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -61,10 +64,17 @@ async def read(redis: aioredis.Redis, start: int = 0) -> list[Any]:
         return [entry async for entry in follow(redis, KEY, "job-1", start, finished)]
 
 
+async def finish(w: StreamWriter, end: StreamEnd, ttl_s: int) -> None:
+    """What the settle script does with a generator's stream when its job ends: the marker, the TTL."""
+    written = await w.flush()
+    await w.redis.xadd(KEY, end.fields(), id=entry_id(written))  # type: ignore[arg-type]
+    await w.redis.expire(KEY, ttl_s)
+
+
 async def write(redis: aioredis.Redis, items: list[Any], end: JobState = JobState.SUCCEEDED, **kw: Any) -> None:
     w = writer(redis, **kw)
     assert await pump(agen(items), w) == {"items": len(items)}
-    await w.finish(StreamEnd(end, w.count), ttl_s=60)
+    await finish(w, StreamEnd(end, w.count), ttl_s=60)
 
 
 def test_entry_ids_are_the_index_plus_one() -> None:
@@ -105,7 +115,7 @@ async def test_terminal_marker_carries_the_error(fake_redis: aioredis.Redis) -> 
     with pytest.raises(RuntimeError, match="midway"):
         await pump(agen(["a", "b"], RuntimeError("midway")), w)
     error = ErrorInfo(type="RuntimeError", message="midway")
-    await w.finish(StreamEnd(JobState.FAILED, w.count, error), ttl_s=60)
+    await finish(w, StreamEnd(JobState.FAILED, w.count, error), ttl_s=60)
     assert await read(fake_redis) == ["a", "b", StreamEnd(JobState.FAILED, 2, error)]
 
 
@@ -203,7 +213,7 @@ async def executor(client: JobClient) -> AsyncIterator[Executor]:
     await loader.load_all(
         [("InteropTarget", ROOT / "plugins" / "InteropTarget"), ("streamer", ROOT / "tests/fixtures/plugins/streamer")]
     )
-    yield Executor(loader=loader, store=client.store, settings=client.settings, worker_id="w-test")
+    yield Executor(loader=loader, redis=client.redis, keys=client.keys, settings=client.settings, worker_id="w-test")
     await loader.unload_all()
 
 
@@ -261,10 +271,17 @@ async def test_executor_timeout_ends_the_stream(client: JobClient, executor: Exe
 async def test_a_rerun_restarts_the_stream(client: JobClient, executor: Executor) -> None:
     request = JobRequest(plugin="InteropTarget", action="it_async_gen", params={"n": 3, "delay_ms": 0})
     job = (await client.submit_request(request)).job_id
+    stream = client.keys.job_stream(job)
     first = await take_job(client, job)
-    await executor.run(first)
-    await executor.run(dataclasses.replace(first, attempt=2))  # as if a lapsed lease had run it again
-    assert await client.redis.xlen(client.keys.job_stream(job)) == 4  # three items and one marker
+    await client.redis.xadd(stream, {"v": b'"from attempt 1"'}, id="0-1")  # attempt 1 got one item out...
+    await client.redis.delete(client.keys.arq_in_progress(job))  # ...then its worker died: the lease lapses
+    queue = (await client.job(job).record()).queue
+    claims = Claims(client.redis, client.keys, worker_id="w-test", lease_s=3)
+    [second] = (await claims.take([queue], now_ms() + 3_500, limit=5)).jobs
+    assert (first.attempt, second.attempt) == (1, 2)
+    await executor.run(second)
+    assert await client.redis.xlen(stream) == 4  # three items and one marker, all of attempt 2
+    assert [x async for x in client.job(job).stream()] == ["ag0", "ag1", "ag2"]
 
 
 async def test_a_value_action_has_no_stream(client: JobClient, executor: Executor) -> None:

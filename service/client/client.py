@@ -1,0 +1,298 @@
+"""The producer side: :class:`JobClient` submits jobs, :class:`JobHandle` follows one.
+
+::
+
+    async with await JobClient.connect("redis://localhost:6379/0") as client:
+        handle = await client.submit("PluginB", "calculate_square", {"x": 6})
+        print(await handle.result(timeout=10))   # 36
+
+Submission validates the params against the manifest that live workers published (the
+registry) before anything is written, then writes the job record and the
+queue entry in one atomic script. A second submit with the same ``job_id`` does not enqueue
+again: it returns a handle with ``created=False`` (or raises :class:`JobConflictError` if the
+id was used for different work).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping, Sequence
+from contextlib import aclosing
+from datetime import datetime
+from types import TracebackType
+from typing import Any
+
+from pydantic import ValidationError
+from redis.asyncio import Redis
+
+from service.client.deadletters import DeadLetterStore
+from service.client.handle import JobHandle
+from service.client.store import JobStore
+from service.errors import (
+    ConfigError,
+    FieldError,
+    InvalidParamsError,
+    JobConflictError,
+    SubmissionError,
+    UnknownPluginError,
+)
+from service.events.control import Command, ControlCommand, ControlReport, send_control
+from service.events.models import EventKind, ReceivedEvent
+from service.events.reader import read_events
+from service.keys import Keys
+from service.models import JobOptions, JobRequest, now_ms
+from service.plugins.manifest import PluginManifest
+from service.plugins.registry import RegisteredPlugin, Registry, WorkerInfo
+from service.redis.connection import broker_errors, connect
+from service.redis.pubsub import PubSubMultiplexer
+from service.retry import RetryOverride
+from service.settings import Settings, load_settings
+from service.wire import check_size, dumps
+
+__all__ = ["JobClient"]
+# Registry entries are re-read at most this often per plugin: submit stays one round trip.
+_REGISTRY_CACHE_S = 1.0
+
+Params = Mapping[str, Any] | Sequence[Any] | str | int | float | bool | None
+
+
+class JobClient:
+    """Submits jobs to one actionq deployment (a Redis URL and a namespace)."""
+
+    def __init__(self, redis: Redis, settings: Settings, *, owns_redis: bool = True) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.keys = Keys(settings.namespace)
+        self.store = JobStore(redis, self.keys)
+        self.registry = Registry(redis, self.keys, heartbeat_s=settings.heartbeat_s)
+        self._owns_redis = owns_redis
+        self._mux: PubSubMultiplexer | None = None
+        self.dead = DeadLetterStore(redis, self.keys, ttl_s=settings.dead_letter_ttl_s, submit=self.submit_request)
+        self._manifests: dict[str, tuple[float, RegisteredPlugin | None]] = {}
+
+    @classmethod
+    async def connect(
+        cls, redis_url: str | None = None, *, namespace: str | None = None, settings: Settings | None = None
+    ) -> JobClient:
+        """Connect to ``redis_url`` (else the configured ``redis_url``) and check it answers."""
+        settings = settings or load_settings(redis_url=redis_url, namespace=namespace)
+        if redis_url is not None or namespace is not None:
+            settings = settings.model_copy(
+                update={k: v for k, v in {"redis_url": redis_url, "namespace": namespace}.items() if v is not None}
+            )
+        if settings.redis_url is None:
+            raise ConfigError(
+                "no Redis configured: set redis_url in config.yml or ACTIONQ_REDIS_URL "
+                "(`actionq up` prints the URL of the server it starts)"
+            )
+        redis = connect(settings.redis_url)
+        with broker_errors(f"connecting to {settings.redis_url}"):
+            await redis.ping()
+        return cls(redis, settings)
+
+    async def __aenter__(self) -> JobClient:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the pub/sub connection and, if this client opened it, the Redis connection."""
+        if self._mux is not None:
+            await self._mux.close()
+            self._mux = None
+        if self._owns_redis:
+            await self.redis.aclose()
+
+    @property
+    def pubsub(self) -> PubSubMultiplexer:
+        """The process-wide pub/sub connection of this client (opened on first use)."""
+        if self._mux is None:
+            self._mux = PubSubMultiplexer(self.redis)
+        return self._mux
+
+    # -- submitting -----------------------------------------------------------------------
+    async def submit(
+        self,
+        plugin: str,
+        action: str,
+        params: Params = None,
+        *,
+        job_id: str | None = None,
+        timeout_s: float | None = None,
+        queue: str = "default",
+        defer_s: float | None = None,
+        at: datetime | None = None,
+        result_ttl_s: int | None = None,
+        retry: RetryOverride | Mapping[str, Any] | None = None,
+        expires_s: float | None = None,
+        host: str = "any",
+        watch: bool = False,
+        validate: bool = True,
+    ) -> JobHandle:
+        """Submit ``plugin.action(**params)`` and return a handle to follow it.
+
+        ``params`` is a mapping of argument names, or (as in the seeds' ``execute``) a tuple of
+        positional values or a single value, bound to the declared arguments in order.
+        ``host`` is ``"any"``, ``"local"`` (this machine) or a hostname. ``validate=False``
+        skips the registry check, for submitting before any worker is up: the worker then
+        validates, and a bad job fails there with the same error. ``watch=True`` publishes the
+        job's changes on its channel from the start, for a raw subscriber that subscribed before
+        this call (the handle's :meth:`~JobHandle.wait` and :meth:`~JobHandle.progress` need no flag).
+        """
+        options = self._options(
+            job_id=job_id,
+            timeout_s=timeout_s,
+            queue=queue,
+            defer_s=defer_s,
+            at_ms=int(at.timestamp() * 1000) if at is not None else None,
+            result_ttl_s=result_ttl_s,
+            host=self.settings.hostname if host == "local" else host,
+            retry=retry,
+            expires_s=expires_s,
+            watch=watch,
+        )
+        manifest = await self._manifest(plugin) if validate else None
+        checked = self._check_params(manifest, plugin, action, params)
+        request = JobRequest(plugin=plugin, action=action, params=checked, options=options)
+        return await self.submit_request(request)
+
+    async def execute_stream(
+        self, plugin: str, action: str, params: Params = None, **options: Any
+    ) -> AsyncGenerator[Any, None]:
+        """Submit a generator action and yield its items as they are produced (the seed's ``execute_stream``).
+
+        ``options`` are those of :meth:`submit`. Ends when the action does; raises what the job
+        ended with otherwise (see :meth:`JobHandle.stream`).
+        """
+        handle = await self.submit(plugin, action, params, **options)
+        async with aclosing(handle.stream()) as items:
+            async for item in items:
+                yield item
+
+    async def submit_request(self, request: JobRequest) -> JobHandle:
+        """Write an already-built (and, if wanted, already-validated) request."""
+        opts = request.options
+        job_id = opts.job_id or uuid.uuid4().hex  # a caller's id is an idempotency key; ours is fresh
+        now = now_ms()
+        score = opts.at_ms if opts.at_ms is not None else now + int((opts.defer_s or 0) * 1000)
+        body = request.model_dump_json()
+        check_size(f"job {job_id}", body.encode(), self.settings.max_payload_bytes)
+        created = await self.store.create(
+            job_id,
+            body,
+            queue=self.keys.queue(request.plugin, opts.queue, None if opts.host == "any" else opts.host),
+            now_ms=now,
+            score_ms=score,
+            # The queue-wait limit: a worker that takes the job after this fails it instead.
+            expires_at_ms=score + int(opts.expires_s * 1000) if opts.expires_s else None,
+            fresh_id=opts.job_id is None,
+            watch=opts.watch,
+            lease_ms=int(self.settings.lease_s * 1000),
+        )
+        existing = created.existing_request
+        if not created.created and existing is not None and not request.same_work(existing):
+            raise JobConflictError(job_id)
+        return JobHandle(self, job_id, created=created.created)
+
+    def _options(self, **values: Any) -> JobOptions:
+        try:
+            options = JobOptions(**values)
+        except ValidationError as exc:
+            errors = [FieldError(".".join(map(str, e["loc"])), e["msg"]) for e in exc.errors()]
+            raise SubmissionError("invalid job options: " + "; ".join(map(str, errors))) from exc
+        if options.timeout_s is not None and options.timeout_s > self.settings.max_timeout_s:
+            raise SubmissionError(
+                f"invalid job options: timeout_s: {options.timeout_s:g} is over the service maximum "
+                f"of {self.settings.max_timeout_s:g}s"
+            )
+        return options
+
+    @staticmethod
+    def _check_params(manifest: PluginManifest | None, plugin: str, action: str, params: Params) -> dict[str, Any]:
+        if params is None:
+            params = {}
+        if not isinstance(params, Mapping):
+            values = list(params) if isinstance(params, list | tuple) else [params]
+            if manifest is None:
+                raise InvalidParamsError(
+                    plugin, action, [FieldError("params", "positional params need validation (validate=True)")]
+                )
+            return manifest.bind_positional(action, values)
+        if manifest is None:
+            try:
+                dumps(dict(params))
+            except (TypeError, ValueError) as exc:
+                raise InvalidParamsError(plugin, action, [FieldError("params", f"not JSON: {exc}")]) from exc
+            return dict(params)
+        return manifest.validate_params(action, params)
+
+    async def _manifest(self, plugin: str) -> PluginManifest:
+        cached = self._manifests.get(plugin)
+        if cached is not None and time.monotonic() - cached[0] < _REGISTRY_CACHE_S:
+            entry = cached[1]
+        else:
+            entry = await self.registry.plugin(plugin)
+            self._manifests[plugin] = (time.monotonic(), entry)
+        if entry is None or not entry.live:
+            live = [p.name for p in await self.registry.plugins() if p.live]
+            raise UnknownPluginError(plugin, live)
+        return entry.manifest
+
+    # -- looking things up ----------------------------------------------------------------
+    def job(self, job_id: str) -> JobHandle:
+        """A handle to an existing job (no Redis call until you ask it something)."""
+        return JobHandle(self, job_id, created=False)
+
+    async def plugins(self) -> list[RegisteredPlugin]:
+        """The plugins in the registry, with their manifests and liveness."""
+        return await self.registry.plugins()
+
+    async def workers(self) -> list[WorkerInfo]:
+        """The live workers."""
+        return await self.registry.workers()
+
+    async def control(
+        self,
+        command: Command,
+        *,
+        worker: str | None = None,
+        host: str | None = None,
+        args: dict[str, Any] | None = None,
+        timeout: float = 3.0,
+    ) -> ControlReport:
+        """Send a control command to every worker, the workers on ``host``, or one ``worker``.
+
+        Commands: ``pause``, ``resume``, ``drain``, ``stop``, ``load_plugin`` / ``disable_plugin``
+        / ``reload_plugin`` (``args={"name": ..., "path": ...}``). The report lists each worker's
+        acknowledgement and the targeted live workers that did not answer within ``timeout``.
+        """
+        cmd = ControlCommand(command=command, worker=worker, host=host, args=args or {})
+        live = [(w.worker_id, w.hostname) for w in await self.workers()]
+        return await send_control(self.redis, self.keys, self.pubsub, cmd, live=live, timeout=timeout)
+
+    # -- events ---------------------------------------------------------------------------
+    def events(
+        self,
+        kinds: Iterable[str | EventKind] | None = None,
+        plugin: str | None = None,
+        job_id: str | None = None,
+        since: str | datetime = "now",
+        *,
+        worker_id: str | None = None,
+        follow: bool = True,
+    ) -> AsyncIterator[ReceivedEvent]:
+        """Every worker's events (``ReceivedEvent``: stream id + typed event), oldest first.
+
+        ``since``: ``"now"`` (only new ones), ``"replay:N"`` (the last N matching, then live),
+        a stream id (the events after it, e.g. the last ``id`` you saw) or a datetime. Nothing
+        is missed or repeated between the replay and the live part. Filters: ``kinds``,
+        ``plugin``, ``job_id``, ``worker_id``. ``follow=False`` stops at the newest event.
+        """
+        return read_events(
+            self.redis, self.keys, kinds=kinds, plugin=plugin, job_id=job_id, worker_id=worker_id,
+            since=since, follow=follow,
+        )  # fmt: skip

@@ -1,0 +1,99 @@
+"""The dead-letter store: jobs whose attempts ran out, kept to be understood and replayed.
+
+A dead letter holds everything needed: the original request (plugin, action, params, options),
+the queue, every attempt (worker, times, outcome, error) and the final error. Letters expire
+after ``dead_letter_ttl_s``. Replay submits the same request as a fresh attempt series — under
+the **same job id** by default (the old record is replaced), or under a new id on request.
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Awaitable, Callable
+
+from pydantic import BaseModel, ConfigDict, Field
+from redis.asyncio import Redis
+
+from service.client.handle import JobHandle
+from service.errors import DeadLetterNotFoundError, ErrorInfo
+from service.keys import Keys
+from service.models import AttemptInfo, JobRequest, JobState, now_ms
+from service.redis.connection import broker_errors
+
+__all__ = ["DeadLetter", "DeadLetterStore", "Submit"]
+
+Submit = Callable[[JobRequest], Awaitable[JobHandle]]
+"""How a replay submits (:meth:`service.client.client.JobClient.submit_request`)."""
+
+
+class DeadLetter(BaseModel):
+    """A job that failed for good, with its history (written by the settle script with the final record)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    job_id: str
+    request: JobRequest
+    queue: str
+    state: JobState = Field(description="failed or timed_out")
+    error: ErrorInfo | None
+    attempts: list[AttemptInfo]
+    dead_at_ms: int = Field(default_factory=now_ms)
+
+
+class DeadLetterStore:
+    """Dead letters of one namespace: add, list, get, replay, purge."""
+
+    def __init__(self, redis: Redis, keys: Keys, *, ttl_s: int, submit: Submit | None = None) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.ttl_s = ttl_s
+        self._submit = submit
+
+    async def list(self, limit: int = 100) -> list[DeadLetter]:
+        """The newest ``limit`` dead letters, newest first (expired ones are dropped from the index)."""
+        index = self.keys.dead_letters()
+        with broker_errors("listing dead letters"):
+            await self.redis.zremrangebyscore(index, "-inf", now_ms() - self.ttl_s * 1000)
+            ids = await self.redis.zrevrange(index, 0, limit - 1)
+            raws = await self.redis.mget([self.keys.dead_letter(i.decode()) for i in ids]) if ids else []
+        return [DeadLetter.model_validate_json(raw) for raw in raws if raw]
+
+    async def get(self, job_id: str) -> DeadLetter:
+        """The dead letter of ``job_id``; :class:`DeadLetterNotFoundError` if there is none."""
+        with broker_errors(f"reading the dead letter of {job_id}"):
+            raw = await self.redis.get(self.keys.dead_letter(job_id))
+        if raw is None:
+            raise DeadLetterNotFoundError(job_id)
+        return DeadLetter.model_validate_json(raw)
+
+    async def purge(self, job_ids: builtins.list[str] | None = None) -> int:
+        """Delete the given dead letters (all of them when ``job_ids`` is None); returns how many."""
+        index = self.keys.dead_letters()
+        with broker_errors("purging dead letters"):
+            if job_ids is None:
+                job_ids = [i.decode() for i in await self.redis.zrange(index, 0, -1)]
+            if not job_ids:
+                return 0
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.delete(*[self.keys.dead_letter(j) for j in job_ids])
+                pipe.zrem(index, *job_ids)
+                deleted, _ = await pipe.execute()
+        return int(deleted)
+
+    async def replay(self, job_id: str, *, new_id: bool = False) -> JobHandle:
+        """Submit the dead job again as a fresh attempt series; the letter is removed.
+
+        Same job id by default: the old (failed) record, and arq's result that holds it, are
+        replaced. ``new_id=True`` leaves the old record as it is and gives the replay a new random id.
+        """
+        if self._submit is None:
+            raise RuntimeError("replay needs a store that can submit (client.dead)")
+        letter = await self.get(job_id)
+        options = letter.request.options.model_copy(update={"job_id": None if new_id else job_id})
+        request = letter.request.model_copy(update={"options": options})
+        if not new_id:
+            with broker_errors(f"replacing the record of {job_id}"):
+                await self.redis.delete(self.keys.job(job_id), self.keys.arq_result(job_id))
+        handle = await self._submit(request)
+        await self.purge([job_id])
+        return handle

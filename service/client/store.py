@@ -1,0 +1,228 @@
+"""The producer's side of job records: create them with their queue entry, read them, cancel them.
+
+A live job's record is a hash (``Keys.job``) so that a transition touches only its own fields;
+once the job ended its final record is kept in arq's result (:mod:`service.arqformat`). Every
+change increments ``seq`` and, if someone follows the job, is published on its channel in the
+same script, so a subscriber that reads the record can tell exactly which messages it has seen.
+The scripts are ``submit``, ``read`` and ``cancel`` (:mod:`service.redis.scripts`); a worker
+starts attempts in its take script (:mod:`service.worker.take`) and ends them in its settle
+script (:mod:`service.worker.settle`).
+
+Job channel messages (JSON)::
+
+    {"type": "state", "job_id": "...", "state": "running", "attempt": 1, "seq": 2}
+    {"type": "progress", "job_id": "...", "progress": {ProgressUpdate}, "seq": 3}
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+
+from service.errors import BrokerError, ErrorInfo
+from service.keys import Keys
+from service.models import AttemptInfo, JobRecord, JobRequest, JobState, ProgressUpdate
+from service.redis import scripts
+from service.redis.batching import Batcher
+from service.redis.connection import broker_errors
+from service.wire import WireError, loads
+
+__all__ = ["CreateResult", "JobStore", "parse_final", "parse_record"]
+
+_BATCH = 200  # submits per call at most
+
+_INT_FIELDS = (
+    "attempt",
+    "enqueued_at_ms",
+    "scheduled_at_ms",
+    "expires_at_ms",
+    "started_at_ms",
+    "finished_at_ms",
+    "seq",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class CreateResult:
+    """Outcome of :meth:`JobStore.create`: created, or the existing job's request and state."""
+
+    created: bool
+    existing_request: JobRequest | None = None
+    existing_state: JobState | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _NewJob:
+    """One submit's keys and arguments for the submit script."""
+
+    job_id: str
+    keys: tuple[str, ...]
+    args: tuple[Any, ...]
+
+
+class JobStore:
+    """Creates, reads and cancels job records for one namespace."""
+
+    def __init__(self, redis: Redis, keys: Keys) -> None:
+        self.redis = redis
+        self.keys = keys
+        self._submit = scripts.register(redis, "submit")
+        self._creator: Batcher[_NewJob, list[Any]] = Batcher(
+            self._create_batch, max_batch=_BATCH, name="actionq-submit"
+        )
+        self._cancel = scripts.register(redis, "cancel")
+        self._read = scripts.register(redis, "read")
+
+    async def create(
+        self,
+        job_id: str,
+        request_json: str,
+        *,
+        queue: str,
+        now_ms: int,
+        score_ms: int,
+        expires_at_ms: int | None = None,
+        fresh_id: bool = False,
+        lease_ms: int = 3000,
+        watch: bool = False,
+    ) -> CreateResult:
+        """Write the record and the queue entry atomically, unless the job id is taken.
+
+        ``expires_at_ms``: the queue-wait limit; a worker that takes the job later fails it instead.
+        ``fresh_id``: the id was just generated (a uuid4), so it cannot be taken; not checked.
+        ``lease_ms``: the claim of a job handed straight to an idle worker (the workers' ``lease_s``).
+        ``watch``: the job is followed from the start (its changes are published; see :meth:`get`).
+        Concurrent calls share round trips: those made while one is in flight go out together next.
+        """
+        keys = self.keys
+        job = _NewJob(
+            job_id,
+            keys=(
+                keys.job(job_id),
+                queue,
+                keys.idle_workers(queue),
+                keys.arq_in_progress(job_id),
+                keys.arq_result(job_id),
+            ),
+            args=(
+                request_json,
+                now_ms,
+                score_ms,
+                keys.arq_job_id(job_id),
+                "0" if fresh_id else "1",
+                "1" if watch else "0",
+                job_id,
+                "" if expires_at_ms is None else expires_at_ms,
+                lease_ms,
+            ),
+        )
+        reply = await self._creator.submit(job)
+        if int(reply[0]) == 1:
+            return CreateResult(True)
+        if reply[3]:  # the job ended: its final record is in arq's result
+            final = parse_final(job_id, reply[3])
+            return CreateResult(False, final.request, final.state)
+        existing = JobRequest.model_validate_json(reply[1]) if reply[1] else None
+        state = JobState(reply[2].decode()) if reply[2] else None
+        return CreateResult(False, existing, state)
+
+    async def _create_batch(self, jobs: list[_NewJob]) -> list[list[Any]]:
+        keys: list[str] = []
+        names = self.keys
+        args: list[Any] = [names.wake_channel(), names.worker_channel_prefix(), names.job_channel_prefix()]
+        for job in jobs:
+            keys += job.keys
+            args += job.args
+        doing = f"submitting job {jobs[0].job_id}" if len(jobs) == 1 else f"submitting {len(jobs)} jobs"
+        with broker_errors(doing):
+            replies: list[list[Any]] = await self._submit(keys=keys, args=args)
+        return replies
+
+    async def get(self, job_id: str, *, watch: bool = False) -> JobRecord | None:
+        """The record of ``job_id`` (live or final), or ``None`` if there is none (never existed or expired).
+
+        ``watch``: mark the job as followed, so that its changes are published on its channel
+        from now on (subscribe to the channel first, then read with ``watch=True``).
+        """
+        with broker_errors(f"reading job {job_id}"):
+            fields, final = await self._read(
+                keys=[self.keys.job(job_id), self.keys.arq_result(job_id)], args=["1" if watch else "0"]
+            )
+        if fields:
+            return parse_record(job_id, dict(zip(fields[::2], fields[1::2], strict=True)))
+        return parse_final(job_id, final) if final else None
+
+    async def cancel(self, job_id: str, *, reason: str, now_ms: int, ttl_s: int) -> tuple[str, str]:
+        """Cancel ``job_id``: returns (what happened, the state it was in).
+
+        What happened is ``cancelled`` (it was waiting: it will never run), ``running`` (the
+        running worker was told; the outcome follows), ``finished`` (nothing changed) or
+        ``missing`` (no record). A running job is cancelled in one round trip; a waiting one in
+        two, since the script must be told its queue (it declares every key it touches).
+        """
+        keys = self.keys
+        error = ErrorInfo(type="JobCancelledError", message=f"cancelled before it started: {reason}")
+        push = json.dumps({"job_id": job_id, "reason": reason})
+        args: list[str | int] = [reason, now_ms, ttl_s, keys.arq_job_id(job_id), error.model_dump_json(), push]
+        args += [keys.job_channel(job_id), keys.cancel_channel(), job_id]
+        declared = [keys.job(job_id), keys.arq_result(job_id), keys.checkpoint(job_id)]
+        for _ in range(_CANCEL_TRIES):
+            with broker_errors(f"cancelling job {job_id}"):
+                raw_what, raw_state = await self._cancel(keys=declared, args=args)
+            what, state = raw_what.decode(), raw_state.decode()
+            if what != "queue":
+                return what, state
+            declared = [*declared[:3], state]  # it waits in that queue: declare it and go again
+        raise BrokerError(f"cancelling job {job_id}: its queue kept changing under the cancel")
+
+
+# A waiting job's cancel learns its queue from the first call; a replay under the same id that
+# moves it meanwhile costs one more.
+_CANCEL_TRIES = 3
+
+
+def parse_record(job_id: str, raw: Mapping[bytes, bytes] | Mapping[str, str]) -> JobRecord:
+    """Build a :class:`JobRecord` from the hash fields Redis returned."""
+    data: dict[str, Any] = {"job_id": job_id}
+    attempts = []
+    for key, raw_value in raw.items():
+        name = key.decode() if isinstance(key, bytes) else key
+        value = raw_value.decode() if isinstance(raw_value, bytes) else raw_value
+        if name.startswith("attempt:"):
+            attempts.append(AttemptInfo.model_validate_json(value))
+        elif name in _INT_FIELDS:
+            data[name] = int(value)
+        elif name == "request":
+            data[name] = JobRequest.model_validate_json(value)
+        elif name == "result":
+            data[name] = _json_or_raw(value)
+        elif name == "error":
+            data[name] = ErrorInfo.model_validate_json(value)
+        elif name == "progress":
+            data[name] = ProgressUpdate.model_validate_json(value)
+        elif name != "watched":
+            data[name] = value
+    data["attempts"] = sorted(attempts, key=lambda a: a.attempt)
+    return JobRecord.model_validate(data)
+
+
+def parse_final(job_id: str, raw: bytes) -> JobRecord:
+    """The final record of an ended job, from arq's result (see :mod:`service.worker.settle`)."""
+    try:
+        final = json.loads(raw)
+        fields: dict[str, Any] = final["actionq"]
+        fields["request"] = json.dumps(final["k"]["request"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BrokerError(f"the final record of job {job_id} is unreadable: {exc}") from exc
+    return parse_record(job_id, fields)
+
+
+def _json_or_raw(value: str) -> Any:
+    try:
+        return loads(value)
+    except WireError:
+        return value

@@ -1,0 +1,146 @@
+"""A worker's notifications on Redis: the events stream and a channel per kind.
+
+:class:`EventBridge` is a notification delegate registered for ``"*"``. The
+delegate only appends to a buffer and returns; one flush task sends the buffer in batches of at
+most ``_BATCH`` events, each batch as one pipeline of a constant number of commands, however
+many events it holds::
+
+    XADD <ns>:events MAXLEN ~ <events_max_len / batch size> * events <JSON array of the batch's events>
+    EXPIRE <ns>:events <EVENTS_TTL_S>                    (no key without a TTL)
+    PUBLISH <ns>:ch:events:<kind> <JSON array of the batch's events of that kind>   (per kind)
+
+So a stream entry is a batch, and a channel message is the list of that kind's events of one
+batch, in order. ``MAXLEN`` counts entries: each flush trims to ``events_max_len`` divided by its
+own batch size, so the stream keeps about ``events_max_len`` events whether batches are small
+(a quiet worker) or full (a busy one). Redis errors are
+logged and the batch is dropped (counted in :attr:`EventBridge.failed`); they never reach the
+job path. The buffer is bounded: past ``max_buffer`` events the oldest are dropped and counted.
+Events are observability, best effort: the job record stays the source of truth.
+
+Readers: :mod:`service.events.reader`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import Iterable
+from typing import Any
+
+import structlog
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+
+from service.events.delegates import DelegateManager
+from service.events.models import Event
+from service.events.registrations import Registration
+from service.keys import Keys
+
+log = structlog.get_logger("actionq.events")
+
+FIELD = b"events"
+"""The stream entry field holding a batch: a JSON array of event objects."""
+LEGACY_FIELD = b"event"
+"""The field of the older one-event-per-entry format (still read, never written)."""
+# The events stream outlives a week of silence (a deployment stopped over a long weekend can
+# still be replayed), and then disappears: no key without a TTL.
+EVENTS_TTL_S = 7 * 86_400
+# Events per pipeline (and so per stream entry) at most: a few hundred KiB of JSON; and events
+# buffered before dropping the oldest.
+_BATCH = 500
+_MAX_BUFFER = 10_000
+_DROP_LOG_EVERY = 1_000
+
+
+def _json_array(items: Iterable[bytes]) -> bytes:
+    """A JSON array of already-encoded JSON values (no re-encoding)."""
+    return b"[" + b",".join(items) + b"]"
+
+
+class EventBridge:
+    """Publishes every notification to Redis: the events stream and a channel per kind."""
+
+    def __init__(
+        self, redis: Redis, keys: Keys, *, max_len: int, ttl_s: int = EVENTS_TTL_S, max_buffer: int = _MAX_BUFFER
+    ) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.max_len = max_len
+        """Cap of the stream, in entries (batches of up to 500 events): ``MAXLEN ~``."""
+        self.ttl_s = ttl_s
+        self.max_buffer = max_buffer
+        self.written = 0
+        """Events written to Redis so far."""
+        self.failed = 0
+        """Events lost to Redis errors."""
+        self.dropped = 0
+        """Events dropped because the buffer was full (Redis slower than the worker)."""
+        self._buffer: deque[tuple[str, bytes]] = deque()
+        self._flushing: asyncio.Task[None] | None = None
+        self._failing = False
+
+    def attach(self, manager: DelegateManager) -> Registration:
+        """Register :meth:`notify` on ``manager`` for every kind."""
+        return manager.register("*", self.notify)
+
+    async def notify(self, sender: object, event_type: str, **kwargs: Any) -> None:
+        """The notification delegate: queue ``kwargs["event"]`` for the next batch (returns at once)."""
+        self.publish(kwargs["event"])
+
+    def publish(self, event: Event) -> None:
+        """Queue ``event`` for the next batch; call on the event loop."""
+        if len(self._buffer) >= self.max_buffer:
+            self._buffer.popleft()
+            self.dropped += 1
+            if self.dropped % _DROP_LOG_EVERY == 1:
+                log.warning("events_dropped", dropped=self.dropped, reason="Redis is slower than the worker")
+        self._buffer.append((event.kind, event.model_dump_json().encode()))
+        if self._flushing is None or self._flushing.done():
+            self._flushing = asyncio.get_running_loop().create_task(self._flush(), name="actionq-events-bridge")
+
+    def _pipeline(self, batch: list[tuple[str, bytes]]) -> Pipeline:
+        """One XADD and one EXPIRE for the whole batch, and one PUBLISH per kind present in it."""
+        key = self.keys.events()
+        pipe = self.redis.pipeline(transaction=False)
+        entries = max(1, self.max_len // len(batch))  # about max_len events, whatever the batch size
+        pipe.xadd(key, {FIELD: _json_array(data for _, data in batch)}, maxlen=entries, approximate=True)
+        pipe.expire(key, self.ttl_s)
+        by_kind: dict[str, list[bytes]] = {}
+        for kind, data in batch:
+            by_kind.setdefault(kind, []).append(data)
+        for kind, items in by_kind.items():
+            pipe.publish(self.keys.event_channel(kind), _json_array(items))
+        return pipe
+
+    async def _flush(self) -> None:
+        while self._buffer:
+            batch = [self._buffer.popleft() for _ in range(min(len(self._buffer), _BATCH))]
+            try:
+                await self._pipeline(batch).execute()
+            except Exception as exc:  # Redis down or failing: log, count, go on; never the job's problem
+                self.failed += len(batch)
+                if not self._failing:
+                    log.warning("events_bridge_failing", error=str(exc), lost=len(batch))
+                self._failing = True
+            else:
+                self.written += len(batch)
+                if self._failing:
+                    log.info("events_bridge_recovered", lost=self.failed)
+                self._failing = False
+
+    async def flush(self) -> None:
+        """Wait until every queued event has been sent (or failed)."""
+        while self._flushing is not None and not self._flushing.done():
+            await asyncio.shield(self._flushing)
+
+    async def aclose(self, timeout_s: float = 5.0) -> None:
+        """Flush for at most ``timeout_s``, then stop."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await self.flush()
+        if self._flushing is not None and not self._flushing.done():
+            log.warning("events_not_flushed", pending=len(self._buffer))
+            self._flushing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flushing

@@ -1,0 +1,96 @@
+"""The base class of plugin code.
+
+A plugin is a folder with a manifest (``plugin.yml``) and a module defining one subclass of
+:class:`Plugin`. The loader instantiates it with no arguments, attaches the identity attributes
+below, then calls ``on_load()`` and ``await on_enable()``; ``await on_disable()`` runs when the
+plugin is unloaded. Subclasses need no ``__init__`` and never have to call ``super().__init__``.
+
+Actions are ordinary methods declared in the manifest: ``async def``, plain ``def`` (run in a
+thread), or generators. A method parameter named ``ctx`` receives the job's
+:class:`~service.context.JobContext`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from service.plugins.context import current_job
+
+if TYPE_CHECKING:
+    from structlog.typing import FilteringBoundLogger
+
+    from service.events.delegates import DelegateManager
+    from service.plugins.manifest import PluginManifest
+
+__all__ = ["Plugin"]
+
+
+class Plugin:
+    """Base class of plugin code. Lifecycle: ``on_load`` (sync), ``await on_enable()``, ``await on_disable()``.
+
+    The attributes are set by the loader before ``on_load`` runs; the manifest is authoritative
+    for the name, so ``on_load`` setting a different ``plugin_name`` (as seed plugins do) is
+    reverted with a warning.
+    """
+
+    manifest: PluginManifest
+    """The effective manifest the plugin was loaded with."""
+    delegates: DelegateManager | None
+    """The worker's :class:`~service.delegates.DelegateManager` (register notification and control
+    delegates in ``on_enable``); ``None`` when the plugin is loaded outside a worker."""
+    plugin_name: str
+    """The plugin's name (``manifest.name``)."""
+    version: str
+    """The manifest's version."""
+    description: str
+    """The manifest's description."""
+    plugin_uuid: str
+    """A random id of this loaded instance (a reload gets a new one)."""
+    enabled: bool = False
+    """True once ``on_enable`` has finished, False again once the plugin is disabled."""
+    logger: FilteringBoundLogger
+    """A structlog logger bound to ``plugin=<name>``."""
+
+    _logger: FilteringBoundLogger
+    """Alias of :attr:`logger` under the name seed plugins use."""
+
+    def _attach(self, manifest: PluginManifest, delegates: DelegateManager | None = None) -> None:
+        """Set the identity attributes (called by the loader right after instantiation)."""
+        self.manifest = manifest
+        self.delegates = delegates
+        self.plugin_name = manifest.name
+        self.version = manifest.version
+        self.description = manifest.description
+        self.plugin_uuid = str(uuid.uuid4())
+        self.enabled = False
+        self.logger = structlog.get_logger("actionq.plugins").bind(plugin=manifest.name)
+        self._logger = self.logger
+
+    def on_load(self, *args: Any, **kwargs: Any) -> None:
+        """Called once, synchronously, after the attributes are set. Default: nothing."""
+
+    async def on_enable(self) -> None:
+        """Called once after ``on_load``; the plugin serves jobs once it returns. Default: nothing."""
+
+    async def on_disable(self) -> None:
+        """Called when the plugin is unloaded; release resources here. Default: nothing."""
+
+    async def report_progress(
+        self,
+        current_step: int | None,
+        total_steps: int | None = None,
+        message: str = "",
+        additional_data: dict[str, Any] | None = None,
+    ) -> None:
+        """The seeds' progress call, for use inside an action: reaches the job being run.
+
+        ``await self.report_progress(3, 10, "copying", {"file": name})`` is the same as
+        ``current_job().progress(3, 10, "copying", {"file": name})``; ``total_steps=None`` means
+        indeterminate progress. Raises :class:`LookupError` outside a running job.
+        """
+        current_job().progress(current_step, total_steps, message, additional_data)
+
+    _report_progress = report_progress

@@ -1,0 +1,137 @@
+"""The registry: which plugins live workers serve, with their manifests.
+
+Workers publish the manifests of the plugins they loaded and refresh a heartbeat; producers
+read them to validate a submission (plugin, action, params) *before* writing anything, and to
+list what can be run — without importing any plugin code. A plugin is live while some worker
+serving it has sent a heartbeat within ``LIVENESS_FACTOR * heartbeat_s``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from redis.asyncio import Redis
+
+from service.keys import Keys
+from service.models import now_ms
+from service.plugins.manifest import PluginManifest
+from service.redis.connection import broker_errors
+
+__all__ = ["LIVENESS_FACTOR", "RegisteredPlugin", "Registry", "WorkerInfo"]
+
+# A worker is presumed dead after missing this many heartbeats in a row.
+LIVENESS_FACTOR = 3
+
+
+class WorkerInfo(BaseModel):
+    """A worker as it describes itself in the registry."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    worker_id: str
+    hostname: str
+    pid: int = Field(default_factory=os.getpid)
+    queues: list[str] = Field(default_factory=list)
+    plugins: dict[str, str] = Field(default_factory=dict, description="plugin name -> version")
+    failed_plugins: dict[str, str] = Field(default_factory=dict, description="plugin name -> reason")
+    started_at_ms: int = Field(default_factory=now_ms)
+    heartbeat_ms: int = Field(default_factory=now_ms)
+    running_jobs: int = 0
+    paused: bool = Field(default=False, description="Takes no new jobs (keeps running the ones it has).")
+    draining: bool = Field(default=False, description="Finishing its running jobs, then stopping.")
+
+
+class RegisteredPlugin(BaseModel):
+    """A plugin as producers see it: its manifest and whether a live worker serves it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    manifest: PluginManifest
+    last_seen_ms: int
+    live: bool
+
+    @property
+    def name(self) -> str:
+        """The plugin's name."""
+        return self.manifest.name
+
+
+class Registry:
+    """Reads and writes the registry of one namespace."""
+
+    def __init__(self, redis: Redis, keys: Keys, *, heartbeat_s: float) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.heartbeat_s = heartbeat_s
+
+    @property
+    def _window_ms(self) -> int:
+        return int(self.heartbeat_s * LIVENESS_FACTOR * 1000)
+
+    @property
+    def _ttl_s(self) -> int:
+        # The shared registry keys outlive one heartbeat window so a short gap between workers
+        # does not wipe them, and vanish once a deployment is gone for good.
+        return max(60, int(self.heartbeat_s * LIVENESS_FACTOR * 4))
+
+    async def publish(self, worker: WorkerInfo, manifests: list[PluginManifest]) -> None:
+        """Announce ``worker`` and the manifests it serves; called at start and every heartbeat."""
+        keys, now = self.keys, now_ms()
+        worker.heartbeat_ms = now
+        async with self.redis.pipeline(transaction=False) as pipe:
+            if manifests:
+                pipe.hset(
+                    keys.registry_manifests(), mapping={m.name: m.model_dump_json(by_alias=True) for m in manifests}
+                )
+                pipe.zadd(keys.registry_heartbeats(), {m.name: now for m in manifests})
+                pipe.expire(keys.registry_manifests(), self._ttl_s)
+                pipe.expire(keys.registry_heartbeats(), self._ttl_s)
+            pipe.set(keys.worker(worker.worker_id), worker.model_dump_json(), px=self._window_ms)
+            pipe.zadd(keys.workers(), {worker.worker_id: now})
+            pipe.zremrangebyscore(keys.workers(), "-inf", now - self._window_ms)
+            pipe.expire(keys.workers(), self._ttl_s)
+            with broker_errors("publishing the registry"):
+                await pipe.execute()
+
+    async def withdraw(self, worker_id: str) -> None:
+        """Remove a stopping worker (its plugins stay listed while other workers serve them)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zrem(self.keys.workers(), worker_id)
+            pipe.delete(self.keys.worker(worker_id))
+            with broker_errors("withdrawing a worker"):
+                await pipe.execute()
+
+    async def plugin(self, name: str) -> RegisteredPlugin | None:
+        """The registry entry of ``name``, live or not; ``None`` if it was never registered."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hget(self.keys.registry_manifests(), name)
+            pipe.zscore(self.keys.registry_heartbeats(), name)
+            with broker_errors(f"reading the registry entry of {name}"):
+                raw, score = await pipe.execute()
+        return self._entry(raw, score) if raw else None
+
+    async def plugins(self) -> list[RegisteredPlugin]:
+        """Every registered plugin, live or not, sorted by name."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(self.keys.registry_manifests())
+            pipe.zrange(self.keys.registry_heartbeats(), 0, -1, withscores=True)
+            with broker_errors("reading the registry"):
+                manifests, scores = await pipe.execute()
+        seen = {name.decode(): score for name, score in scores}
+        entries = [self._entry(raw, seen.get(name.decode())) for name, raw in manifests.items()]
+        return sorted(entries, key=lambda e: e.name)
+
+    async def workers(self) -> list[WorkerInfo]:
+        """The live workers, sorted by id."""
+        with broker_errors("listing workers"):
+            ids = await self.redis.zrangebyscore(self.keys.workers(), now_ms() - self._window_ms, "+inf")
+            raws = await self.redis.mget([self.keys.worker(i.decode()) for i in ids]) if ids else []
+        infos = [WorkerInfo.model_validate_json(r) for r in raws if r]
+        return sorted(infos, key=lambda w: w.worker_id)
+
+    def _entry(self, raw: Any, score: float | None) -> RegisteredPlugin:
+        last = int(score or 0)
+        manifest = PluginManifest.model_validate_json(raw)
+        return RegisteredPlugin(manifest=manifest, last_seen_ms=last, live=last >= now_ms() - self._window_ms)

@@ -1,0 +1,127 @@
+-- take.lua: claim and start a batch of ready jobs for one worker, and keep its listing.
+--
+-- The caller has looked at its queues' heads (ZRANGEBYSCORE) and names the ready jobs it wants,
+-- so that every key this script touches is declared. A named job is taken only if it is still
+-- ready (its score <= now) and unclaimed (the lease's SET NX): another worker may have taken it
+-- since the look, or it may have ended or been rescheduled.
+--
+-- KEYS[1 .. Q]           the worker's queues, in the order it reads them this time
+-- KEYS[Q + 1 .. 2Q]      their idle sets (<ns>:idle:<lane>:<plugin>[@<host>]), same order
+-- KEYS[2Q + 2c - 1]      record of candidate c (c = 1, 2, ...): <ns>:job:<id>
+-- KEYS[2Q + 2c]          lease of candidate c: arq:in-progress:<ns>:<id>
+-- ARGV[1]  the take, JSON:
+--   {"now": "<ms>", "limit": <jobs to take at most>, "lease_ms": <ms>, "worker": "<worker id>",
+--    "queues": Q,
+--    "jobs": [{"queue": <queue index>, "arq_id": "<ns>:<id>", "job_id": "<id>", "channel": "<ns>:ch:job:<id>"}],
+--    "listing": {"current": "none" | "idle" | "wake", "ttl_ms": <0: do not list>, "fresh": <bool>,
+--                "idle": <bool: nothing runs on this worker>, "used": [<queue index>, ...]}}
+--   where `used` are the queues whose listing a submit used up (a hand-off or a wake-up).
+-- Reply: {retry at (ms, or -1), how the worker is listed now, then per candidate looked at:
+--   {arq id, queue index, status, attempt, request JSON, cancel reason, enqueued at ms}}, status
+--   'run'      its attempt started here (record running, attempt + 1, worker, seq + 1);
+--   'expired'  past its queue-wait limit (expires_at_ms): claimed, not started; the worker fails it;
+--   'missing'  its record is gone: it left its queue;
+--   'ended'    its record had ended: it left its queue.
+--   "retry at" is when a lapsed claim whose lease outlived its score (by a few ms) can be taken.
+--
+-- A taken job stays in its queue, as in arq, but with the score now + lease (ZADD XX): out of the
+-- ready window of every worker. The worker renews that score and the lease together while the
+-- job runs; a killed worker stops renewing, and the job falls due again within the lease.
+--
+-- The listing: a worker with free slots that took nothing, or not enough to fill them, lists
+-- itself in each of its queues' idle sets, so that a submit finds it: as itself when nothing runs
+-- on it (the submit hands it the job), as '~' .. itself when jobs run (the submit wakes it, once:
+-- a busy worker takes new work in batches). A full worker is not listed: it looks again when a
+-- slot frees up. Renewed when stale, when its kind changes, and where a submit used it up.
+
+local take = cjson.decode(ARGV[1])
+local now, limit, worker, lease_ms = tonumber(take.now), take.limit, take.worker, take.lease_ms
+local nq = take.queues
+local replies, retry_at, taken = {-1, 'none'}, -1, 0
+
+local function start(queue, qi, job, record, lease)
+  local r = redis.call('HMGET', record, 'state', 'attempt', 'seq', 'cancel_requested', 'request', 'expires_at_ms',
+    'enqueued_at_ms', 'watched')
+  if not r[1] or TERMINAL[r[1]] then
+    redis.call('ZREM', queue, job.arq_id)
+    redis.call('DEL', lease)
+    return {job.arq_id, qi, r[1] and 'ended' or 'missing', 0, '', '', 0}
+  end
+  local attempt, seq = tonumber(r[2] or '0') + 1, tonumber(r[3] or '0') + 1
+  if r[6] and tonumber(r[6]) < now then
+    return {job.arq_id, qi, 'expired', attempt - 1, r[5] or '', '', r[7] or 0}
+  end
+  redis.call('HSET', record, unpack(attempt_fields(worker, attempt, seq, take.now, {})))
+  publish_if_watched(r[8], job.channel, state_message(job.job_id, 'running', attempt, seq))
+  return {job.arq_id, qi, 'run', attempt, r[5] or '', r[4] or '', r[7] or 0}
+end
+
+-- The scores of `ids` in `queue`, in slices (Lua's unpack stops at a few thousand values).
+local function scores_of(queue, ids)
+  local scores = {}
+  for i = 1, #ids, 1000 do
+    local part = redis.call('ZMSCORE', queue, unpack(ids, i, math.min(i + 999, #ids)))
+    for j = 1, #part do scores[i + j - 1] = part[j] end
+  end
+  return scores
+end
+
+local function take_from(qi, candidates)
+  local queue, ids, bumped = KEYS[qi], {}, {}
+  for i, c in ipairs(candidates) do ids[i] = take.jobs[c].arq_id end
+  local scores = scores_of(queue, ids)
+  for i, c in ipairs(candidates) do
+    if taken >= limit then break end
+    local score, job = tonumber(scores[i]), take.jobs[c]
+    local lease = KEYS[2 * nq + 2 * c]
+    if score and score <= now then
+      if redis.call('SET', lease, worker, 'NX', 'PX', lease_ms) then
+        local reply = start(queue, qi, job, KEYS[2 * nq + 2 * c - 1], lease)
+        replies[#replies + 1] = reply
+        if reply[3] == 'run' or reply[3] == 'expired' then
+          taken = taken + 1
+          bumped[#bumped + 1] = now + lease_ms
+          bumped[#bumped + 1] = job.arq_id
+        end
+      else
+        local left = redis.call('PTTL', lease)
+        if left > 0 and (retry_at < 0 or now + left < retry_at) then retry_at = now + left end
+      end
+    end
+  end
+  for i = 1, #bumped, 1000 do
+    redis.call('ZADD', queue, 'XX', unpack(bumped, i, math.min(i + 999, #bumped)))
+  end
+end
+
+local by_queue = {}
+for c, job in ipairs(take.jobs) do
+  by_queue[job.queue] = by_queue[job.queue] or {}
+  table.insert(by_queue[job.queue], c)
+end
+for qi = 1, nq do
+  if taken >= limit then break end
+  if by_queue[qi] then take_from(qi, by_queue[qi]) end
+end
+
+local listing = take.listing
+local current, want = listing.current, 'none'
+if listing.ttl_ms > 0 and taken < limit then want = (taken == 0 and listing.idle) and 'idle' or 'wake' end
+local renew, used = want ~= current or not listing.fresh, {}
+for _, qi in ipairs(listing.used) do used[qi] = true end
+local function member(kind) return kind == 'idle' and worker or '~' .. worker end
+if renew or #listing.used > 0 then
+  for qi = 1, nq do
+    local idle = KEYS[nq + qi]
+    if want == 'none' then
+      if current ~= 'none' then redis.call('ZREM', idle, worker, '~' .. worker) end
+    elseif renew or used[qi] then
+      if current == 'none' then redis.call('ZREMRANGEBYSCORE', idle, '-inf', now) end
+      if current ~= 'none' and current ~= want then redis.call('ZREM', idle, member(current)) end
+      redis.call('ZADD', idle, now + listing.ttl_ms, member(want))
+      redis.call('PEXPIRE', idle, listing.ttl_ms)
+    end
+  end
+end
+replies[1], replies[2] = retry_at, want
+return replies

@@ -1,0 +1,167 @@
+"""One pub/sub connection per process, routed in-process to many subscribers.
+
+Opening a Redis connection per waiting caller does not scale (a service awaiting 5,000 results
+would hold 5,000 connections), so — like SAQ's ``PubSubMultiplexer`` — a process holds one
+``PubSub`` and a reader task that hands each message to the queues of the local subscribers of
+its channel. :meth:`PubSubMultiplexer.subscribe` returns only once Redis has confirmed the
+subscription, so a caller can then read durable state knowing that no later publish is missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import structlog
+from redis import exceptions as redis_exc
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+
+from service.redis.connection import broker_errors
+
+__all__ = ["PubSubMultiplexer", "Subscription"]
+
+log = structlog.get_logger("actionq.pubsub")
+
+# How long the reader blocks for a message before it looks at its own state again; short enough
+# to notice close() promptly, long enough that an idle process sends few commands.
+_READ_TIMEOUT_S = 1.0
+_SUBSCRIBE_TIMEOUT_S = 10.0
+
+
+class Subscription:
+    """Messages (raw ``bytes`` payloads) of one channel, in the order Redis delivered them.
+
+    With a ``callback``, each message is handed to it by the reader at once instead (no queue,
+    no task to wake: a worker's wake-ups, cancels and handed jobs skip a loop turn).
+    """
+
+    def __init__(self, channel: str, callback: Callable[[bytes], None] | None = None) -> None:
+        self.channel = channel
+        self.callback = callback
+        self.queue: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def get(self, timeout: float | None = None) -> bytes | None:
+        """The next message, or ``None`` if ``timeout`` seconds pass first."""
+        try:
+            async with asyncio.timeout(timeout):  # not wait_for: on 3.11 it can swallow a cancel
+                return await self.queue.get()
+        except TimeoutError:
+            return None
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[bytes]:
+        while True:
+            yield await self.queue.get()
+
+
+class PubSubMultiplexer:
+    """Shares one Redis pub/sub connection among all subscribers of a process."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._pubsub: PubSub = redis.pubsub()
+        self._subs: defaultdict[str, set[Subscription]] = defaultdict(set)
+        self._confirmed: dict[str, asyncio.Event] = {}
+        self._lock = asyncio.Lock()
+        self._reader: asyncio.Task[None] | None = None
+        self._closed = False
+
+    @asynccontextmanager
+    async def subscribe(
+        self, channel: str, callback: Callable[[bytes], None] | None = None
+    ) -> AsyncIterator[Subscription]:
+        """Subscribe to ``channel`` for the duration of the block (confirmed before it starts).
+
+        ``callback``: called by the reader with each message (it must not block; errors are logged).
+        """
+        sub = Subscription(channel, callback)
+        await self._add(sub)
+        try:
+            yield sub
+        finally:
+            await self._remove(sub)
+
+    async def _add(self, sub: Subscription) -> None:
+        async with self._lock:
+            first = not self._subs[sub.channel]
+            self._subs[sub.channel].add(sub)
+            if first:
+                event = self._confirmed.setdefault(sub.channel, asyncio.Event())
+                with broker_errors(f"subscribing to {sub.channel}"):
+                    await self._pubsub.subscribe(sub.channel)
+                self._ensure_reader()
+            event = self._confirmed[sub.channel]
+        try:
+            async with asyncio.timeout(_SUBSCRIBE_TIMEOUT_S):
+                await event.wait()
+        except TimeoutError:
+            await self._remove(sub)
+            raise
+
+    async def _remove(self, sub: Subscription) -> None:
+        async with self._lock:
+            subs = self._subs.get(sub.channel)
+            if subs is None:
+                return
+            subs.discard(sub)
+            if subs or self._closed:
+                return
+            del self._subs[sub.channel]
+            self._confirmed.pop(sub.channel, None)
+            with contextlib.suppress(redis_exc.RedisError):
+                await self._pubsub.unsubscribe(sub.channel)
+
+    def _ensure_reader(self) -> None:
+        if self._reader is None or self._reader.done():
+            self._reader = asyncio.create_task(self._read_forever(), name="actionq-pubsub-reader")
+
+    async def _read_forever(self) -> None:
+        backoff = 0.1
+        while not self._closed:
+            try:
+                message = await self._pubsub.get_message(timeout=_READ_TIMEOUT_S)
+            except (redis_exc.ConnectionError, redis_exc.TimeoutError, OSError) as exc:
+                # redis-py re-subscribes every channel when the connection comes back.
+                log.warning("pubsub_reconnecting", error=str(exc), retry_in_s=backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            backoff = 0.1
+            if message is not None:
+                self._dispatch(message)
+
+    def _dispatch(self, message: dict[str, Any]) -> None:
+        kind = message.get("type")
+        raw_channel = message.get("channel", b"")
+        channel = raw_channel.decode() if isinstance(raw_channel, bytes) else str(raw_channel)
+        if kind == "subscribe":
+            event = self._confirmed.get(channel)
+            if event is not None:
+                event.set()
+        elif kind == "message":
+            data = message["data"]
+            payload = data if isinstance(data, bytes) else str(data).encode()
+            for sub in tuple(self._subs.get(channel, ())):
+                if sub.callback is None:
+                    sub.queue.put_nowait(payload)
+                    continue
+                try:
+                    sub.callback(payload)
+                except Exception:  # one bad handler must not stop the reader
+                    log.exception("pubsub_callback_failed", channel=channel)
+
+    async def close(self) -> None:
+        """Stop the reader and close the connection; pending subscriptions get nothing more."""
+        self._closed = True
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, redis_exc.RedisError):
+                await self._reader
+        with contextlib.suppress(redis_exc.RedisError, RuntimeError):
+            await self._pubsub.aclose()  # type: ignore[no-untyped-call]

@@ -1,0 +1,285 @@
+"""The arq adapter on the worker side: arq's worker loop, with job taking and settling of our own.
+
+arq's ``Worker`` reads a single queue and handles each job in three round trips (a WATCH/MULTI
+claim, a transaction that reads the body and bumps the try counter, a MULTI/EXEC finish). An
+actionq worker reads one queue per (lane, plugin, host) it can serve and handles jobs in batches:
+
+* **wake-up**: a submit publishes its queue on the wake channel, and the worker looks at once;
+  otherwise when the earliest deferred job falls due, or after ``poll_delay_s`` at the latest;
+* **take**: one script claims and starts as many ready jobs as there are free slots, across all
+  queues (:mod:`service.worker.take`), with short leases renewed while the jobs run;
+* **settle**: one script per batch writes the outcomes (:mod:`service.worker.settle`).
+
+What stays arq's: the data model (queues are arq's sorted sets of arq job ids; arq's in-progress
+and result keys), so arq's ``Job(...).status()`` and ``.result()`` still work; the worker's
+lifecycle (signals, graceful shutdown waiting ``job_completion_wait``, the health-check key).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from collections.abc import Coroutine
+from typing import Any
+
+import structlog
+from arq.connections import ArqRedis
+from arq.utils import timestamp_ms
+from arq.worker import Worker, func
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from service import arqformat
+from service.errors import ConfigError
+from service.logs import configure_logging
+from service.models import JobState
+from service.redis.connection import connect
+from service.settings import Settings
+from service.worker import settle
+from service.worker.control import ControlHandler
+from service.worker.runtime import WorkerRuntime
+from service.worker.take import Claims, TakenJob
+
+__all__ = ["ActionWorker", "build_worker", "run_worker"]
+
+log = structlog.get_logger("actionq.worker")
+
+# Reconnect backoff while Redis is unreachable: quick for a blip, capped so a long outage costs little.
+_BACKOFF_MIN_S = 0.1
+_BACKOFF_MAX_S = 5.0
+
+
+async def run_action(ctx: dict[str, Any], **kwargs: Any) -> None:
+    """arq's name for every actionq job (arq's results report it); never called by arq here.
+
+    arq's ``Worker`` needs one function to exist; :class:`ActionWorker` takes and runs jobs itself.
+    """
+    raise RuntimeError("actionq jobs are run by ActionWorker, not by arq's run_job")
+
+
+class ActionWorker(Worker):
+    """arq's worker, reading every queue the runtime serves, woken by submits, taking jobs in batches."""
+
+    def __init__(self, runtime: WorkerRuntime, redis_pool: ArqRedis, **kwargs: Any) -> None:
+        self.runtime = runtime
+        self.queues = runtime.queues() or [runtime.keys.queue("_none_")]
+        settings = runtime.settings
+        self.claims = Claims(redis_pool, runtime.keys, worker_id=runtime.worker_id, lease_s=settings.lease_s)
+        self._rotation = itertools.cycle(range(len(self.queues)))
+        self._backoff_s = 0.0
+        self._next_due_ms: int | None = None
+        self._saturated = False
+        self._chores: set[asyncio.Task[None]] = set()
+        self._closing = False
+        super().__init__(queue_name=self.queues[0], redis_pool=redis_pool, **kwargs)
+
+    def set_queues(self, queues: list[str]) -> None:
+        """Read these queues from the next poll on (plugins were loaded or disabled at runtime)."""
+        old, self.queues = self.queues, queues or [self.runtime.keys.queue("_none_")]
+        self._rotation = itertools.cycle(range(len(self.queues)))
+        # Leave the old queues' idle sets; the next take lists this worker in the new ones.
+        self._background(self.claims.unregister(old), "actionq-unlist")
+
+    async def main(self) -> None:
+        """arq's main loop with its fixed-interval poll replaced by a wake-up and a batch take."""
+        self.ctx["redis"] = self.pool
+        if self.on_startup:
+            await self.on_startup(self.ctx)
+        renewer = asyncio.create_task(self.claims.renew_forever(), name="actionq-lease-renewal")
+        try:
+            while True:
+                await self._poll_iteration()
+                await self._wait_for_work()
+        finally:
+            self._closing = True  # a job handed over from now on goes back to its queue
+            await self.claims.stop(renewer)
+            with contextlib.suppress(RedisError, OSError):
+                await self.claims.unregister(self.queues)
+
+    async def _wait_for_work(self) -> None:
+        # A listing must be renewed before it runs out, whatever poll_delay_s says: submits find
+        # only listed workers (an unlisted one with room would wait for its fallback poll).
+        wait_s = min(self.poll_delay_s, self.claims.renew_listing_in_s())
+        if self._next_due_ms is not None:
+            wait_s = min(wait_s, max(0.0, (self._next_due_ms - timestamp_ms()) / 1000))
+        wake = self.runtime.wake
+        # asyncio.timeout, not wait_for: on Python 3.11, wait_for returns normally when the event is
+        # set in the same loop turn as a cancel (shutdown), and the worker would go on taking jobs.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(wait_s):
+                await wake.wait()
+        wake.clear()
+
+    def _release_sem_dec_counter_on_complete(self) -> None:
+        # arq's semaphore is not used: a take asks for no more jobs than there are free slots.
+        self.job_counter -= 1
+        if self._saturated:  # ready jobs were left waiting for a free slot: look again now
+            self._saturated = False
+            self.runtime.wake.set()
+
+    async def _poll_iteration(self) -> None:
+        """One round of the loop; a lost Redis connection is waited out with backoff, not fatal."""
+        try:
+            await self._poll_queues()
+        except RedisError as exc:  # a script error must not stop the loop either: logged, retried
+            if not isinstance(exc, RedisConnectionError | RedisTimeoutError):
+                log.error("poll_failed", error=str(exc))
+            await self._back_off(exc)
+        except OSError as exc:
+            await self._back_off(exc)
+        else:
+            if self._backoff_s:
+                log.info("redis_reconnected")
+            self._backoff_s = 0.0
+
+    async def _back_off(self, exc: BaseException) -> None:
+        """Wait out a failed poll, longer each time (Redis down or restarting)."""
+        if not self._backoff_s:
+            self.runtime.worker_error("poll", exc)
+        self._backoff_s = min(max(self._backoff_s * 2, _BACKOFF_MIN_S), _BACKOFF_MAX_S)
+        log.warning("redis_unavailable", error=str(exc), retry_in_s=self._backoff_s)
+        await asyncio.sleep(self._backoff_s)
+
+    async def _poll_queues(self) -> None:
+        free = self.max_jobs - self.job_counter
+        if not self.allow_pick_jobs:
+            await self.claims.unregister(self.queues)  # paused or draining: submits must not hand jobs here
+        elif free > 0:
+            start = next(self._rotation)  # rotate which queue goes first, for fairness
+            queues = self.queues[start:] + self.queues[:start]
+            take = await self.claims.take(queues, timestamp_ms(), free, advertise=True, idle=self.job_counter == 0)
+            self._next_due_ms = take.next_due_ms
+            started = [job for job in take.jobs if job.status in ("run", "expired")]
+            if len(started) == free:
+                self._saturated = True  # maybe more were ready: look again when a slot frees up
+            for job in take.jobs:
+                self._launch(job)
+        else:
+            self._saturated = True  # full (a handoff filled the last slot): look again when one frees up
+        await self.heart_beat()
+
+    def adopt(self, job: TakenJob) -> None:
+        """Run a job a submit handed straight to this worker (see :data:`service.store._CREATE`)."""
+        self.claims.handed(job)
+        runnable = self.allow_pick_jobs and not self._closing and self.job_counter < self.max_jobs
+        if runnable and job.queue in self.queues:
+            self._launch(job)
+            # The submit used up this worker's listing: look again (and list it again, as busy with
+            # room) once the job's action has started (call_soon runs after the job's first step).
+            self.loop.call_soon(self.runtime.wake.set)
+        else:  # paused, stopping, full, or the plugin just went: back to its queue, ready, for another worker
+            self._background(self._give_back(job), f"actionq-give-back-{job.job_id}")
+
+    def woken(self, queue: str) -> None:
+        """A submit to ``queue`` found this worker listed as one to wake: look now."""
+        self.claims.woken(queue)
+        self.runtime.wake.set()
+
+    async def _give_back(self, job: TakenJob) -> None:
+        back = settle.requeued(job, worker_id=self.runtime.worker_id, started=False)
+        try:
+            await self.runtime.executor.settler.settle(back)
+            await self.pool.publish(self.runtime.keys.wake_channel(), job.queue)
+        finally:
+            self.claims.release(job.arq_job_id)
+
+    def _background(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._chores.add(task)
+        task.add_done_callback(self._chores.discard)
+
+    def _launch(self, job: TakenJob) -> None:
+        if job.status not in ("run", "expired"):
+            log.info("job_not_started", job_id=job.job_id, reason=f"its record is {job.status}; it left its queue")
+            return
+        self.job_counter += 1
+        task = self.loop.create_task(self._run(job), name=f"actionq-job-{job.job_id}")
+        task.add_done_callback(lambda done: self._done(job.arq_job_id, done))
+        self.tasks[job.arq_job_id] = task
+
+    def _done(self, arq_job_id: str, task: asyncio.Task[None]) -> None:
+        # Out of arq's task list at once: its shutdown waits while the list is not empty.
+        if self.tasks.get(arq_job_id) is task:
+            del self.tasks[arq_job_id]
+        self._release_sem_dec_counter_on_complete()
+        if self.job_counter == 0 and not self.claims.listed:
+            self.runtime.wake.set()  # idle now: look for work, and list this worker if there is none
+
+    async def _run(self, job: TakenJob) -> None:
+        """Run a taken job; arq's counters (its health-check line) follow the outcome."""
+        try:
+            outcome = await self.runtime.run(job)
+        except asyncio.CancelledError:
+            self.jobs_retried += 1  # shutting down: the executor put it back in its queue
+            raise
+        except Exception:
+            self.jobs_failed += 1
+            log.exception("job_not_settled", job_id=job.job_id, reason="its lease will lapse and it will run again")
+            return
+        finally:
+            self.claims.release(job.arq_job_id)
+        if outcome is None or outcome.state is JobState.SUCCEEDED:
+            self.jobs_complete += 1
+        elif outcome.state is JobState.RETRYING:
+            self.jobs_retried += 1
+        else:
+            self.jobs_failed += 1
+
+
+async def _stop_runtime(ctx: dict[str, Any]) -> None:
+    # arq calls this after the running jobs are done and before it closes the connection pool.
+    runtime: WorkerRuntime = ctx["actionq"]
+    await runtime.stop()
+
+
+def build_worker(runtime: WorkerRuntime) -> ActionWorker:
+    """An ``ActionWorker`` for a started runtime (plugins loaded, so its queues are known)."""
+    settings = runtime.settings
+    # arq's pool shares the runtime's connections; arq never enqueues or reads a job body here,
+    # so it gets no serializers (there is no pickle anywhere in actionq either way).
+    pool = ArqRedis(connection_pool=runtime.redis.connection_pool)
+    return ActionWorker(
+        runtime,
+        pool,
+        functions=[func(run_action, name=arqformat.FUNCTION)],
+        ctx={"actionq": runtime},
+        on_shutdown=_stop_runtime,
+        max_jobs=settings.concurrency,
+        poll_delay=settings.poll_delay_s,
+        job_completion_wait=settings.shutdown_grace_s,
+        health_check_interval=settings.heartbeat_s,
+        health_check_key=runtime.keys.arq_health(runtime.worker_id),
+    )
+
+
+async def run_worker(settings: Settings) -> None:
+    """Run a worker until SIGINT/SIGTERM: plugins, registry, arq loop, clean shutdown."""
+    if settings.redis_url is None:
+        raise ConfigError("no Redis configured for the worker: set redis_url in config.yml or ACTIONQ_REDIS_URL")
+    runtime = WorkerRuntime(settings, connect(settings.redis_url))
+    try:
+        await runtime.start(on_control=ControlHandler(runtime).on_message)
+    except BaseException:
+        await runtime.stop()
+        await runtime.redis.aclose()
+        raise
+    worker = build_worker(runtime)
+    runtime.attach(worker)
+    try:
+        await worker.async_run()
+    except asyncio.CancelledError:
+        log.info("worker_stopping")
+    finally:
+        try:
+            await worker.close()  # waits for running jobs, stops the runtime, closes the pool
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            log.warning("redis_unavailable_at_shutdown", error=str(exc))
+        await runtime.stop()  # no-op if arq's on_shutdown already ran it
+
+
+def main(settings: Settings) -> None:
+    """Blocking entry point used by ``actionq worker`` and ``python -m workers``."""
+    configure_logging(settings.log_format, settings.log_level)
+    asyncio.run(run_worker(settings))

@@ -1,0 +1,308 @@
+"""A worker's runtime, apart from arq: its plugins, its registry heartbeat and its executor.
+
+The arq adapter (:mod:`service.worker.adapter`) owns the queue loop and calls :meth:`WorkerRuntime.run`
+for each job; everything here is plain asyncio and Redis, testable without arq.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+import structlog
+from redis.asyncio import Redis
+
+from service.errors import ActionQError
+from service.events.bridge import EventBridge
+from service.events.delegates import DelegateManager
+from service.events.models import (
+    Event,
+    PluginDisabledEvent,
+    PluginEnabledEvent,
+    PluginFailedEvent,
+    PluginLoadedEvent,
+    WorkerErrorEvent,
+    WorkerStartedEvent,
+    WorkerStoppedEvent,
+)
+from service.keys import Keys
+from service.models import ErrorInfo
+from service.plugins.loader import PluginLoader
+from service.plugins.registry import Registry, WorkerInfo
+from service.redis.pubsub import PubSubMultiplexer
+from service.settings import SUPERVISOR_ENV, Settings
+from service.worker.executor import Executor, Outcome
+from service.worker.take import TakenJob, handed_job
+
+__all__ = ["Puller", "WorkerRuntime", "new_worker_id"]
+
+log = structlog.get_logger("actionq.worker")
+
+
+class Puller(Protocol):
+    """What the runtime and control commands need of the queue loop (:class:`service.worker.adapter.ActionWorker`)."""
+
+    allow_pick_jobs: bool
+    tasks: dict[str, asyncio.Task[Any]]
+
+    def set_queues(self, queues: list[str]) -> None: ...
+
+    def adopt(self, job: TakenJob) -> None: ...
+
+    def woken(self, queue: str) -> None: ...
+
+    def handle_sig(self, signum: signal.Signals) -> None: ...
+
+    def handle_sig_wait_for_completion(self, signum: signal.Signals) -> None: ...
+
+
+def new_worker_id(hostname: str) -> str:
+    """A worker id that is unique across hosts, processes and restarts."""
+    return f"{hostname}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+class WorkerRuntime:
+    """Plugins, registry and executor of one worker process."""
+
+    def __init__(self, settings: Settings, redis: Redis) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.keys = Keys(settings.namespace)
+        self.worker_id = new_worker_id(settings.hostname)
+        self.registry = Registry(redis, self.keys, heartbeat_s=settings.heartbeat_s)
+        # Created on the running loop: delegates are dispatched there (see service.events.delegates).
+        self.delegates = DelegateManager(worker_id=self.worker_id)
+        self.bridge = EventBridge(redis, self.keys, max_len=settings.events_max_len)
+        self.bridge.attach(self.delegates)
+        self.loader = PluginLoader(enable_timeout_s=settings.plugin_enable_timeout_s, delegates=self.delegates)
+        self.executor = Executor(
+            loader=self.loader,
+            redis=redis,
+            keys=self.keys,
+            settings=settings,
+            worker_id=self.worker_id,
+            notify=self.delegates.invoke_notification,
+        )
+        self.info = WorkerInfo(worker_id=self.worker_id, hostname=settings.hostname)
+        self.running_jobs = 0
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._listeners: list[asyncio.Task[None]] = []
+        self.wake = asyncio.Event()  # set when there may be work: the worker polls at once
+        self._queue_set: frozenset[str] = frozenset()
+        self._mux = PubSubMultiplexer(redis)
+        self._stopped = False
+        self.stop_reason = ""
+        self.puller: Puller | None = None
+        """The queue loop running this runtime's jobs, once :meth:`attach` gave it."""
+
+    def queues(self) -> list[str]:
+        """Every queue this worker reads: per lane, per loaded plugin, any host and this host."""
+        return [
+            self.keys.queue(plugin, lane, host)
+            for lane in self.settings.queues
+            for plugin in sorted(self.loader.loaded)
+            for host in (None, self.settings.hostname)
+        ]
+
+    async def start(self, on_control: Callable[[bytes], None]) -> None:
+        """Load and enable the configured plugins, then announce this worker.
+
+        ``on_control`` handles the messages of the control channel (:class:`service.worker.control.ControlHandler`).
+        """
+        entries = [(e.name, self.settings.plugin_path(e)) for e in self.settings.plugins if e.enabled]
+        await self.loader.load_all(entries)
+        self._plugin_events()
+        if not self.loader.loaded:
+            log.warning("no_plugins_loaded", configured=[name for name, _ in entries])
+        self.info.queues = self.queues()
+        self._queue_set = frozenset(self.info.queues)
+        # Listen before announcing: a command sent as soon as this worker shows in the registry
+        # (the tests', an operator's script's) must find it subscribed.
+        await self._listen(self.keys.cancel_channel(), self._on_cancel)
+        await self._listen(self.keys.wake_channel(), self._on_wake)
+        await self._listen(self.keys.worker_channel(self.worker_id), self._on_handoff)
+        await self._listen(self.keys.control_channel(), on_control)
+        await self.publish()
+        self._heartbeat = asyncio.create_task(self._beat(), name="actionq-heartbeat")
+        supervisor = os.environ.get(SUPERVISOR_ENV)
+        if supervisor and supervisor.isdigit():
+            self._listeners.append(asyncio.create_task(_watch_supervisor(int(supervisor)), name="actionq-supervisor"))
+        self.notify(WorkerStartedEvent(**self._me(), queues=self.info.queues, plugins=self.info.plugins))
+        log.info(
+            "worker_started",
+            worker_id=self.worker_id,
+            plugins=sorted(self.loader.loaded),
+            failed=sorted(self.loader.failures),
+            queues=self.info.queues,
+        )
+
+    def attach(self, puller: Puller) -> None:
+        """The queue loop that runs this runtime's jobs (handoffs, wake-ups and control commands act on it)."""
+        self.puller = puller
+
+    async def load_plugin(self, name: str, path: Path) -> str:
+        """Load (and enable) a plugin at runtime; returns its version. Raises ``PluginLoadError``."""
+        try:
+            plugin = await self.loader.load(name, path)
+        finally:
+            self._plugin_events_for(name)
+        await self._plugins_changed()
+        return plugin.manifest.version
+
+    async def unload_plugin(self, name: str, *, missing_ok: bool = False) -> None:
+        """Disable and unload a plugin at runtime (its running jobs finish)."""
+        plugin = self.loader.loaded.get(name)
+        if plugin is None:
+            if missing_ok:
+                return
+            raise KeyError(f"plugin {name!r} is not loaded here")
+        await self.loader.unload(name)
+        self.notify(PluginDisabledEvent(worker_id=self.worker_id, plugin=name, version=plugin.manifest.version))
+        await self._plugins_changed()
+
+    async def _plugins_changed(self) -> None:
+        self.info.queues = self.queues()
+        self._queue_set = frozenset(self.info.queues)
+        if self.puller is not None:
+            self.puller.set_queues(self.info.queues)
+        await self.publish()
+        self.wake.set()
+
+    def _plugin_events_for(self, name: str) -> None:
+        plugin, failure = self.loader.loaded.get(name), self.loader.failures.get(name)
+        if plugin is not None:
+            version = plugin.manifest.version
+            self.notify(PluginLoadedEvent(worker_id=self.worker_id, plugin=name, version=version))
+            self.notify(PluginEnabledEvent(worker_id=self.worker_id, plugin=name, version=version))
+        elif failure is not None:
+            self.notify(PluginFailedEvent(worker_id=self.worker_id, plugin=name, reason=failure.reason))
+
+    def notify(self, event: Event) -> None:
+        """Hand an event to this worker's delegates (the Redis bridge is one of them); never blocks."""
+        self.delegates.invoke_notification(event, sender=self)
+
+    def _me(self) -> dict[str, Any]:
+        return {"worker_id": self.worker_id, "hostname": self.settings.hostname, "pid": os.getpid()}
+
+    def _plugin_events(self) -> None:
+        for name in [*self.loader.loaded, *self.loader.failures]:
+            self._plugin_events_for(name)
+
+    def worker_error(self, where: str, exc: BaseException) -> None:
+        """Report an error of the worker itself (not of a job) as a ``worker_error`` event."""
+        self.notify(WorkerErrorEvent(**self._me(), where=where, error=ErrorInfo.from_exception(exc)))
+
+    async def publish(self) -> None:
+        """Send this worker's description and manifests to the registry."""
+        self.info.plugins = {name: p.manifest.version for name, p in self.loader.loaded.items()}
+        self.info.failed_plugins = {name: err.reason for name, err in self.loader.failures.items()}
+        self.info.running_jobs = self.running_jobs
+        await self.registry.publish(self.info, [p.manifest for p in self.loader.loaded.values()])
+
+    async def _beat(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_s)
+            try:
+                await self.publish()
+            except ActionQError as exc:
+                log.warning("heartbeat_failed", error=str(exc))
+                self.worker_error("heartbeat", exc)
+
+    async def _listen(self, channel: str, handle: Callable[[bytes], None]) -> None:
+        """Route a channel's messages to ``handle``, on the process's one pub/sub connection.
+
+        Returns once the subscription is confirmed, so nothing published after start is missed.
+        """
+        ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        async def follow() -> None:
+            try:
+                async with self._mux.subscribe(channel, handle):  # the reader calls handle itself
+                    ready.set_result(None)
+                    await asyncio.Event().wait()  # subscribed until stop() cancels this task
+            except Exception as exc:
+                if not ready.done():
+                    ready.set_exception(exc)
+                raise
+
+        self._listeners.append(asyncio.create_task(follow(), name=f"actionq-listen-{channel}"))
+        await ready
+
+    def _on_cancel(self, message: bytes) -> None:
+        """Cancel requests are pushed to every worker; the one running the job acts at once."""
+        try:
+            data = json.loads(message)
+            job_id, reason = str(data["job_id"]), str(data.get("reason") or "cancelled")
+        except (ValueError, KeyError, TypeError):
+            log.warning("bad_cancel_message", message=message[:200])
+            return
+        if self.executor.cancel(job_id, reason):
+            log.info("job_cancel_requested", job_id=job_id, reason=reason)
+
+    def _on_wake(self, message: bytes) -> None:
+        """A job was submitted to ``message`` (a queue name): poll now if it is one of ours."""
+        if message.decode(errors="replace") in self._queue_set:
+            self.wake.set()
+
+    def _on_handoff(self, message: bytes) -> None:
+        """A submit handed a job straight to this worker (it was listed as idle): run it now.
+
+        A bare queue name instead: a submit to that queue woke this busy worker (it had room).
+        """
+        if b"\n" not in message:
+            if self.puller is not None:
+                self.puller.woken(message.decode(errors="replace"))
+            return
+        try:
+            job = handed_job(message, self.keys)
+        except ValueError as exc:  # also a bad UTF-8 or a foreign namespace
+            log.warning("bad_handoff_message", error=str(exc), message=message[:200])
+            return
+        if self.puller is None:  # not listed before the loop runs: cannot happen; the lease lapses
+            log.warning("handoff_before_start", job_id=job.job_id)
+            return
+        self.puller.adopt(job)
+
+    async def run(self, job: TakenJob) -> Outcome | None:
+        """Run one taken job (called by the worker loop)."""
+        self.running_jobs += 1
+        try:
+            return await self.executor.run(job)
+        finally:
+            self.running_jobs -= 1
+
+    async def stop(self) -> None:
+        """Stop the heartbeat, leave the registry and disable the plugins (once; later calls do nothing)."""
+        if self._stopped:
+            return
+        self._stopped = True
+        for task in (self._heartbeat, *self._listeners):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        await self._mux.close()
+        with contextlib.suppress(ActionQError):
+            await self.registry.withdraw(self.worker_id)
+        self.notify(WorkerStoppedEvent(**self._me(), reason=self.stop_reason))
+        for name, plugin in self.loader.loaded.items():
+            self.notify(PluginDisabledEvent(worker_id=self.worker_id, plugin=name, version=plugin.manifest.version))
+        await self.loader.unload_all()
+        await self.delegates.aclose()
+        await self.bridge.aclose()
+        log.info("worker_stopped", worker_id=self.worker_id)
+
+
+async def _watch_supervisor(pid: int) -> None:
+    """A pool member drains and exits when its supervisor is gone (SIGKILLed, say)."""
+    while os.getppid() == pid:  # noqa: ASYNC110 - no event tells a process its parent died; poll
+        await asyncio.sleep(1.0)
+    log.warning("supervisor_gone", supervisor_pid=pid)
+    os.kill(os.getpid(), signal.SIGTERM)  # the worker's own graceful shutdown

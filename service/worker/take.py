@@ -1,0 +1,286 @@
+"""Taking jobs: look at the queues' heads, then claim and start a batch in one script.
+
+arq claims a job with one WATCH/MULTI transaction (six commands), then reads its body and bumps
+its try counter in a second transaction, and our record said "running" in a third round trip.
+Here a take is a look and a script, whatever the number of jobs and queues:
+
+* the look reads each queue's head in score order (``ZRANGEBYSCORE``, one pipeline), up to the
+  free slots: the ready jobs it names are the candidates, and the earliest deferred score says
+  when to look again;
+* the take script (``service/redis/lua/take.lua``), with every candidate's record and lease
+  declared in KEYS, checks that each is still ready (``ZMSCORE``), sets arq's in-progress key
+  (``SET NX PX lease``, so arq's ``Job.status()`` still says ``in_progress``), reads the record
+  (``HMGET``), starts the attempt (``HSET`` running, attempt + 1, worker, seq + 1) and publishes
+  the state message if someone follows the job; it moves the taken jobs' scores to
+  ``now + lease`` (one ``ZADD XX`` per queue): a running job stays in its queue, as in arq, but
+  out of the ready window, so no worker reads it again;
+* the same script keeps the worker's listing in its queues' idle sets, where submits find it.
+  A look that finds nothing ready and a listing that needs no change cost no script call.
+
+The lease is that score plus the in-progress key, renewed together every ``lease_s / 3`` while the
+job runs (:meth:`Claims.renew_forever`). A worker killed with SIGKILL stops renewing: its jobs'
+scores fall due within ``lease_s`` and the next poll of any worker takes them again (at-least-once;
+a job's checkpoint lets it resume). An event loop blocked for longer than the lease by a
+misbehaving ``async`` action can lose its claims the same way.
+
+A ready job whose record is gone (expired) or already ended leaves its queue in the same script;
+one past its queue-wait limit (``expires_at_ms``) is handed back as ``expired`` for the worker to
+record as failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import structlog
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from service.keys import Keys
+from service.models import now_ms
+from service.redis import scripts
+
+__all__ = ["IDLE_TTL_S", "Claims", "Take", "TakenJob", "handed_job"]
+
+log = structlog.get_logger("actionq.worker")
+
+# How long an idle worker's listing lasts unless renewed (renewed at half of it): a worker killed
+# while idle can be handed jobs for this long; they run again elsewhere after the lease.
+IDLE_TTL_S = 10.0
+
+TakeStatus = Literal["run", "expired", "missing", "ended"]
+Listing = Literal["none", "idle", "wake"]
+
+
+@dataclass(frozen=True, slots=True)
+class TakenJob:
+    """A job the take script handed to this worker (``status == "run"``: its attempt has started)."""
+
+    job_id: str
+    arq_job_id: str
+    queue: str
+    status: TakeStatus
+    attempt: int
+    request: bytes
+    """The request JSON from the record (parsed by the executor, which records a malformed one)."""
+    cancel_reason: str = ""
+    """Set when a cancel arrived before the start: the job is cancelled at once."""
+    enqueued_at_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Take:
+    """What one take returned: the jobs, and when the earliest deferred job falls due (epoch ms)."""
+
+    jobs: list[TakenJob]
+    next_due_ms: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Candidate:
+    """A ready job the look found: the take script tries to claim it."""
+
+    queue_index: int  # 1-based, as in the script
+    arq_job_id: str
+    job_id: str
+
+    def header(self, keys: Keys) -> dict[str, object]:
+        """The candidate as the take script reads it."""
+        channel = keys.job_channel(self.job_id)
+        return {"queue": self.queue_index, "arq_id": self.arq_job_id, "job_id": self.job_id, "channel": channel}
+
+
+class Claims:
+    """The leases one worker holds: taken by :meth:`take`, renewed, released when a job is settled."""
+
+    def __init__(self, redis: Redis, keys: Keys, *, worker_id: str, lease_s: float) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.worker_id = worker_id
+        self.lease_ms = int(lease_s * 1000)
+        self._held: dict[str, tuple[str, str]] = {}  # arq job id -> (job id, queue)
+        self._take = scripts.register(redis, "take")
+        self._listing: Listing = "none"  # how this worker is listed in its queues' idle sets
+        self._listed_at = 0  # when the listing was last renewed everywhere
+        self._used: set[str] = set()  # queues whose listing a submit used up (a handoff, a wake-up)
+
+    @property
+    def held(self) -> frozenset[str]:
+        """The arq job ids this worker holds a lease on."""
+        return frozenset(self._held)
+
+    async def take(
+        self, queues: list[str], now_ms: int, limit: int, *, advertise: bool = False, idle: bool = False
+    ) -> Take:
+        """Claim and start up to ``limit`` ready jobs from ``queues`` (earlier queues first).
+
+        ``advertise``: then list this worker where submits find it, if slots are still free: as
+        idle (``idle``: nothing runs here, and nothing was taken) or as one to wake.
+        """
+        limit = max(limit, 0)
+        candidates, due = await self._look(queues, now_ms, limit) if limit else ([], None)
+        used = [i for i, queue in enumerate(queues, 1) if queue in self._used]
+        fresh = now_ms - self._listed_at < IDLE_TTL_S * 500
+        ttl_ms = int(IDLE_TTL_S * 1000) if advertise else 0
+        if not candidates and not used:
+            want: Listing = "none" if not (ttl_ms and limit) else "idle" if idle else "wake"
+            if want == self._listing and (fresh or want == "none"):
+                return Take([], due)  # nothing to take, and the listing stands as it is
+        listing = {"current": self._listing, "ttl_ms": ttl_ms, "fresh": fresh, "idle": idle, "used": used}
+        header = {
+            "now": str(now_ms),
+            "limit": limit,
+            "lease_ms": self.lease_ms,
+            "worker": self.worker_id,
+            "queues": len(queues),
+            "jobs": [c.header(self.keys) for c in candidates],
+            "listing": listing,
+        }
+        keys = [*queues, *(self.keys.idle_workers(queue) for queue in queues)]
+        for c in candidates:
+            keys += [self.keys.job(c.job_id), self.keys.arq_in_progress(c.job_id)]
+        reply = await self._take(keys=keys, args=[json.dumps(header, separators=(",", ":"))])
+        retry_at = int(float(reply[0]))
+        now_listed: Listing = _text(reply[1])  # type: ignore[assignment]
+        if now_listed != self._listing or not fresh:
+            self._listing, self._listed_at = now_listed, now_ms
+        self._used.difference_update(queues[i - 1] for i in used)
+        by_arq_id = {c.arq_job_id: c.job_id for c in candidates}
+        jobs = [self._taken(queues, by_arq_id, *job) for job in reply[2:]]
+        if retry_at >= 0:
+            due = retry_at if due is None else min(due, retry_at)
+        return Take(jobs, due)
+
+    async def _look(self, queues: list[str], now_ms: int, limit: int) -> tuple[list[_Candidate], int | None]:
+        """The ready jobs at the heads of ``queues`` (at most ``limit`` a queue, ``2 * limit`` in all)
+        and the earliest deferred score. A member that is not a job of this namespace is removed."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for queue in queues:
+                pipe.zrangebyscore(queue, "-inf", "+inf", start=0, num=limit + 1, withscores=True)
+            heads: list[list[tuple[bytes, float]]] = await pipe.execute()
+        candidates: list[_Candidate] = []
+        foreign: list[tuple[str, bytes]] = []
+        due: int | None = None
+        for index, (queue, head) in enumerate(zip(queues, heads, strict=True), 1):
+            for member, score in head:
+                if score > now_ms:
+                    due = int(score) if due is None else min(due, int(score))
+                    break
+                try:
+                    arq_id = member.decode()
+                    job_id = self.keys.job_id_from_arq(arq_id)
+                except ValueError:
+                    foreign.append((queue, member))
+                    continue
+                if len(candidates) < 2 * limit:
+                    candidates.append(_Candidate(index, arq_id, job_id))
+        if foreign:
+            await self._remove_foreign(foreign)
+        return candidates, due
+
+    async def _remove_foreign(self, members: list[tuple[str, bytes]]) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for queue, member in members:
+                reason = "not a job id of this namespace"
+                log.error("queue_member_removed", queue=queue, member=member[:200], reason=reason)
+                pipe.zrem(queue, member)
+            await pipe.execute()
+
+    def _taken(self, queues: list[str], by_arq_id: dict[str, str], *reply: Any) -> TakenJob:
+        aid, qi, status, attempt, request, cancel, enqueued = reply
+        arq_id = _text(aid)
+        job = TakenJob(
+            job_id=by_arq_id[arq_id],
+            arq_job_id=arq_id,
+            queue=queues[int(qi) - 1],
+            status=_text(status),  # type: ignore[arg-type]
+            attempt=int(attempt),
+            request=request if isinstance(request, bytes) else str(request).encode(),
+            cancel_reason=_text(cancel),
+            enqueued_at_ms=int(enqueued),
+        )
+        if job.status in ("run", "expired"):
+            self._held[arq_id] = (job.job_id, job.queue)
+        return job
+
+    @property
+    def listed(self) -> bool:
+        """True while this worker is listed as idle everywhere (a handoff uses a listing up)."""
+        return self._listing == "idle" and not self._used and now_ms() - self._listed_at < IDLE_TTL_S * 500
+
+    def renew_listing_in_s(self) -> float:
+        """Seconds until the listing goes stale and a take must renew it (``inf``: not listed)."""
+        if self._listing == "none":
+            return float("inf")
+        return max(0.0, (self._listed_at + IDLE_TTL_S * 500 - now_ms()) / 1000)
+
+    def handed(self, job: TakenJob) -> None:
+        """A submit handed ``job`` to this worker (already claimed): hold its lease.
+
+        The submit also took this worker off that queue's idle set: the next take lists it again.
+        """
+        self._held[job.arq_job_id] = (job.job_id, job.queue)
+        self._used.add(job.queue)
+
+    def woken(self, queue: str) -> None:
+        """A submit to ``queue`` woke this worker (and took it off that queue's idle set)."""
+        self._used.add(queue)
+
+    async def unregister(self, queues: list[str]) -> None:
+        """Leave the idle sets (pausing, draining, stopping): submits no longer find this worker."""
+        if self._listing == "none":
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for queue in queues:
+                pipe.zrem(self.keys.idle_workers(queue), self.worker_id, "~" + self.worker_id)
+            await pipe.execute()
+        self._listing = "none"
+
+    def release(self, arq_job_id: str) -> None:
+        """Forget a lease (the job's settle deleted its key and took it out of the ready window)."""
+        self._held.pop(arq_job_id, None)
+
+    async def renew(self) -> None:
+        """Extend every held lease: the in-progress keys and the queue scores, in one round trip."""
+        if not self._held:
+            return
+        deadline = now_ms() + self.lease_ms
+        by_queue: dict[str, list[str]] = defaultdict(list)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for arq_id, (job_id, queue) in self._held.items():
+                pipe.pexpire(self.keys.arq_in_progress(job_id), self.lease_ms)
+                by_queue[queue].append(arq_id)
+            for queue, ids in by_queue.items():
+                pipe.zadd(queue, dict.fromkeys(ids, deadline), xx=True)
+            await pipe.execute()
+
+    async def renew_forever(self) -> None:
+        """:meth:`renew` each third of the lease, until cancelled."""
+        while True:
+            await asyncio.sleep(self.lease_ms / 3000)
+            try:
+                await self.renew()
+            except (RedisError, OSError) as exc:
+                log.warning("lease_renewal_failed", error=str(exc), jobs=len(self._held))
+
+    async def stop(self, renewer: asyncio.Task[None]) -> None:
+        """Stop renewing (the worker is exiting)."""
+        renewer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await renewer
+
+
+def _text(raw: bytes | str | int) -> str:
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+
+def handed_job(payload: bytes, keys: Keys) -> TakenJob:
+    """The job a submit handed to this worker: ``arq id \\n queue \\n enqueued ms \\n request JSON``."""
+    arq_id, queue, enqueued, request = payload.split(b"\n", 3)
+    job_id = keys.job_id_from_arq(arq_id.decode())
+    return TakenJob(job_id, arq_id.decode(), queue.decode(), "run", 1, request, enqueued_at_ms=int(enqueued))
