@@ -6,10 +6,8 @@ Only this module knows redis-py's exception types; everything above it sees acti
 from __future__ import annotations
 
 import asyncio
-import functools
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import ParamSpec, TypeVar
 
 from redis import exceptions as redis_exc
 from redis.asyncio import Redis
@@ -17,11 +15,7 @@ from redis.asyncio.connection import AbstractConnection, ConnectionPool
 
 from service.errors import BrokerError
 
-__all__ = ["LeanPool", "broker_errors", "connect", "translating"]
-
-P = ParamSpec("P")
-T = TypeVar("T")
-
+__all__ = ["LeanPool", "broker_errors", "connect"]
 
 def connect(url: str, **kwargs: object) -> Redis:
     """A redis-py asyncio client for ``url`` in bytes mode (what arq and fakeredis expect).
@@ -74,17 +68,3 @@ def broker_errors(doing: str) -> Iterator[None]:
         raise BrokerError(f"{doing}: Redis timed out ({exc})") from exc
     except redis_exc.RedisError as exc:
         raise BrokerError(f"{doing}: Redis error: {exc}") from exc
-
-
-def translating(doing: str) -> Callable[[Callable[P, Awaitable[T]]], Callable[P, Awaitable[T]]]:
-    """Decorator form of :func:`broker_errors` for coroutine functions."""
-
-    def wrap(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
-        @functools.wraps(fn)
-        async def inner(*args: P.args, **kwargs: P.kwargs) -> T:
-            with broker_errors(doing):
-                return await fn(*args, **kwargs)
-
-        return inner
-
-    return wrap
