@@ -24,4 +24,4 @@ USER actionq
 
 # SIGTERM drains the worker (stop taking jobs, grace period, hand running jobs back).
 STOPSIGNAL SIGTERM
-CMD ["actionq", "worker", "--config", "/app/config.yml"]
+CMD ["actionq", "--config", "/app/config.yml", "worker"]

@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 
 .DEFAULT_GOAL := help
-.PHONY: help run check lint format types test test-unit test-integration install install-dev clean
+.PHONY: help run check lint format types imports test test-unit test-integration install install-dev clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -30,7 +30,7 @@ install-dev: $(VENV)/.installed-dev  ## Also install the test, lint and type-che
 run: install  ## Start Redis (if none is configured), a worker and demo jobs; Ctrl-C stops all
 	$(BIN)/actionq up
 
-check: lint types test  ## Lint, type-check and test: the one command CI runs
+check: lint types imports test  ## Lint, type-check, the import contracts and every test: the one command CI runs
 
 lint: install-dev  ## ruff lint and format check
 	$(BIN)/ruff check .
@@ -42,6 +42,9 @@ format: install-dev  ## Apply ruff's fixes and formatting
 
 types: install-dev  ## mypy --strict (files listed in pyproject.toml)
 	$(BIN)/mypy
+
+imports: install-dev  ## The architecture's import contracts (pyproject.toml [tool.importlinter])
+	$(BIN)/lint-imports --no-cache
 
 # pytest exits 5 when it collected no tests; make treats any non-zero exit as failure.
 test: install-dev  ## All tests (integration tests start their own redis-server)

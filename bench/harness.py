@@ -9,7 +9,7 @@
 
 Each :class:`BenchEnv` starts its own server through :class:`service.embedded.EmbeddedRedis` (never
 the shared Redis on 6379) and stops it, and every worker it started, on exit. Workers are
-``python -m service worker --config <tmp>/config-N.yml`` with ``ACTIONQ_REDIS_URL`` and
+``python -m service --config <tmp>/config-N.yml worker`` with ``ACTIONQ_REDIS_URL`` and
 ``ACTIONQ_NAMESPACE`` set (outer ``ACTIONQ_*`` variables are not passed on); a worker is ready once
 its id, which embeds ``-<pid>-``, is in the namespace's workers ZSET.
 """

@@ -1,5 +1,5 @@
 """``python -m service``: the same as the ``actionq`` command."""
 
-from service.cli.app import main
+from service.cli import main
 
 main()

@@ -1,7 +1,4 @@
-"""The operators' commands of the ``actionq`` CLI: cancel, dead letters, remote control, plugins.
-
-Registered on :data:`service.cli.app` when :mod:`service.cli.app` is imported.
-"""
+"""The operator commands: workers and pools, the registry, ``up``, events, dead letters, remote control."""
 
 from __future__ import annotations
 
@@ -13,17 +10,9 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from service.cli.app import (
-    ConfigOpt,
-    JsonOpt,
-    NamespaceOpt,
-    RedisOpt,
-    _client_run,
-    _dump,
-    app,
-    out,
-)
+from service.cli.app import JsonOpt, app, client_run, dump, fail, out, shared
 from service.client.client import JobClient
+from service.errors import ActionQError, ConfigError
 from service.events.control import Command, ControlReport
 from service.events.models import describe, reference_markdown
 from service.events.models import write_readme as rewrite_readme
@@ -32,25 +21,111 @@ __all__ = ["dead", "plugin_app"]
 
 
 @app.command()
-def cancel(
-    job_id: Annotated[str, typer.Argument(help="Job id")],
-    reason: Annotated[str, typer.Option(help="Why (kept in the record).")] = "cancelled from the command line",
-    timeout: Annotated[float, typer.Option(help="How long to wait for a running job to stop.")] = 30.0,
-    config: ConfigOpt = None,
-    redis_url: RedisOpt = None,
-    namespace: NamespaceOpt = None,
+def worker(
+    ctx: typer.Context,
+    concurrency: Annotated[int | None, typer.Option(help="Jobs one process runs at once (default: config)")] = None,
+    processes: Annotated[
+        int, typer.Option(min=1, help="Worker processes, supervised (restarted if one dies; SIGTERM drains all).")
+    ] = 1,
 ) -> None:
-    """Cancel a job in any state and say what happened."""
+    """Run a worker (or a pool of them) for the plugins config.yml lists; Ctrl-C / SIGTERM drains and stops."""
+    from service.worker.adapter import main as run_worker
+
+    options = shared(ctx)
+    try:
+        settings = options.settings(concurrency=concurrency)
+        if processes > 1:
+            raise typer.Exit(_run_pool(processes, options.argv(), settings, concurrency))
+        run_worker(settings)
+    except ConfigError as exc:
+        raise fail(exc, 2) from exc
+    except ActionQError as exc:
+        raise fail(exc, 1) from exc
+
+
+def _run_pool(processes: int, argv: list[str], settings: Any, concurrency: int | None) -> int:
+    from service.logs import configure_logging
+    from service.processes.spawn import worker_command
+    from service.processes.supervisor import WorkerPool
+
+    configure_logging(settings.log_format)
+    own = ["--concurrency", str(concurrency)] if concurrency is not None else []
+    return WorkerPool(worker_command(options=argv, worker_options=[*own, "--processes", "1"]), processes).run()
+
+
+@app.command()
+def plugins(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """List the plugins live workers serve, with their actions and arguments."""
 
     async def go(client: JobClient) -> None:
-        outcome = await client.job(job_id).cancel(reason, timeout=timeout)
-        out.print(outcome.value, highlight=False)
+        entries = await client.plugins()
+        if as_json:
+            out.print_json(dump([e.model_dump(mode="json", by_alias=True) for e in entries]))
+            return
+        table = Table("plugin", "version", "live", "action", "arguments", "description")
+        for entry in entries:
+            m = entry.manifest
+            for action in m.actions or []:
+                args = ", ".join(_describe_argument(a) for a in action.arguments)
+                table.add_row(m.name, m.version, "yes" if entry.live else "no", action.name, args, action.description)
+        out.print(table if entries else "no plugins registered (is a worker running?)")
 
-    _client_run(config, redis_url, namespace, go)
+    client_run(ctx, go)
+
+
+def _describe_argument(arg: Any) -> str:
+    text = f"{arg.name}: {arg.type}"
+    return text if arg.required else f"{text} = {json.dumps(arg.default)}"
+
+
+@app.command()
+def workers(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """List the live workers."""
+
+    async def go(client: JobClient) -> None:
+        infos = await client.workers()
+        if as_json:
+            out.print_json(dump([w.model_dump(mode="json") for w in infos]))
+            return
+        table = Table("worker", "host", "pid", "state", "plugins", "running", "failed plugins")
+        for w in infos:
+            plugins_text = ", ".join(f"{n} {v}" for n, v in sorted(w.plugins.items()))
+            state = "draining" if w.draining else "paused" if w.paused else "active"
+            table.add_row(w.worker_id, w.hostname, str(w.pid), state, plugins_text, str(w.running_jobs),
+                          ", ".join(sorted(w.failed_plugins)) or "-")  # fmt: skip
+        out.print(table if infos else "no live workers")
+
+    client_run(ctx, go)
+
+
+@app.command()
+def up(
+    ctx: typer.Context,
+    demo: Annotated[bool, typer.Option(help="Submit the demo jobs and print their results.")] = True,
+    exit_after_demo: Annotated[bool, typer.Option(help="Stop everything once the demo jobs are done.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show the worker's info logs.")] = False,
+) -> None:
+    """Run the service: Redis (a private one if none is configured), a worker, demo jobs. Ctrl-C stops."""
+    from service.cli.up import run_up
+
+    options = shared(ctx)
+    try:
+        code = run_up(
+            options.config,
+            redis_url=options.redis_url,
+            namespace=options.namespace,
+            demo=demo,
+            exit_after_demo=exit_after_demo,
+            verbose=verbose,
+        )
+    except ActionQError as exc:
+        raise fail(exc, 2) from exc
+    raise typer.Exit(code)
 
 
 @app.command()
 def events(
+    ctx: typer.Context,
     kind: Annotated[list[str] | None, typer.Option("--kind", "-k", help="Only this kind (repeatable).")] = None,
     plugin: Annotated[str | None, typer.Option(help="Only events of this plugin.")] = None,
     job: Annotated[str | None, typer.Option("--job", help="Only events of this job.")] = None,
@@ -63,9 +138,6 @@ def events(
     write_readme: Annotated[
         Path | None, typer.Option(hidden=True, help="Rewrite the README's event reference.")
     ] = None,
-    config: ConfigOpt = None,
-    redis_url: RedisOpt = None,
-    namespace: NamespaceOpt = None,
 ) -> None:
     """Print the workers' events: the recent past, then with --follow new ones as they happen."""
     if write_readme is not None:
@@ -87,7 +159,7 @@ def events(
             raise typer.BadParameter(str(exc)) from exc
 
     try:
-        _client_run(config, redis_url, namespace, go)
+        client_run(ctx, go)
     except KeyboardInterrupt:
         raise typer.Exit(0) from None
 
@@ -98,18 +170,16 @@ app.add_typer(dead, name="dead")
 
 @dead.command("list")
 def dead_list(
+    ctx: typer.Context,
     limit: Annotated[int, typer.Option(help="At most this many, newest first.")] = 50,
     as_json: JsonOpt = False,
-    config: ConfigOpt = None,
-    redis_url: RedisOpt = None,
-    namespace: NamespaceOpt = None,
 ) -> None:
     """List dead letters."""
 
     async def go(client: JobClient) -> None:
         letters = await client.dead.list(limit)
         if as_json:
-            out.print_json(_dump([letter.model_dump(mode="json") for letter in letters]))
+            out.print_json(dump([letter.model_dump(mode="json") for letter in letters]))
             return
         table = Table("job", "plugin.action", "state", "attempts", "error", "dead at")
         for letter in letters:
@@ -119,31 +189,27 @@ def dead_list(
             table.add_row(letter.job_id, job, letter.state.value, str(len(letter.attempts)), error, when)
         out.print(table if letters else "no dead letters")
 
-    _client_run(config, redis_url, namespace, go)
+    client_run(ctx, go)
 
 
 @dead.command("show")
 def dead_show(
+    ctx: typer.Context,
     job_id: Annotated[str, typer.Argument(help="Job id")],
-    config: ConfigOpt = None,
-    redis_url: RedisOpt = None,
-    namespace: NamespaceOpt = None,
 ) -> None:
     """Show a dead letter: request, every attempt, final error (JSON)."""
 
     async def go(client: JobClient) -> None:
         out.print_json((await client.dead.get(job_id)).model_dump_json())
 
-    _client_run(config, redis_url, namespace, go)
+    client_run(ctx, go)
 
 
 @dead.command("replay")
 def dead_replay(
+    ctx: typer.Context,
     job_id: Annotated[str, typer.Argument(help="Job id")],
     new_id: Annotated[bool, typer.Option("--new-id", help="Replay under a new id (default: the same id).")] = False,
-    config: ConfigOpt = None,
-    redis_url: RedisOpt = None,
-    namespace: NamespaceOpt = None,
 ) -> None:
     """Submit a dead job again as a fresh attempt series; prints the job id."""
 
@@ -151,16 +217,14 @@ def dead_replay(
         handle = await client.dead.replay(job_id, new_id=new_id)
         out.print(handle.job_id, highlight=False)
 
-    _client_run(config, redis_url, namespace, go)
+    client_run(ctx, go)
 
 
 @dead.command("purge")
 def dead_purge(
+    ctx: typer.Context,
     job_ids: Annotated[list[str] | None, typer.Argument(help="Job ids (none: use --all)")] = None,
     purge_all: Annotated[bool, typer.Option("--all", help="Purge every dead letter.")] = False,
-    config: ConfigOpt = None,
-    redis_url: RedisOpt = None,
-    namespace: NamespaceOpt = None,
 ) -> None:
     """Delete dead letters; prints how many."""
     if not job_ids and not purge_all:
@@ -169,46 +233,37 @@ def dead_purge(
     async def go(client: JobClient) -> None:
         out.print(str(await client.dead.purge(None if purge_all else job_ids)), highlight=False)
 
-    _client_run(config, redis_url, namespace, go)
+    client_run(ctx, go)
 
 
 WorkerOpt = Annotated[str | None, typer.Option("--worker", help="Only this worker (id from `actionq workers`).")]
 HostOpt = Annotated[str | None, typer.Option("--host", help="Only the workers on this host.")]
-AllOpt = Annotated[bool, typer.Option("--all", help="Every worker (the default when no target is given).")]
 TimeoutOpt = Annotated[float, typer.Option(help="Seconds to wait for acknowledgements.")]
 
 
 def _control(
-    command: Command, worker: str | None, host: str | None, args: dict[str, Any] | None, timeout: float,
-    config: Path | None, redis_url: str | None, namespace: str | None,
+    ctx: typer.Context, command: Command, worker: str | None, host: str | None, args: dict[str, Any] | None,
+    timeout: float,
 ) -> None:  # fmt: skip
     async def go(client: JobClient) -> ControlReport:
         report = await client.control(command, worker=worker, host=host, args=args, timeout=timeout)
         table = Table("worker", "host", "answer", "result")
         for ack in report.acks:
             answer = "acted" if ack.ok else f"refused: {ack.error}"
-            table.add_row(ack.worker_id, ack.hostname, answer, _dump(ack.result) if ack.result is not None else "")
+            table.add_row(ack.worker_id, ack.hostname, answer, dump(ack.result) if ack.result is not None else "")
         for missing in report.missing:
             table.add_row(missing, "", f"no answer within {timeout:g}s", "")
         out.print(table if report.acks or report.missing else "no live worker matches the target")
         return report
 
-    report = _client_run(config, redis_url, namespace, go)
+    report = client_run(ctx, go)
     if report.missing or report.refused:
         raise typer.Exit(1)
 
 
 def _make_control_command(command: Command, doc: str) -> None:
-    def run(
-        worker: WorkerOpt = None,
-        host: HostOpt = None,
-        all_workers: AllOpt = False,
-        timeout: TimeoutOpt = 3.0,
-        config: ConfigOpt = None,
-        redis_url: RedisOpt = None,
-        namespace: NamespaceOpt = None,
-    ) -> None:
-        _control(command, worker, host, None, timeout, config, redis_url, namespace)
+    def run(ctx: typer.Context, worker: WorkerOpt = None, host: HostOpt = None, timeout: TimeoutOpt = 3.0) -> None:
+        _control(ctx, command, worker, host, None, timeout)
 
     run.__doc__ = doc
     app.command(command)(run)
@@ -225,18 +280,15 @@ app.add_typer(plugin_app, name="plugin")
 
 def _make_plugin_command(command: Command, verb: str, doc: str) -> None:
     def run(
+        ctx: typer.Context,
         name: Annotated[str, typer.Argument(help="Plugin name")],
         path: Annotated[str | None, typer.Option(help="Plugin folder (default: config.yml's entry).")] = None,
         worker: WorkerOpt = None,
         host: HostOpt = None,
-        all_workers: AllOpt = False,
         timeout: TimeoutOpt = 10.0,
-        config: ConfigOpt = None,
-        redis_url: RedisOpt = None,
-        namespace: NamespaceOpt = None,
     ) -> None:
         args = {"name": name, **({"path": path} if path else {})}
-        _control(command, worker, host, args, timeout, config, redis_url, namespace)
+        _control(ctx, command, worker, host, args, timeout)
 
     run.__doc__ = doc
     plugin_app.command(verb)(run)

@@ -8,12 +8,12 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TaskProgre
 from service.client.handle import JobHandle
 from service.models import JobRecord, ProgressSnapshot, ProgressUpdate
 
-__all__ = ["watch"]
+__all__ = ["show"]
 
 Rows = dict[tuple[str, ...], TaskID]  # one bar per node of the progress tree, by its path
 
 
-async def watch(handle: JobHandle, console: Console) -> JobRecord:
+async def show(handle: JobHandle, console: Console) -> JobRecord:
     """Show the job's progress until it ends; return its final record."""
     columns = (
         SpinnerColumn(finished_text="•"),

@@ -11,7 +11,7 @@ import asyncio
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from redis.asyncio import Redis
@@ -28,9 +28,15 @@ class WorkerStartError(ActionQError):
     """A worker process exited, or did not register, before it was ready."""
 
 
-def worker_command(config: Path | None = None) -> list[str]:
-    """``python -m service worker [--config config]`` with this interpreter."""
-    return [sys.executable, "-m", "service", "worker", *(["--config", str(config)] if config else [])]
+def worker_command(
+    config: Path | None = None, *, options: Sequence[str] = (), worker_options: Sequence[str] = ()
+) -> list[str]:
+    """``python -m service [--config config] [options] worker [worker_options]`` with this interpreter.
+
+    ``options`` are the shared ones (``--redis-url``, ``--namespace``, ...), given before the command.
+    """
+    shared = [*(["--config", str(config)] if config else []), *options]
+    return [sys.executable, "-m", "service", *shared, "worker", *worker_options]
 
 
 def spawn_worker(

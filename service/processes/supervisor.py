@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -97,8 +96,3 @@ class WorkerPool:
         codes = [proc.wait() for proc in running]
         log.info("pool_stopped", exit_codes=codes)
         return 0 if all(code == 0 for code in codes) else 1
-
-
-def worker_command(argv: Sequence[str]) -> list[str]:
-    """The command line of one pool member: this program's ``worker`` with ``--processes 1``."""
-    return [sys.executable, "-m", "service", "worker", *argv, "--processes", "1"]

@@ -17,6 +17,7 @@ from service.errors import BrokerError
 
 __all__ = ["LeanPool", "broker_errors", "connect"]
 
+
 def connect(url: str, **kwargs: object) -> Redis:
     """A redis-py asyncio client for ``url`` in bytes mode (what arq and fakeredis expect).
 

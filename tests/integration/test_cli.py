@@ -54,6 +54,10 @@ def test_submit_status_result_plugins_workers(worker_process: WorkerFactory, red
     assert "b: int = 1" in table
     workers = json.loads(actionq("workers", "--json", env=env).stdout)
     assert len(workers) == 1
+    # The shared options, given once before the command, stand in for the environment.
+    bare = {k: v for k, v in env.items() if k not in ("ACTIONQ_REDIS_URL", "ACTIONQ_NAMESPACE")}
+    given = actionq("--redis-url", redis_url, "--namespace", namespace, "workers", "--json", env=bare)
+    assert [w["worker_id"] for w in json.loads(given.stdout)] == [workers[0]["worker_id"]], given.stderr
 
 
 def test_json_params_job_id_and_failures(worker_process: WorkerFactory, redis_url: str, namespace: str) -> None:

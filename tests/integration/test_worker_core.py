@@ -62,7 +62,7 @@ def _pool(config: dict[str, object], env: dict[str, str], tmp_path: Path, proces
     path.write_text(yaml.safe_dump(config))
     with (tmp_path / "pool.log").open("wb") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "service", "worker", "--config", str(path), "--processes", str(processes)],
+            [sys.executable, "-m", "service", "--config", str(path), "worker", "--processes", str(processes)],
             env=env,
             cwd=REPO_ROOT,
             stdout=log,

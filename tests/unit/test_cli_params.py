@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import typer
 
-from service.cli.app import parse_params
+from service.cli.jobs import parse_params
 
 
 def test_strings_and_json_values() -> None:

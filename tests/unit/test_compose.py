@@ -131,8 +131,8 @@ def _config_option(words: list[str]) -> PurePosixPath:
 
 
 def _typer_subcommands() -> set[str]:
-    """Top-level subcommands of the Typer app ``service.cli.app``."""
-    cli = importlib.import_module("service.cli.app")
+    """Top-level subcommands of the Typer app ``service.cli.app`` (registered by ``service.cli``)."""
+    cli = importlib.import_module("service.cli")
     app = cli.app
     assert isinstance(app, typer.Typer), "service.cli.app must be the Typer app"
     # Duck-typed: recent typer versions vendor click, so the group is not a `click.Group`.
@@ -185,7 +185,10 @@ def test_worker_command_is_a_real_cli_subcommand() -> None:
     assert words[0] in scripts, f"{words[0]!r} is not a console script in pyproject.toml"
     module_name, _, attr = scripts[words[0]].partition(":")
     assert callable(getattr(importlib.import_module(module_name), attr))
-    assert words[1] in _typer_subcommands()
+    # The shared options come before the command: `actionq --config F worker`.
+    commands = [w for w in words[1:] if w in _typer_subcommands()]
+    assert commands == ["worker"], words
+    assert words[words.index("worker") - 2] == "--config"
 
 
 # -- Dockerfile ---------------------------------------------------------------------------------
@@ -193,7 +196,7 @@ def test_dockerfile_cmd_is_the_compose_command() -> None:
     dockerfile = parse_dockerfile()
 
     assert dockerfile.base.startswith("python:3.11")
-    assert dockerfile.cmd[:2] == _command_words(_worker()["command"])[:2]
+    assert dockerfile.cmd == _command_words(_worker()["command"])
     assert dockerfile.cmd[0] == "actionq"
 
 
