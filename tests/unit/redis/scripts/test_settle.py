@@ -1,0 +1,203 @@
+"""settle.lua (through :class:`service.worker.settle.Settler`): ended, retrying, requeued, and the three refusals."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import redis.asyncio as aioredis
+
+from service import arqformat
+from service.client.deadletters import DeadLetter
+from service.client.store import JobStore
+from service.keys import Keys
+from service.models import AttemptInfo, JobState
+from service.redis.pubsub import PubSubMultiplexer
+from service.redis.streams import StreamEnd, entry_id
+from service.worker import settle
+from service.worker.settle import Settler
+from service.worker.take import Claims, TakenJob
+from tests.unit.redis.scripts.conftest import create, now
+
+
+async def taken(r: aioredis.Redis, store: JobStore, job_id: str, worker: str = "w1") -> TakenJob:
+    """``job_id`` submitted to a queue of its own and taken by ``worker``."""
+    queue = await create(store, job_id, plugin=f"P{job_id}")
+    [job] = (await Claims(r, store.keys, worker_id=worker, lease_s=3).take([queue], now(), limit=1)).jobs
+    assert job.status == "run"
+    return job
+
+
+def result_of(job: TakenJob, state: JobState = JobState.SUCCEEDED) -> bytes:
+    return arqformat.encode_result(
+        arq_job_id=job.arq_job_id, queue=job.queue, attempt=job.attempt, request=job.request,
+        enqueued_at_ms=job.enqueued_at_ms, started_at_ms=now(), finished_at_ms=now(), state=state.value,
+        result=49 if state is JobState.SUCCEEDED else None, error=None,
+    )  # fmt: skip
+
+
+def attempt_field(job: TakenJob, state: JobState) -> dict[str, str | int]:
+    info = AttemptInfo(attempt=job.attempt, worker="w1", state=state)
+    return {f"attempt:{job.attempt}": info.model_dump_json(), "finished_at_ms": now()}
+
+
+async def test_an_ended_job_keeps_one_key_its_final_record(r: aioredis.Redis, store: JobStore, keys: Keys) -> None:
+    job = await taken(r, store, "j1")
+    await r.set(keys.checkpoint("j1"), b"{}")
+    await r.hset(keys.job("j1"), "watched", "1")  # type: ignore[misc]
+    fields = {**attempt_field(job, JobState.SUCCEEDED), "result": "49"}
+    ended = settle.ended(job, JobState.SUCCEEDED, fields, arq_result=result_of(job), result_ttl_s=60, worker_id="w1")
+    mux = PubSubMultiplexer(r)
+    try:
+        async with mux.subscribe(keys.job_channel("j1")) as followers:
+            assert await Settler(r, keys).settle(ended) == 2
+            message = json.loads(await followers.get(5) or b"null")
+    finally:
+        await mux.close()
+    assert message == {"type": "state", "job_id": "j1", "state": "succeeded", "attempt": 1, "seq": 2}
+    for gone in (keys.job("j1"), keys.arq_in_progress("j1"), keys.checkpoint("j1")):
+        assert not await r.exists(gone)
+    assert await r.zcard(job.queue) == 0
+    assert 0 < await r.pttl(keys.arq_result("j1")) <= 60_000
+    record = await store.get("j1")
+    assert record is not None
+    assert (record.state, record.result, record.seq, record.worker) == (JobState.SUCCEEDED, 49, 2, "w1")
+    assert [a.attempt for a in record.attempts] == [1]
+    final = json.loads(await r.get(keys.arq_result("j1")) or b"{}")
+    assert "request" not in final["actionq"]  # it is arq's kwargs already
+    assert not await r.exists(keys.dead_letter("j1"))
+
+
+async def test_a_job_that_failed_for_good_leaves_a_dead_letter_with_every_attempt(
+    r: aioredis.Redis, store: JobStore, keys: Keys
+) -> None:
+    job = await taken(r, store, "dl")
+    earlier = AttemptInfo(attempt=1, worker="w0", state=JobState.FAILED).model_dump_json()
+    await r.hset(keys.job("dl"), mapping={"attempt:1": earlier})  # type: ignore[misc]
+    job2 = TakenJob(job.job_id, job.arq_job_id, job.queue, "run", 2, job.request, enqueued_at_ms=job.enqueued_at_ms)
+    await r.hset(keys.job("dl"), mapping={"attempt": 2})  # type: ignore[misc]
+    error = '{"type":"RuntimeError","message":"boom","traceback":null,"retryable":false}'
+    fields = {**attempt_field(job2, JobState.FAILED), "error": error}
+    for n in (10, 11):  # attempt numbers sort as numbers, not as text
+        info = AttemptInfo(attempt=n, state=JobState.FAILED).model_dump_json()
+        fields[f"attempt:{n}"] = info
+    ended = settle.ended(
+        job2, JobState.FAILED, fields, arq_result=result_of(job2, JobState.FAILED), result_ttl_s=60,
+        dead_letter_ttl_s=300, worker_id="w1",
+    )  # fmt: skip
+    assert await Settler(r, keys).settle(ended) == 2
+    letter = DeadLetter.model_validate_json(await r.get(keys.dead_letter("dl")) or b"{}")
+    assert (letter.job_id, letter.state, letter.queue) == ("dl", JobState.FAILED, job.queue)
+    assert letter.error is not None
+    assert letter.error.message == "boom"
+    assert [a.attempt for a in letter.attempts] == [1, 2, 10, 11]
+    assert letter.request.params == {"x": 1}
+    assert await r.zscore(keys.dead_letters(), "dl") is not None
+    assert 0 < await r.ttl(keys.dead_letter("dl")) <= 300
+    assert 0 < await r.ttl(keys.dead_letters()) <= 300
+
+
+async def test_a_generator_stream_gets_its_end_marker_with_the_final_state(
+    r: aioredis.Redis, store: JobStore, keys: Keys
+) -> None:
+    job = await taken(r, store, "gen")
+    stream = keys.job_stream("gen")
+    await r.xadd(stream, {"v": b"1"}, id=entry_id(0))
+    await r.xadd(stream, {"v": b"2"}, id=entry_id(1))
+    end = StreamEnd(JobState.SUCCEEDED, 2)
+    ended = settle.ended(
+        job, JobState.SUCCEEDED, attempt_field(job, JobState.SUCCEEDED), arq_result=result_of(job), result_ttl_s=60,
+        stream_end=(2, end), worker_id="w1",
+    )  # fmt: skip
+    assert await Settler(r, keys).settle(ended) == 2
+    entries = await r.xrange(stream)
+    assert [e[0] for e in entries] == [b"0-1", b"0-2", b"0-3"]
+    assert StreamEnd.parse(entries[-1][1]) == end
+    assert 0 < await r.ttl(stream) <= 60
+
+
+async def test_a_marker_that_cannot_go_in_does_not_fail_the_batch(
+    r: aioredis.Redis, store: JobStore, keys: Keys
+) -> None:
+    job = await taken(r, store, "gen2")
+    await r.xadd(keys.job_stream("gen2"), {"v": b"1"}, id="0-9")  # items past the marker's place
+    ended = settle.ended(
+        job, JobState.SUCCEEDED, {}, arq_result=result_of(job), result_ttl_s=60,
+        stream_end=(0, StreamEnd(JobState.SUCCEEDED, 0)), worker_id="w1",
+    )  # fmt: skip
+    assert await Settler(r, keys).settle(ended) == 2
+    assert (await store.get("gen2")) is not None
+
+
+async def test_a_retry_keeps_the_record_and_moves_the_score(r: aioredis.Redis, store: JobStore, keys: Keys) -> None:
+    job = await taken(r, store, "re")
+    await r.set(keys.checkpoint("re"), b'{"done": 3}')
+    due = now() + 5_000
+    fields = {**attempt_field(job, JobState.FAILED), "scheduled_at_ms": due}
+    assert await Settler(r, keys).settle(settle.retrying(job, fields, due_ms=due, worker_id="w1")) == 2
+    record = await r.hgetall(keys.job("re"))  # type: ignore[misc]
+    assert (record[b"state"], record[b"seq"], record[b"attempt"]) == (b"retrying", b"2", b"1")
+    assert await r.zscore(job.queue, job.arq_job_id) == due
+    assert not await r.exists(keys.arq_in_progress("re"))
+    assert await r.get(keys.checkpoint("re")) == b'{"done": 3}'  # the next attempt resumes from it
+
+
+async def test_requeued_and_given_back(r: aioredis.Redis, store: JobStore, keys: Keys) -> None:
+    settler = Settler(r, keys)
+    cut = await taken(r, store, "cut")
+    assert await settler.settle(settle.requeued(cut, worker_id="w1", started=True)) == 2
+    assert await r.hmget(keys.job("cut"), ["state", "attempt", "worker"]) == [b"queued", b"1", b""]  # type: ignore[misc]
+    back = await taken(r, store, "back")
+    assert await settler.settle(settle.requeued(back, worker_id="w1", started=False)) == 2
+    assert await r.hget(keys.job("back"), "attempt") == b"0"  # type: ignore[misc]  # the start is undone
+    assert (await r.zscore(back.queue, back.arq_job_id) or 0) <= now()  # ready again
+
+
+async def test_missing_ended_and_superseded_write_nothing(r: aioredis.Redis, store: JobStore, keys: Keys) -> None:
+    settler = Settler(r, keys)
+    gone = await taken(r, store, "gone")
+    await r.delete(keys.job("gone"))
+    assert await settler.settle(settle.ended(gone, JobState.SUCCEEDED, {}, arq_result=result_of(gone),
+                                             result_ttl_s=60, worker_id="w1")) == -1  # fmt: skip
+    assert not await r.exists(keys.job("gone"))
+    assert not await r.exists(keys.arq_result("gone"))
+    assert await r.zscore(gone.queue, gone.arq_job_id) is None  # it leaves its queue
+
+    over = await taken(r, store, "over")
+    await r.hset(keys.job("over"), "state", "cancelled")  # type: ignore[misc]
+    assert await settler.settle(settle.retrying(over, {}, due_ms=now(), worker_id="w1")) == -2
+    assert await r.hget(keys.job("over"), "state") == b"cancelled"  # type: ignore[misc]
+
+    # w1's lease lapsed and w2 took the job (attempt 2): w1's failure must not touch it.
+    lapsed = await taken(r, store, "lapsed")
+    await r.delete(keys.arq_in_progress("lapsed"))
+    [second] = (await Claims(r, keys, worker_id="w2", lease_s=3).take([lapsed.queue], now() + 3_500, 1)).jobs
+    await r.set(keys.checkpoint("lapsed"), b"{}")
+    late = settle.ended(
+        lapsed, JobState.FAILED, {"error": '{"type":"E","message":"m"}'}, arq_result=result_of(lapsed, JobState.FAILED),
+        result_ttl_s=60, dead_letter_ttl_s=300, stream_end=(0, StreamEnd(JobState.FAILED, 0)), worker_id="w1",
+    )  # fmt: skip
+    assert await settler.settle(late) == -3
+    record = await r.hgetall(keys.job("lapsed"))  # type: ignore[misc]
+    assert (record[b"state"], record[b"worker"], record[b"attempt"]) == (b"running", b"w2", b"2")
+    assert await r.get(keys.arq_in_progress("lapsed")) == b"w2"
+    assert await r.zscore(lapsed.queue, lapsed.arq_job_id) is not None
+    assert await r.exists(keys.checkpoint("lapsed"))
+    for nothing in (keys.arq_result("lapsed"), keys.dead_letter("lapsed"), keys.job_stream("lapsed")):
+        assert not await r.exists(nothing)
+    assert second.attempt == 2
+
+
+async def test_a_batch_settles_each_of_its_jobs(r: aioredis.Redis, store: JobStore, keys: Keys) -> None:
+    jobs = [await taken(r, store, f"b{i}") for i in range(20)]
+    settler = Settler(r, keys)
+    seqs = await asyncio.gather(
+        *(
+            settler.settle(
+                settle.ended(j, JobState.SUCCEEDED, {}, arq_result=result_of(j), result_ttl_s=60, worker_id="w1")
+            )
+            for j in jobs
+        )
+    )
+    assert seqs == [2] * 20
+    assert await r.zcard(jobs[0].queue) == 0

@@ -1,0 +1,91 @@
+"""arq's data format (service.arqformat) read back with arq's own Job API and deserializer."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+
+import arq.constants
+import fakeredis
+import pytest
+import pytest_asyncio
+import redis.asyncio as aioredis
+from arq.jobs import Job, JobStatus, deserialize_result
+
+from service import arqformat
+from service.errors import ErrorInfo
+from service.keys import Keys
+from service.wire import loads
+
+KEYS = Keys("fmt")
+QUEUE = KEYS.queue("P")
+REQUEST = b'{"plugin":"P","action":"a","params":{"x":6},"options":{}}'
+
+
+@pytest_asyncio.fixture
+async def r() -> AsyncIterator[aioredis.Redis]:
+    client: aioredis.Redis = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
+    yield client
+    await client.aclose()
+
+
+def job(job_id: str, redis: aioredis.Redis) -> Job:
+    return Job(KEYS.arq_job_id(job_id), redis, _queue_name=QUEUE, _deserializer=loads)
+
+
+def encoded(job_id: str, state: str = "succeeded", error: ErrorInfo | None = None) -> bytes:
+    return arqformat.encode_result(
+        arq_job_id=KEYS.arq_job_id(job_id), queue=QUEUE, attempt=2, request=REQUEST, enqueued_at_ms=1_000,
+        started_at_ms=2_000, finished_at_ms=3_000, state=state, result=36 if state == "succeeded" else None,
+        error=error,
+    )  # fmt: skip
+
+
+def test_the_prefixes_are_arqs() -> None:
+    assert arq.constants.in_progress_key_prefix == arqformat.IN_PROGRESS_PREFIX
+    assert arq.constants.result_key_prefix == arqformat.RESULT_PREFIX
+    assert KEYS.arq_result("j") == arq.constants.result_key_prefix + KEYS.arq_job_id("j")
+    assert KEYS.arq_in_progress("j") == arq.constants.in_progress_key_prefix + KEYS.arq_job_id("j")
+
+
+async def test_arqs_job_api_follows_a_job_through_its_life(r: aioredis.Redis) -> None:
+    now = int(time.time() * 1000)
+    assert await job("j1", r).status() is JobStatus.not_found
+    await r.zadd(QUEUE, {KEYS.arq_job_id("j1"): now - 1})
+    assert await job("j1", r).status() is JobStatus.queued
+    await r.zadd(QUEUE, {KEYS.arq_job_id("j1"): now + 60_000})
+    assert await job("j1", r).status() is JobStatus.deferred
+    await r.set(KEYS.arq_in_progress("j1"), "w1", px=3000)
+    assert await job("j1", r).status() is JobStatus.in_progress
+    await r.set(KEYS.arq_result("j1"), encoded("j1"))
+    assert await job("j1", r).status() is JobStatus.complete
+    assert await job("j1", r).result(timeout=1) == {"state": "succeeded", "result": 36, "error": None}
+    assert await job("j1", r).info() is not None  # the job's definition, from its result
+    info = await job("j1", r).result_info()
+    assert info is not None
+    assert (info.function, info.job_try, info.success, info.queue_name) == ("run_action", 2, True, QUEUE)
+    assert info.kwargs == {"request": json.loads(REQUEST)}
+    assert (info.enqueue_time.timestamp(), info.start_time.timestamp(), info.finish_time.timestamp()) == (1, 2, 3)
+
+
+async def test_a_failure_reads_as_arqs_failure_without_a_traceback(r: aioredis.Redis) -> None:
+    error = ErrorInfo(type="RuntimeError", message="boom", traceback="Traceback ...")
+    raw = encoded("j2", "failed", error)
+    result = deserialize_result(raw, deserializer=loads)
+    assert result.success is False
+    assert result.result == {"state": "failed", "result": None, "error": {"type": "RuntimeError", "message": "boom",
+                                                                         "retryable": False}}  # fmt: skip
+
+
+def test_the_final_record_round_trips_through_the_settle_scripts_splice() -> None:
+    raw = encoded("j3")
+    record = {"state": "succeeded", "seq": "2", "queue": QUEUE}
+    spliced = raw[:-1] + b',"actionq":' + json.dumps(record).encode() + b"}"  # what settle.lua writes
+    assert arqformat.decode_final(spliced) == {**record, "request": json.dumps(json.loads(REQUEST))}
+
+
+@pytest.mark.parametrize("raw", [b"not json", b"{}", b'{"actionq": {}}', b'{"k": 1, "actionq": 2}', b"\x80\x04pickle"])
+def test_foreign_data_is_not_a_final_record(raw: bytes) -> None:
+    with pytest.raises(arqformat.FinalRecordError):
+        arqformat.decode_final(raw)
