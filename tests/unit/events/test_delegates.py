@@ -130,7 +130,7 @@ async def test_a_raising_delegate_is_reported_and_isolated() -> None:
         ("broken_async", "ValueError", "async bug"),
     }
     assert all(r.event_kind == "job_succeeded" and r.worker_id == "w1" for r in reports)
-    assert all(r.delegate.startswith("tests.unit.test_delegates.") for r in reports)
+    assert all(r.delegate.startswith(f"{__name__}.") for r in reports)
 
 
 async def test_a_failing_error_handler_does_not_recurse() -> None:

@@ -33,7 +33,7 @@ from service.wire import loads
 from service.worker.settle import Settlement, Settler
 from service.worker.take import IDLE_TTL_S, Claims, handed_job
 
-PLUGINS = Path(__file__).resolve().parents[2] / "plugins"
+PLUGINS = Path(__file__).resolve().parents[3] / "plugins"
 
 
 @pytest_asyncio.fixture

@@ -32,7 +32,7 @@ from service.worker.streams import StreamWriter, pump
 from service.worker.take import Claims
 from tests.conftest import take_job
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 KEY = "ns:stream:job-1"
 
 

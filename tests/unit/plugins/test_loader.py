@@ -16,7 +16,7 @@ from service.plugins.context import JobContext, current_job
 from service.plugins.loader import LoadedPlugin, PluginLoader
 from service.plugins.manifest import PluginManifest
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 PLUGINS = ROOT / "plugins"
 FIXTURES = ROOT / "tests" / "fixtures" / "plugins"
 BUNDLED = ("long_running", "PluginB", "InteropTarget")

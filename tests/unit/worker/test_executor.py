@@ -21,7 +21,7 @@ from service.worker.executor import Executor
 from service.worker.take import Claims
 from tests.conftest import take_job
 
-PLUGINS = Path(__file__).resolve().parents[2] / "plugins"
+PLUGINS = Path(__file__).resolve().parents[3] / "plugins"
 
 
 @dataclass

@@ -11,7 +11,7 @@ import pytest
 from service.errors import FieldError, InvalidParamsError, ManifestError, UnknownActionError
 from service.plugins.manifest import MISSING, ArgumentSpec, PluginManifest, load_manifest, parse_type
 
-PLUGINS = Path(__file__).resolve().parents[2] / "plugins"
+PLUGINS = Path(__file__).resolve().parents[3] / "plugins"
 
 
 def write(folder: Path, filename: str, text: str) -> Path:
