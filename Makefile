@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 
 .DEFAULT_GOAL := help
-.PHONY: help run check lint format types imports test test-unit test-integration install install-dev clean
+.PHONY: help run check lint format types imports docs test test-unit test-integration install install-dev clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -21,7 +21,7 @@ $(VENV)/.installed-run: pyproject.toml | $(BIN)/python
 	@touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
-	$(PIP) install --quiet -e '.[embedded,test]'
+	$(PIP) install --quiet -e '.[embedded,test,docs]'
 	@touch $@
 
 install: $(VENV)/.installed-run  ## Create the venv and install actionq (with the embedded server)
@@ -30,7 +30,7 @@ install-dev: $(VENV)/.installed-dev  ## Also install the test, lint and type-che
 run: install  ## Start Redis (if none is configured), a worker and demo jobs; Ctrl-C stops all
 	$(BIN)/actionq up
 
-check: lint types imports test  ## Lint, type-check, the import contracts and every test: the one command CI runs
+check: lint types imports docs test  ## Lint, type-check, the import contracts, the docs and every test: the one command CI runs
 
 lint: install-dev  ## ruff lint and format check
 	$(BIN)/ruff check .
@@ -45,6 +45,9 @@ types: install-dev  ## mypy --strict (files listed in pyproject.toml)
 
 imports: install-dev  ## The architecture's import contracts (pyproject.toml [tool.importlinter])
 	$(BIN)/lint-imports --no-cache
+
+docs: install-dev  ## Build the docs site (mkdocs.yml) into build/site; --strict: a broken link or anchor fails
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir build/site
 
 # pytest exits 5 when it collected no tests; make treats any non-zero exit as failure.
 test: install-dev  ## All tests (integration tests start their own redis-server)

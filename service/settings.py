@@ -48,7 +48,7 @@ class PluginEntry(BaseModel):
 
 
 class Settings(BaseSettings):
-    """Every setting of the service (the README's settings table lists each; a test keeps it complete)."""
+    """Every setting of the service (docs/configuration.md's settings table lists each; a test keeps it complete)."""
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", frozen=True)
 

@@ -15,7 +15,7 @@ from service.client.client import JobClient
 from service.errors import ActionQError, ConfigError
 from service.events.control import Command, ControlReport
 from service.events.models import describe, reference_markdown
-from service.events.models import write_readme as rewrite_readme
+from service.events.models import write_docs as rewrite_docs
 
 __all__ = ["dead", "plugin_app"]
 
@@ -135,13 +135,13 @@ def events(
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep following new events (Ctrl-C stops).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help='One JSON line per event: {"id", "event"}.')] = False,
     reference: Annotated[bool, typer.Option("--reference", help="Print the event reference and exit.")] = False,
-    write_readme: Annotated[
-        Path | None, typer.Option(hidden=True, help="Rewrite the README's event reference.")
+    write_docs: Annotated[
+        Path | None, typer.Option("--write-docs", hidden=True, help="Rewrite a docs page's event reference.")
     ] = None,
 ) -> None:
     """Print the workers' events: the recent past, then with --follow new ones as they happen."""
-    if write_readme is not None:
-        print(f"{write_readme}: {'updated' if rewrite_readme(write_readme) else 'unchanged'}")
+    if write_docs is not None:
+        print(f"{write_docs}: {'updated' if rewrite_docs(write_docs) else 'unchanged'}")
         return
     if reference:
         print(reference_markdown())

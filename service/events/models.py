@@ -12,8 +12,9 @@ and ``redis-cli`` in another language all see the same fields::
     │   job_timed_out / job_cancelled / job_dead_lettered  (+ job_id, plugin, action, attempt)
     └── delegate_execution_error   a delegate raised or timed out (reported by the manager)
 
-The README's "Event reference" is generated from these models by :func:`reference_markdown`
-(a unit test keeps it equal); regenerate it with ``actionq events --write-readme README.md``.
+The docs' event reference (``docs/events.md``, between :data:`DOCS_BEGIN` and :data:`DOCS_END`)
+is generated from these models by :func:`reference_markdown` (a unit test keeps it equal);
+regenerate it with ``actionq events --write-docs docs/events.md``.
 """
 
 from __future__ import annotations
@@ -55,13 +56,15 @@ __all__ = [
     "WorkerStoppedEvent",
     "describe",
     "parse_event",
-    "readme_section",
+    "docs_section",
     "reference_markdown",
-    "write_readme",
+    "write_docs",
 ]
 
-README_BEGIN = "<!-- events:begin -->"
-README_END = "<!-- events:end -->"
+DOCS_BEGIN = "<!-- events:begin -->"
+"""The line before the generated event reference in a docs page."""
+DOCS_END = "<!-- events:end -->"
+"""The line after it."""
 
 
 class EventKind(StrEnum):
@@ -341,13 +344,28 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
+def _type_cell(tp: Any) -> str:
+    """A field's type as a table cell: each alternative of a union in its own code span.
+
+    The ``|`` between them stays outside the code spans, escaped: a pipe inside a code span is
+    text to mkdocs but a column break to GitHub, and an escaped one keeps its backslash in mkdocs.
+    """
+    origin = get_origin(tp)
+    if origin is Literal:
+        parts = [json.dumps(a) for a in get_args(tp)]
+    elif origin in (Union, types.UnionType):
+        parts = [_type_name(a) for a in get_args(tp)]
+    else:
+        parts = [_type_name(tp)]
+    return " \\| ".join(f"`{part}`" for part in parts)
+
+
 def _section(kind: EventKind, model: type[BaseEvent]) -> list[str]:
     doc = " ".join((model.__doc__ or "").split())
     lines = [f"#### `{kind.value}`", "", f"{doc} (`{model.__name__}`)", ""]
     lines += ["| field | type | description |", "| --- | --- | --- |"]
     for name, field in model.model_fields.items():
-        type_text = _cell(_type_name(field.annotation))
-        lines.append(f"| `{name}` | `{type_text}` | {_cell(field.description or '')} |")
+        lines.append(f"| `{name}` | {_type_cell(field.annotation)} | {_cell(field.description or '')} |")
     return [*lines, ""]
 
 
@@ -356,7 +374,8 @@ def reference_markdown() -> str:
     lines = [
         "Every event is a JSON object with `kind`, `worker_id` and `ts_ms`, plus the fields of its kind.",
         "`ErrorInfo` is `{type, message, traceback, retryable}`; `ProgressUpdate` is described under",
-        "[Progress](#progress). Generated from `service/events.py` by `actionq events --write-readme README.md`.",
+        "[Progress](progress-and-streams.md#progress). Generated from `service/events/models.py` by",
+        "`actionq events --write-docs docs/events.md`.",
         "",
     ]
     for kind, model in EVENT_MODELS.items():
@@ -364,16 +383,16 @@ def reference_markdown() -> str:
     return "\n".join(lines).rstrip("\n")
 
 
-def readme_section(text: str) -> str:
-    """The text between the event-reference markers of a README (without the marker lines)."""
-    start, end = text.index(README_BEGIN) + len(README_BEGIN), text.index(README_END)
+def docs_section(text: str) -> str:
+    """The text between the event-reference markers of a docs page (without the marker lines)."""
+    start, end = text.index(DOCS_BEGIN) + len(DOCS_BEGIN), text.index(DOCS_END)
     return text[start:end].strip("\n")
 
 
-def write_readme(path: Path) -> bool:
-    """Replace the event reference between the markers in ``path``; True if it changed."""
+def write_docs(path: Path) -> bool:
+    """Replace the event reference between the markers in the docs page ``path``; True if it changed."""
     text = path.read_text()
-    start, end = text.index(README_BEGIN) + len(README_BEGIN), text.index(README_END)
+    start, end = text.index(DOCS_BEGIN) + len(DOCS_BEGIN), text.index(DOCS_END)
     new = f"{text[:start]}\n{reference_markdown()}\n{text[end:]}"
     if new == text:
         return False

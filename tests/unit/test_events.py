@@ -1,4 +1,4 @@
-"""Event models: a round trip for every kind, the generated reference, the README, the bridge's commands and errors."""
+"""Event models: round trips, the generated reference and its docs page, the bridge's commands and errors."""
 
 from __future__ import annotations
 
@@ -24,10 +24,10 @@ from service.events.models import (
     JobProgressEvent,
     ReceivedEvent,
     describe,
+    docs_section,
     parse_event,
-    readme_section,
     reference_markdown,
-    write_readme,
+    write_docs,
 )
 from service.events.reader import EventFilter, _decode, _id_before, read_events
 from service.keys import Keys
@@ -35,7 +35,9 @@ from service.models import ErrorInfo, JobRequest, JobState, ProgressUpdate
 from service.settings import Settings
 from service.wire import WireError
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+# The repository root, wherever under tests/ this file lives.
+ROOT = next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").is_file())
+EVENTS_PAGE = ROOT / "docs" / "events.md"
 ERROR = ErrorInfo(type="RuntimeError", message="boom", traceback="Traceback ...")
 JOB = {"job_id": "j1", "plugin": "PluginB", "action": "calculate_square", "attempt": 2}
 WORKER = {"hostname": "h", "pid": 42}
@@ -131,24 +133,25 @@ def test_reference_covers_every_kind_and_field() -> None:
             assert f"| `{name}` |" in section, f"{name} missing from {model.__name__}'s section"
         assert model.__name__ in section
     assert "| `error` | `ErrorInfo` |" in text
-    assert '| `delegate_type` | `"notification" \\| "control"` |' in text
+    assert '| `delegate_type` | `"notification"` \\| `"control"` |' in text
+    assert "| `version` | `str` \\| `null` |" in text
 
 
-def test_readme_event_reference_is_generated() -> None:
-    assert readme_section(README.read_text()) == reference_markdown(), (
-        "README's event reference is stale: run `actionq events --write-readme README.md`"
+def test_docs_event_reference_is_generated() -> None:
+    assert docs_section(EVENTS_PAGE.read_text()) == reference_markdown(), (
+        "docs/events.md's event reference is stale: run `actionq events --write-docs docs/events.md`"
     )
 
 
-def test_write_readme_replaces_only_the_section(tmp_path: Path) -> None:
-    path = tmp_path / "README.md"
+def test_write_docs_replaces_only_the_section(tmp_path: Path) -> None:
+    path = tmp_path / "events.md"
     path.write_text("# t\n\nbefore\n<!-- events:begin -->\nold\n<!-- events:end -->\nafter\n")
-    assert write_readme(path)
+    assert write_docs(path)
     text = path.read_text()
     assert text.startswith("# t\n\nbefore\n<!-- events:begin -->\n")
     assert text.endswith("<!-- events:end -->\nafter\n")
-    assert readme_section(text) == reference_markdown()
-    assert not write_readme(path)
+    assert docs_section(text) == reference_markdown()
+    assert not write_docs(path)
 
 
 def test_keys_and_setting() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -10,7 +11,9 @@ import pytest
 from service.errors import ConfigError
 from service.settings import Settings, load_settings
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+# The repository root, wherever under tests/ this file lives.
+ROOT = next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").is_file())
+CONFIGURATION_PAGE = ROOT / "docs" / "configuration.md"
 
 
 @pytest.fixture(autouse=True)
@@ -95,7 +98,38 @@ def test_plugins_list_from_environment_json(monkeypatch: pytest.MonkeyPatch) -> 
     assert load_settings().plugins[0].name == "PluginB"
 
 
-def test_readme_documents_every_setting() -> None:
-    table = README.read_text()
-    for name in Settings.model_fields:
-        assert re.search(rf"^\| `{name}` \| `ACTIONQ_{name.upper()}`", table, re.MULTILINE), name
+def _settings_table(text: str) -> dict[str, list[str]]:
+    """The rows of the page's settings table (``| setting | environment | default | meaning |``), by setting."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| setting | environment | default |"))
+    rows: dict[str, list[str]] = {}
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        cells = [cell.strip() for cell in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
+        rows[cells[0].strip("`")] = cells
+    return rows
+
+
+def _written_default(value: object) -> str | None:
+    """How the settings table writes a plain default; ``None``: one described in words (not compared)."""
+    if value is None:
+        return "unset"
+    if isinstance(value, bool | int | float | str | Path):
+        return f"`{value}`"
+    if isinstance(value, list):
+        return f"`{json.dumps(value)}`"
+    return None
+
+
+def test_docs_document_every_setting() -> None:
+    rows = _settings_table(CONFIGURATION_PAGE.read_text())
+    for name, field in Settings.model_fields.items():
+        assert name in rows, f"docs/configuration.md: {name} is missing from the settings table"
+        env, default, meaning = rows[name][1:4]
+        assert re.fullmatch(rf"`ACTIONQ_{name.upper()}`( \(JSON\))?", env), f"{name}: environment {env!r}"
+        assert default, f"{name}: no default"
+        assert meaning, f"{name}: no meaning"
+        written = None if field.default_factory is not None else _written_default(field.default)
+        assert written is None or default == written, f"{name}: the table says {default}, the code {written}"
+    assert set(rows) == set(Settings.model_fields), "the settings table lists a setting the code does not have"
