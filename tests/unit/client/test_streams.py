@@ -41,16 +41,18 @@ async def test_no_stream_after_the_job_ended_is_unavailable(fake_redis: aioredis
 
 
 async def test_a_live_reader_waits_for_the_stream(fake_redis: aioredis.Redis) -> None:
-    done = asyncio.Event()
+    done, asked = asyncio.Event(), asyncio.Event()
 
     async def job_done() -> bool:
+        asked.set()
         return done.is_set()
 
     async def reader() -> list[Any]:
         return [entry async for entry in follow(fake_redis, KEY, "job-1", 0, job_done)]
 
     task = asyncio.create_task(reader())
-    await asyncio.sleep(0.05)  # the reader is waiting: no stream yet, the job has not ended
+    async with asyncio.timeout(10):
+        await asked.wait()  # the reader is waiting: it found no stream, and the job has not ended
     await write(fake_redis, ["late"])
     done.set()
     async with asyncio.timeout(10):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import threading
 
 import pytest
@@ -10,6 +11,11 @@ import pytest
 from service.models import ProgressUpdate
 from service.plugins.progress import SubTask
 from service.worker.progress import ProgressReporter
+
+
+def _other_tasks() -> set[asyncio.Task[object]]:
+    """The tasks on the loop besides the test's own (a reporter's writer, if one is running)."""
+    return {task for task in asyncio.all_tasks() if task is not asyncio.current_task() and not task.done()}
 
 
 class Sink:
@@ -35,22 +41,33 @@ async def test_tight_loop_is_coalesced_and_the_last_update_is_delivered_on_close
     assert sink.updates[-1].current_step == 10_000
     steps = [u.current_step or 0 for u in sink.updates]
     assert steps == sorted(steps)
-    root.progress(1, 1)  # after close: ignored
-    await asyncio.sleep(0.01)
+    root.progress(1, 1)  # after close: ignored...
+    assert _other_tasks() == set()  # ...no writer was started that could still write it
     assert sink.updates[-1].current_step == 10_000
 
 
 async def test_the_first_update_after_a_quiet_spell_is_written_at_once() -> None:
-    sink = Sink()
+    written: list[int | None] = []
+
+    async def sink(update: ProgressUpdate) -> None:
+        written.append(update.current_step)  # before any await: a write shows in the writer's first step
+
     reporter = ProgressReporter(sink, interval_s=10, loop=asyncio.get_running_loop())
     SubTask(reporter).progress(1, 5)
-    await asyncio.sleep(0.01)
-    assert [u.current_step for u in sink.updates] == [1]  # leading edge: no wait for the interval
+    async with asyncio.timeout(5):  # leading edge: written well before the 10 s interval is up
+        while not written:
+            await asyncio.sleep(0.001)
+    assert written == [1]
     SubTask(reporter).progress(2, 5)
-    await asyncio.sleep(0.01)
-    assert len(sink.updates) == 1  # within the interval: held back...
+    [writer] = _other_tasks()  # the report started the writer
+    steps = writer.get_coro()
+    assert inspect.iscoroutine(steps)
+    while inspect.getcoroutinestate(steps) == inspect.CORO_CREATED:
+        await asyncio.sleep(0)  # until the writer has taken its first step
+    assert not writer.done()  # within the interval it waits...
+    assert written == [1]  # ...holding the update back...
     await reporter.close()
-    assert [u.current_step for u in sink.updates] == [1, 2]  # ...and flushed by close
+    assert written == [1, 2]  # ...until close flushes it
 
 
 async def test_reports_from_a_thread_reach_the_loop() -> None:
@@ -65,7 +82,9 @@ async def test_reports_from_a_thread_reach_the_loop() -> None:
     thread = threading.Thread(target=work)
     thread.start()
     await asyncio.to_thread(thread.join)
-    await asyncio.sleep(0.01)
+    async with asyncio.timeout(5):  # the thread's last report reaches the loop on its own, not by close
+        while not sink.updates or sink.updates[-1].current_step != 100:
+            await asyncio.sleep(0.001)
     await reporter.close()
     assert sink.updates[-1].current_step == 100
 

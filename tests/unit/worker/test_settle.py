@@ -45,7 +45,8 @@ async def test_take_and_settle_publish_with_sequence_numbers(client: JobClient) 
         seq = await settler.settle(done)
         ended = loads(await sub.get(5) or b"null")
         await settler.settle(Settlement(job_id="s2", queue=queue, state=JobState.SUCCEEDED, attempt=1, result_ttl_s=60))
-        assert await unwatched.get(0.2) is None
+        await client.redis.publish(client.keys.job_channel("s2"), b"marker")  # after whatever the settle published
+        assert await unwatched.get(5) == b"marker"  # nobody follows s2: nothing was published for it
     assert [(j.job_id, j.status, j.attempt) for j in take.jobs] == [("s1", "run", 1), ("s2", "run", 1)]
     assert started == {"type": "state", "job_id": "s1", "state": "running", "attempt": 1, "seq": 1}
     assert (seq, ended) == (2, {"type": "state", "job_id": "s1", "state": "succeeded", "attempt": 1, "seq": 2})
