@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -216,6 +218,18 @@ class WorkerProc:
         """Everything the worker wrote to stdout and stderr so far."""
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def logged(self, event: str) -> int:
+        """How many lines of the worker's JSON log are ``event`` (``"redis_unavailable"``, ``"job_started"``...)."""
+        count = 0
+        for line in self.log_text().splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue  # not a log line of ours (a traceback, a library writing to stderr)
+            if isinstance(record, dict) and record.get("event") == event:
+                count += 1
+        return count
+
     def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
         """The last ``lines`` lines of the log."""
         return _tail(self.log_text(), lines)
@@ -243,6 +257,19 @@ class WorkerProc:
         if self.running:
             self.proc.kill()
         return self.proc.wait()
+
+
+async def until_logged(worker: WorkerProc, event: str, times: int = 1, timeout_s: float = 20) -> None:
+    """Wait until ``worker`` has logged ``event`` ``times`` times; fail with its log tail if it exits first."""
+    deadline = time.monotonic() + timeout_s
+    while worker.logged(event) < times:
+        if not worker.running:
+            why = f"exited with {worker.proc.returncode} before it logged {event} {times} times"
+            pytest.fail(f"worker {worker.pid} {why}:\n{worker.log_tail()}", pytrace=False)
+        if time.monotonic() > deadline:
+            why = f"did not log {event} {times} times within {timeout_s:g}s"
+            pytest.fail(f"worker {worker.pid} {why}:\n{worker.log_tail()}", pytrace=False)
+        await asyncio.sleep(0.05)
 
 
 class WorkerFactory(Protocol):

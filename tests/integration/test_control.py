@@ -54,14 +54,41 @@ async def test_failure_retry_and_dead_letter_events(worker_process: WorkerFactor
     assert "job_dead_lettered" in dead
 
 
+async def _unlisted(client: JobClient, worker_id: str, queue: str) -> None:
+    """Wait until ``worker_id`` has left ``queue``'s idle set (so no submit hands it a job)."""
+    idle = client.keys.idle_workers(queue)
+    async with asyncio.timeout(20):
+        while {worker_id, "~" + worker_id} & {m.decode() for m in await client.redis.zrange(idle, 0, -1)}:
+            await asyncio.sleep(0.02)
+
+
+async def _a_round_since_now(client: JobClient, worker_id: str) -> None:
+    """Wait until the worker's loop has run a whole round that began after this call.
+
+    Each round ends by rewriting arq's health line, with a TTL of ``heartbeat_s + 1``, once
+    ``heartbeat_s`` has passed since the last rewrite: a rewrite shows as the TTL going up. The
+    first rewrite may end a round that began before this call; the second ends one that began after.
+    """
+    key = client.keys.arq_health(worker_id)
+    rewrites, last = 0, await client.redis.pttl(key)
+    async with asyncio.timeout(20):
+        while rewrites < 2:
+            await asyncio.sleep(0.02)
+            ttl = await client.redis.pttl(key)
+            rewrites += ttl > last
+            last = ttl
+
+
 async def test_pause_then_resume(worker_process: WorkerFactory, client: JobClient) -> None:
-    worker_process(_config())
+    worker_process(_config(heartbeat_s=0.5))  # its loop rewrites its health line every 0.5 s
     report = await client.control("pause")
     assert len(report.acted) == 1
     assert report.missing == []
-    assert (await client.workers())[0].paused
+    [worker] = await client.workers()
+    assert worker.paused
+    await _unlisted(client, worker.worker_id, client.keys.queue("PluginB"))
     handle = await client.submit("PluginB", "calculate_square", {"x": 7})
-    await asyncio.sleep(1.0)
+    await _a_round_since_now(client, worker.worker_id)  # a round that would have taken it, were it not paused
     assert await handle.state() is JobState.QUEUED  # a paused worker takes nothing
     assert (await client.control("resume")).acted
     assert await handle.result(timeout=10) == 49

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 
+from redis.asyncio.connection import AbstractConnection
+
 from service import JobClient
 from service.processes.embedded import EmbeddedRedis
 from service.redis.connection import LeanPool
 from tests.conftest import FAST as BASE_FAST
-from tests.conftest import WorkerFactory, WorkerProc, bundled_plugins_config
+from tests.conftest import WorkerFactory, WorkerProc, bundled_plugins_config, until_logged
 
 FAST = {**BASE_FAST, "heartbeat_s": 0.5}
 
@@ -17,6 +19,12 @@ async def _until_live(client: JobClient, plugin: str, timeout_s: float = 20) -> 
     async with asyncio.timeout(timeout_s):
         while not any(p.live and p.name == plugin for p in await client.plugins()):
             await asyncio.sleep(0.1)
+
+
+def _closed_by_server(connection: AbstractConnection) -> bool:
+    """True once the loop has seen the server close ``connection`` (EOF or an error on its stream)."""
+    stream = connection._reader
+    return stream is not None and (stream.at_eof() or stream.exception() is not None)
 
 
 async def _worker_on(server: EmbeddedRedis, worker_process: WorkerFactory, client: JobClient) -> WorkerProc:
@@ -35,7 +43,10 @@ async def test_worker_survives_a_redis_restart(
         assert await (await client.submit("PluginB", "calculate_square", {"x": 3})).result(timeout=20) == 9
 
         fresh_redis_server.stop()
-        await asyncio.sleep(1.5)  # the worker polls, fails, backs off; it must not exit
+        # It must not exit: its loop polls, fails and backs off, again and again; its heartbeat and
+        # its pub/sub reader each fail too. until_logged fails the test if the worker exits meanwhile.
+        for event, times in (("redis_unavailable", 3), ("heartbeat_failed", 1), ("pubsub_reconnecting", 1)):
+            await until_logged(worker, event, times)
         assert worker.running, worker.log_tail()
         fresh_redis_server.start()  # same port, empty (no persistence)
 
@@ -52,7 +63,7 @@ async def test_worker_stops_cleanly_while_redis_is_down(
     async with await JobClient.connect(fresh_redis_server.url, namespace=namespace) as client:
         worker = await _worker_on(fresh_redis_server, worker_process, client)
     fresh_redis_server.stop()
-    await asyncio.sleep(0.5)
+    await until_logged(worker, "redis_unavailable")  # it knows: its loop is backing off
     assert worker.terminate() == 0, worker.log_tail()
     assert "plugin_unloaded" in worker.log_text()  # plugins were disabled even without Redis
 
@@ -67,7 +78,11 @@ async def test_a_pooled_connection_the_server_closed_is_replaced_before_use(
         assert await client.redis.ping()  # one connection, now idle in the pool
         fresh_redis_server.stop()
         fresh_redis_server.start()
-        await asyncio.sleep(0.2)  # the loop records the EOF of the idle connection
+        pool = client.redis.connection_pool
+        assert pool._available_connections  # the ping's
+        async with asyncio.timeout(10):  # the loop records the EOF of the idle connection
+            while not all(_closed_by_server(connection) for connection in pool._available_connections):
+                await asyncio.sleep(0.01)
         assert await client.redis.ping()  # first try, no error
         handle = await client.submit("PluginB", "calculate_square", {"x": 2}, validate=False)
         assert (await handle.record()).request.params == {"x": 2}

@@ -19,6 +19,8 @@ from service import (
     JobState,
     PluginActionExecutionError,
 )
+from service.models import now_ms
+from service.processes.spawn import has_pid
 from tests.conftest import FAST, WorkerFactory, WorkerProc, bundled_plugins_config, fixture_plugin
 
 RELIABILITY = fixture_plugin("reliability")
@@ -36,14 +38,21 @@ async def _running(handle: JobHandle, timeout_s: float = 20) -> None:
             await asyncio.sleep(0.01)
 
 
+async def _listed_idle(client: JobClient, worker: WorkerProc, queue: str, timeout_s: float = 20) -> None:
+    """Wait until ``worker`` lists itself as idle in ``queue``: a take of that queue found nothing to run."""
+    async with asyncio.timeout(timeout_s):
+        while not has_pid(await client.redis.zrange(client.keys.idle_workers(queue), 0, -1), worker.pid):
+            await asyncio.sleep(0.02)
+
+
 # -- cancellation ---------------------------------------------------------------------------------
 async def test_cancel_while_queued_never_starts(worker_process: WorkerFactory, client: JobClient) -> None:
     handle = await client.submit("reliability", "slow_ok", {"seconds": 0.01}, validate=False)
     deferred = await client.submit("reliability", "slow_ok", {"seconds": 0.01}, validate=False, defer_s=60)
     assert await handle.cancel("changed my mind") is CancelOutcome.CANCELLED_QUEUED
     assert await deferred.cancel() is CancelOutcome.CANCELLED_QUEUED
-    worker_process(_config())
-    await asyncio.sleep(1.0)  # long enough for the worker to have picked it up, had it been queued
+    worker = worker_process(_config())
+    await _listed_idle(client, worker, client.keys.queue("reliability"))  # it looked, and found nothing to take
     for h in (handle, deferred):
         record = await h.record()
         assert record.state is JobState.CANCELLED
@@ -117,7 +126,9 @@ async def test_a_reused_job_id_is_not_hit_by_an_old_cancel(worker_process: Worke
     old = await client.submit("reliability", "slow_ok", params, validate=False, job_id="reuse-1", result_ttl_s=1)
     assert await old.cancel() is CancelOutcome.CANCELLED_QUEUED
     assert not (await client.submit("reliability", "slow_ok", {"seconds": 0}, validate=False, job_id="reuse-1")).created
-    await asyncio.sleep(1.5)  # the cancelled record (and its flag, which lives on it) expires
+    async with asyncio.timeout(10):  # the cancelled record (and its flag, which lives on it) expires
+        while await client.redis.exists(client.keys.job("reuse-1"), client.keys.arq_result("reuse-1")):
+            await asyncio.sleep(0.05)
     worker_process(_config())
     new = await client.submit("reliability", "slow_ok", {"seconds": 0}, job_id="reuse-1")
     assert new.created
@@ -214,7 +225,11 @@ async def test_a_job_resumes_from_its_checkpoint(
 
 async def test_a_job_that_waits_past_its_expiry_never_runs(worker_process: WorkerFactory, client: JobClient) -> None:
     handle = await client.submit("reliability", "slow_ok", {"seconds": 0}, validate=False, expires_s=0.3)
-    await asyncio.sleep(0.8)
+    expires_at_ms = (await handle.record()).expires_at_ms
+    assert expires_at_ms is not None
+    async with asyncio.timeout(10):  # the worker starts once the job is past its queue-wait limit
+        while now_ms() <= expires_at_ms:
+            await asyncio.sleep(0.02)
     worker: WorkerProc = worker_process(_config())
     with pytest.raises(JobExpiredError):
         await handle.result(timeout=20)

@@ -133,7 +133,10 @@ async def test_namespaces_share_a_redis_without_seeing_each_other(
             await theirs.submit("PluginB", "calculate_square", {"x": 3})
         parked = await theirs.submit("PluginB", "calculate_square", {"x": 4}, job_id="shared-id", validate=False)
         assert parked.created
-        await asyncio.sleep(0.5)
+        # A deferred job is started by a take (a submit hands over only ready jobs): once ours has
+        # run, our worker has taken jobs since theirs was queued.
+        later = await mine.submit("PluginB", "calculate_square", {"x": 5}, defer_s=0.1)
+        assert await later.result(timeout=20) == 25
         assert await parked.state() is JobState.QUEUED  # our worker never takes their job
         assert (await handle.record()).result == 9
 
@@ -153,8 +156,11 @@ async def test_host_targeting(worker_process: WorkerFactory, client: JobClient) 
     here = await client.submit("PluginB", "calculate_square", {"x": 2}, host="host-a")
     elsewhere = await client.submit("PluginB", "calculate_square", {"x": 2}, host="host-b")
     assert await here.result(timeout=20) == 4
+    # Deferred, so started by a take (not handed over by its submit): the worker took jobs since.
+    later = await client.submit("PluginB", "calculate_square", {"x": 3}, host="host-a", defer_s=0.1)
+    assert await later.result(timeout=20) == 9
     with pytest.raises(ResultTimeoutError):
-        await elsewhere.result(timeout=0.5)
+        await elsewhere.result(timeout=0.1)
     assert await elsewhere.state() is JobState.QUEUED
     assert (await elsewhere.record()).queue.endswith("PluginB@host-b")
 

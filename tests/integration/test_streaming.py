@@ -138,7 +138,9 @@ async def test_a_value_action_has_no_stream(worker_process: WorkerFactory, clien
 async def test_a_queued_job_is_waited_for(worker_process: WorkerFactory, client: JobClient) -> None:
     handle = await client.submit("InteropTarget", "it_async_gen", {"n": 2}, validate=False)
     reader = asyncio.create_task(collect(handle))
-    await asyncio.sleep(0.2)
+    async with asyncio.timeout(10):  # until the reader blocks on the stream (its job is not over)
+        while not any(c["cmd"] == "xread" and "b" in c["flags"] for c in await client.redis.client_list()):
+            await asyncio.sleep(0.02)
     assert not reader.done()  # no worker yet: the reader waits
     worker_process(config())
     assert await reader == ["ag0", "ag1"]

@@ -27,7 +27,8 @@ RELIABILITY = fixture_plugin("reliability")
 async def test_a_submit_wakes_an_idle_worker(worker_process: WorkerFactory, client: JobClient) -> None:
     # With a 30 s fallback poll, only the wake-up (or the deferred-job timer) can start these in time.
     worker_process(bundled_plugins_config(**{**FAST, "poll_delay_s": 30}))
-    await asyncio.sleep(0.5)  # let the worker go idle
+    idle = client.keys.idle_workers(client.keys.queue("PluginB"))
+    await _until(lambda: client.redis.zcard(idle), "the worker to go idle and list itself")
     now = await client.submit("PluginB", "calculate_square", {"x": 3})
     assert await now.result(timeout=10) == 9
     deferred = await client.submit("PluginB", "calculate_square", {"x": 4}, defer_s=0.5)
