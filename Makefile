@@ -51,13 +51,13 @@ docs: install-dev  ## Build the docs site (mkdocs.yml) into build/site; --strict
 
 # pytest exits 5 when it collected no tests; make treats any non-zero exit as failure.
 test: install-dev  ## All tests (integration tests start their own redis-server)
-	$(BIN)/pytest
+	$(BIN)/pytest -n 4
 
 test-unit: install-dev  ## Unit tests only (no Redis server)
-	$(BIN)/pytest -m 'not integration'
+	$(BIN)/pytest -n auto -m 'not integration'
 
 test-integration: install-dev  ## Integration tests only
-	$(BIN)/pytest -m integration
+	$(BIN)/pytest -n 4 -m integration
 
 clean:  ## Remove the venv and caches
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build *.egg-info

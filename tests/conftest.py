@@ -3,6 +3,8 @@
 * ``redis_server`` (session) is a private server started by :mod:`service.processes.embedded` on a free
   loopback port (never the shared Redis on 6379). Without a server binary, integration tests are
   skipped locally and fail when ``CI`` is set (a CI run must never go green by skipping them).
+  Under pytest-xdist (``make test``) every worker process has its own session, so its own server;
+  ports, temporary paths and namespaces are per test, so nothing else is shared between workers.
 * Every test gets its own ``namespace``; the ``redis`` fixture and the ``worker_process`` factory
   delete that namespace's keys afterwards, and nothing ever runs FLUSHALL/FLUSHDB.
 * Tests under ``tests/integration`` are marked ``integration`` automatically, so
