@@ -14,7 +14,8 @@ where params and settings are validated), so callers never have to catch ``redis
     │   └── PluginActionExecutionError an action ran and failed (carries ErrorInfo)
     │       ├── PluginActionTimeoutError   it ran past its timeout
     │       ├── JobCancelledError          it was cancelled
-    │       └── JobExpiredError            it did not start before its queue-wait limit (``expires``)
+    │       ├── JobExpiredError            it did not start before its queue-wait limit (``expires``)
+    │       └── MalformedJobError          its data in Redis could not be run (damaged or written by hand)
     ├── SubmissionError                a job was rejected before anything was written
     │   ├── UnknownPluginError
     │   ├── UnknownActionError
@@ -22,6 +23,7 @@ where params and settings are validated), so callers never have to catch ``redis
     │   ├── PayloadTooLargeError
     │   └── JobConflictError           the job id exists with a different request
     ├── InvalidProgressError           a progress update that does not validate (raised in the action)
+    ├── RecordUnreadableError          a job's record in Redis is malformed (names the field)
     ├── JobNotFoundError               no record for that job id (never existed or expired)
     │   └── DeadLetterNotFoundError    no dead letter for that job id
     ├── ResultTimeoutError             waiting for a result took too long (also a TimeoutError)
@@ -43,15 +45,17 @@ import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 __all__ = [
     "ErrorInfo",
+    "describe_validation",
     "ActionQError",
     "ActionQSignal",
     "CancellationRequested",
     "DeadLetterNotFoundError",
     "JobExpiredError",
+    "MalformedJobError",
     "Retry",
     "BrokerError",
     "ConfigError",
@@ -61,6 +65,7 @@ __all__ = [
     "JobCancelledError",
     "JobConflictError",
     "JobNotFoundError",
+    "RecordUnreadableError",
     "ManifestError",
     "PayloadTooLargeError",
     "PluginActionExecutionError",
@@ -147,6 +152,14 @@ class JobExpiredError(PluginActionExecutionError):
     """The job did not start before its queue-wait limit (``expires``), so it was never run."""
 
 
+class MalformedJobError(PluginActionExecutionError):
+    """The job's data in Redis could not be run (damaged, or written by hand): it failed without running.
+
+    ``error.message`` names what was wrong (a field that is not an integer, a request that is not
+    JSON or over the payload limit, ...). The job is dead-lettered; the worker went on.
+    """
+
+
 @dataclass(frozen=True)
 class FieldError:
     """One invalid field of a submission: its dotted location and what is wrong with it."""
@@ -216,6 +229,15 @@ class JobConflictError(SubmissionError):
 
 class InvalidProgressError(ActionQError, ValueError):
     """A progress update that does not validate; raised at the ``ctx.progress(...)`` call."""
+
+
+class RecordUnreadableError(ActionQError):
+    """A job's record in Redis could not be read (damaged, or written by hand); ``problem`` names the field."""
+
+    def __init__(self, job_id: str, problem: str) -> None:
+        super().__init__(f"the record of job {job_id!r} is unreadable: {problem}")
+        self.job_id = job_id
+        self.problem = problem
 
 
 class JobNotFoundError(ActionQError):
@@ -298,3 +320,19 @@ class StreamTrimmedError(ActionQError):
         self.job_id = job_id
         self.expected_index = expected_index
         self.first_available_index = first_available_index
+
+
+def describe_validation(exc: ValidationError, *, unknown: str = "unknown field", whole: str = "(value)") -> str:
+    """One line naming each invalid field of a pydantic error: ``"a.b: <what is wrong>; c: ..."``.
+
+    Pydantic errors are translated into ours with this (STYLE §4): ``unknown`` is what an
+    unexpected key is called (``"unknown setting"``), ``whole`` the location of an error of the
+    value as a whole. At most ten fields are named.
+    """
+    parts = []
+    for err in exc.errors()[:10]:
+        loc = ".".join(str(p) for p in err["loc"]) or whole
+        msg = unknown if err["type"] == "extra_forbidden" else str(err["msg"]).removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}")
+    more = exc.error_count() - len(parts)
+    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")

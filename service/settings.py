@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from service.errors import ConfigError
+from service.errors import ConfigError, describe_validation
 from service.keys import DEFAULT_NAMESPACE
 from service.models import NAME_PATTERN
 from service.retry import RetryPolicy
@@ -197,12 +197,7 @@ def _check_environment(environ: dict[str, str]) -> None:
 
 
 def _describe(exc: ValidationError, source: str) -> str:
-    parts = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(settings)"
-        msg = "unknown setting" if err["type"] == "extra_forbidden" else err["msg"]
-        parts.append(f"{loc}: {msg}")
-    return f"invalid settings ({source}): " + "; ".join(parts)
+    return f"invalid settings ({source}): " + describe_validation(exc, unknown="unknown setting", whole="(settings)")
 
 
 def load_settings(config: Path | str | None = None, **overrides: Any) -> Settings:

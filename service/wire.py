@@ -8,11 +8,17 @@ _deserializer=loads)``), and the arq pool's ``job_serializer`` / ``job_deseriali
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from service.errors import PayloadTooLargeError
 
-__all__ = ["WireError", "check_size", "dumps", "loads"]
+__all__ = ["MAX_DEPTH", "WireError", "check_size", "dumps", "loads", "not_json"]
+
+
+# Deeper values are refused before they are sent: pydantic stops serializing at about 255 levels,
+# and json at Python's recursion limit.
+MAX_DEPTH = 200
 
 
 class WireError(ValueError):
@@ -20,8 +26,15 @@ class WireError(ValueError):
 
 
 def dumps(obj: Any) -> bytes:
-    """Serialize ``obj`` to compact JSON bytes; raises ``TypeError`` for non-JSON values."""
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    """Serialize ``obj`` to compact JSON bytes.
+
+    Raises ``TypeError`` for values JSON has no type for, ``ValueError`` for NaN and ±Infinity
+    (JSON cannot carry them) and for values nested too deeply to encode.
+    """
+    try:
+        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    except RecursionError:
+        raise ValueError("nested too deeply to encode as JSON") from None
 
 
 def loads(data: bytes | str) -> Any:
@@ -37,3 +50,28 @@ def check_size(what: str, data: bytes, limit: int) -> bytes:
     if len(data) > limit:
         raise PayloadTooLargeError(what, len(data), limit)
     return data
+
+
+def not_json(value: Any, where: str = "") -> tuple[str, str] | None:
+    """The first place in ``value`` that JSON cannot carry, as ``(dotted path, what is wrong)``; None if all can.
+
+    NaN and ±Infinity (which ``json`` would write as invalid JSON and pydantic as ``null``), keys
+    that are not strings, values of no JSON type, and nesting deeper than :data:`MAX_DEPTH`.
+    """
+    stack: list[tuple[str, Any, int]] = [(where, value, 0)]
+    while stack:
+        path, item, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return path or "(value)", f"not JSON: nested more than {MAX_DEPTH} levels deep"
+        if isinstance(item, float) and not math.isfinite(item):
+            return path or "(value)", f"{item} is not JSON (NaN and ±Infinity have no JSON form)"
+        if isinstance(item, dict):
+            for key, child in item.items():
+                if not isinstance(key, str):
+                    return path or "(value)", f"key {key!r} is not JSON (keys are strings)"
+                stack.append((f"{path}.{key}" if path else key, child, depth + 1))
+        elif isinstance(item, list | tuple):
+            stack.extend((f"{path}.{i}" if path else str(i), child, depth + 1) for i, child in enumerate(item))
+        elif item is not None and not isinstance(item, str | int | float | bool):
+            return path or "(value)", f"a {type(item).__name__} is not JSON (it has no JSON form)"
+    return None

@@ -24,7 +24,13 @@ import typer
 from rich.console import Console
 
 from service.client.client import JobClient
-from service.errors import ActionQError, ConfigError, PluginActionExecutionError, SubmissionError
+from service.errors import (
+    ActionQError,
+    ConfigError,
+    PluginActionExecutionError,
+    RecordUnreadableError,
+    SubmissionError,
+)
 from service.logs import configure_logging
 from service.settings import Settings, load_settings
 
@@ -93,14 +99,14 @@ def run(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
     """Run the coroutine ``make`` builds; an actionq error becomes a one-line message and an exit code.
 
     Exit codes: 1 a job failed or the service failed, 2 the request was refused (bad params,
-    unknown plugin, bad settings).
+    unknown plugin, bad settings) or the data in Redis is unreadable.
     """
     try:
         return asyncio.run(_interruptible(make()))
     except PluginActionExecutionError as exc:
         err.print(f"[red]job failed[/red]: {exc}", markup=True, highlight=False)
         raise typer.Exit(1) from exc
-    except (SubmissionError, ConfigError) as exc:
+    except (SubmissionError, ConfigError, RecordUnreadableError) as exc:
         raise fail(exc, 2) from exc
     except ActionQError as exc:
         raise fail(exc, 1) from exc

@@ -185,7 +185,7 @@ def dead_list(
         for letter in letters:
             error = f"{letter.error.type}: {letter.error.message}" if letter.error else "-"
             when = datetime.fromtimestamp(letter.dead_at_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
-            job = f"{letter.request.plugin}.{letter.request.action}"
+            job = f"{letter.request.plugin}.{letter.request.action}" if letter.request else "(malformed)"
             table.add_row(letter.job_id, job, letter.state.value, str(len(letter.attempts)), error, when)
         out.print(table if letters else "no dead letters")
 

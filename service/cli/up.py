@@ -23,6 +23,7 @@ from service.client.client import JobClient
 from service.errors import ConfigError
 from service.processes.embedded import EmbeddedRedis
 from service.processes.spawn import spawn_worker
+from service.redis.connection import redact
 from service.settings import Settings, load_settings
 
 __all__ = ["DEMO_JOBS", "run_up"]
@@ -65,7 +66,7 @@ def run_up(
             settings = settings.model_copy(update={"redis_url": server.url})
             console.print(f"Redis: private {server.version} at {server.url} (started for you; not persisted)")
         else:
-            console.print(f"Redis: {settings.redis_url} (configured)")
+            console.print(f"Redis: {redact(settings.redis_url)} (configured)")
         worker = _start_worker(settings, path, verbose=verbose)
         code = asyncio.run(_serve(settings, worker, demo=demo, exit_after_demo=exit_after_demo))
     except KeyboardInterrupt:
@@ -106,7 +107,7 @@ async def _serve(settings: Settings, worker: subprocess.Popen[bytes], *, demo: b
         return code
     console.print(
         f"\nactionq is running. In another terminal:\n"
-        f"  export ACTIONQ_REDIS_URL={settings.redis_url} ACTIONQ_NAMESPACE={settings.namespace}\n"
+        f"  export ACTIONQ_REDIS_URL={redact(str(settings.redis_url))} ACTIONQ_NAMESPACE={settings.namespace}\n"
         f"  actionq plugins\n  actionq submit PluginB calculate_square x=7 --wait\n"
         f"Press Ctrl-C to stop."
     )

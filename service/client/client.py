@@ -44,11 +44,11 @@ from service.keys import Keys
 from service.models import JobOptions, JobRequest, now_ms
 from service.plugins.manifest import PluginManifest
 from service.plugins.registry import RegisteredPlugin, Registry, WorkerInfo
-from service.redis.connection import broker_errors, connect
+from service.redis.connection import broker_errors, connect, redact
 from service.redis.pubsub import PubSubMultiplexer
 from service.retry import RetryOverride
 from service.settings import Settings, load_settings
-from service.wire import check_size, dumps
+from service.wire import check_size, not_json
 
 __all__ = ["JobClient"]
 # Registry entries are re-read at most this often per plugin: submit stays one round trip.
@@ -87,7 +87,7 @@ class JobClient:
                 "(`actionq up` prints the URL of the server it starts)"
             )
         redis = connect(settings.redis_url)
-        with broker_errors(f"connecting to {settings.redis_url}"):
+        with broker_errors(f"connecting to {redact(settings.redis_url)}"):
             await redis.ping()
         return cls(redis, settings)
 
@@ -213,6 +213,7 @@ class JobClient:
 
     @staticmethod
     def _check_params(manifest: PluginManifest | None, plugin: str, action: str, params: Params) -> dict[str, Any]:
+        """The params as they will be sent: bound to the declared arguments, validated, JSON."""
         if params is None:
             params = {}
         if not isinstance(params, Mapping):
@@ -221,14 +222,12 @@ class JobClient:
                 raise InvalidParamsError(
                     plugin, action, [FieldError("params", "positional params need validation (validate=True)")]
                 )
-            return manifest.bind_positional(action, values)
-        if manifest is None:
-            try:
-                dumps(dict(params))
-            except (TypeError, ValueError) as exc:
-                raise InvalidParamsError(plugin, action, [FieldError("params", f"not JSON: {exc}")]) from exc
-            return dict(params)
-        return manifest.validate_params(action, params)
+            params = manifest.bind_positional(action, values)
+        checked = dict(params) if manifest is None else manifest.validate_params(action, params)
+        problem = not_json(checked)
+        if problem is not None:
+            raise InvalidParamsError(plugin, action, [FieldError(*problem)])
+        return checked
 
     async def _manifest(self, plugin: str) -> PluginManifest:
         cached = self._manifests.get(plugin)

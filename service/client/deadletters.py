@@ -11,16 +11,25 @@ from __future__ import annotations
 import builtins
 from collections.abc import Awaitable, Callable
 
-from pydantic import BaseModel, ConfigDict, Field
+import structlog
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from redis.asyncio import Redis
 
 from service.client.handle import JobHandle
-from service.errors import DeadLetterNotFoundError, ErrorInfo
+from service.errors import (
+    DeadLetterNotFoundError,
+    ErrorInfo,
+    RecordUnreadableError,
+    SubmissionError,
+    describe_validation,
+)
 from service.keys import Keys
 from service.models import AttemptInfo, JobRequest, JobState, now_ms
 from service.redis.connection import broker_errors
 
 __all__ = ["DeadLetter", "DeadLetterStore", "Submit"]
+
+log = structlog.get_logger("actionq.deadletters")
 
 Submit = Callable[[JobRequest], Awaitable[JobHandle]]
 """How a replay submits (:meth:`service.client.client.JobClient.submit_request`)."""
@@ -32,7 +41,9 @@ class DeadLetter(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     job_id: str
-    request: JobRequest
+    request: JobRequest | None = Field(
+        description="What was asked; None when the job's data was malformed (its error says what was wrong)."
+    )
     queue: str
     state: JobState = Field(description="failed or timed_out")
     error: ErrorInfo | None
@@ -55,8 +66,16 @@ class DeadLetterStore:
         with broker_errors("listing dead letters"):
             await self.redis.zremrangebyscore(index, "-inf", now_ms() - self.ttl_s * 1000)
             ids = await self.redis.zrevrange(index, 0, limit - 1)
-            raws = await self.redis.mget([self.keys.dead_letter(i.decode()) for i in ids]) if ids else []
-        return [DeadLetter.model_validate_json(raw) for raw in raws if raw]
+            names = [i.decode(errors="replace") for i in ids]
+            raws = await self.redis.mget([self.keys.dead_letter(name) for name in names]) if ids else []
+        letters = []
+        for name, raw in zip(names, raws, strict=True):
+            if raw:
+                try:
+                    letters.append(_letter(name, raw))
+                except RecordUnreadableError as exc:  # skipped and reported; the others still list
+                    log.warning("dead_letter_unreadable", job_id=name[:200], error=exc.problem)
+        return letters
 
     async def get(self, job_id: str) -> DeadLetter:
         """The dead letter of ``job_id``; :class:`DeadLetterNotFoundError` if there is none."""
@@ -64,7 +83,7 @@ class DeadLetterStore:
             raw = await self.redis.get(self.keys.dead_letter(job_id))
         if raw is None:
             raise DeadLetterNotFoundError(job_id)
-        return DeadLetter.model_validate_json(raw)
+        return _letter(job_id, raw)
 
     async def purge(self, job_ids: builtins.list[str] | None = None) -> int:
         """Delete the given dead letters (all of them when ``job_ids`` is None); returns how many."""
@@ -89,6 +108,8 @@ class DeadLetterStore:
         if self._submit is None:
             raise RuntimeError("replay needs a store that can submit (client.dead)")
         letter = await self.get(job_id)
+        if letter.request is None:
+            raise SubmissionError(f"the dead letter of {job_id} holds no request to replay (its data was malformed)")
         options = letter.request.options.model_copy(update={"job_id": None if new_id else job_id})
         request = letter.request.model_copy(update={"options": options})
         if not new_id:
@@ -97,3 +118,10 @@ class DeadLetterStore:
         handle = await self._submit(request)
         await self.purge([job_id])
         return handle
+
+
+def _letter(job_id: str, raw: bytes) -> DeadLetter:
+    try:
+        return DeadLetter.model_validate_json(raw)
+    except ValidationError as exc:
+        raise RecordUnreadableError(job_id, f"dead letter: {describe_validation(exc)}") from exc

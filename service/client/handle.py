@@ -16,6 +16,7 @@ from service.errors import (
     JobCancelledError,
     JobExpiredError,
     JobNotFoundError,
+    MalformedJobError,
     PluginActionExecutionError,
     PluginActionTimeoutError,
     ResultTimeoutError,
@@ -229,4 +230,6 @@ def error_for(job_id: str, state: JobState, error: ErrorInfo | None) -> PluginAc
         return JobCancelledError(job_id, info)
     if info.type == JobExpiredError.__name__:
         return JobExpiredError(job_id, info)
+    if info.type == MalformedJobError.__name__:
+        return MalformedJobError(job_id, info)
     return PluginActionExecutionError(job_id, info)

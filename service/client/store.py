@@ -16,14 +16,15 @@ Job channel messages (JSON)::
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import ValidationError
 from redis.asyncio import Redis
 
-from service.errors import BrokerError, ErrorInfo
+from service import arqformat
+from service.errors import BrokerError, ErrorInfo, RecordUnreadableError, describe_validation
 from service.keys import Keys
 from service.models import AttemptInfo, JobRecord, JobRequest, JobState, ProgressUpdate
 from service.redis import scripts
@@ -126,8 +127,13 @@ class JobStore:
         if reply[3]:  # the job ended: its final record is in arq's result
             final = parse_final(job_id, reply[3])
             return CreateResult(False, final.request, final.state)
-        existing = JobRequest.model_validate_json(reply[1]) if reply[1] else None
-        state = JobState(reply[2].decode()) if reply[2] else None
+        try:
+            existing = JobRequest.model_validate_json(reply[1]) if reply[1] else None
+            state = JobState(reply[2].decode()) if reply[2] else None
+        except ValidationError as exc:
+            raise RecordUnreadableError(job_id, f"request: {describe_validation(exc)}") from exc
+        except ValueError as exc:
+            raise RecordUnreadableError(job_id, f"state: {exc}") from exc
         return CreateResult(False, existing, state)
 
     async def _create_batch(self, jobs: list[_NewJob]) -> list[list[Any]]:
@@ -166,8 +172,7 @@ class JobStore:
         """
         keys = self.keys
         error = ErrorInfo(type="JobCancelledError", message=f"cancelled before it started: {reason}")
-        push = json.dumps({"job_id": job_id, "reason": reason})
-        args: list[str | int] = [reason, now_ms, ttl_s, keys.arq_job_id(job_id), error.model_dump_json(), push]
+        args: list[str | int] = [reason, now_ms, ttl_s, keys.arq_job_id(job_id), error.model_dump_json()]
         args += [keys.job_channel(job_id), keys.cancel_channel(), job_id]
         declared = [keys.job(job_id), keys.arq_result(job_id), keys.checkpoint(job_id)]
         for _ in range(_CANCEL_TRIES):
@@ -186,38 +191,51 @@ _CANCEL_TRIES = 3
 
 
 def parse_record(job_id: str, raw: Mapping[bytes, bytes] | Mapping[str, str]) -> JobRecord:
-    """Build a :class:`JobRecord` from the hash fields Redis returned."""
+    """Build a :class:`JobRecord` from the hash fields Redis returned.
+
+    Raises :class:`RecordUnreadableError` naming the field when the record is malformed.
+    """
     data: dict[str, Any] = {"job_id": job_id}
     attempts = []
     for key, raw_value in raw.items():
-        name = key.decode() if isinstance(key, bytes) else key
-        value = raw_value.decode() if isinstance(raw_value, bytes) else raw_value
-        if name.startswith("attempt:"):
-            attempts.append(AttemptInfo.model_validate_json(value))
-        elif name in _INT_FIELDS:
-            data[name] = int(value)
-        elif name == "request":
-            data[name] = JobRequest.model_validate_json(value)
-        elif name == "result":
-            data[name] = _json_or_raw(value)
-        elif name == "error":
-            data[name] = ErrorInfo.model_validate_json(value)
-        elif name == "progress":
-            data[name] = ProgressUpdate.model_validate_json(value)
-        elif name != "watched":
-            data[name] = value
+        name = key.decode(errors="replace") if isinstance(key, bytes) else key
+        try:
+            value = raw_value.decode() if isinstance(raw_value, bytes) else raw_value
+            if name.startswith("attempt:"):
+                attempts.append(AttemptInfo.model_validate_json(value))
+            elif name != "watched":
+                data[name] = _field(name, value)
+        except ValidationError as exc:
+            raise RecordUnreadableError(job_id, f"{name}: {describe_validation(exc)}") from exc
+        except ValueError as exc:
+            raise RecordUnreadableError(job_id, f"{name}: {exc}") from exc
     data["attempts"] = sorted(attempts, key=lambda a: a.attempt)
-    return JobRecord.model_validate(data)
+    try:
+        return JobRecord.model_validate(data)
+    except ValidationError as exc:
+        raise RecordUnreadableError(job_id, describe_validation(exc, unknown="unknown field")) from exc
+
+
+def _field(name: str, value: str) -> Any:
+    if name in _INT_FIELDS:
+        return int(value)
+    if name == "request":
+        return JobRequest.model_validate_json(value)
+    if name == "result":
+        return _json_or_raw(value)
+    if name == "error":
+        return ErrorInfo.model_validate_json(value)
+    if name == "progress":
+        return ProgressUpdate.model_validate_json(value)
+    return value
 
 
 def parse_final(job_id: str, raw: bytes) -> JobRecord:
-    """The final record of an ended job, from arq's result (see :mod:`service.worker.settle`)."""
+    """The final record of an ended job, from arq's result (written by the settle script)."""
     try:
-        final = json.loads(raw)
-        fields: dict[str, Any] = final["actionq"]
-        fields["request"] = json.dumps(final["k"]["request"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise BrokerError(f"the final record of job {job_id} is unreadable: {exc}") from exc
+        fields = arqformat.decode_final(raw)
+    except arqformat.FinalRecordError as exc:
+        raise RecordUnreadableError(job_id, str(exc)) from exc
     return parse_record(job_id, fields)
 
 

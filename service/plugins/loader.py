@@ -143,7 +143,7 @@ class PluginLoader:
         except PluginLoadError as exc:
             self.failures[name] = exc
             raise
-        except Exception as exc:
+        except _PLUGIN_FAILURES as exc:
             # Plugin code can fail in places no stage anticipates (a property raising on getattr):
             # it is still that plugin's failure, never the worker's.
             error = PluginLoadError(name, f"unexpected {_describe(exc)}")
@@ -184,7 +184,7 @@ class PluginLoader:
             logger.error(
                 "plugin_disable_failed", plugin=name, reason=f"on_disable timed out ({self.enable_timeout_s:g}s)"
             )
-        except Exception as exc:
+        except _PLUGIN_FAILURES as exc:
             logger.error("plugin_disable_failed", plugin=name, reason=_describe(exc))
         finally:
             plugin.instance.enabled = False
@@ -223,7 +223,7 @@ class PluginLoader:
                 await instance.on_enable()
         except TimeoutError as exc:
             raise PluginLoadError(name, f"on_enable did not finish within {self.enable_timeout_s:g}s") from exc
-        except Exception as exc:
+        except _PLUGIN_FAILURES as exc:
             raise PluginLoadError(name, f"on_enable raised {_describe(exc)}") from exc
         instance.enabled = True
 
@@ -237,10 +237,15 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+# What plugin code may raise while it loads and still be only that plugin's failure: a module
+# calling sys.exit() or raising KeyboardInterrupt at import must not stop the worker.
+_PLUGIN_FAILURES = (Exception, SystemExit, KeyboardInterrupt)
+
+
 def _run(plugin: str, what: str, func: Callable[[], Any]) -> Any:
     try:
         return func()
-    except Exception as exc:
+    except _PLUGIN_FAILURES as exc:
         raise PluginLoadError(plugin, f"{what} raised {_describe(exc)}") from exc
 
 

@@ -38,7 +38,7 @@ from pydantic import (
     model_validator,
 )
 
-from service.errors import FieldError, InvalidParamsError, ManifestError, UnknownActionError
+from service.errors import FieldError, InvalidParamsError, ManifestError, UnknownActionError, describe_validation
 from service.models import Name
 from service.plugins.argtypes import parse_type
 from service.retry import RetryOverride
@@ -378,9 +378,4 @@ def _validated(filename: str, plugin: str, build: Callable[[], PluginManifest]) 
 
 
 def _describe(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(manifest)"
-        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
-        parts.append(f"{loc}: {msg}")
-    return "; ".join(parts)
+    return describe_validation(exc, unknown="unknown key", whole="(manifest)")

@@ -11,15 +11,19 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+import structlog
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from redis.asyncio import Redis
 
+from service.errors import describe_validation
 from service.keys import Keys
 from service.models import now_ms
 from service.plugins.manifest import PluginManifest
 from service.redis.connection import broker_errors
 
 __all__ = ["LIVENESS_FACTOR", "RegisteredPlugin", "Registry", "WorkerInfo"]
+
+log = structlog.get_logger("actionq.registry")
 
 # A worker is presumed dead after missing this many heartbeats in a row.
 LIVENESS_FACTOR = 3
@@ -110,7 +114,7 @@ class Registry:
             pipe.zscore(self.keys.registry_heartbeats(), name)
             with broker_errors(f"reading the registry entry of {name}"):
                 raw, score = await pipe.execute()
-        return self._entry(raw, score) if raw else None
+        return self._entry(name, raw, score) if raw else None
 
     async def plugins(self) -> list[RegisteredPlugin]:
         """Every registered plugin, live or not, sorted by name."""
@@ -119,19 +123,35 @@ class Registry:
             pipe.zrange(self.keys.registry_heartbeats(), 0, -1, withscores=True)
             with broker_errors("reading the registry"):
                 manifests, scores = await pipe.execute()
-        seen = {name.decode(): score for name, score in scores}
-        entries = [self._entry(raw, seen.get(name.decode())) for name, raw in manifests.items()]
+        seen = {name.decode(errors="replace"): score for name, score in scores}
+        found = (
+            self._entry(name.decode(errors="replace"), raw, seen.get(name.decode(errors="replace")))
+            for name, raw in manifests.items()
+        )
+        entries = [entry for entry in found if entry is not None]
         return sorted(entries, key=lambda e: e.name)
 
     async def workers(self) -> list[WorkerInfo]:
         """The live workers, sorted by id."""
         with broker_errors("listing workers"):
             ids = await self.redis.zrangebyscore(self.keys.workers(), now_ms() - self._window_ms, "+inf")
-            raws = await self.redis.mget([self.keys.worker(i.decode()) for i in ids]) if ids else []
-        infos = [WorkerInfo.model_validate_json(r) for r in raws if r]
+            raws = await self.redis.mget([self.keys.worker(i.decode(errors="replace")) for i in ids]) if ids else []
+        infos = []
+        for worker_id, raw in zip(ids, raws, strict=True):
+            if not raw:
+                continue  # gone since the listing
+            try:
+                infos.append(WorkerInfo.model_validate_json(raw))
+            except ValidationError as exc:  # foreign or damaged: skipped, reported, never fatal
+                log.warning("registry_worker_unreadable", worker=worker_id[:200], error=describe_validation(exc))
         return sorted(infos, key=lambda w: w.worker_id)
 
-    def _entry(self, raw: Any, score: float | None) -> RegisteredPlugin:
+    def _entry(self, name: str, raw: Any, score: float | None) -> RegisteredPlugin | None:
+        """The entry of plugin ``name``; None (and a warning) when its manifest does not parse."""
         last = int(score or 0)
-        manifest = PluginManifest.model_validate_json(raw)
+        try:
+            manifest = PluginManifest.model_validate_json(raw)
+        except ValidationError as exc:  # foreign or damaged: skipped, reported, never fatal
+            log.warning("registry_entry_unreadable", plugin=name[:200], error=describe_validation(exc))
+            return None
         return RegisteredPlugin(manifest=manifest, last_seen_ms=last, live=last >= now_ms() - self._window_ms)

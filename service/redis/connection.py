@@ -6,6 +6,7 @@ Only this module knows redis-py's exception types; everything above it sees acti
 from __future__ import annotations
 
 import asyncio
+import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -15,7 +16,7 @@ from redis.asyncio.connection import AbstractConnection, ConnectionPool
 
 from service.errors import BrokerError
 
-__all__ = ["LeanPool", "broker_errors", "connect"]
+__all__ = ["LeanPool", "broker_errors", "connect", "redact"]
 
 
 def connect(url: str, **kwargs: object) -> Redis:
@@ -28,8 +29,28 @@ def connect(url: str, **kwargs: object) -> Redis:
     try:
         pool = LeanPool.from_url(url, **options)
     except ValueError as exc:
-        raise BrokerError(f"invalid Redis URL {url!r}: {exc}") from exc
+        raise BrokerError(f"invalid Redis URL {redact(url)!r}: {exc}") from exc
     return Redis.from_pool(pool)
+
+
+def redact(url: str) -> str:
+    """``url`` with its password replaced by ``***`` (in the userinfo and in a ``password=`` query).
+
+    Every message and log line that names a Redis URL passes it through here first.
+    """
+    try:
+        parts = urllib.parse.urlsplit(url)
+        netloc, query = parts.netloc, parts.query
+        if "@" in netloc:
+            userinfo, host = netloc.rsplit("@", 1)
+            user, has_password, _ = userinfo.partition(":")
+            netloc = f"{user}:***@{host}" if has_password else netloc
+        pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
+        if any(name.lower() == "password" for name, _ in pairs):
+            query = urllib.parse.urlencode([(n, "***" if n.lower() == "password" else v) for n, v in pairs], safe="*")
+        return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query))
+    except ValueError:
+        return "<a Redis URL that cannot be parsed>"
 
 
 class LeanPool(ConnectionPool):

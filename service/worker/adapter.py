@@ -151,7 +151,7 @@ class ActionWorker(Worker):
             queues = self.queues[start:] + self.queues[:start]
             take = await self.claims.take(queues, timestamp_ms(), free, advertise=True, idle=self.job_counter == 0)
             self._next_due_ms = take.next_due_ms
-            started = [job for job in take.jobs if job.status in ("run", "expired")]
+            started = [job for job in take.jobs if job.claimed]
             if len(started) == free:
                 self._saturated = True  # maybe more were ready: look again when a slot frees up
             for job in take.jobs:
@@ -161,7 +161,30 @@ class ActionWorker(Worker):
         await self.heart_beat()
 
     def adopt(self, job: TakenJob) -> None:
-        """Run a job a submit handed straight to this worker (see :data:`service.store._CREATE`)."""
+        """Run a job a submit handed straight to this worker (``service/redis/lua/submit.lua``).
+
+        A hand-off older than half the lease is checked against the claim first: it may have waited
+        in a stalled connection while the claim lapsed and another worker ran the job.
+        """
+        if not self.claims.is_fresh(job):
+            self.claims.woken(job.queue)  # the listing was used up all the same
+            self._background(self._adopt_if_ours(job), f"actionq-check-handoff-{job.job_id}")
+            return
+        self._adopt(job)
+
+    async def _adopt_if_ours(self, job: TakenJob) -> None:
+        try:
+            ours = await self.claims.still_ours(job)
+        except (RedisError, OSError) as exc:
+            log.warning("handoff_not_checked", job_id=job.job_id, error=str(exc), reason="its lease will lapse")
+            return
+        if ours:
+            self._adopt(job)
+        else:
+            log.warning("stale_handoff_dropped", job_id=job.job_id, reason="its claim lapsed: another attempt has it")
+            self.runtime.wake.set()
+
+    def _adopt(self, job: TakenJob) -> None:
         self.claims.handed(job)
         runnable = self.allow_pick_jobs and not self._closing and self.job_counter < self.max_jobs
         if runnable and job.queue in self.queues:
@@ -191,7 +214,7 @@ class ActionWorker(Worker):
         task.add_done_callback(self._chores.discard)
 
     def _launch(self, job: TakenJob) -> None:
-        if job.status not in ("run", "expired"):
+        if not job.claimed:
             log.info("job_not_started", job_id=job.job_id, reason=f"its record is {job.status}; it left its queue")
             return
         self.job_counter += 1

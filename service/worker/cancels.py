@@ -4,6 +4,10 @@ A cancel request is pushed to every worker (``<ns>:ch:cancel``); the one running
 :class:`~service.plugins.cancellation.CancellationToken` at once. A push for a job this worker
 has no token for yet is remembered for a while: the job may have been taken (or handed over)
 before the cancel and be about to start here, a gap the durable flag the take reads cannot cover.
+
+A push names the job's *generation* (its ``enqueued_at_ms``: when it was submitted), and applies
+only to that generation: a job that reuses the id later (after its record expired, or a
+dead-letter replay under the same id) is never cancelled by a push meant for the one before.
 """
 
 from __future__ import annotations
@@ -24,28 +28,30 @@ class Cancels:
     """The tokens of the jobs running on one worker."""
 
     def __init__(self) -> None:
-        self._tokens: dict[str, CancellationToken] = {}
-        self._early: dict[str, tuple[str, float]] = {}  # job id -> (reason, when)
+        self._tokens: dict[str, tuple[int, CancellationToken]] = {}  # job id -> (generation, token)
+        self._early: dict[tuple[str, int], tuple[str, float]] = {}  # (job id, generation) -> (reason, when)
 
-    def cancel(self, job_id: str, reason: str) -> bool:
-        """Set the token of ``job_id`` if it runs here; True if this worker acted on it."""
-        token = self._tokens.get(job_id)
-        if token is not None:
-            return token.cancel(reason)
+    def cancel(self, job_id: str, reason: str, generation: int) -> bool:
+        """Set the token of ``job_id`` (of that ``generation``) if it runs here; True if this worker acted."""
+        running = self._tokens.get(job_id)
+        if running is not None and running[0] == generation:
+            return running[1].cancel(reason)
         now = time.monotonic()
         if len(self._early) >= _EARLY_CANCELS_MAX:
-            self._early = {j: (r, t) for j, (r, t) in self._early.items() if now - t < _EARLY_CANCEL_S}
+            self._early = {k: (r, t) for k, (r, t) in self._early.items() if now - t < _EARLY_CANCEL_S}
         if len(self._early) < _EARLY_CANCELS_MAX:
-            self._early[job_id] = (reason, now)
+            self._early[(job_id, generation)] = (reason, now)
         return False
 
-    def token(self, job_id: str, durable_reason: str = "") -> CancellationToken:
+    def token(self, job_id: str, generation: int, durable_reason: str = "") -> CancellationToken:
         """A new token for a job starting here, already set if a cancel came first.
 
-        ``durable_reason``: the record's cancel flag, read when the job was taken.
+        ``generation``: the job's ``enqueued_at_ms``; ``durable_reason``: the record's cancel flag,
+        read when the job was taken.
         """
-        token = self._tokens[job_id] = CancellationToken(asyncio.get_running_loop())
-        early = self._early.pop(job_id, None)
+        token = CancellationToken(asyncio.get_running_loop())
+        self._tokens[job_id] = (generation, token)
+        early = self._early.pop((job_id, generation), None)
         if durable_reason:
             token.cancel(durable_reason)
         elif early is not None and time.monotonic() - early[1] < _EARLY_CANCEL_S:

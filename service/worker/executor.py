@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from redis.asyncio import Redis
 
 from service import arqformat
-from service.errors import ErrorInfo, JobExpiredError, SubmissionError
+from service.errors import ErrorInfo, JobExpiredError, MalformedJobError, SubmissionError, describe_validation
 from service.events.jobevents import JobEvents, Notify
 from service.keys import Keys
 from service.models import AttemptInfo, JobRequest, JobState, ProgressUpdate, now_ms
@@ -93,24 +93,18 @@ class Executor:
         self.progress = ProgressWriter(redis, keys)
         self.events = JobEvents(notify, worker_id)
 
-    def cancel(self, job_id: str, reason: str) -> bool:
+    def cancel(self, job_id: str, reason: str, generation: int) -> bool:
         """Set the token of ``job_id`` if it runs here (see :class:`~service.worker.cancels.Cancels`)."""
-        return self.cancels.cancel(job_id, reason)
+        return self.cancels.cancel(job_id, reason, generation)
 
     async def run(self, job: TakenJob) -> Outcome | None:
         """Run one attempt of a job the take script started, and settle it.
 
         Returns ``None`` when the job must not run (its record is gone, or it already ended).
         ``asyncio.CancelledError`` (the worker is shutting down) puts the job back in its queue,
-        ready at once, and is re-raised.
+        ready at once, and is re-raised. Malformed job data fails that job, never the worker.
         """
-        request: JobRequest | None = None
-        problem = ""
-        if job.status == "run":
-            try:
-                request = JobRequest.model_validate_json(job.request)
-            except ValidationError as exc:
-                problem = f"malformed job data: {exc}"
+        request, problem = self._request_of(job)
         names = {} if request is None else {"plugin": request.plugin, "action": request.action}
         # Tokens, not bound_contextvars(): that one copies the whole context on every job.
         tokens = structlog.contextvars.bind_contextvars(job_id=job.job_id, attempt=job.attempt, **names)
@@ -119,34 +113,61 @@ class Executor:
         finally:
             structlog.contextvars.reset_contextvars(**tokens)
 
+    def _request_of(self, job: TakenJob) -> tuple[JobRequest | None, str]:
+        """The job's request, or what is wrong with the job's data ('' if nothing)."""
+        if job.status == "malformed":
+            return None, job.problem
+        if job.status != "run":
+            return None, ""
+        limit = self.settings.max_payload_bytes
+        if len(job.request) > limit:
+            return None, f"the request is {len(job.request)} bytes, over the payload limit of {limit} bytes"
+        try:
+            return JobRequest.model_validate_json(job.request), ""
+        except ValidationError as exc:
+            return None, f"malformed job data: the request is not a valid job request: {describe_validation(exc)}"
+
     async def _run_taken(self, job: TakenJob, request: JobRequest | None, problem: str) -> Outcome | None:
         if job.status == "expired":
             return await self._gave_up(job, JobExpiredError.__name__, "not started before its queue-wait limit")
+        if job.status in ("missing", "ended"):
+            log.info("job_not_started", reason=f"its record is {job.status}; it left its queue")
+            return None
+        if problem or request is None:
+            self.events.received(job.job_id, None, job.attempt, job.queue)
+            log.error("job_malformed", problem=problem)
+            return await self._gave_up(job, MalformedJobError.__name__, problem, dead_letter=True)
         if job.attempt > MAX_STARTS:
             reason = f"started {job.attempt - 1} times without finishing (its workers died)"
             return await self._gave_up(job, "JobExecutionFailed", reason)
-        if job.status != "run":
-            log.info("job_not_started", reason=f"its record is {job.status}; it left its queue")
-            return None
-        if request is None:
-            self.events.received(job.job_id, None, job.attempt, job.queue)
-            outcome = Outcome.failed(ValueError(problem), with_traceback=False, retryable=False)
-            await asyncio.shield(self._settle_ended(job, outcome, _fields(outcome), started_at_ms=0))
-            return outcome
         return await self._run_request(job, request)
 
-    async def _gave_up(self, job: TakenJob, error_type: str, message: str) -> Outcome:
-        """Failed without running: taken after its queue-wait limit, or started too often."""
+    async def _gave_up(self, job: TakenJob, error_type: str, message: str, *, dead_letter: bool = False) -> Outcome:
+        """Failed without running: malformed, taken after its queue-wait limit, or started too often."""
         outcome = Outcome(JobState.FAILED, error=ErrorInfo(type=error_type, message=message), retryable=False)
         log.info("job_not_run", reason=message)
-        await asyncio.shield(self._settle_ended(job, outcome, _fields(outcome), started_at_ms=0))
+        fields = _fields(outcome)
+        # The final record must read back (the error says what was wrong); the settle script renumbers seq.
+        fields.update(dict.fromkeys((name for name in job.bad_fields if name != "seq"), 0))
+        letter = self._readable(job.request) if dead_letter else None
+        await asyncio.shield(self._settle_ended(job, outcome, fields, started_at_ms=0, dead_letter=letter))
         return outcome
+
+    def _readable(self, raw: bytes) -> bool:
+        """True if ``raw`` is a valid request within the payload limit: a malformed job's dead letter keeps it."""
+        if len(raw) > self.settings.max_payload_bytes:
+            return False
+        try:
+            JobRequest.model_validate_json(raw)
+        except ValidationError:
+            return False
+        return True
 
     async def _run_request(self, job: TakenJob, request: JobRequest) -> Outcome:
         attempt = Attempt(
             job=job,
             request=request,
-            token=self.cancels.token(job.job_id, job.cancel_reason),
+            token=self.cancels.token(job.job_id, job.enqueued_at_ms, job.cancel_reason),
             stream=self._stream_writer(job.job_id),
             started_at_ms=now_ms(),
         )
@@ -288,12 +309,16 @@ class Executor:
         *,
         started_at_ms: int,
         attempt: Attempt | None = None,
+        dead_letter: bool | None = None,
     ) -> int:
         """The job ended: final record, arq's result, and (with an ``attempt`` that ran) its stream
-        end and, failed for good, its dead letter."""
+        end and, failed for good, its dead letter. ``dead_letter`` (a job that did not run): keep
+        one, with its request (True) or without (False: the request could not be read)."""
         request = attempt.request if attempt is not None else None
         ttl = (request.options.result_ttl_s if request else None) or self.settings.result_ttl_s
         failed = outcome.state in (JobState.FAILED, JobState.TIMED_OUT)
+        readable = dead_letter is not False
+        keep_letter = dead_letter is not None or (failed and attempt is not None)
         stream: tuple[int, StreamEnd] | None = None
         if attempt is not None and attempt.stream.started:
             written = await attempt.stream.flush()  # the items first; the end marker goes with the final state
@@ -304,10 +329,11 @@ class Executor:
             fields,
             arq_result=_arq_result(job, outcome, started_at_ms),
             result_ttl_s=ttl,
-            dead_letter_ttl_s=self.settings.dead_letter_ttl_s if failed and attempt is not None else 0,
+            dead_letter_ttl_s=self.settings.dead_letter_ttl_s if keep_letter else 0,
+            readable_request=readable,
             stream_end=stream,
-            # A job taken after its queue-wait limit never started: no attempt of ours to check.
-            worker_id=None if job.status == "expired" else self.worker_id,
+            # A job taken expired or malformed never started: no attempt of ours to check.
+            worker_id=None if job.status in ("expired", "malformed") else self.worker_id,
         )
         return await self._settle(settlement)
 

@@ -240,10 +240,13 @@ class WorkerRuntime:
         try:
             data = json.loads(message)
             job_id, reason = str(data["job_id"]), str(data.get("reason") or "cancelled")
-        except (ValueError, KeyError, TypeError):
-            log.warning("bad_cancel_message", message=message[:200])
+            generation = data["generation"]
+            if type(generation) is not int:
+                raise TypeError("generation is not an integer")
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("bad_cancel_message", error=str(exc), message=message[:200])
             return
-        if self.executor.cancel(job_id, reason):
+        if self.executor.cancel(job_id, reason, generation):
             log.info("job_cancel_requested", job_id=job_id, reason=reason)
 
     def _on_wake(self, message: bytes) -> None:

@@ -72,6 +72,8 @@ class Settlement:
     """How long the ended job's final record is kept."""
     dead_letter_ttl_s: int = 0
     """Also keep a dead letter (request, attempts, error) this long; 0: none."""
+    readable_request: bool = True
+    """False when the request could not be read (a malformed job): its dead letter holds none."""
     stream_end: tuple[int, StreamEnd] | None = None
     """A generator's output stream ends: (items written, the terminal marker), kept with the final record."""
     owner: tuple[str, int] | None = None
@@ -87,6 +89,7 @@ def ended(
     arq_result: bytes,
     result_ttl_s: int,
     dead_letter_ttl_s: int = 0,
+    readable_request: bool = True,
     stream_end: tuple[int, StreamEnd] | None = None,
     worker_id: str | None,
 ) -> Settlement:
@@ -100,6 +103,7 @@ def ended(
         arq_result=arq_result,
         result_ttl_s=result_ttl_s,
         dead_letter_ttl_s=dead_letter_ttl_s,
+        readable_request=readable_request,
         stream_end=stream_end,
         owner=None if worker_id is None else (worker_id, job.attempt),
     )
@@ -168,7 +172,7 @@ class Settler:
             op["result"] = s.arq_result.decode()
             op["result_ttl_ms"] = s.result_ttl_s * 1000
         if s.dead_letter_ttl_s:
-            op["dead_letter"] = {"ttl_s": s.dead_letter_ttl_s, "at_ms": now_ms()}
+            op["dead_letter"] = {"ttl_s": s.dead_letter_ttl_s, "at_ms": now_ms(), "request": s.readable_request}
         if s.stream_end is not None:
             written, end = s.stream_end
             fields = [part.decode() for pair in end.fields().items() for part in pair]

@@ -53,7 +53,7 @@ log = structlog.get_logger("actionq.worker")
 # while idle can be handed jobs for this long; they run again elsewhere after the lease.
 IDLE_TTL_S = 10.0
 
-TakeStatus = Literal["run", "expired", "missing", "ended"]
+TakeStatus = Literal["run", "expired", "malformed", "missing", "ended"]
 Listing = Literal["none", "idle", "wake"]
 
 
@@ -71,6 +71,15 @@ class TakenJob:
     cancel_reason: str = ""
     """Set when a cancel arrived before the start: the job is cancelled at once."""
     enqueued_at_ms: int = 0
+    problem: str = ""
+    """``status == "malformed"``: what is wrong with the record (the job fails with it)."""
+    bad_fields: tuple[str, ...] = ()
+    """``status == "malformed"``: the record's integer fields that are not integers."""
+
+    @property
+    def claimed(self) -> bool:
+        """True if this worker holds the job's lease (it must run or settle it)."""
+        return self.status in ("run", "expired", "malformed")
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,7 +201,7 @@ class Claims:
             await pipe.execute()
 
     def _taken(self, queues: list[str], by_arq_id: dict[str, str], *reply: Any) -> TakenJob:
-        aid, qi, status, attempt, request, cancel, enqueued = reply
+        aid, qi, status, attempt, request, cancel, enqueued, problem, bad = reply
         arq_id = _text(aid)
         job = TakenJob(
             job_id=by_arq_id[arq_id],
@@ -203,8 +212,10 @@ class Claims:
             request=request if isinstance(request, bytes) else str(request).encode(),
             cancel_reason=_text(cancel),
             enqueued_at_ms=int(enqueued),
+            problem=_text(problem),
+            bad_fields=tuple(_text(name) for name in bad),
         )
-        if job.status in ("run", "expired"):
+        if job.claimed:
             self._held[arq_id] = (job.job_id, job.queue)
         return job
 
@@ -226,6 +237,27 @@ class Claims:
         """
         self._held[job.arq_job_id] = (job.job_id, job.queue)
         self._used.add(job.queue)
+
+    def is_fresh(self, job: TakenJob) -> bool:
+        """True if a handed ``job`` is younger than half its lease: its claim cannot have lapsed yet.
+
+        The age is this host's clock against the submitting host's (the hand-off carries the submit's
+        time): hosts whose clocks differ by more than half the lease get every hand-off checked.
+        """
+        return now_ms() - job.enqueued_at_ms < self.lease_ms / 2
+
+    async def still_ours(self, job: TakenJob) -> bool:
+        """True if this worker still holds ``job``'s claim: its lease, and the record's running attempt.
+
+        A hand-off that arrives late (this worker's connection stalled past the lease) may be for a
+        job another worker has taken since, or already ran: it must not run here.
+        """
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.get(self.keys.arq_in_progress(job.job_id))
+            pipe.hmget(self.keys.job(job.job_id), ["state", "worker", "attempt"])
+            lease, (state, worker, attempt) = await pipe.execute()
+        mine = self.worker_id.encode()
+        return lease == mine and (state, worker, attempt) == (b"running", mine, str(job.attempt).encode())
 
     def woken(self, queue: str) -> None:
         """A submit to ``queue`` woke this worker (and took it off that queue's idle set)."""

@@ -196,6 +196,7 @@ async def test_exhaustion_dead_letters_and_replay(worker_process: WorkerFactory,
         await handle.result(timeout=30)
     letter = await client.dead.get("dl-1")
     assert [a.attempt for a in letter.attempts] == [1, 2, 3, 4]
+    assert letter.request is not None
     assert letter.request.params == {"fail_times": 99, "error": "ConnectionError"}
     assert "exhausted" in letter.attempts[-1].note
     assert [d.job_id for d in await client.dead.list()] == ["dl-1"]

@@ -10,20 +10,20 @@
 -- ARGV[3]  the service's result TTL s (when the job's request sets no result_ttl_s)
 -- ARGV[4]  arq job id (the job's member in its queue)
 -- ARGV[5]  the ErrorInfo JSON a job cancelled while waiting ends with
--- ARGV[6]  the push to the workers: {"job_id", "reason"}
--- ARGV[7]  the job channel (<ns>:ch:job:<id>)
--- ARGV[8]  the cancel channel (<ns>:ch:cancel)
--- ARGV[9]  job id
+-- ARGV[6]  the job channel (<ns>:ch:job:<id>)
+-- ARGV[7]  the cancel channel (<ns>:ch:cancel)
+-- ARGV[8]  job id
 -- Reply: {what, the state it was in}, what being
 --   'missing'    no record, live or final;
 --   'finished'   it had ended (state: how; '' if its final record is unreadable): nothing changed;
---   'running'    the flag is set and the workers were told: the outcome follows;
+--   'running'    the flag is set and the workers were told ({"job_id", "reason", "generation": the
+--                record's enqueued_at_ms}): the outcome follows;
 --   'cancelled'  it was waiting: it is cancelled and will never run;
 --   'queue'      it is waiting in the queue named as the state, and KEYS[4] did not name that
 --                queue: nothing changed; call again with it.
 
 local record = KEYS[1]
-local live = redis.call('HMGET', record, 'state', 'watched', 'queue', 'request', 'attempt')
+local live = redis.call('HMGET', record, 'state', 'watched', 'queue', 'request', 'attempt', 'enqueued_at_ms')
 local state = live[1]
 if not state then
   local ended = redis.call('GET', KEYS[2])
@@ -35,7 +35,11 @@ end
 if TERMINAL[state] then return {'finished', state} end
 if state == 'running' then
   redis.call('HSET', record, 'cancel_requested', ARGV[1])
-  redis.call('PUBLISH', ARGV[8], ARGV[6])
+  -- The push names the job's generation (when it was submitted), so that a worker that remembers
+  -- it for a job it has not started yet never applies it to a later job reusing the id.
+  local generation = to_int(live[6], 0)
+  redis.call('PUBLISH', ARGV[7], '{"job_id":' .. cjson.encode(ARGV[8]) .. ',"reason":' .. cjson.encode(ARGV[1]) ..
+    ',"generation":' .. string.format('%d', generation) .. '}')
   return {'running', state}
 end
 local queue = live[3] or ''
@@ -50,5 +54,5 @@ local ok, request = pcall(cjson.decode, live[4] or '')
 local ttl = ok and type(request) == 'table' and type(request.options) == 'table' and request.options.result_ttl_s
 if type(ttl) ~= 'number' then ttl = tonumber(ARGV[3]) end
 redis.call('EXPIRE', record, ttl)
-publish_if_watched(live[2], ARGV[7], state_message(ARGV[9], 'cancelled', tonumber(live[5]) or 0, seq))
+publish_if_watched(live[2], ARGV[6], state_message(ARGV[8], 'cancelled', to_int(live[5], 0), seq))
 return {'cancelled', state}

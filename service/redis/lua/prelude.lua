@@ -26,3 +26,28 @@ end
 local function publish_if_watched(watched, channel, message)
   if watched then redis.call('PUBLISH', channel, message) end
 end
+
+-- The states a live job can be in (service.models.ACTIVE_STATES).
+local LIVE = {queued = true, retrying = true, running = true}
+
+-- A record's integer field as a number; `default` when it is absent or not an integer. (tonumber
+-- alone would take "NaN", "1e3" and "0x10".)
+local function to_int(value, default)
+  if value and string.match(value, '^%-?%d+$') and #value <= 16 then return tonumber(value) end
+  return default
+end
+
+-- What is wrong with a record's integer fields (`names`, their `values` as HMGET gave them; absent
+-- ones are fine): {"<field>: \"<value>\" is not an integer", ...} and the fields' names. The
+-- pattern is the one Python's int() and the Lua scripts' tonumber() agree on.
+local function bad_integers(names, values)
+  local problems, bad = {}, {}
+  for i, name in ipairs(names) do
+    local value = values[i]
+    if value and not (string.match(value, '^%-?%d+$') and #value <= 16) then
+      problems[#problems + 1] = name .. ': ' .. string.format('%q', string.sub(value, 1, 40)) .. ' is not an integer'
+      bad[#bad + 1] = name
+    end
+  end
+  return problems, bad
+end

@@ -15,7 +15,8 @@
 --    "score_ms": <back in the queue at this score> (absent: the job leaves its queue),
 --    "result": "<arq's result JSON>", "result_ttl_ms": <ms> (both present: the job ended),
 --    "owner": {"worker": "<id>", "attempt": <n>} (absent: settle whoever holds the record),
---    "dead_letter": {"ttl_s": <s>, "at_ms": <ms>} (absent: none),
+--    "dead_letter": {"ttl_s": <s>, "at_ms": <ms>, "request": <false: the request is not readable>}
+--      (absent: none),
 --    "stream_end": {"id": "0-<n>", "fields": [<field>, <value>, ...], "ttl_s": <s>} (absent: no stream)}
 -- Reply: per settlement, the record's new seq, or
 --   -1  the live record is gone (it ended elsewhere, or was deleted): nothing written, it leaves its queue;
@@ -33,7 +34,7 @@
 local gone, dels = {}, {}
 
 local function superseded(op, state, worker, attempt)
-  return op.owner and (state ~= 'running' or worker ~= op.owner.worker or tonumber(attempt) ~= op.owner.attempt)
+  return op.owner and (state ~= 'running' or worker ~= op.owner.worker or to_int(attempt, -1) ~= op.owner.attempt)
 end
 
 local function dead_letter(op, rec, request, k)
@@ -45,7 +46,9 @@ local function dead_letter(op, rec, request, k)
   table.sort(attempts, function(a, b) return a[1] < b[1] end)
   local history = {}
   for i, a in ipairs(attempts) do history[i] = a[2] end
-  local letter = '{"job_id":' .. cjson.encode(op.job_id) .. ',"request":' .. (request or 'null') .. ',"queue":' ..
+  -- A request that could not be read (the job failed as malformed) is kept as null: the error says why.
+  if not op.dead_letter.request or not request then request = 'null' end
+  local letter = '{"job_id":' .. cjson.encode(op.job_id) .. ',"request":' .. request .. ',"queue":' ..
     cjson.encode(rec.queue or '') .. ',"state":"' .. op.state .. '","error":' .. (rec.error or 'null') ..
     ',"attempts":[' .. table.concat(history, ',') .. '],"dead_at_ms":' .. op.dead_letter.at_ms .. '}'
   redis.call('SET', KEYS[k + 6], letter, 'EX', op.dead_letter.ttl_s)
@@ -60,7 +63,7 @@ local function ended(op, k)
   for j = 1, #h, 2 do rec[h[j]] = h[j + 1] end
   if TERMINAL[rec.state] then return -2, nil end
   if superseded(op, rec.state, rec.worker, rec.attempt) then return -3, nil end
-  local seq, request = tonumber(rec.seq or '0') + 1, rec.request
+  local seq, request = to_int(rec.seq, 0) + 1, rec.request
   rec.state, rec.seq, rec.request = op.state, tostring(seq), nil
   for j = 1, #op.fields, 2 do rec[op.fields[j]] = op.fields[j + 1] end
   redis.call('SET', KEYS[k + 4], string.sub(op.result, 1, -2) .. ',"actionq":' .. cjson.encode(rec) .. '}', 'PX',
@@ -80,7 +83,7 @@ local function stepped(op, k)
   if not r[1] then return -1, nil end
   if TERMINAL[r[1]] then return -2, nil end
   if superseded(op, r[1], r[4], r[5]) then return -3, nil end
-  local seq = tonumber(r[2] or '0') + 1
+  local seq = to_int(r[2], 0) + 1
   redis.call('HSET', KEYS[k + 1], 'state', op.state, 'seq', seq, unpack(op.fields))
   return seq, r[3]
 end

@@ -17,9 +17,13 @@
 --                "idle": <bool: nothing runs on this worker>, "used": [<queue index>, ...]}}
 --   where `used` are the queues whose listing a submit used up (a hand-off or a wake-up).
 -- Reply: {retry at (ms, or -1), how the worker is listed now, then per candidate looked at:
---   {arq id, queue index, status, attempt, request JSON, cancel reason, enqueued at ms}}, status
+--   {arq id, queue index, status, attempt, request JSON, cancel reason, enqueued at ms, problem,
+--   {bad fields}}}, status
 --   'run'      its attempt started here (record running, attempt + 1, worker, seq + 1);
 --   'expired'  past its queue-wait limit (expires_at_ms): claimed, not started; the worker fails it;
+--   'malformed' its record cannot be run (problem: what is wrong, e.g. an integer field that is not
+--              one, an unknown state, no request; bad fields: the integer fields at fault):
+--              claimed, not started; the worker fails it with the problem and dead-letters it;
 --   'missing'  its record is gone: it left its queue;
 --   'ended'    its record had ended: it left its queue.
 --   "retry at" is when a lapsed claim whose lease outlived its score (by a few ms) can be taken.
@@ -39,21 +43,35 @@ local now, limit, worker, lease_ms = tonumber(take.now), take.limit, take.worker
 local nq = take.queues
 local replies, retry_at, taken = {-1, 'none'}, -1, 0
 
+-- What is wrong with a live record that keeps it from starting ('' if nothing), and its bad fields.
+local function malformed(r)
+  local problems, bad = bad_integers({'attempt', 'seq', 'expires_at_ms', 'enqueued_at_ms'}, {r[2], r[3], r[6], r[7]})
+  if not LIVE[r[1]] then
+    problems[#problems + 1] = 'state: ' .. string.format('%q', string.sub(r[1], 1, 40)) .. ' is not a job state'
+  end
+  if not r[5] then problems[#problems + 1] = 'request: missing' end
+  return table.concat(problems, '; '), bad
+end
+
 local function start(queue, qi, job, record, lease)
   local r = redis.call('HMGET', record, 'state', 'attempt', 'seq', 'cancel_requested', 'request', 'expires_at_ms',
     'enqueued_at_ms', 'watched')
   if not r[1] or TERMINAL[r[1]] then
     redis.call('ZREM', queue, job.arq_id)
     redis.call('DEL', lease)
-    return {job.arq_id, qi, r[1] and 'ended' or 'missing', 0, '', '', 0}
+    return {job.arq_id, qi, r[1] and 'ended' or 'missing', 0, '', '', 0, '', {}}
   end
-  local attempt, seq = tonumber(r[2] or '0') + 1, tonumber(r[3] or '0') + 1
-  if r[6] and tonumber(r[6]) < now then
-    return {job.arq_id, qi, 'expired', attempt - 1, r[5] or '', '', r[7] or 0}
+  local problem, bad = malformed(r)
+  if problem ~= '' then  -- claimed, not started: the worker fails it with the problem
+    return {job.arq_id, qi, 'malformed', 0, r[5] or '', '', 0, problem, bad}
+  end
+  local attempt, seq = to_int(r[2], 0) + 1, to_int(r[3], 0) + 1
+  if r[6] and to_int(r[6], 0) < now then
+    return {job.arq_id, qi, 'expired', attempt - 1, r[5], '', r[7] or 0, '', {}}
   end
   redis.call('HSET', record, unpack(attempt_fields(worker, attempt, seq, take.now, {})))
   publish_if_watched(r[8], job.channel, state_message(job.job_id, 'running', attempt, seq))
-  return {job.arq_id, qi, 'run', attempt, r[5] or '', r[4] or '', r[7] or 0}
+  return {job.arq_id, qi, 'run', attempt, r[5], r[4] or '', r[7] or 0, '', {}}
 end
 
 -- The scores of `ids` in `queue`, in slices (Lua's unpack stops at a few thousand values).
@@ -78,7 +96,7 @@ local function take_from(qi, candidates)
       if redis.call('SET', lease, worker, 'NX', 'PX', lease_ms) then
         local reply = start(queue, qi, job, KEYS[2 * nq + 2 * c - 1], lease)
         replies[#replies + 1] = reply
-        if reply[3] == 'run' or reply[3] == 'expired' then
+        if reply[3] == 'run' or reply[3] == 'expired' or reply[3] == 'malformed' then
           taken = taken + 1
           bumped[#bumped + 1] = now + lease_ms
           bumped[#bumped + 1] = job.arq_id

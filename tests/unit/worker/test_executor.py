@@ -185,8 +185,8 @@ async def test_a_cancel_push_that_arrives_before_the_job_starts_here_still_cance
     job = await rig.submit("long_running", "count_slowly", {"steps": 100, "delay_s": 0.05})
     taken = await take_job(rig.client, job)
     assert taken.cancel_reason == ""
-    assert not rig.executor.cancel(job, "stop early")  # no token yet: remembered, not lost
-    assert not rig.executor.cancel("someone-elses-job", "not ours")
+    assert not rig.executor.cancel(job, "stop early", taken.enqueued_at_ms)  # no token yet: remembered, not lost
+    assert not rig.executor.cancel("someone-elses-job", "not ours", taken.enqueued_at_ms)
     async with asyncio.timeout(5):
         outcome = await rig.executor.run(taken)
     assert outcome is not None

@@ -29,7 +29,8 @@ async def test_missing_and_finished(r: aioredis.Redis, store: JobStore, keys: Ke
 
 
 async def test_a_running_job_gets_the_flag_and_a_push(r: aioredis.Redis, store: JobStore, keys: Keys) -> None:
-    await r.hset(keys.job("run"), mapping={"state": "running", "queue": keys.queue("P"), "seq": 1})  # type: ignore[misc]
+    running = {"state": "running", "queue": keys.queue("P"), "seq": 1, "enqueued_at_ms": 1234}
+    await r.hset(keys.job("run"), mapping=running)  # type: ignore[misc]
     mux = PubSubMultiplexer(r)
     try:
         async with mux.subscribe(keys.cancel_channel()) as workers:
@@ -37,7 +38,7 @@ async def test_a_running_job_gets_the_flag_and_a_push(r: aioredis.Redis, store: 
             push = json.loads(await workers.get(5) or b"null")
     finally:
         await mux.close()
-    assert push == {"job_id": "run", "reason": "no longer needed"}
+    assert push == {"job_id": "run", "reason": "no longer needed", "generation": 1234}
     assert await r.hget(keys.job("run"), "cancel_requested") == b"no longer needed"  # type: ignore[misc]
     assert await r.hget(keys.job("run"), "state") == b"running"  # type: ignore[misc]  # the worker ends it
 

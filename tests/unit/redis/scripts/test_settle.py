@@ -91,6 +91,7 @@ async def test_a_job_that_failed_for_good_leaves_a_dead_letter_with_every_attemp
     assert letter.error is not None
     assert letter.error.message == "boom"
     assert [a.attempt for a in letter.attempts] == [1, 2, 10, 11]
+    assert letter.request is not None
     assert letter.request.params == {"x": 1}
     assert await r.zscore(keys.dead_letters(), "dl") is not None
     assert 0 < await r.ttl(keys.dead_letter("dl")) <= 300
