@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import signal
 from collections.abc import Coroutine
 from typing import Any
 
@@ -118,6 +119,20 @@ class ActionWorker(Worker):
         if self._saturated:  # ready jobs were left waiting for a free slot: look again now
             self._saturated = False
             self.runtime.wake.set()
+
+    async def close(self) -> None:
+        """arq's ``close``, less its error when a running job was handed back (arq gathers the job
+        tasks without ``return_exceptions``, so a task cancelled by the shutdown raised out of it)."""
+        if not self._handle_signals:
+            self.handle_sig(signal.SIGUSR1)
+        if not self._pool:
+            return
+        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        await self.pool.delete(self.health_check_key)
+        if self.on_shutdown:
+            await self.on_shutdown(self.ctx)
+        await self.pool.close(close_connection_pool=True)
+        self._pool = None
 
     async def _poll_iteration(self) -> None:
         """One round of the loop; a lost Redis connection is waited out with backoff, not fatal."""
@@ -299,7 +314,8 @@ async def run_worker(settings: Settings) -> None:
             await worker.close()  # waits for running jobs, stops the runtime, closes the pool
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             log.warning("redis_unavailable_at_shutdown", error=str(exc))
-        await runtime.stop()  # no-op if arq's on_shutdown already ran it
+        finally:
+            await runtime.stop()  # no-op if arq's on_shutdown already ran it
 
 
 def main(settings: Settings) -> None:
