@@ -61,6 +61,14 @@ class Settings(BaseSettings):
     hostname: str = Field(default_factory=socket.gethostname, description="This host's name for host-targeted jobs.")
     plugin_dir: Path = Field(default=Path("plugins"), description="Where plugins without a path live.")
     plugins: list[PluginEntry] = Field(default_factory=list, description="Plugins a worker loads.")
+    plugin_commands: bool = Field(
+        default=True, description="Whether remote load/disable/reload plugin commands are carried out (false: refused)."
+    )
+    allowed_plugin_dirs: list[Path] = Field(
+        default_factory=list,
+        description="Folders a remote load or reload may take plugins from, besides plugin_dir and the configured "
+        "plugins' folders (anything else is refused).",
+    )
     queues: list[str] = Field(default=["default"], min_length=1, description="Lanes a worker reads.")
     concurrency: int = Field(default=10, ge=1, le=10_000, description="Jobs one worker runs at once.")
     poll_delay_s: float = Field(
@@ -138,6 +146,13 @@ class Settings(BaseSettings):
         """The folder of a configured plugin (``path``, or ``<plugin_dir>/<name>``)."""
         return entry.path if entry.path is not None else self.plugin_dir / entry.name
 
+    def may_load_from(self, folder: Path) -> bool:
+        """Whether a remote command may load a plugin from ``folder``: inside ``plugin_dir``, a
+        configured plugin's folder or one of ``allowed_plugin_dirs`` (symlinks resolved)."""
+        target = folder.resolve()
+        roots = [self.plugin_dir, *self.allowed_plugin_dirs, *(self.plugin_path(e) for e in self.plugins)]
+        return any(target == root.resolve() or target.is_relative_to(root.resolve()) for root in roots)
+
 
 class _YamlSource(PydanticBaseSettingsSource):
     """The lowest-priority source: the mapping read from config.yml by :func:`load_settings`."""
@@ -171,6 +186,8 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
     out = dict(data)
     if isinstance(out.get("plugin_dir"), str):
         out["plugin_dir"] = str(base / out["plugin_dir"])
+    if isinstance(out.get("allowed_plugin_dirs"), list):
+        out["allowed_plugin_dirs"] = [str(base / d) if isinstance(d, str) else d for d in out["allowed_plugin_dirs"]]
     plugins = out.get("plugins")
     if isinstance(plugins, list):
         out["plugins"] = [

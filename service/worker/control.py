@@ -57,7 +57,7 @@ class ControlHandler:
         else:
             try:
                 result = await self._act(cmd)
-            except (ActionQError, KeyError, ValueError) as exc:
+            except (ActionQError, KeyError, ValueError, PermissionError) as exc:
                 ok, error = False, f"{type(exc).__name__}: {exc}"
         extra = [a for a in answers if a is not None and a is not True]
         if extra:
@@ -92,6 +92,8 @@ class ControlHandler:
 
     async def _plugin_command(self, cmd: ControlCommand) -> Any:
         runtime, name = self.runtime, str(cmd.args["name"])
+        if not runtime.settings.plugin_commands:
+            raise PermissionError("remote plugin commands are turned off on this worker (plugin_commands: false)")
         loader = runtime.loader
         if cmd.command == "disable_plugin":
             await runtime.unload_plugin(name)
@@ -105,11 +107,19 @@ class ControlHandler:
         return {"plugin": name, "loaded": True, "version": version}
 
     def _path(self, name: str, args: dict[str, Any]) -> Path:
-        if args.get("path"):
-            return Path(str(args["path"]))
+        """The folder to load ``name`` from; refused outside the folders this worker may load from."""
         settings = self.runtime.settings
-        entry = next((e for e in settings.plugins if e.name == name), None)
-        return settings.plugin_path(entry) if entry is not None else settings.plugin_dir / name
+        if args.get("path"):
+            path = Path(str(args["path"]))
+        else:
+            entry = next((e for e in settings.plugins if e.name == name), None)
+            path = settings.plugin_path(entry) if entry is not None else settings.plugin_dir / name
+        if not settings.may_load_from(path):
+            raise PermissionError(
+                f"{path} is outside the folders this worker loads plugins from "
+                "(plugin_dir, the configured plugins' folders and allowed_plugin_dirs)"
+            )
+        return path
 
     def _finish(self, command: str) -> None:
         puller = self._puller()

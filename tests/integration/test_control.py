@@ -124,7 +124,7 @@ async def test_a_plugin_reloaded_at_runtime_serves_the_next_job(
     folder = tmp_path / "versioned"
     shutil.copytree(REPO_ROOT / "plugins" / "PluginB", folder)
     (folder / "plugin.py").write_text((folder / "plugin.py").read_text().replace("return x * x", "return x * x + 1000"))
-    config = _config()
+    config = {**_config(), "allowed_plugin_dirs": [str(tmp_path)]}
     worker_process(config)
     report = await client.control("load_plugin", args={"name": "versioned", "path": str(folder)}, timeout=10)
     assert report.acks[0].result == {"plugin": "versioned", "loaded": True, "version": "1.0.0"}
