@@ -115,7 +115,9 @@ def _written_default(value: object) -> str | None:
     """How the settings table writes a plain default; ``None``: one described in words (not compared)."""
     if value is None:
         return "unset"
-    if isinstance(value, bool | int | float | str | Path):
+    if isinstance(value, bool):  # as config.yml and ACTIONQ_* write it
+        return f"`{str(value).lower()}`"
+    if isinstance(value, int | float | str | Path):
         return f"`{value}`"
     if isinstance(value, list):
         return f"`{json.dumps(value)}`"
