@@ -203,16 +203,15 @@ class ActionWorker(Worker):
         self.claims.handed(job)
         runnable = self.allow_pick_jobs and not self._closing and self.job_counter < self.max_jobs
         if runnable and job.queue in self.queues:
+            # No look now: the submit listed this worker as one to wake in that queue, so the next
+            # job there wakes it, naming the job; it lists itself again when a take runs.
             self._launch(job)
-            # The submit used up this worker's listing: look again (and list it again, as busy with
-            # room) once the job's action has started (call_soon runs after the job's first step).
-            self.loop.call_soon(self.runtime.wake.set)
         else:  # paused, stopping, full, or the plugin just went: back to its queue, ready, for another worker
             self._background(self._give_back(job), f"actionq-give-back-{job.job_id}")
 
-    def woken(self, queue: str) -> None:
-        """A submit to ``queue`` found this worker listed as one to wake: look now."""
-        self.claims.woken(queue)
+    def woken(self, queue: str, arq_job_id: str = "") -> None:
+        """A submit to ``queue`` found this worker listed as one to wake: look now (for that job first)."""
+        self.claims.woken(queue, arq_job_id)
         self.runtime.wake.set()
 
     async def _give_back(self, job: TakenJob) -> None:

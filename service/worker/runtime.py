@@ -56,7 +56,7 @@ class Puller(Protocol):
 
     def adopt(self, job: TakenJob) -> None: ...
 
-    def woken(self, queue: str) -> None: ...
+    def woken(self, queue: str, arq_job_id: str = "") -> None: ...
 
     def handle_sig(self, signum: signal.Signals) -> None: ...
 
@@ -257,11 +257,12 @@ class WorkerRuntime:
     def _on_handoff(self, message: bytes) -> None:
         """A submit handed a job straight to this worker (it was listed as idle): run it now.
 
-        A bare queue name instead: a submit to that queue woke this busy worker (it had room).
+        "<queue> <arq id>" instead: a submit to that queue woke this busy worker (it had room) for that job.
         """
         if b"\n" not in message:
+            queue, _, arq_job_id = message.decode(errors="replace").partition(" ")
             if self.puller is not None:
-                self.puller.woken(message.decode(errors="replace"))
+                self.puller.woken(queue, arq_job_id)
             return
         try:
             job = handed_job(message, self.keys)

@@ -1,21 +1,21 @@
-"""Taking jobs: look at the queues' heads, then claim and start a batch in one script.
+"""Taking jobs: claim and start a batch in one script, hold them with short leases.
 
 arq claims a job with one WATCH/MULTI transaction (six commands), then reads its body and bumps
 its try counter in a second transaction, and our record said "running" in a third round trip.
-Here a take is a look and a script, whatever the number of jobs and queues:
+Here the take script (``service/redis/lua/take.lua``) does it for as many ready jobs as the
+worker has free slots, across all of its queues, in one round trip. It declares every key it
+touches, so it takes only the jobs the worker names, with their record and lease keys:
 
-* the look reads each queue's head in score order (``ZRANGEBYSCORE``, one pipeline), up to the
-  free slots: the ready jobs it names are the candidates, and the earliest deferred score says
-  when to look again;
-* the take script (``service/redis/lua/take.lua``), with every candidate's record and lease
-  declared in KEYS, checks that each is still ready (``ZMSCORE``), sets arq's in-progress key
-  (``SET NX PX lease``, so arq's ``Job.status()`` still says ``in_progress``), reads the record
-  (``HMGET``), starts the attempt (``HSET`` running, attempt + 1, worker, seq + 1) and publishes
-  the state message if someone follows the job; it moves the taken jobs' scores to
-  ``now + lease`` (one ``ZADD XX`` per queue): a running job stays in its queue, as in arq, but
-  out of the ready window, so no worker reads it again;
-* the same script keeps the worker's listing in its queues' idle sets, where submits find it.
-  A look that finds nothing ready and a listing that needs no change cost no script call.
+* the candidates are the jobs the last take saw ready at its queues' heads (its *hints*), and
+  the job a submit woke this worker for; a take that finds ready jobs it did not know of, with
+  slots still free, calls again at once with them;
+* for each candidate the script checks that it is still ready (``ZMSCORE``), sets arq's
+  in-progress key (``SET NX PX lease``, so arq's ``Job.status()`` still says ``in_progress``),
+  reads the record (``HMGET``), starts the attempt (``HSET`` running, attempt + 1, worker,
+  seq + 1) and publishes the state message if someone follows the job;
+* it moves the taken jobs' scores to ``now + lease`` (one ``ZADD XX`` per queue): a running job
+  stays in its queue, as in arq, but out of the ready window, so no worker reads it again;
+* and it keeps the worker's listing in its queues' idle sets, where submits find it.
 
 The lease is that score plus the in-progress key, renewed together every ``lease_s / 3`` while the
 job runs (:meth:`Claims.renew_forever`). A worker killed with SIGKILL stops renewing: its jobs'
@@ -24,8 +24,8 @@ a job's checkpoint lets it resume). An event loop blocked for longer than the le
 misbehaving ``async`` action can lose its claims the same way.
 
 A ready job whose record is gone (expired) or already ended leaves its queue in the same script;
-one past its queue-wait limit (``expires_at_ms``) is handed back as ``expired`` for the worker to
-record as failed.
+one past its queue-wait limit (``expires_at_ms``) or malformed is claimed but not started, for the
+worker to record as failed.
 """
 
 from __future__ import annotations
@@ -48,6 +48,10 @@ from service.redis import scripts
 __all__ = ["IDLE_TTL_S", "Claims", "Take", "TakenJob", "handed_job"]
 
 log = structlog.get_logger("actionq.worker")
+
+# Ready jobs a take reports per queue beyond the slots it could not fill: a full worker learns of a
+# few to take when slots free up (a take frees a few at a time). Each costs the script an entry read.
+_AHEAD = 8
 
 # How long an idle worker's listing lasts unless renewed (renewed at half of it): a worker killed
 # while idle can be handed jobs for this long; they run again elsewhere after the lease.
@@ -98,11 +102,6 @@ class _Candidate:
     arq_job_id: str
     job_id: str
 
-    def header(self, keys: Keys) -> dict[str, object]:
-        """The candidate as the take script reads it."""
-        channel = keys.job_channel(self.job_id)
-        return {"queue": self.queue_index, "arq_id": self.arq_job_id, "job_id": self.job_id, "channel": channel}
-
 
 class Claims:
     """The leases one worker holds: taken by :meth:`take`, renewed, released when a job is settled."""
@@ -117,6 +116,9 @@ class Claims:
         self._listing: Listing = "none"  # how this worker is listed in its queues' idle sets
         self._listed_at = 0  # when the listing was last renewed everywhere
         self._used: set[str] = set()  # queues whose listing a submit used up (a handoff, a wake-up)
+        self._hints: dict[str, dict[str, str]] = {}  # queue -> {arq job id: job id} seen ready, to try next
+        self.ahead = _AHEAD
+        """Ready jobs a take reports per queue beyond its free slots: the next take's candidates."""
 
     @property
     def held(self) -> frozenset[str]:
@@ -129,68 +131,81 @@ class Claims:
         """Claim and start up to ``limit`` ready jobs from ``queues`` (earlier queues first).
 
         ``advertise``: then list this worker where submits find it, if slots are still free: as
-        idle (``idle``: nothing runs here, and nothing was taken) or as one to wake.
+        idle (``idle``: nothing runs here, and nothing was taken) or as one to wake. The jobs named
+        by the last take's hints (and by wake-ups) are tried first; if ready jobs it did not know
+        of remain and slots are free, a second call takes them at once.
         """
         limit = max(limit, 0)
-        candidates, due = await self._look(queues, now_ms, limit) if limit else ([], None)
+        first = await self._call(queues, now_ms, limit, advertise=advertise, idle=idle)
+        left = limit - sum(1 for job in first.jobs if job.claimed)
+        if left <= 0 or not self._candidates(queues, left):
+            return first
+        second = await self._call(queues, now_ms, left, advertise=advertise, idle=idle and not first.jobs)
+        due = min((d for d in (first.next_due_ms, second.next_due_ms) if d is not None), default=None)
+        return Take(first.jobs + second.jobs, due)
+
+    def _candidates(self, queues: list[str], limit: int) -> list[_Candidate]:
+        """The hinted jobs of ``queues`` to try, in queue order (at most ``2 * limit``)."""
+        found: list[_Candidate] = []
+        for index, queue in enumerate(queues, 1):
+            for arq_id, job_id in self._hints.get(queue, {}).items():
+                if len(found) >= 2 * limit:
+                    return found
+                found.append(_Candidate(index, arq_id, job_id))
+        return found
+
+    async def _call(self, queues: list[str], now_ms: int, limit: int, *, advertise: bool, idle: bool) -> Take:
+        """One call of the take script: the hinted candidates, the listing, and the next hints."""
+        candidates = self._candidates(queues, limit) if limit else []
         used = [i for i, queue in enumerate(queues, 1) if queue in self._used]
         fresh = now_ms - self._listed_at < IDLE_TTL_S * 500
-        ttl_ms = int(IDLE_TTL_S * 1000) if advertise else 0
-        if not candidates and not used:
-            want: Listing = "none" if not (ttl_ms and limit) else "idle" if idle else "wake"
-            if want == self._listing and (fresh or want == "none"):
-                return Take([], due)  # nothing to take, and the listing stands as it is
-        listing = {"current": self._listing, "ttl_ms": ttl_ms, "fresh": fresh, "idle": idle, "used": used}
+        listing = {
+            "current": self._listing,
+            "ttl_ms": int(IDLE_TTL_S * 1000) if advertise else 0,
+            "fresh": fresh,
+            "idle": idle,
+            "used": used,
+        }
         header = {
             "now": str(now_ms),
             "limit": limit,
+            "ahead": self.ahead,
             "lease_ms": self.lease_ms,
             "worker": self.worker_id,
             "queues": len(queues),
-            "jobs": [c.header(self.keys) for c in candidates],
+            "job_channel": self.keys.job_channel_prefix(),
             "listing": listing,
         }
         keys = [*queues, *(self.keys.idle_workers(queue) for queue in queues)]
         for c in candidates:
             keys += [self.keys.job(c.job_id), self.keys.arq_in_progress(c.job_id)]
-        reply = await self._take(keys=keys, args=[json.dumps(header, separators=(",", ":"))])
-        retry_at = int(float(reply[0]))
+        args: list[str | int] = [json.dumps(header, separators=(",", ":"))]
+        for c in candidates:
+            args += [c.queue_index, c.arq_job_id, c.job_id]
+        reply = await self._take(keys=keys, args=args)
+        due = int(float(reply[0]))
         now_listed: Listing = _text(reply[1])  # type: ignore[assignment]
         if now_listed != self._listing or not fresh:
             self._listing, self._listed_at = now_listed, now_ms
         self._used.difference_update(queues[i - 1] for i in used)
+        await self._keep_hints(queues, reply[2])
         by_arq_id = {c.arq_job_id: c.job_id for c in candidates}
-        jobs = [self._taken(queues, by_arq_id, *job) for job in reply[2:]]
-        if retry_at >= 0:
-            due = retry_at if due is None else min(due, retry_at)
-        return Take(jobs, due)
+        jobs = [self._taken(queues, by_arq_id, *job) for job in reply[3:]]
+        return Take(jobs, due if due >= 0 else None)
 
-    async def _look(self, queues: list[str], now_ms: int, limit: int) -> tuple[list[_Candidate], int | None]:
-        """The ready jobs at the heads of ``queues`` (at most ``limit`` a queue, ``2 * limit`` in all)
-        and the earliest deferred score. A member that is not a job of this namespace is removed."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for queue in queues:
-                pipe.zrangebyscore(queue, "-inf", "+inf", start=0, num=limit + 1, withscores=True)
-            heads: list[list[tuple[bytes, float]]] = await pipe.execute()
-        candidates: list[_Candidate] = []
+    async def _keep_hints(self, queues: list[str], flat: list[Any]) -> None:
+        """The ready jobs the script saw become the next candidates; foreign members leave the queue."""
+        self._hints = {queue: {} for queue in queues}
         foreign: list[tuple[str, bytes]] = []
-        due: int | None = None
-        for index, (queue, head) in enumerate(zip(queues, heads, strict=True), 1):
-            for member, score in head:
-                if score > now_ms:
-                    due = int(score) if due is None else min(due, int(score))
-                    break
-                try:
-                    arq_id = member.decode()
-                    job_id = self.keys.job_id_from_arq(arq_id)
-                except ValueError:
-                    foreign.append((queue, member))
-                    continue
-                if len(candidates) < 2 * limit:
-                    candidates.append(_Candidate(index, arq_id, job_id))
+        for qi, member in zip(flat[::2], flat[1::2], strict=True):
+            queue = queues[int(qi) - 1]
+            try:
+                arq_id = member.decode()
+                self._hints[queue][arq_id] = self.keys.job_id_from_arq(arq_id)
+            except ValueError:
+                foreign.append((queue, member))
         if foreign:
             await self._remove_foreign(foreign)
-        return candidates, due
 
     async def _remove_foreign(self, members: list[tuple[str, bytes]]) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -233,7 +248,8 @@ class Claims:
     def handed(self, job: TakenJob) -> None:
         """A submit handed ``job`` to this worker (already claimed): hold its lease.
 
-        The submit also took this worker off that queue's idle set: the next take lists it again.
+        The submit also listed this worker in that queue's idle set as one to wake (busy with
+        room), in place of its idle listing: the next take sets its listing right everywhere.
         """
         self._held[job.arq_job_id] = (job.job_id, job.queue)
         self._used.add(job.queue)
@@ -259,9 +275,15 @@ class Claims:
         mine = self.worker_id.encode()
         return lease == mine and (state, worker, attempt) == (b"running", mine, str(job.attempt).encode())
 
-    def woken(self, queue: str) -> None:
-        """A submit to ``queue`` woke this worker (and took it off that queue's idle set)."""
+    def woken(self, queue: str, arq_job_id: str = "") -> None:
+        """A submit to ``queue`` woke this worker (and took it off that queue's idle set).
+
+        ``arq_job_id``: the job it submitted, tried first by the next take.
+        """
         self._used.add(queue)
+        if arq_job_id:
+            with contextlib.suppress(ValueError):  # not of this namespace: not a candidate
+                self._hints.setdefault(queue, {})[arq_job_id] = self.keys.job_id_from_arq(arq_job_id)
 
     async def unregister(self, queues: list[str]) -> None:
         """Leave the idle sets (pausing, draining, stopping): submits no longer find this worker."""

@@ -54,5 +54,5 @@ local ok, request = pcall(cjson.decode, live[4] or '')
 local ttl = ok and type(request) == 'table' and type(request.options) == 'table' and request.options.result_ttl_s
 if type(ttl) ~= 'number' then ttl = tonumber(ARGV[3]) end
 redis.call('EXPIRE', record, ttl)
-publish_if_watched(live[2], ARGV[6], state_message(ARGV[8], 'cancelled', to_int(live[5], 0), seq))
+publish_state(live[2], ARGV[6], ARGV[8], 'cancelled', to_int(live[5], 0), seq)
 return {'cancelled', state}

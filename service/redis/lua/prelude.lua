@@ -22,9 +22,10 @@ local function attempt_fields(worker, attempt, seq, now, extra)
   return fields
 end
 
--- Publishes a job's change on its channel if someone follows the job (the record's `watched`).
-local function publish_if_watched(watched, channel, message)
-  if watched then redis.call('PUBLISH', channel, message) end
+-- Publishes a job's state change on its channel if someone follows the job (the record's
+-- `watched`); the message is built only then.
+local function publish_state(watched, channel, job_id, state, attempt, seq)
+  if watched then redis.call('PUBLISH', channel, state_message(job_id, state, attempt, seq)) end
 end
 
 -- The states a live job can be in (service.models.ACTIVE_STATES).

@@ -13,6 +13,8 @@ local current = redis.call('HMGET', KEYS[1], 'state', 'watched')
 if current[1] ~= 'running' then return -1 end
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 redis.call('HSET', KEYS[1], 'progress', ARGV[1])
-publish_if_watched(current[2], ARGV[2],
-  '{"type":"progress","job_id":' .. cjson.encode(ARGV[3]) .. ',"progress":' .. ARGV[1] .. ',"seq":' .. seq .. '}')
+if current[2] then
+  redis.call('PUBLISH', ARGV[2],
+    '{"type":"progress","job_id":' .. cjson.encode(ARGV[3]) .. ',"progress":' .. ARGV[1] .. ',"seq":' .. seq .. '}')
+end
 return seq

@@ -93,7 +93,7 @@ for i = 1, #ARGV do
   local op, k = cjson.decode(ARGV[i]), 1 + (i - 1) * 7
   local seq, watched
   if op.result then seq, watched = ended(op, k) else seq, watched = stepped(op, k) end
-  publish_if_watched(watched, op.channel, state_message(op.job_id, op.state, op.attempt, seq))
+  publish_state(watched, op.channel, op.job_id, op.state, op.attempt, seq)
   seqs[i] = seq
   if seq ~= -3 then
     local queue = KEYS[k + 2]

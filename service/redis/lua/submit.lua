@@ -13,15 +13,16 @@
 --   check ('1': the id may exist, look; '0': a fresh uuid, skip the look), watch ('1': publish
 --   its changes from the start), job id, queue-wait limit ms ('' for none), lease ms (of a job
 --   handed over).
--- A job handed to a worker goes out on its channel as "<arq id>\n<queue>\n<now ms>\n<request JSON>".
+-- A job handed to a worker goes out on its channel as "<arq id>\n<queue>\n<now ms>\n<request JSON>";
+-- a busy worker is woken with "<queue> <arq id>" (names have no spaces), and takes that job first.
 -- Reply, per job: {1} queued; {1, worker id} handed to that idle worker (claimed and started
 --   here, exactly as a take would); {0, existing request, its state, ''} the id is taken by a
 --   live job; {0, '', '', final record} the id is taken by an ended job.
 --
 -- A ready job that finds an idle worker listed for its queue is handed to it: its attempt starts
--- here and the job goes out on the worker's channel (one round trip less than wake + take). A
--- busy worker with room, listed as '~' .. id, is woken instead, once (it lists itself again at
--- its next take). With nobody listed every worker of the queue is busy or full and looks again
+-- here and the job goes out on the worker's channel (one round trip less than wake + take), and
+-- the worker is listed as busy with room in its place. A busy worker with room, listed as '~' ..
+-- id, is woken instead, once (it lists itself again at its next take), with the job's id. With nobody listed every worker of the queue is busy or full and looks again
 -- when it can: nothing is sent. A deferred job wakes every worker of its queue (once per call),
 -- so that each one waits for the right time. A live record has no TTL: it goes with the job.
 
@@ -30,38 +31,42 @@ local woke = {}
 
 local function create(k, a)
   local record, queue, idle, lease, result = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], KEYS[k + 5]
-  local job = {
-    request = ARGV[a + 1], now = ARGV[a + 2], score = ARGV[a + 3], arq_id = ARGV[a + 4], check = ARGV[a + 5],
-    watch = ARGV[a + 6], id = ARGV[a + 7], expires = ARGV[a + 8], lease_ms = ARGV[a + 9],
-  }
-  if job.check == '1' then
+  local request, now, score, arq_id, check = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5]
+  local watch, id, expires, lease_ms = ARGV[a + 6] == '1', ARGV[a + 7], ARGV[a + 8], ARGV[a + 9]
+  if check == '1' then
     local live = redis.call('HMGET', record, 'request', 'state')
     if live[1] then return {0, live[1], live[2] or '', ''} end
     local ended = redis.call('GET', result)
     if ended then return {0, '', '', ended} end
   end
-  local extra = {'request', job.request, 'queue', queue, 'enqueued_at_ms', job.now, 'scheduled_at_ms', job.score}
-  if job.expires ~= '' then extra[#extra + 1] = 'expires_at_ms'; extra[#extra + 1] = job.expires end
-  if job.watch == '1' then extra[#extra + 1] = 'watched'; extra[#extra + 1] = '1' end
-  local ready, worker = tonumber(job.score) <= tonumber(job.now), nil
-  if ready then worker = redis.call('ZRANGEBYSCORE', idle, job.now, '+inf', 'LIMIT', 0, 1)[1] end
+  local optional = {}  -- the record's optional fields
+  if expires ~= '' then optional[#optional + 1] = 'expires_at_ms'; optional[#optional + 1] = expires end
+  if watch then optional[#optional + 1] = 'watched'; optional[#optional + 1] = '1' end
+  local ready, worker, listed_until = tonumber(score) <= tonumber(now), nil, nil
+  if ready then
+    local listed = redis.call('ZRANGEBYSCORE', idle, now, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+    worker, listed_until = listed[1], listed[2]
+  end
   if worker and string.sub(worker, 1, 1) ~= '~' then  -- an idle worker: hand the job over
+    -- ...and list it as one to wake in its place: it has a job now, and (most likely) room for the
+    -- next, which then wakes it naming the job instead of waiting, unannounced, for its next look.
     redis.call('ZREM', idle, worker)
-    redis.call('HSET', record, unpack(attempt_fields(worker, 1, 1, job.now, extra)))
-    redis.call('SET', lease, worker, 'PX', job.lease_ms)
-    redis.call('ZADD', queue, tonumber(job.now) + tonumber(job.lease_ms), job.arq_id)
-    publish_if_watched(job.watch == '1', job_channel .. job.id, state_message(job.id, 'running', 1, 1))
-    redis.call('PUBLISH', worker_channel .. worker, job.arq_id .. '\n' .. queue .. '\n' .. job.now .. '\n' .. job.request)
+    redis.call('ZADD', idle, listed_until, '~' .. worker)
+    local fields = attempt_fields(worker, 1, 1, now, optional)
+    redis.call('HSET', record, 'request', request, 'queue', queue, 'enqueued_at_ms', now, 'scheduled_at_ms', score,
+      unpack(fields))
+    redis.call('SET', lease, worker, 'PX', lease_ms)
+    redis.call('ZADD', queue, tonumber(now) + tonumber(lease_ms), arq_id)
+    publish_state(watch, job_channel .. id, id, 'running', 1, 1)
+    redis.call('PUBLISH', worker_channel .. worker, arq_id .. '\n' .. queue .. '\n' .. now .. '\n' .. request)
     return {1, worker}
   end
-  extra[#extra + 1] = 'state'; extra[#extra + 1] = 'queued'
-  extra[#extra + 1] = 'attempt'; extra[#extra + 1] = 0
-  extra[#extra + 1] = 'seq'; extra[#extra + 1] = 0
-  redis.call('HSET', record, unpack(extra))
-  redis.call('ZADD', queue, job.score, job.arq_id)
+  redis.call('HSET', record, 'state', 'queued', 'request', request, 'queue', queue, 'attempt', 0,
+    'enqueued_at_ms', now, 'scheduled_at_ms', score, 'seq', 0, unpack(optional))
+  redis.call('ZADD', queue, score, arq_id)
   if worker then  -- a busy worker with room: woken once, it takes this job (and what follows) in a batch
     redis.call('ZREM', idle, worker)
-    redis.call('PUBLISH', worker_channel .. string.sub(worker, 2), queue)
+    redis.call('PUBLISH', worker_channel .. string.sub(worker, 2), queue .. ' ' .. arq_id)
   elseif not ready and not woke[queue] then  -- deferred: every worker of the queue looks again, to wait for it
     woke[queue] = true
     redis.call('PUBLISH', wake_channel, queue)

@@ -1,24 +1,29 @@
 -- take.lua: claim and start a batch of ready jobs for one worker, and keep its listing.
 --
--- The caller has looked at its queues' heads (ZRANGEBYSCORE) and names the ready jobs it wants,
--- so that every key this script touches is declared. A named job is taken only if it is still
--- ready (its score <= now) and unclaimed (the lease's SET NX): another worker may have taken it
--- since the look, or it may have ended or been rescheduled.
+-- Every key this script touches is declared, so it can take only the jobs the caller names: the
+-- candidates, with their record and lease keys in KEYS. It finds the next ones itself: after
+-- taking, it reads each queue's head (ZRANGEBYSCORE) and returns the ready jobs it saw as hints,
+-- which the caller names as candidates in its next call. A worker under load thus takes in one
+-- round trip per take; one that finds ready jobs it did not know of calls again at once. A named
+-- job is taken only if it is still ready (ZMSCORE: its score <= now) and unclaimed (the lease's
+-- SET NX): another worker may have taken it since it was seen, or it may have ended or been
+-- rescheduled.
 --
 -- KEYS[1 .. Q]           the worker's queues, in the order it reads them this time
 -- KEYS[Q + 1 .. 2Q]      their idle sets (<ns>:idle:<lane>:<plugin>[@<host>]), same order
 -- KEYS[2Q + 2c - 1]      record of candidate c (c = 1, 2, ...): <ns>:job:<id>
 -- KEYS[2Q + 2c]          lease of candidate c: arq:in-progress:<ns>:<id>
 -- ARGV[1]  the take, JSON:
---   {"now": "<ms>", "limit": <jobs to take at most>, "lease_ms": <ms>, "worker": "<worker id>",
---    "queues": Q,
---    "jobs": [{"queue": <queue index>, "arq_id": "<ns>:<id>", "job_id": "<id>", "channel": "<ns>:ch:job:<id>"}],
+--   {"now": "<ms>", "limit": <jobs to take at most>, "ahead": <ready jobs to report for the next take>,
+--    "lease_ms": <ms>, "worker": "<worker id>", "queues": Q, "job_channel": "<ns>:ch:job:",
 --    "listing": {"current": "none" | "idle" | "wake", "ttl_ms": <0: do not list>, "fresh": <bool>,
 --                "idle": <bool: nothing runs on this worker>, "used": [<queue index>, ...]}}
 --   where `used` are the queues whose listing a submit used up (a hand-off or a wake-up).
--- Reply: {retry at (ms, or -1), how the worker is listed now, then per candidate looked at:
---   {arq id, queue index, status, attempt, request JSON, cancel reason, enqueued at ms, problem,
---   {bad fields}}}, status
+-- ARGV[2 + 3(c - 1) ..]  candidate c: its queue index, arq job id, job id (plain values, not JSON:
+--   a take of a hundred jobs decodes no per-job JSON); its channel is job_channel .. job id.
+-- Reply: {due (ms, or -1), how the worker is listed now, {hints: queue index, arq id, ...}, then
+--   per candidate taken or dropped: {arq id, queue index, status, attempt, request JSON, cancel
+--   reason, enqueued at ms, problem, {bad fields}}}, status
 --   'run'      its attempt started here (record running, attempt + 1, worker, seq + 1);
 --   'expired'  past its queue-wait limit (expires_at_ms): claimed, not started; the worker fails it;
 --   'malformed' its record cannot be run (problem: what is wrong, e.g. an integer field that is not
@@ -26,7 +31,8 @@
 --              claimed, not started; the worker fails it with the problem and dead-letters it;
 --   'missing'  its record is gone: it left its queue;
 --   'ended'    its record had ended: it left its queue.
---   "retry at" is when a lapsed claim whose lease outlived its score (by a few ms) can be taken.
+--   "due" is when to look again: the earliest score ahead in a queue's head (a deferred job, a
+--   running one's lease), or when a lapsed claim whose lease outlived its score can be taken.
 --
 -- A taken job stays in its queue, as in arq, but with the score now + lease (ZADD XX): out of the
 -- ready window of every worker. The worker renews that score and the lease together while the
@@ -34,14 +40,19 @@
 --
 -- The listing: a worker with free slots that took nothing, or not enough to fill them, lists
 -- itself in each of its queues' idle sets, so that a submit finds it: as itself when nothing runs
--- on it (the submit hands it the job), as '~' .. itself when jobs run (the submit wakes it, once:
--- a busy worker takes new work in batches). A full worker is not listed: it looks again when a
--- slot frees up. Renewed when stale, when its kind changes, and where a submit used it up.
+-- on it (the submit hands it the job), as '~' .. itself when jobs run (the submit wakes it, once,
+-- naming the job: a busy worker takes new work in batches). A full worker is not listed: it looks
+-- again when a slot frees up. Renewed when stale, when its kind changes, and where a submit used
+-- it up; left as it is when ready jobs remain for the worker's next call.
 
 local take = cjson.decode(ARGV[1])
 local now, limit, worker, lease_ms = tonumber(take.now), take.limit, take.worker, take.lease_ms
 local nq = take.queues
-local replies, retry_at, taken = {-1, 'none'}, -1, 0
+local replies, due, taken, hints, jobs = {-1, 'none', {}}, -1, 0, {}, {}
+
+local function due_at(ms)
+  if due < 0 or ms < due then due = ms end
+end
 
 -- What is wrong with a live record that keeps it from starting ('' if nothing), and its bad fields.
 local function malformed(r)
@@ -70,7 +81,7 @@ local function start(queue, qi, job, record, lease)
     return {job.arq_id, qi, 'expired', attempt - 1, r[5], '', r[7] or 0, '', {}}
   end
   redis.call('HSET', record, unpack(attempt_fields(worker, attempt, seq, take.now, {})))
-  publish_if_watched(r[8], job.channel, state_message(job.job_id, 'running', attempt, seq))
+  publish_state(r[8], take.job_channel .. job.job_id, job.job_id, 'running', attempt, seq)
   return {job.arq_id, qi, 'run', attempt, r[5], r[4] or '', r[7] or 0, '', {}}
 end
 
@@ -86,11 +97,11 @@ end
 
 local function take_from(qi, candidates)
   local queue, ids, bumped = KEYS[qi], {}, {}
-  for i, c in ipairs(candidates) do ids[i] = take.jobs[c].arq_id end
+  for i, c in ipairs(candidates) do ids[i] = jobs[c].arq_id end
   local scores = scores_of(queue, ids)
   for i, c in ipairs(candidates) do
     if taken >= limit then break end
-    local score, job = tonumber(scores[i]), take.jobs[c]
+    local score, job = tonumber(scores[i]), jobs[c]
     local lease = KEYS[2 * nq + 2 * c]
     if score and score <= now then
       if redis.call('SET', lease, worker, 'NX', 'PX', lease_ms) then
@@ -103,7 +114,7 @@ local function take_from(qi, candidates)
         end
       else
         local left = redis.call('PTTL', lease)
-        if left > 0 and (retry_at < 0 or now + left < retry_at) then retry_at = now + left end
+        if left > 0 then due_at(now + left) end
       end
     end
   end
@@ -112,19 +123,40 @@ local function take_from(qi, candidates)
   end
 end
 
+-- The head of queue `qi` after the take: its ready jobs become hints (as many as there are free
+-- slots left, plus `ahead` for the next take), its first score ahead a due time.
+local function look(qi)
+  local wanted = limit - taken + take.ahead
+  local head = redis.call('ZRANGEBYSCORE', KEYS[qi], '-inf', '+inf', 'WITHSCORES', 'LIMIT', 0, wanted + 1)
+  for i = 1, #head, 2 do
+    local score = tonumber(head[i + 1])
+    if score > now then
+      due_at(score)
+      return
+    end
+    if i <= 2 * wanted then
+      hints[#hints + 1] = qi
+      hints[#hints + 1] = head[i]
+    end
+  end
+end
+
 local by_queue = {}
-for c, job in ipairs(take.jobs) do
-  by_queue[job.queue] = by_queue[job.queue] or {}
-  table.insert(by_queue[job.queue], c)
+for c = 1, (#ARGV - 1) / 3 do
+  local qi = tonumber(ARGV[3 * c - 1])
+  jobs[c] = {arq_id = ARGV[3 * c], job_id = ARGV[3 * c + 1]}
+  by_queue[qi] = by_queue[qi] or {}
+  table.insert(by_queue[qi], c)
 end
 for qi = 1, nq do
-  if taken >= limit then break end
-  if by_queue[qi] then take_from(qi, by_queue[qi]) end
+  if by_queue[qi] and taken < limit then take_from(qi, by_queue[qi]) end
+  look(qi)
 end
 
 local listing = take.listing
 local current, want = listing.current, 'none'
 if listing.ttl_ms > 0 and taken < limit then want = (taken == 0 and listing.idle) and 'idle' or 'wake' end
+if want ~= 'none' and #hints > 0 then want = current end  -- more is ready: the caller takes it next
 local renew, used = want ~= current or not listing.fresh, {}
 for _, qi in ipairs(listing.used) do used[qi] = true end
 local function member(kind) return kind == 'idle' and worker or '~' .. worker end
@@ -135,11 +167,15 @@ if renew or #listing.used > 0 then
       if current ~= 'none' then redis.call('ZREM', idle, worker, '~' .. worker) end
     elseif renew or used[qi] then
       if current == 'none' then redis.call('ZREMRANGEBYSCORE', idle, '-inf', now) end
-      if current ~= 'none' and current ~= want then redis.call('ZREM', idle, member(current)) end
+      -- The other form goes: this worker's old kind, or the one a submit put in its place (a
+      -- hand-off lists the worker as one to wake where it was idle).
+      if current ~= 'none' and (current ~= want or used[qi]) then
+        redis.call('ZREM', idle, member(want == 'idle' and 'wake' or 'idle'))
+      end
       redis.call('ZADD', idle, now + listing.ttl_ms, member(want))
       redis.call('PEXPIRE', idle, listing.ttl_ms)
     end
   end
 end
-replies[1], replies[2] = retry_at, want
+replies[1], replies[2], replies[3] = due, want, hints
 return replies

@@ -78,7 +78,8 @@ async def test_a_busy_worker_with_room_is_woken_once_by_a_submit(client: JobClie
         client.pubsub.subscribe(client.keys.wake_channel()) as everyone,
     ):
         first = await client.submit("PluginB", "calculate_square", {"x": 1})
-        assert await inbox.get(5) == queue.encode()  # woken, not handed the job
+        woken = await inbox.get(5)  # woken for that job, not handed it
+        assert woken == f"{queue} {client.keys.arq_job_id(first.job_id)}".encode()
         second = await client.submit("PluginB", "calculate_square", {"x": 2})
         # Published after the second submit, a marker arrives after whatever that submit published.
         await client.redis.publish(client.keys.worker_channel("w-room"), b"marker")
@@ -87,7 +88,7 @@ async def test_a_busy_worker_with_room_is_woken_once_by_a_submit(client: JobClie
         assert await everyone.get(5) == b"marker"  # nobody else was woken
     assert (await first.record()).state is (await second.record()).state is JobState.QUEUED
     assert await client.redis.zrange(idle, 0, -1) == []
-    claims.woken(queue)
+    claims.woken(queue, client.keys.arq_job_id(first.job_id))
     take = await claims.take([queue], now_ms(), limit=5, advertise=True)
     assert {j.job_id for j in take.jobs} == {first.job_id, second.job_id}
     assert await client.redis.zrange(idle, 0, -1) == [b"~w-room"]  # listed again where it was used up

@@ -9,7 +9,7 @@ import redis.asyncio as aioredis
 from service.client.store import JobStore
 from service.keys import Keys
 from service.redis.pubsub import PubSubMultiplexer
-from service.worker.take import IDLE_TTL_S, Claims
+from service.worker.take import IDLE_TTL_S, Claims, TakenJob
 from tests.unit.redis.scripts.conftest import create, now, request_json
 
 
@@ -69,18 +69,12 @@ async def test_a_held_lease_is_skipped_and_says_when_to_look_again(
     assert await r.hget(keys.job("held"), "state") == b"queued"  # type: ignore[misc]
 
 
-async def test_a_job_rescheduled_since_the_look_is_not_taken(r: aioredis.Redis, store: JobStore, keys: Keys) -> None:
+async def test_a_job_rescheduled_since_it_was_seen_is_not_taken(r: aioredis.Redis, store: JobStore, keys: Keys) -> None:
     """The script re-checks each candidate's score: a retry moved meanwhile waits for its time."""
     queue = await create(store, "moved")
     taker = claims(r, keys)
-    looked = taker._look
-
-    async def look_then_move(queues: list[str], now_ms: int, limit: int):  # type: ignore[no-untyped-def]
-        found = await looked(queues, now_ms, limit)
-        await r.zadd(queue, {keys.arq_job_id("moved"): now_ms + 60_000})  # another worker's settle: a retry
-        return found
-
-    taker._look = look_then_move  # type: ignore[method-assign]
+    assert (await taker.take([queue], now(), limit=0)).jobs == []  # full: it only sees the job, as a hint
+    await r.zadd(queue, {keys.arq_job_id("moved"): now() + 60_000})  # another worker's settle: a retry
     take = await taker.take([queue], now(), limit=5)
     assert take.jobs == []
     assert await r.hget(keys.job("moved"), "state") == b"queued"  # type: ignore[misc]
@@ -148,3 +142,20 @@ async def test_unregister_leaves_every_idle_set(r: aioredis.Redis, keys: Keys) -
     assert all([await r.zcard(keys.idle_workers(q)) == 1 for q in queues])
     await taker.unregister(queues)
     assert all([await r.zcard(keys.idle_workers(q)) == 0 for q in queues])
+
+
+async def test_after_a_hand_off_the_next_take_lists_the_worker_once(
+    r: aioredis.Redis, store: JobStore, keys: Keys
+) -> None:
+    """A hand-off lists the worker as one to wake in its place; listed idle again, it is not both."""
+    queue = keys.queue("P")
+    idle = keys.idle_workers(queue)
+    taker = claims(r, keys)
+    await taker.take([queue], now(), limit=5, advertise=True, idle=True)
+    await create(store, "handed")  # handed to w1, which is now listed as '~w1' there
+    assert await r.zrange(idle, 0, -1) == [b"~w1"]
+    record = await store.get("handed")
+    assert record is not None
+    taker.handed(TakenJob("handed", keys.arq_job_id("handed"), queue, "run", 1, b"{}"))
+    await taker.take([queue], now(), limit=5, advertise=True, idle=True)  # its job ended: idle again
+    assert await r.zrange(idle, 0, -1) == [b"w1"]  # once, as idle: the next submit hands it a job
