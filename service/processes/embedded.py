@@ -24,6 +24,7 @@ import subprocess
 import tempfile
 import time
 import weakref
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -157,8 +158,14 @@ class EmbeddedRedis:
         binary: str | None = None,
         host: str = "127.0.0.1",
         startup_timeout_s: float = 10.0,
+        extra_args: Sequence[str] = (),
+        probe: Callable[[], bool] | None = None,
     ) -> None:
         self.binary: str = binary if binary is not None else find_server_binary()
+        self.extra_args = list(extra_args)
+        """More server options (a TLS port, an ACL file, AOF): the tests' TLS and ACL servers use them."""
+        self.probe = probe
+        """True once the server answers (default: ``PING`` on the plain port); a TLS-only server needs its own."""
         self.host: str = host
         self.port: int = port if port is not None else 0
         self.startup_timeout_s = startup_timeout_s
@@ -242,6 +249,7 @@ class EmbeddedRedis:
             "--daemonize", "no",
             "--loglevel", "warning",
             "--dir", self._res.workdir,
+            *self.extra_args,
         ]  # fmt: skip
 
     def _launch(self) -> None:
@@ -261,7 +269,7 @@ class EmbeddedRedis:
             )
         self._res.proc = proc
         deadline = time.monotonic() + self.startup_timeout_s
-        while not _ping(self.host, self.port):
+        while not (self.probe() if self.probe is not None else _ping(self.host, self.port)):
             if proc.poll() is not None:
                 self._res.release_process(None)
                 tail = self.log_tail()
