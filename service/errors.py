@@ -15,7 +15,8 @@ where params and settings are validated), so callers never have to catch ``redis
     │       ├── PluginActionTimeoutError   it ran past its timeout
     │       ├── JobCancelledError          it was cancelled
     │       ├── JobExpiredError            it did not start before its queue-wait limit (``expires``)
-    │       └── MalformedJobError          its data in Redis could not be run (damaged or written by hand)
+    │       ├── MalformedJobError          its data in Redis could not be run (damaged or written by hand)
+    │       └── JobSignatureError          its request is not signed with a key the worker accepts
     ├── SubmissionError                a job was rejected before anything was written
     │   ├── UnknownPluginError
     │   ├── UnknownActionError
@@ -56,6 +57,7 @@ __all__ = [
     "DeadLetterNotFoundError",
     "JobExpiredError",
     "MalformedJobError",
+    "JobSignatureError",
     "Retry",
     "BrokerError",
     "ConfigError",
@@ -150,6 +152,10 @@ class JobCancelledError(PluginActionExecutionError):
 
 class JobExpiredError(PluginActionExecutionError):
     """The job did not start before its queue-wait limit (``expires``), so it was never run."""
+
+
+class JobSignatureError(PluginActionExecutionError):
+    """The job's request is not signed with a key the worker accepts (``signing_keys``): it never ran."""
 
 
 class MalformedJobError(PluginActionExecutionError):

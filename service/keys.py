@@ -52,7 +52,7 @@ class Keys:
         return f"{self.namespace}:checkpoint:{job_id}"
 
     def cancel_channel(self) -> str:
-        """Pub/sub channel to every worker: ``{"job_id", "reason"}`` of a job to cancel."""
+        """Pub/sub channel to every worker: ``{"job_id", "reason", "generation", "ts", "sig"}`` of a job to cancel."""
         return f"{self.namespace}:ch:cancel"
 
     # -- dead letters -----------------------------------------------------------------------

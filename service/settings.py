@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -24,6 +24,7 @@ from service.errors import ConfigError, describe_validation
 from service.keys import DEFAULT_NAMESPACE
 from service.models import NAME_PATTERN
 from service.retry import RetryPolicy
+from service.signing import Signer
 
 __all__ = ["ENV_PREFIX", "PluginEntry", "Settings", "load_settings"]
 
@@ -63,6 +64,11 @@ class Settings(BaseSettings):
     plugins: list[PluginEntry] = Field(default_factory=list, description="Plugins a worker loads.")
     plugin_commands: bool = Field(
         default=True, description="Whether remote load/disable/reload plugin commands are carried out (false: refused)."
+    )
+    signing_keys: list[SecretStr] = Field(
+        default_factory=list,
+        description="HMAC-SHA256 keys for job requests, cancels and control commands: the first signs, any "
+        "verifies; the same list on producers and workers (empty: nothing is signed or checked).",
     )
     allowed_plugin_dirs: list[Path] = Field(
         default_factory=list,
@@ -145,6 +151,10 @@ class Settings(BaseSettings):
     def plugin_path(self, entry: PluginEntry) -> Path:
         """The folder of a configured plugin (``path``, or ``<plugin_dir>/<name>``)."""
         return entry.path if entry.path is not None else self.plugin_dir / entry.name
+
+    def signer(self) -> Signer:
+        """The :class:`~service.signing.Signer` of ``signing_keys``."""
+        return Signer([key.get_secret_value() for key in self.signing_keys])
 
     def may_load_from(self, folder: Path) -> bool:
         """Whether a remote command may load a plugin from ``folder``: inside ``plugin_dir``, a

@@ -64,7 +64,9 @@ class JobClient:
         self.redis = redis
         self.settings = settings
         self.keys = Keys(settings.namespace)
-        self.store = JobStore(redis, self.keys)
+        self.signer = settings.signer()
+        """Signs job requests, cancels and control commands when ``signing_keys`` are set."""
+        self.store = JobStore(redis, self.keys, signer=self.signer)
         self.registry = Registry(redis, self.keys, heartbeat_s=settings.heartbeat_s)
         self._owns_redis = owns_redis
         self._mux: PubSubMultiplexer | None = None
@@ -181,6 +183,7 @@ class JobClient:
         score = opts.at_ms if opts.at_ms is not None else now + int((opts.defer_s or 0) * 1000)
         body = request.model_dump_json()
         check_size(f"job {job_id}", body.encode(), self.settings.max_payload_bytes)
+        signature = self.signer.sign("job", job_id, body)
         created = await self.store.create(
             job_id,
             body,
@@ -192,6 +195,7 @@ class JobClient:
             fresh_id=opts.job_id is None,
             watch=opts.watch,
             lease_ms=int(self.settings.lease_s * 1000),
+            signature=signature,
         )
         existing = created.existing_request
         if not created.created and existing is not None and not request.same_work(existing):
@@ -269,7 +273,7 @@ class JobClient:
         / ``reload_plugin`` (``args={"name": ..., "path": ...}``). The report lists each worker's
         acknowledgement and the targeted live workers that did not answer within ``timeout``.
         """
-        cmd = ControlCommand(command=command, worker=worker, host=host, args=args or {})
+        cmd = ControlCommand(command=command, worker=worker, host=host, args=args or {}).signed(self.signer)
         live = [(w.worker_id, w.hostname) for w in await self.workers()]
         return await send_control(self.redis, self.keys, self.pubsub, cmd, live=live, timeout=timeout)
 

@@ -16,6 +16,7 @@ from service.errors import (
     JobCancelledError,
     JobExpiredError,
     JobNotFoundError,
+    JobSignatureError,
     MalformedJobError,
     PluginActionExecutionError,
     PluginActionTimeoutError,
@@ -232,4 +233,6 @@ def error_for(job_id: str, state: JobState, error: ErrorInfo | None) -> PluginAc
         return JobExpiredError(job_id, info)
     if info.type == MalformedJobError.__name__:
         return MalformedJobError(job_id, info)
+    if info.type == JobSignatureError.__name__:
+        return JobSignatureError(job_id, info)
     return PluginActionExecutionError(job_id, info)

@@ -30,11 +30,15 @@ from service.models import AttemptInfo, JobRecord, JobRequest, JobState, Progres
 from service.redis import scripts
 from service.redis.batching import Batcher
 from service.redis.connection import broker_errors
+from service.signing import Signer
 from service.wire import WireError, loads
 
 __all__ = ["CreateResult", "JobStore", "parse_final", "parse_record"]
 
 _BATCH = 200  # submits per call at most
+
+# Hash fields that are not JobRecord fields: whether someone follows the job, the request's signature.
+_NOT_RECORD_FIELDS = frozenset({"watched", "sig"})
 
 _INT_FIELDS = (
     "attempt",
@@ -68,9 +72,10 @@ class _NewJob:
 class JobStore:
     """Creates, reads and cancels job records for one namespace."""
 
-    def __init__(self, redis: Redis, keys: Keys) -> None:
+    def __init__(self, redis: Redis, keys: Keys, *, signer: Signer | None = None) -> None:
         self.redis = redis
         self.keys = keys
+        self.signer = signer or Signer([])
         self._submit = scripts.register(redis, "submit")
         self._creator: Batcher[_NewJob, list[Any]] = Batcher(
             self._create_batch, max_batch=_BATCH, name="actionq-submit"
@@ -90,6 +95,7 @@ class JobStore:
         fresh_id: bool = False,
         lease_ms: int = 3000,
         watch: bool = False,
+        signature: str = "",
     ) -> CreateResult:
         """Write the record and the queue entry atomically, unless the job id is taken.
 
@@ -97,6 +103,7 @@ class JobStore:
         ``fresh_id``: the id was just generated (a uuid4), so it cannot be taken; not checked.
         ``lease_ms``: the claim of a job handed straight to an idle worker (the workers' ``lease_s``).
         ``watch``: the job is followed from the start (its changes are published; see :meth:`get`).
+        ``signature``: the request's signature (:mod:`service.signing`), kept with the record.
         Concurrent calls share round trips: those made while one is in flight go out together next.
         """
         keys = self.keys
@@ -119,6 +126,7 @@ class JobStore:
                 job_id,
                 "" if expires_at_ms is None else expires_at_ms,
                 lease_ms,
+                signature,
             ),
         )
         reply = await self._creator.submit(job)
@@ -173,7 +181,8 @@ class JobStore:
         keys = self.keys
         error = ErrorInfo(type="JobCancelledError", message=f"cancelled before it started: {reason}")
         args: list[str | int] = [reason, now_ms, ttl_s, keys.arq_job_id(job_id), error.model_dump_json()]
-        args += [keys.job_channel(job_id), keys.cancel_channel(), job_id]
+        signature = self.signer.sign("cancel", job_id, reason, str(now_ms))
+        args += [keys.job_channel(job_id), keys.cancel_channel(), job_id, now_ms, signature]
         declared = [keys.job(job_id), keys.arq_result(job_id), keys.checkpoint(job_id)]
         for _ in range(_CANCEL_TRIES):
             with broker_errors(f"cancelling job {job_id}"):
@@ -203,7 +212,7 @@ def parse_record(job_id: str, raw: Mapping[bytes, bytes] | Mapping[str, str]) ->
             value = raw_value.decode() if isinstance(raw_value, bytes) else raw_value
             if name.startswith("attempt:"):
                 attempts.append(AttemptInfo.model_validate_json(value))
-            elif name != "watched":
+            elif name not in _NOT_RECORD_FIELDS:
                 data[name] = _field(name, value)
         except ValidationError as exc:
             raise RecordUnreadableError(job_id, f"{name}: {describe_validation(exc)}") from exc

@@ -23,6 +23,7 @@ from service.keys import Keys
 from service.models import now_ms
 from service.redis.connection import broker_errors
 from service.redis.pubsub import PubSubMultiplexer
+from service.signing import MAX_AGE_S, Signer
 
 __all__ = ["ACK_TTL_S", "COMMANDS", "Command", "ControlAck", "ControlCommand", "ControlReport", "send_control"]
 
@@ -43,6 +44,24 @@ class ControlCommand(BaseModel):
     worker: str | None = None
     host: str | None = None
     sent_at_ms: int = Field(default_factory=now_ms)
+    sig: str = Field(default="", description="The command's signature (service.signing), '' when unsigned.")
+
+    def signed(self, signer: Signer) -> ControlCommand:
+        """This command with its signature (unchanged without keys)."""
+        return self.model_copy(update={"sig": signer.sign("control", self._body())}) if signer.enabled else self
+
+    def verified(self, signer: Signer) -> str:
+        """'' if ``signer`` accepts this command; else why not (unsigned, tampered with, too old)."""
+        if not signer.enabled:
+            return ""
+        if not signer.verify(self.sig, "control", self._body()):
+            return "the command is not signed with an accepted key (signing_keys)"
+        if abs(now_ms() - self.sent_at_ms) > MAX_AGE_S * 1000:
+            return f"the command was signed more than {MAX_AGE_S:g}s ago (a replay?)"
+        return ""
+
+    def _body(self) -> str:
+        return self.model_dump_json(exclude={"sig"})
 
     def targets(self, worker_id: str, hostname: str) -> bool:
         """Whether the worker ``worker_id`` on ``hostname`` should act on this command."""

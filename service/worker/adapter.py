@@ -181,7 +181,8 @@ class ActionWorker(Worker):
         A hand-off older than half the lease is checked against the claim first: it may have waited
         in a stalled connection while the claim lapsed and another worker ran the job.
         """
-        if not self.claims.is_fresh(job):
+        # With signing keys every hand-off is checked: a replayed one must not run without its claim.
+        if self.runtime.signer.enabled or not self.claims.is_fresh(job):
             self.claims.woken(job.queue)  # the listing was used up all the same
             self._background(self._adopt_if_ours(job), f"actionq-check-handoff-{job.job_id}")
             return

@@ -44,9 +44,20 @@ class ControlHandler:
         runtime = self.runtime
         if not cmd.targets(runtime.worker_id, runtime.settings.hostname):
             return
-        task = asyncio.create_task(self._handle(cmd), name=f"actionq-control-{cmd.command}")
+        refused = cmd.verified(runtime.signer)
+        coro = self._refuse(cmd, refused) if refused else self._handle(cmd)
+        task = asyncio.create_task(coro, name=f"actionq-control-{cmd.command}")
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    async def _refuse(self, cmd: ControlCommand, reason: str) -> None:
+        """Acknowledge a command this worker will not act on, saying why (recorded like any ack)."""
+        runtime = self.runtime
+        log.warning("control_command_refused", command=cmd.command, id=cmd.id, reason=reason)
+        ack = ControlAck(
+            command_id=cmd.id, worker_id=runtime.worker_id, hostname=runtime.settings.hostname, ok=False, error=reason
+        )
+        await record_ack(runtime.redis, runtime.keys, ack)
 
     async def _handle(self, cmd: ControlCommand) -> None:
         runtime = self.runtime

@@ -20,7 +20,14 @@ from pydantic import ValidationError
 from redis.asyncio import Redis
 
 from service import arqformat
-from service.errors import ErrorInfo, JobExpiredError, MalformedJobError, SubmissionError, describe_validation
+from service.errors import (
+    ErrorInfo,
+    JobExpiredError,
+    JobSignatureError,
+    MalformedJobError,
+    SubmissionError,
+    describe_validation,
+)
 from service.events.jobevents import JobEvents, Notify
 from service.keys import Keys
 from service.models import AttemptInfo, JobRequest, JobState, ProgressUpdate, now_ms
@@ -92,6 +99,7 @@ class Executor:
         self.cancels = Cancels()
         self.progress = ProgressWriter(redis, keys)
         self.events = JobEvents(notify, worker_id)
+        self.signer = settings.signer()
 
     def cancel(self, job_id: str, reason: str, generation: int) -> bool:
         """Set the token of ``job_id`` if it runs here (see :class:`~service.worker.cancels.Cancels`)."""
@@ -104,30 +112,37 @@ class Executor:
         ``asyncio.CancelledError`` (the worker is shutting down) puts the job back in its queue,
         ready at once, and is re-raised. Malformed job data fails that job, never the worker.
         """
-        request, problem = self._request_of(job)
+        request, error_type, problem = self._request_of(job)
         names = {} if request is None else {"plugin": request.plugin, "action": request.action}
         # Tokens, not bound_contextvars(): that one copies the whole context on every job.
         tokens = structlog.contextvars.bind_contextvars(job_id=job.job_id, attempt=job.attempt, **names)
         try:
-            return await self._run_taken(job, request, problem)
+            return await self._run_taken(job, request, error_type, problem)
         finally:
             structlog.contextvars.reset_contextvars(**tokens)
 
-    def _request_of(self, job: TakenJob) -> tuple[JobRequest | None, str]:
-        """The job's request, or what is wrong with the job's data ('' if nothing)."""
+    def _request_of(self, job: TakenJob) -> tuple[JobRequest | None, str, str]:
+        """The job's request, or the error type and what is wrong with the job's data ('' if nothing)."""
+        malformed = MalformedJobError.__name__
         if job.status == "malformed":
-            return None, job.problem
+            return None, malformed, job.problem
         if job.status != "run":
-            return None, ""
+            return None, "", ""
+        if not self.signer.verify(job.signature, "job", job.job_id, job.request):
+            reason = "its request is not signed with a key this worker accepts (signing_keys): it never ran"
+            return None, JobSignatureError.__name__, reason
         limit = self.settings.max_payload_bytes
         if len(job.request) > limit:
-            return None, f"the request is {len(job.request)} bytes, over the payload limit of {limit} bytes"
+            return None, malformed, f"the request is {len(job.request)} bytes, over the payload limit of {limit} bytes"
         try:
-            return JobRequest.model_validate_json(job.request), ""
+            return JobRequest.model_validate_json(job.request), "", ""
         except ValidationError as exc:
-            return None, f"malformed job data: the request is not a valid job request: {describe_validation(exc)}"
+            problem = f"malformed job data: the request is not a valid job request: {describe_validation(exc)}"
+            return None, malformed, problem
 
-    async def _run_taken(self, job: TakenJob, request: JobRequest | None, problem: str) -> Outcome | None:
+    async def _run_taken(
+        self, job: TakenJob, request: JobRequest | None, error_type: str, problem: str
+    ) -> Outcome | None:
         if job.status == "expired":
             return await self._gave_up(job, JobExpiredError.__name__, "not started before its queue-wait limit")
         if job.status in ("missing", "ended"):
@@ -135,8 +150,10 @@ class Executor:
             return None
         if problem or request is None:
             self.events.received(job.job_id, None, job.attempt, job.queue)
-            log.error("job_malformed", problem=problem)
-            return await self._gave_up(job, MalformedJobError.__name__, problem, dead_letter=True)
+            log.error("job_refused", error=error_type, problem=problem)
+            # A forged job is recorded as failed, not kept to be replayed.
+            dead_letter = error_type != JobSignatureError.__name__
+            return await self._gave_up(job, error_type or MalformedJobError.__name__, problem, dead_letter=dead_letter)
         if job.attempt > MAX_STARTS:
             reason = f"started {job.attempt - 1} times without finishing (its workers died)"
             return await self._gave_up(job, "JobExecutionFailed", reason)

@@ -33,11 +33,12 @@ from service.events.models import (
     WorkerStoppedEvent,
 )
 from service.keys import Keys
-from service.models import ErrorInfo
+from service.models import ErrorInfo, now_ms
 from service.plugins.loader import PluginLoader
 from service.plugins.registry import Registry, WorkerInfo
 from service.redis.pubsub import PubSubMultiplexer
 from service.settings import SUPERVISOR_ENV, Settings
+from service.signing import MAX_AGE_S
 from service.worker.executor import Executor, Outcome
 from service.worker.take import TakenJob, handed_job
 
@@ -91,6 +92,7 @@ class WorkerRuntime:
             notify=self.delegates.invoke_notification,
         )
         self.info = WorkerInfo(worker_id=self.worker_id, hostname=settings.hostname)
+        self.signer = settings.signer()
         self.running_jobs = 0
         self._heartbeat: asyncio.Task[None] | None = None
         self._listeners: list[asyncio.Task[None]] = []
@@ -243,11 +245,24 @@ class WorkerRuntime:
             generation = data["generation"]
             if type(generation) is not int:
                 raise TypeError("generation is not an integer")
+            self._check_cancel(job_id, reason, data)
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("bad_cancel_message", error=str(exc), message=message[:200])
             return
         if self.executor.cancel(job_id, reason, generation):
             log.info("job_cancel_requested", job_id=job_id, reason=reason)
+
+    def _check_cancel(self, job_id: str, reason: str, data: dict[str, Any]) -> None:
+        """Raise ``ValueError`` unless a worker with signing keys accepts this cancel push."""
+        if not self.signer.enabled:
+            return
+        sent = data.get("ts")
+        if type(sent) is not int or not self.signer.verify(
+            str(data.get("sig", "")), "cancel", job_id, reason, str(sent)
+        ):
+            raise ValueError("the cancel is not signed with an accepted key (signing_keys)")
+        if abs(now_ms() - sent) > MAX_AGE_S * 1000:
+            raise ValueError(f"the cancel was signed more than {MAX_AGE_S:g}s ago (a replay?)")
 
     def _on_wake(self, message: bytes) -> None:
         """A job was submitted to ``message`` (a queue name): poll now if it is one of ours."""

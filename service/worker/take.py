@@ -79,6 +79,8 @@ class TakenJob:
     """``status == "malformed"``: what is wrong with the record (the job fails with it)."""
     bad_fields: tuple[str, ...] = ()
     """``status == "malformed"``: the record's integer fields that are not integers."""
+    signature: str = ""
+    """The request's signature from the record (checked by the executor when the worker has ``signing_keys``)."""
 
     @property
     def claimed(self) -> bool:
@@ -216,7 +218,7 @@ class Claims:
             await pipe.execute()
 
     def _taken(self, queues: list[str], by_arq_id: dict[str, str], *reply: Any) -> TakenJob:
-        aid, qi, status, attempt, request, cancel, enqueued, problem, bad = reply
+        aid, qi, status, attempt, request, cancel, enqueued, problem, bad, signature = reply
         arq_id = _text(aid)
         job = TakenJob(
             job_id=by_arq_id[arq_id],
@@ -229,6 +231,7 @@ class Claims:
             enqueued_at_ms=int(enqueued),
             problem=_text(problem),
             bad_fields=tuple(_text(name) for name in bad),
+            signature=_text(signature),
         )
         if job.claimed:
             self._held[arq_id] = (job.job_id, job.queue)
@@ -334,7 +337,10 @@ def _text(raw: bytes | str | int) -> str:
 
 
 def handed_job(payload: bytes, keys: Keys) -> TakenJob:
-    """The job a submit handed to this worker: ``arq id \\n queue \\n enqueued ms \\n request JSON``."""
-    arq_id, queue, enqueued, request = payload.split(b"\n", 3)
+    """The job a submit handed to this worker: ``arq id \\n queue \\n enqueued ms \\n signature \\n request JSON``."""
+    arq_id, queue, enqueued, signature, request = payload.split(b"\n", 4)
     job_id = keys.job_id_from_arq(arq_id.decode())
-    return TakenJob(job_id, arq_id.decode(), queue.decode(), "run", 1, request, enqueued_at_ms=int(enqueued))
+    return TakenJob(
+        job_id, arq_id.decode(), queue.decode(), "run", 1, request, enqueued_at_ms=int(enqueued),
+        signature=signature.decode(),
+    )  # fmt: skip

@@ -98,7 +98,7 @@ async def test_a_stale_handoff_is_checked_against_the_claim_and_dropped(
     [taken] = (await other.take([queue], now_ms() + 61_000, 1)).jobs
     assert taken.job_id == "stale"
     old = now_ms() - 10_000  # handed over ten seconds ago: long past the lease
-    message = f"{client.keys.arq_job_id('stale')}\n{queue}\n{old}\n".encode() + taken.request
+    message = f"{client.keys.arq_job_id('stale')}\n{queue}\n{old}\n\n".encode() + taken.request  # unsigned
     await client.redis.publish(client.keys.worker_channel(info.worker_id), message)
     await _until_logged(worker, "stale_handoff_dropped")
     record = await handle.record()

@@ -13,11 +13,12 @@
 -- ARGV[6]  the job channel (<ns>:ch:job:<id>)
 -- ARGV[7]  the cancel channel (<ns>:ch:cancel)
 -- ARGV[8]  job id
+-- ARGV[9]  the cancel's time (ms), ARGV[10] its signature ('' when unsigned; service.signing)
 -- Reply: {what, the state it was in}, what being
 --   'missing'    no record, live or final;
 --   'finished'   it had ended (state: how; '' if its final record is unreadable): nothing changed;
 --   'running'    the flag is set and the workers were told ({"job_id", "reason", "generation": the
---                record's enqueued_at_ms}): the outcome follows;
+--                record's enqueued_at_ms, "ts", "sig"}): the outcome follows;
 --   'cancelled'  it was waiting: it is cancelled and will never run;
 --   'queue'      it is waiting in the queue named as the state, and KEYS[4] did not name that
 --                queue: nothing changed; call again with it.
@@ -39,7 +40,8 @@ if state == 'running' then
   -- it for a job it has not started yet never applies it to a later job reusing the id.
   local generation = to_int(live[6], 0)
   redis.call('PUBLISH', ARGV[7], '{"job_id":' .. cjson.encode(ARGV[8]) .. ',"reason":' .. cjson.encode(ARGV[1]) ..
-    ',"generation":' .. string.format('%d', generation) .. '}')
+    ',"generation":' .. string.format('%d', generation) .. ',"ts":' .. ARGV[9] .. ',"sig":' .. cjson.encode(ARGV[10]) ..
+    '}')
   return {'running', state}
 end
 local queue = live[3] or ''

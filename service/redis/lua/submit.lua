@@ -9,11 +9,12 @@
 -- ARGV[1]  the wake channel (<ns>:ch:wake)
 -- ARGV[2]  the worker channel prefix (<ns>:ch:worker:, + a worker id)
 -- ARGV[3]  the job channel prefix (<ns>:ch:job:, + a job id)
--- then nine per job (ARGV[3 + 9j + 1 ..]): request JSON, now ms, score ms (run-at), arq job id,
+-- then ten per job (ARGV[3 + 10j + 1 ..]): request JSON, now ms, score ms (run-at), arq job id,
 --   check ('1': the id may exist, look; '0': a fresh uuid, skip the look), watch ('1': publish
 --   its changes from the start), job id, queue-wait limit ms ('' for none), lease ms (of a job
---   handed over).
--- A job handed to a worker goes out on its channel as "<arq id>\n<queue>\n<now ms>\n<request JSON>";
+--   handed over), the request's signature ('' when unsigned; service.signing).
+-- A job handed to a worker goes out on its channel as
+-- "<arq id>\n<queue>\n<now ms>\n<signature>\n<request JSON>";
 -- a busy worker is woken with "<queue> <arq id>" (names have no spaces), and takes that job first.
 -- Reply, per job: {1} queued; {1, worker id} handed to that idle worker (claimed and started
 --   here, exactly as a take would); {0, existing request, its state, ''} the id is taken by a
@@ -32,7 +33,7 @@ local woke = {}
 local function create(k, a)
   local record, queue, idle, lease, result = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], KEYS[k + 5]
   local request, now, score, arq_id, check = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5]
-  local watch, id, expires, lease_ms = ARGV[a + 6] == '1', ARGV[a + 7], ARGV[a + 8], ARGV[a + 9]
+  local watch, id, expires, lease_ms, sig = ARGV[a + 6] == '1', ARGV[a + 7], ARGV[a + 8], ARGV[a + 9], ARGV[a + 10]
   if check == '1' then
     local live = redis.call('HMGET', record, 'request', 'state')
     if live[1] then return {0, live[1], live[2] or '', ''} end
@@ -42,6 +43,7 @@ local function create(k, a)
   local optional = {}  -- the record's optional fields
   if expires ~= '' then optional[#optional + 1] = 'expires_at_ms'; optional[#optional + 1] = expires end
   if watch then optional[#optional + 1] = 'watched'; optional[#optional + 1] = '1' end
+  if sig ~= '' then optional[#optional + 1] = 'sig'; optional[#optional + 1] = sig end
   local ready, worker, listed_until = tonumber(score) <= tonumber(now), nil, nil
   if ready then
     local listed = redis.call('ZRANGEBYSCORE', idle, now, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
@@ -58,7 +60,7 @@ local function create(k, a)
     redis.call('SET', lease, worker, 'PX', lease_ms)
     redis.call('ZADD', queue, tonumber(now) + tonumber(lease_ms), arq_id)
     publish_state(watch, job_channel .. id, id, 'running', 1, 1)
-    redis.call('PUBLISH', worker_channel .. worker, arq_id .. '\n' .. queue .. '\n' .. now .. '\n' .. request)
+    redis.call('PUBLISH', worker_channel .. worker, arq_id .. '\n' .. queue .. '\n' .. now .. '\n' .. sig .. '\n' .. request)
     return {1, worker}
   end
   redis.call('HSET', record, 'state', 'queued', 'request', request, 'queue', queue, 'attempt', 0,
@@ -75,5 +77,5 @@ local function create(k, a)
 end
 
 local replies = {}
-for j = 0, #KEYS / 5 - 1 do replies[j + 1] = create(j * 5, 3 + j * 9) end
+for j = 0, #KEYS / 5 - 1 do replies[j + 1] = create(j * 5, 3 + j * 10) end
 return replies

@@ -23,7 +23,7 @@
 --   a take of a hundred jobs decodes no per-job JSON); its channel is job_channel .. job id.
 -- Reply: {due (ms, or -1), how the worker is listed now, {hints: queue index, arq id, ...}, then
 --   per candidate taken or dropped: {arq id, queue index, status, attempt, request JSON, cancel
---   reason, enqueued at ms, problem, {bad fields}}}, status
+--   reason, enqueued at ms, problem, {bad fields}, the request's signature}}, status
 --   'run'      its attempt started here (record running, attempt + 1, worker, seq + 1);
 --   'expired'  past its queue-wait limit (expires_at_ms): claimed, not started; the worker fails it;
 --   'malformed' its record cannot be run (problem: what is wrong, e.g. an integer field that is not
@@ -66,23 +66,23 @@ end
 
 local function start(queue, qi, job, record, lease)
   local r = redis.call('HMGET', record, 'state', 'attempt', 'seq', 'cancel_requested', 'request', 'expires_at_ms',
-    'enqueued_at_ms', 'watched')
+    'enqueued_at_ms', 'watched', 'sig')
   if not r[1] or TERMINAL[r[1]] then
     redis.call('ZREM', queue, job.arq_id)
     redis.call('DEL', lease)
-    return {job.arq_id, qi, r[1] and 'ended' or 'missing', 0, '', '', 0, '', {}}
+    return {job.arq_id, qi, r[1] and 'ended' or 'missing', 0, '', '', 0, '', {}, ''}
   end
   local problem, bad = malformed(r)
   if problem ~= '' then  -- claimed, not started: the worker fails it with the problem
-    return {job.arq_id, qi, 'malformed', 0, r[5] or '', '', 0, problem, bad}
+    return {job.arq_id, qi, 'malformed', 0, r[5] or '', '', 0, problem, bad, r[9] or ''}
   end
   local attempt, seq = to_int(r[2], 0) + 1, to_int(r[3], 0) + 1
   if r[6] and to_int(r[6], 0) < now then
-    return {job.arq_id, qi, 'expired', attempt - 1, r[5], '', r[7] or 0, '', {}}
+    return {job.arq_id, qi, 'expired', attempt - 1, r[5], '', r[7] or 0, '', {}, r[9] or ''}
   end
   redis.call('HSET', record, unpack(attempt_fields(worker, attempt, seq, take.now, {})))
   publish_state(r[8], take.job_channel .. job.job_id, job.job_id, 'running', attempt, seq)
-  return {job.arq_id, qi, 'run', attempt, r[5], r[4] or '', r[7] or 0, '', {}}
+  return {job.arq_id, qi, 'run', attempt, r[5], r[4] or '', r[7] or 0, '', {}, r[9] or ''}
 end
 
 -- The scores of `ids` in `queue`, in slices (Lua's unpack stops at a few thousand values).

@@ -69,7 +69,8 @@ async def test_a_ready_job_is_handed_to_an_idle_worker(r: aioredis.Redis, store:
     finally:
         await mux.close()
     assert handed is not None
-    arq_id, handed_queue, enqueued, request = handed.split(b"\n", 3)
+    arq_id, handed_queue, enqueued, signature, request = handed.split(b"\n", 4)
+    assert signature == b""  # unsigned: this store has no signing keys
     assert (arq_id, handed_queue, json.loads(request)) == (
         keys.arq_job_id("j1").encode(),
         queue.encode(),
