@@ -98,6 +98,12 @@ class Settings(BaseSettings):
         gt=0,
         description="Lifetime of a running job's checkpoint and output stream past their last write.",
     )
+    reconnect_s: float = Field(
+        default=30,
+        ge=0,
+        description="How long a client's reads (waiting for a result, following progress or a stream) keep trying "
+        "while Redis is unreachable, before they raise BrokerError.",
+    )
     heartbeat_s: float = Field(default=5, gt=0, le=300, description="Worker and registry heartbeat interval.")
     retry: RetryPolicy = Field(
         default_factory=RetryPolicy, description="Retry policy of actions that declare none (a mapping)."

@@ -113,7 +113,7 @@ class JobClient:
     def pubsub(self) -> PubSubMultiplexer:
         """The process-wide pub/sub connection of this client (opened on first use)."""
         if self._mux is None:
-            self._mux = PubSubMultiplexer(self.redis)
+            self._mux = PubSubMultiplexer(self.redis, reconnect_s=self.settings.reconnect_s)
         return self._mux
 
     # -- submitting -----------------------------------------------------------------------

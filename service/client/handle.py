@@ -24,6 +24,7 @@ from service.errors import (
 )
 from service.keys import Keys
 from service.models import CancelOutcome, ErrorInfo, JobRecord, JobState, ProgressSnapshot, ProgressUpdate, now_ms
+from service.redis.connection import while_unreachable
 from service.redis.pubsub import PubSubMultiplexer
 from service.redis.streams import StreamEnd
 from service.settings import Settings
@@ -64,7 +65,9 @@ class JobHandle:
         ``watch``: from now on the job's changes are published on its channel (its followers,
         :meth:`wait` and :meth:`progress`, subscribe first, then read with ``watch``).
         """
-        record = await self.client.store.get(self.job_id, watch=watch)
+        record = await while_unreachable(
+            lambda: self.client.store.get(self.job_id, watch=watch), for_s=self.client.settings.reconnect_s
+        )
         if record is None:
             raise JobNotFoundError(self.job_id)
         return record
@@ -177,7 +180,8 @@ class JobHandle:
         accept the loss). A re-run of the job (a retry, or a worker lost mid-job) restarts the stream.
         """
         key = self.client.keys.job_stream(self.job_id)
-        async with aclosing(follow(self.client.redis, key, self.job_id, start, self._finished)) as entries:
+        reading = follow(self.client.redis, key, self.job_id, start, self._finished, self.client.settings.reconnect_s)
+        async with aclosing(reading) as entries:
             async for entry in entries:
                 if isinstance(entry, StreamEnd):
                     if entry.state is not JobState.SUCCEEDED:

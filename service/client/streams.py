@@ -13,7 +13,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from service.errors import StreamTrimmedError, StreamUnavailableError
-from service.redis.connection import broker_errors
+from service.redis.connection import broker_errors, while_unreachable
 from service.redis.streams import END, ITEM, StreamEnd, entry_id, entry_index
 from service.wire import loads
 
@@ -27,21 +27,27 @@ _BLOCK_MS = 1000
 
 
 async def follow(
-    redis: Redis, key: str, job_id: str, start: int, job_finished: Callable[[], Awaitable[bool]]
+    redis: Redis,
+    key: str,
+    job_id: str,
+    start: int,
+    job_finished: Callable[[], Awaitable[bool]],
+    reconnect_s: float = 0,
 ) -> AsyncGenerator[Any | StreamEnd, None]:
     """Yield the items of the stream from index ``start`` on, following it live, then its marker.
 
     The last value yielded is the :class:`StreamEnd`. Raises :class:`StreamTrimmedError` on a gap
     (the reader fell more than the cap behind), and :class:`StreamUnavailableError` when
-    ``job_finished()`` says the job is over but there is no stream (or no marker) to read.
+    ``job_finished()`` says the job is over but there is no stream (or no marker) to read. While
+    Redis is unreachable it keeps trying for ``reconnect_s``.
     """
     if start < 0:
         raise ValueError(f"start must be >= 0, not {start}")
     next_index = start
     block: int | None = None  # the first read does not block: a finished job is answered at once
     while True:
-        with broker_errors(f"reading stream {key}"):
-            reply = await redis.xread({key: entry_id(next_index - 1)}, count=_READ_COUNT, block=block)
+        cursor = {key: entry_id(next_index - 1)}
+        reply = await while_unreachable(lambda: _read(redis, key, cursor, block), for_s=reconnect_s)  # noqa: B023
         entries = reply[0][1] if reply else []
         for raw_id, fields in entries:
             index = entry_index(raw_id)
@@ -58,6 +64,11 @@ async def follow(
                 yield end
                 return
         block = _BLOCK_MS
+
+
+async def _read(redis: Redis, key: str, cursor: dict[str, str], block: int | None) -> Any:
+    with broker_errors(f"reading stream {key}"):
+        return await redis.xread(cursor, count=_READ_COUNT, block=block)  # type: ignore[arg-type]
 
 
 async def _check_idle(

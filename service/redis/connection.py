@@ -6,10 +6,11 @@ Only this module knows redis-py's exception types; everything above it sees acti
 from __future__ import annotations
 
 import asyncio
+import random
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import hiredis
 from redis import exceptions as redis_exc
@@ -18,7 +19,13 @@ from redis.asyncio.connection import AbstractConnection, ConnectionPool
 
 from service.errors import BrokerError
 
-__all__ = ["LeanPool", "broker_errors", "connect", "redact"]
+__all__ = ["LeanPool", "broker_errors", "connect", "redact", "while_unreachable"]
+
+T = TypeVar("T")
+
+# Between two tries while Redis is unreachable: quick for a blip, capped, jittered (full jitter).
+_RETRY_FIRST_S = 0.05
+_RETRY_CAP_S = 1.0
 
 
 def connect(url: str, **kwargs: object) -> Redis:
@@ -119,3 +126,28 @@ def broker_errors(doing: str) -> Iterator[None]:
         raise BrokerError(f"{doing}: Redis timed out ({exc})") from exc
     except redis_exc.RedisError as exc:
         raise BrokerError(f"{doing}: Redis error: {exc}") from exc
+
+
+def unreachable(exc: BaseException) -> bool:
+    """True for an error of Redis being unreachable (not of a command it refused)."""
+    cause = exc.__cause__ if isinstance(exc, BrokerError) else exc
+    return isinstance(cause, redis_exc.ConnectionError | redis_exc.TimeoutError | OSError)
+
+
+async def while_unreachable(call: Callable[[], Awaitable[T]], *, for_s: float) -> T:
+    """``call()``, tried again with growing, jittered pauses while Redis is unreachable, for ``for_s``.
+
+    For reads, and for what is safe to send twice: a command whose reply was lost may have run.
+    Other errors, and the last one once ``for_s`` is over, are raised as they are.
+    """
+    loop = asyncio.get_running_loop()
+    deadline, pause = loop.time() + for_s, _RETRY_FIRST_S
+    while True:
+        try:
+            return await call()
+        except (BrokerError, redis_exc.ConnectionError, redis_exc.TimeoutError, OSError) as exc:
+            wait = random.uniform(0, pause)
+            if not unreachable(exc) or loop.time() + wait > deadline:
+                raise
+        await asyncio.sleep(wait)
+        pause = min(pause * 2, _RETRY_CAP_S)

@@ -21,7 +21,7 @@ from redis import exceptions as redis_exc
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
-from service.redis.connection import broker_errors
+from service.redis.connection import broker_errors, while_unreachable
 
 __all__ = ["PubSubMultiplexer", "Subscription"]
 
@@ -64,8 +64,10 @@ class Subscription:
 class PubSubMultiplexer:
     """Shares one Redis pub/sub connection among all subscribers of a process."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, *, reconnect_s: float = 0) -> None:
         self._pubsub: PubSub = redis.pubsub()
+        self.reconnect_s = reconnect_s
+        """How long a subscribe keeps trying while Redis is unreachable."""
         self._subs: defaultdict[str, set[Subscription]] = defaultdict(set)
         self._confirmed: dict[str, asyncio.Event] = {}
         self._lock = asyncio.Lock()
@@ -93,8 +95,11 @@ class PubSubMultiplexer:
             self._subs[sub.channel].add(sub)
             if first:
                 event = self._confirmed.setdefault(sub.channel, asyncio.Event())
-                with broker_errors(f"subscribing to {sub.channel}"):
-                    await self._pubsub.subscribe(sub.channel)
+                try:
+                    await while_unreachable(lambda: self._subscribe(sub.channel), for_s=self.reconnect_s)
+                except BaseException:
+                    self._subs[sub.channel].discard(sub)
+                    raise
                 self._ensure_reader()
             event = self._confirmed[sub.channel]
         try:
@@ -103,6 +108,10 @@ class PubSubMultiplexer:
         except TimeoutError:
             await self._remove(sub)
             raise
+
+    async def _subscribe(self, channel: str) -> None:
+        with broker_errors(f"subscribing to {channel}"):
+            await self._pubsub.subscribe(channel)
 
     async def _remove(self, sub: Subscription) -> None:
         async with self._lock:
