@@ -88,7 +88,7 @@ class ActionWorker(Worker):
         self.ctx["redis"] = self.pool
         if self.on_startup:
             await self.on_startup(self.ctx)
-        renewer = asyncio.create_task(self.claims.renew_forever(), name="actionq-lease-renewal")
+        renewer = asyncio.create_task(self.claims.renew_forever(self._lapsed), name="actionq-lease-renewal")
         try:
             while True:
                 await self._poll_iteration()
@@ -98,6 +98,17 @@ class ActionWorker(Worker):
             await self.claims.stop(renewer)
             with contextlib.suppress(RedisError, OSError):
                 await self.claims.unregister(self.queues)
+
+    def _lapsed(self, arq_job_ids: list[str]) -> None:
+        """These jobs' leases lapsed (Redis unreachable for a whole lease): stop their attempts here.
+
+        Another worker may take them once Redis is back; each goes back to its queue (a settlement
+        fenced by the attempt, which writes nothing if another attempt holds the job by then).
+        """
+        for arq_id in arq_job_ids:
+            task = self.tasks.get(arq_id)
+            if task is not None and not task.done():
+                task.cancel()
 
     async def _wait_for_work(self) -> None:
         # A listing must be renewed before it runs out, whatever poll_delay_s says: submits find

@@ -95,7 +95,7 @@ class Executor:
         self.keys = keys
         self.settings = settings
         self.worker_id = worker_id
-        self.settler = Settler(redis, keys)
+        self.settler = Settler(redis, keys, retry_s=settings.lease_s)
         self.cancels = Cancels()
         self.progress = ProgressWriter(redis, keys)
         self.events = JobEvents(notify, worker_id)
@@ -363,8 +363,8 @@ class Executor:
         return seq
 
     async def _requeued(self, job: TakenJob) -> None:
+        log.info("job_interrupted", reason="stopped here (a shutdown, or its lease lapsed): back to its queue")
         await self._settle(settle.requeued(job, worker_id=self.worker_id, started=True))
-        log.info("job_interrupted", reason="worker shutting down; the job goes back to its queue")
 
 
 def _fields(outcome: Outcome) -> dict[str, str | int]:

@@ -39,7 +39,7 @@ from service.keys import Keys
 from service.models import JobState, now_ms
 from service.redis import scripts
 from service.redis.batching import Batcher
-from service.redis.connection import broker_errors
+from service.redis.connection import broker_errors, while_unreachable
 from service.redis.streams import StreamEnd, entry_id
 from service.worker.take import TakenJob
 
@@ -126,9 +126,13 @@ def requeued(job: TakenJob, *, worker_id: str, started: bool) -> Settlement:
 class Settler:
     """Sends settlements in batches: one script call per batch, each caller awaiting its own."""
 
-    def __init__(self, redis: Redis, keys: Keys) -> None:
+    def __init__(self, redis: Redis, keys: Keys, *, retry_s: float = 0) -> None:
         self.redis = redis
         self.keys = keys
+        self.retry_s = retry_s
+        """How long a batch keeps trying while Redis is unreachable (the worker's lease: past it, the
+        job is another attempt's anyway). A batch sent twice writes once: the second finds the
+        records ended (-1 or -2)."""
         self._script = scripts.register(redis, "settle")
         self._batcher: Batcher[tuple[tuple[str, ...], str], int] = Batcher(
             self._send, max_batch=_BATCH, name="actionq-settle", same_turn=True
@@ -183,6 +187,7 @@ class Settler:
         keys = [self.keys.dead_letters()]
         for declared, _ in ops:
             keys += declared
+        args = [op for _, op in ops]
         with broker_errors(f"settling {len(ops)} job(s)"):
-            seqs = await self._script(keys=keys, args=[op for _, op in ops])
+            seqs = await while_unreachable(lambda: self._script(keys=keys, args=args), for_s=self.retry_s)
         return [int(seq) for seq in seqs]

@@ -33,7 +33,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -113,7 +115,7 @@ class Claims:
         self.keys = keys
         self.worker_id = worker_id
         self.lease_ms = int(lease_s * 1000)
-        self._held: dict[str, tuple[str, str]] = {}  # arq job id -> (job id, queue)
+        self._held: dict[str, tuple[str, str, float]] = {}  # arq job id -> (job id, queue, held since, monotonic)
         self._take = scripts.register(redis, "take")
         self._listing: Listing = "none"  # how this worker is listed in its queues' idle sets
         self._listed_at = 0  # when the listing was last renewed everywhere
@@ -234,7 +236,7 @@ class Claims:
             signature=_text(signature),
         )
         if job.claimed:
-            self._held[arq_id] = (job.job_id, job.queue)
+            self._held[arq_id] = (job.job_id, job.queue, time.monotonic())
         return job
 
     @property
@@ -254,7 +256,7 @@ class Claims:
         The submit also listed this worker in that queue's idle set as one to wake (busy with
         room), in place of its idle listing: the next take sets its listing right everywhere.
         """
-        self._held[job.arq_job_id] = (job.job_id, job.queue)
+        self._held[job.arq_job_id] = (job.job_id, job.queue, time.monotonic())
         self._used.add(job.queue)
 
     def is_fresh(self, job: TakenJob) -> bool:
@@ -309,21 +311,37 @@ class Claims:
         deadline = now_ms() + self.lease_ms
         by_queue: dict[str, list[str]] = defaultdict(list)
         async with self.redis.pipeline(transaction=False) as pipe:
-            for arq_id, (job_id, queue) in self._held.items():
+            for arq_id, (job_id, queue, _) in self._held.items():
                 pipe.pexpire(self.keys.arq_in_progress(job_id), self.lease_ms)
                 by_queue[queue].append(arq_id)
             for queue, ids in by_queue.items():
                 pipe.zadd(queue, dict.fromkeys(ids, deadline), xx=True)
             await pipe.execute()
 
-    async def renew_forever(self) -> None:
-        """:meth:`renew` each third of the lease, until cancelled."""
+    async def renew_forever(self, on_lapsed: Callable[[list[str]], None] | None = None) -> None:
+        """:meth:`renew` each third of the lease, until cancelled.
+
+        When no renewal has gone through for a whole lease (Redis unreachable), the leases this
+        worker held have lapsed: another worker may take those jobs. ``on_lapsed`` gets their arq
+        job ids, once, so that their attempts stop here instead of running twice at once.
+        """
+        renewed = time.monotonic()
         while True:
             await asyncio.sleep(self.lease_ms / 3000)
             try:
                 await self.renew()
             except (RedisError, OSError) as exc:
                 log.warning("lease_renewal_failed", error=str(exc), jobs=len(self._held))
+                # A lease was last set by the take or by the last renewal that went through.
+                cutoff = time.monotonic() - self.lease_ms / 1000
+                lapsed = [arq_id for arq_id, (_, _, since) in self._held.items() if max(since, renewed) < cutoff]
+                if lapsed and on_lapsed is not None:
+                    log.error("leases_lapsed", jobs=len(lapsed), reason="Redis unreachable for a whole lease")
+                    on_lapsed(lapsed)
+                    for arq_id in lapsed:
+                        self._held.pop(arq_id, None)
+            else:
+                renewed = time.monotonic()
 
     async def stop(self, renewer: asyncio.Task[None]) -> None:
         """Stop renewing (the worker is exiting)."""

@@ -49,10 +49,19 @@ local function create(k, a)
     local listed = redis.call('ZRANGEBYSCORE', idle, now, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
     worker, listed_until = listed[1], listed[2]
   end
-  if worker and string.sub(worker, 1, 1) ~= '~' then  -- an idle worker: hand the job over
-    -- ...and list it as one to wake in its place: it has a job now, and (most likely) room for the
-    -- next, which then wakes it naming the job instead of waiting, unannounced, for its next look.
+  local handed = 0
+  if worker and string.sub(worker, 1, 1) ~= '~' then  -- an idle worker: hand the job over...
     redis.call('ZREM', idle, worker)
+    -- ...if it hears it: a worker whose subscription has not come back (Redis restarted, say)
+    -- would leave the job claimed and unrun until its lease lapsed. Nothing it receives can run
+    -- before this script has written the record below.
+    handed = redis.call('PUBLISH', worker_channel .. worker,
+      arq_id .. '\n' .. queue .. '\n' .. now .. '\n' .. sig .. '\n' .. request)
+    if handed == 0 then worker = nil end  -- not listening: its stale listing is gone, the job waits
+  end
+  if worker and handed > 0 then
+    -- Listed as one to wake in its place: it has a job now, and (most likely) room for the next,
+    -- which then wakes it naming the job instead of waiting, unannounced, for its next look.
     redis.call('ZADD', idle, listed_until, '~' .. worker)
     local fields = attempt_fields(worker, 1, 1, now, optional)
     redis.call('HSET', record, 'request', request, 'queue', queue, 'enqueued_at_ms', now, 'scheduled_at_ms', score,
@@ -60,7 +69,6 @@ local function create(k, a)
     redis.call('SET', lease, worker, 'PX', lease_ms)
     redis.call('ZADD', queue, tonumber(now) + tonumber(lease_ms), arq_id)
     publish_state(watch, job_channel .. id, id, 'running', 1, 1)
-    redis.call('PUBLISH', worker_channel .. worker, arq_id .. '\n' .. queue .. '\n' .. now .. '\n' .. sig .. '\n' .. request)
     return {1, worker}
   end
   redis.call('HSET', record, 'state', 'queued', 'request', request, 'queue', queue, 'attempt', 0,

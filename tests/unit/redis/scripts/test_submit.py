@@ -146,3 +146,18 @@ async def test_a_batch_creates_each_job(r: aioredis.Redis, store: JobStore, keys
     )
     assert all(result.created for result in results)
     assert await r.zcard(queue) == 50
+
+
+async def test_a_listed_worker_that_does_not_hear_the_hand_off_is_passed_over(
+    r: aioredis.Redis, store: JobStore, keys: Keys
+) -> None:
+    """Listed, but not subscribed (its subscription has not come back): the job is queued instead."""
+    queue = keys.queue("P")
+    await r.zadd(keys.idle_workers(queue), {"w-deaf": now() + 10_000})
+    await create(store, "j1")
+    record = await r.hgetall(keys.job("j1"))  # type: ignore[misc]
+    assert (record[b"state"], record[b"attempt"]) == (b"queued", b"0")
+    assert b"worker" not in record
+    assert not await r.exists(keys.arq_in_progress("j1"))
+    assert await r.zscore(queue, keys.arq_job_id("j1")) == float(record[b"scheduled_at_ms"])  # ready to take
+    assert await r.zcard(keys.idle_workers(queue)) == 0  # the listing that no one answers is gone

@@ -152,7 +152,12 @@ async def test_after_a_hand_off_the_next_take_lists_the_worker_once(
     idle = keys.idle_workers(queue)
     taker = claims(r, keys)
     await taker.take([queue], now(), limit=5, advertise=True, idle=True)
-    await create(store, "handed")  # handed to w1, which is now listed as '~w1' there
+    mux = PubSubMultiplexer(r)
+    try:
+        async with mux.subscribe(keys.worker_channel("w1")):  # a hand-off goes only to a listener
+            await create(store, "handed")  # handed to w1, which is now listed as '~w1' there
+    finally:
+        await mux.close()
     assert await r.zrange(idle, 0, -1) == [b"~w1"]
     record = await store.get("handed")
     assert record is not None
