@@ -133,6 +133,14 @@ class Keys:
         """ZSET: plugin name -> last heartbeat (epoch ms) of any worker serving it."""
         return f"{self.namespace}:registry:heartbeats"
 
+    def registry_queues(self) -> str:
+        """ZSET: queue -> last heartbeat (epoch ms) of any worker reading it (the sweep of unserved queues)."""
+        return f"{self.namespace}:registry:queues"
+
+    def sweep_lock(self) -> str:
+        """String: the worker sweeping unserved queues now (:mod:`service.worker.sweep`), with a TTL."""
+        return f"{self.namespace}:registry:sweep"
+
     def worker(self, worker_id: str) -> str:
         """String: a live worker's ``WorkerInfo`` JSON, with a TTL refreshed by its heartbeat."""
         return f"{self.namespace}:worker:{worker_id}"

@@ -98,6 +98,13 @@ class Settings(BaseSettings):
         gt=0,
         description="Lifetime of a running job's checkpoint and output stream past their last write.",
     )
+    unserved_expire_s: float = Field(
+        default=86_400,
+        ge=0,
+        description="A job waiting in a queue that no worker has served for this long (an unknown plugin submitted "
+        "with validate=False, a lane or host nobody serves) fails with JobExpiredError once it has been due that "
+        "long; 0: such jobs wait forever.",
+    )
     reconnect_s: float = Field(
         default=30,
         ge=0,

@@ -27,6 +27,9 @@ log = structlog.get_logger("actionq.registry")
 
 # A worker is presumed dead after missing this many heartbeats in a row.
 LIVENESS_FACTOR = 3
+QUEUES_TTL_S = 30 * 86_400
+"""The served-queues index outlives long gaps: a lane whose workers were away for hours is not
+taken for one that no worker ever served (whose jobs the sweep ends after ``unserved_expire_s``)."""
 
 
 class WorkerInfo(BaseModel):
@@ -92,6 +95,9 @@ class Registry:
                 pipe.zadd(keys.registry_heartbeats(), {m.name: now for m in manifests})
                 pipe.expire(keys.registry_manifests(), self._ttl_s)
                 pipe.expire(keys.registry_heartbeats(), self._ttl_s)
+            if worker.queues:
+                pipe.zadd(keys.registry_queues(), dict.fromkeys(worker.queues, now))
+                pipe.expire(keys.registry_queues(), QUEUES_TTL_S)
             pipe.set(keys.worker(worker.worker_id), worker.model_dump_json(), px=self._window_ms)
             pipe.zadd(keys.workers(), {worker.worker_id: now})
             pipe.zremrangebyscore(keys.workers(), "-inf", now - self._window_ms)

@@ -170,6 +170,13 @@ class Executor:
         await asyncio.shield(self._settle_ended(job, outcome, fields, started_at_ms=0, dead_letter=letter))
         return outcome
 
+    async def expire_unserved(self, job: TakenJob, reason: str) -> bool:
+        """End a job that waited in a queue no worker serves (:mod:`service.worker.sweep`): failed,
+        never run. False if a worker took it meanwhile (then it is left to that worker)."""
+        error = ErrorInfo(type=JobExpiredError.__name__, message=reason)
+        outcome = Outcome(JobState.FAILED, error=error, retryable=False)
+        return await self._settle_ended(job, outcome, _fields(outcome), started_at_ms=0, unclaimed=True) > 0
+
     def _readable(self, raw: bytes) -> bool:
         """True if ``raw`` is a valid request within the payload limit: a malformed job's dead letter keeps it."""
         if len(raw) > self.settings.max_payload_bytes:
@@ -327,6 +334,7 @@ class Executor:
         started_at_ms: int,
         attempt: Attempt | None = None,
         dead_letter: bool | None = None,
+        unclaimed: bool = False,
     ) -> int:
         """The job ended: final record, arq's result, and (with an ``attempt`` that ran) its stream
         end and, failed for good, its dead letter. ``dead_letter`` (a job that did not run): keep
@@ -351,6 +359,7 @@ class Executor:
             stream_end=stream,
             # A job taken expired or malformed never started: no attempt of ours to check.
             worker_id=None if job.status in ("expired", "malformed") else self.worker_id,
+            unclaimed=unclaimed,
         )
         return await self._settle(settlement)
 

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 import structlog
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from service.errors import ActionQError
 from service.events.bridge import EventBridge
@@ -40,6 +41,7 @@ from service.redis.pubsub import PubSubMultiplexer
 from service.settings import SUPERVISOR_ENV, Settings
 from service.signing import MAX_AGE_S
 from service.worker.executor import Executor, Outcome
+from service.worker.sweep import Sweeper
 from service.worker.take import TakenJob, handed_job
 
 __all__ = ["Puller", "WorkerRuntime", "new_worker_id"]
@@ -90,6 +92,13 @@ class WorkerRuntime:
             settings=settings,
             worker_id=self.worker_id,
             notify=self.delegates.invoke_notification,
+        )
+        self.sweeper = Sweeper(
+            redis,
+            self.keys,
+            worker_id=self.worker_id,
+            unserved_expire_s=settings.unserved_expire_s,
+            expire=self.executor.expire_unserved,
         )
         self.info = WorkerInfo(worker_id=self.worker_id, hostname=settings.hostname)
         self.signer = settings.signer()
@@ -216,6 +225,11 @@ class WorkerRuntime:
             except ActionQError as exc:
                 log.warning("heartbeat_failed", error=str(exc))
                 self.worker_error("heartbeat", exc)
+                continue
+            try:
+                await self.sweeper.maybe_sweep()
+            except (ActionQError, RedisError, OSError) as exc:
+                log.warning("sweep_failed", error=str(exc))
 
     async def _listen(self, channel: str, handle: Callable[[bytes], None]) -> None:
         """Route a channel's messages to ``handle``, on the process's one pub/sub connection.

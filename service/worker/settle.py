@@ -79,6 +79,9 @@ class Settlement:
     owner: tuple[str, int] | None = None
     """(worker id, attempt) of the attempt settling: if the record is no longer that attempt's
     (its lease lapsed and another worker took the job), nothing is written (seq ``-3``)."""
+    unclaimed: bool = False
+    """A job settled without being taken (it waited in a queue no worker serves): nothing is written
+    (seq ``-3``) if an attempt holds it by then (its record running, with a lease)."""
 
 
 def ended(
@@ -92,8 +95,10 @@ def ended(
     readable_request: bool = True,
     stream_end: tuple[int, StreamEnd] | None = None,
     worker_id: str | None,
+    unclaimed: bool = False,
 ) -> Settlement:
-    """The job ended in ``state``; ``worker_id`` is the attempt's worker (``None``: it never started here)."""
+    """The job ended in ``state``; ``worker_id`` is the attempt's worker (``None``: it never started here;
+    ``unclaimed``: nor was it taken)."""
     return Settlement(
         job.job_id,
         job.queue,
@@ -106,6 +111,7 @@ def ended(
         readable_request=readable_request,
         stream_end=stream_end,
         owner=None if worker_id is None else (worker_id, job.attempt),
+        unclaimed=unclaimed,
     )
 
 
@@ -172,6 +178,8 @@ class Settler:
             op["score_ms"] = s.score_ms
         if s.owner is not None:
             op["owner"] = {"worker": s.owner[0], "attempt": s.owner[1]}
+        if s.unclaimed:
+            op["unclaimed"] = True
         if s.arq_result is not None:
             op["result"] = s.arq_result.decode()
             op["result_ttl_ms"] = s.result_ttl_s * 1000

@@ -235,3 +235,22 @@ async def test_a_job_that_waits_past_its_expiry_never_runs(worker_process: Worke
     with pytest.raises(JobExpiredError):
         await handle.result(timeout=20)
     assert worker.running
+
+
+async def test_a_job_for_a_plugin_no_worker_serves_fails_after_unserved_expire_s(
+    worker_process: WorkerFactory, client: JobClient
+) -> None:
+    """Unvalidated, for a plugin nobody runs: it fails (swept by a worker), it does not wait forever."""
+    worker_process(_config(unserved_expire_s=1))
+    nobody = await client.submit("NoSuchPlugin", "act", {"x": 1}, validate=False)
+    served = await client.submit("reliability", "slow_ok", {"seconds": 0})
+    assert await served.result(timeout=20) is not None
+    with pytest.raises(JobExpiredError, match=r"NoSuchPlugin.*unserved_expire_s") as expired:
+        await nobody.result(timeout=30)
+    assert expired.value.error is not None
+    assert "never ran" in expired.value.error.message
+    record = await nobody.record()
+    assert (record.state, record.attempt) == (JobState.FAILED, 0)
+    assert await client.redis.zcard(client.keys.queue("NoSuchPlugin")) == 0  # nothing left behind
+    again = await client.submit("reliability", "slow_ok", {"seconds": 0})  # the worker goes on
+    assert await again.result(timeout=20) is not None

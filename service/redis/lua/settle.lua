@@ -15,6 +15,8 @@
 --    "score_ms": <back in the queue at this score> (absent: the job leaves its queue),
 --    "result": "<arq's result JSON>", "result_ttl_ms": <ms> (both present: the job ended),
 --    "owner": {"worker": "<id>", "attempt": <n>} (absent: settle whoever holds the record),
+--    "unclaimed": true (a job that waited unserved: settled only while no attempt holds it, a
+--      running record whose lease is gone being held by nobody),
 --    "dead_letter": {"ttl_s": <s>, "at_ms": <ms>, "request": <false: the request is not readable>}
 --      (absent: none),
 --    "stream_end": {"id": "0-<n>", "fields": [<field>, <value>, ...], "ttl_s": <s>} (absent: no stream)}
@@ -33,7 +35,8 @@
 
 local gone, dels = {}, {}
 
-local function superseded(op, state, worker, attempt)
+local function superseded(op, state, worker, attempt, k)
+  if op.unclaimed then return state == 'running' and redis.call('EXISTS', KEYS[k + 3]) == 1 end
   return op.owner and (state ~= 'running' or worker ~= op.owner.worker or to_int(attempt, -1) ~= op.owner.attempt)
 end
 
@@ -62,7 +65,7 @@ local function ended(op, k)
   local rec = {}
   for j = 1, #h, 2 do rec[h[j]] = h[j + 1] end
   if TERMINAL[rec.state] then return -2, nil end
-  if superseded(op, rec.state, rec.worker, rec.attempt) then return -3, nil end
+  if superseded(op, rec.state, rec.worker, rec.attempt, k) then return -3, nil end
   local seq, request = to_int(rec.seq, 0) + 1, rec.request
   rec.state, rec.seq, rec.request = op.state, tostring(seq), nil
   for j = 1, #op.fields, 2 do rec[op.fields[j]] = op.fields[j + 1] end
@@ -82,7 +85,7 @@ local function stepped(op, k)
   local r = redis.call('HMGET', KEYS[k + 1], 'state', 'seq', 'watched', 'worker', 'attempt')
   if not r[1] then return -1, nil end
   if TERMINAL[r[1]] then return -2, nil end
-  if superseded(op, r[1], r[4], r[5]) then return -3, nil end
+  if superseded(op, r[1], r[4], r[5], k) then return -3, nil end
   local seq = to_int(r[2], 0) + 1
   redis.call('HSET', KEYS[k + 1], 'state', op.state, 'seq', seq, unpack(op.fields))
   return seq, r[3]

@@ -202,3 +202,32 @@ async def test_a_batch_settles_each_of_its_jobs(r: aioredis.Redis, store: JobSto
     )
     assert seqs == [2] * 20
     assert await r.zcard(jobs[0].queue) == 0
+
+
+async def test_an_unclaimed_settle_ends_a_waiting_job_but_not_one_an_attempt_holds(
+    r: aioredis.Redis, store: JobStore, keys: Keys
+) -> None:
+    """The sweep of a queue no worker serves: a queued job ends; a taken one is left to its attempt."""
+    queue = await create(store, "waiting", plugin="Unserved")
+    request = await r.hget(keys.job("waiting"), "request")  # type: ignore[misc]
+    waiting = TakenJob("waiting", keys.arq_job_id("waiting"), queue, "expired", 0, request)
+    held = await taken(r, store, "held")
+
+    def expired(job: TakenJob) -> settle.Settlement:
+        return settle.ended(
+            job, JobState.FAILED, {}, arq_result=result_of(job, JobState.FAILED), result_ttl_s=60,
+            worker_id=None, unclaimed=True,
+        )  # fmt: skip
+
+    settler = Settler(r, keys)
+    assert await settler.settle(expired(waiting)) == 1
+    assert await r.zcard(queue) == 0
+    record = await store.get("waiting")
+    assert record is not None
+    assert record.state is JobState.FAILED
+    assert await settler.settle(expired(held)) == -3  # running, with a lease: not the sweep's
+    assert await r.hget(keys.job("held"), "state") == b"running"  # type: ignore[misc]
+    assert await r.zcard(held.queue) == 1
+    await r.delete(keys.arq_in_progress("held"))  # its worker died: a running record nobody holds
+    assert await settler.settle(expired(held)) > 0
+    assert not await r.exists(keys.job("held"))
