@@ -52,11 +52,32 @@ def check_size(what: str, data: bytes, limit: int) -> bytes:
     return data
 
 
+def _utf8(text: str) -> bool:
+    """True if ``text`` has a UTF-8 form (no lone surrogates)."""
+    if text.isascii():
+        return True
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _bad_key(key: object) -> str:
+    """What makes ``key`` no JSON object key ('' if nothing)."""
+    if not isinstance(key, str):
+        return f"key {key!r} is not JSON (keys are strings)"
+    if not _utf8(key):
+        return f"key {key!r} is not JSON (a lone surrogate has no UTF-8 form)"
+    return ""
+
+
 def not_json(value: Any, where: str = "") -> tuple[str, str] | None:
     """The first place in ``value`` that JSON cannot carry, as ``(dotted path, what is wrong)``; None if all can.
 
     NaN and ±Infinity (which ``json`` would write as invalid JSON and pydantic as ``null``), keys
-    that are not strings, values of no JSON type, and nesting deeper than :data:`MAX_DEPTH`.
+    that are not strings, strings with lone surrogates, values of no JSON type, and nesting deeper
+    than :data:`MAX_DEPTH`.
     """
     stack: list[tuple[str, Any, int]] = [(where, value, 0)]
     while stack:
@@ -65,10 +86,13 @@ def not_json(value: Any, where: str = "") -> tuple[str, str] | None:
             return path or "(value)", f"not JSON: nested more than {MAX_DEPTH} levels deep"
         if isinstance(item, float) and not math.isfinite(item):
             return path or "(value)", f"{item} is not JSON (NaN and ±Infinity have no JSON form)"
+        if isinstance(item, str) and not _utf8(item):
+            return path or "(value)", "a string with a lone surrogate is not JSON (it has no UTF-8 form)"
         if isinstance(item, dict):
             for key, child in item.items():
-                if not isinstance(key, str):
-                    return path or "(value)", f"key {key!r} is not JSON (keys are strings)"
+                bad_key = _bad_key(key)
+                if bad_key:
+                    return path or "(value)", bad_key
                 stack.append((f"{path}.{key}" if path else key, child, depth + 1))
         elif isinstance(item, list | tuple):
             stack.extend((f"{path}.{i}" if path else str(i), child, depth + 1) for i, child in enumerate(item))

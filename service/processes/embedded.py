@@ -294,6 +294,11 @@ class EmbeddedRedis:
         """SIGKILL the server (for fault tests); its log stays readable until :meth:`stop`."""
         self._res.release_process(None)
 
+    def terminate(self, timeout_s: float = 5.0) -> None:
+        """SIGTERM the server and wait for it (SIGKILL after ``timeout_s``), keeping its files: an
+        append-only file survives for the next :meth:`start` (for fault tests)."""
+        self._res.release_process(timeout_s)
+
     def __enter__(self) -> EmbeddedRedis:
         self.start()
         return self

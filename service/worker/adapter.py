@@ -303,11 +303,19 @@ def build_worker(runtime: WorkerRuntime) -> ActionWorker:
     )
 
 
+_MIN_SOCKET_TIMEOUT_S = 5.0
+
+
 async def run_worker(settings: Settings) -> None:
     """Run a worker until SIGINT/SIGTERM: plugins, registry, arq loop, clean shutdown."""
     if settings.redis_url is None:
         raise ConfigError("no Redis configured for the worker: set redis_url in config.yml or ACTIONQ_REDIS_URL")
-    runtime = WorkerRuntime(settings, connect(settings.redis_url))
+    # A command that gets no reply fails after a while instead of hanging: over a partition
+    # (packets dropped, the connection still open) the worker notices, as it does a reset. The
+    # worker sends no blocking command; its pub/sub reads pass their own timeouts.
+    timeout_s = max(_MIN_SOCKET_TIMEOUT_S, 2 * settings.lease_s)
+    redis = connect(settings.redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+    runtime = WorkerRuntime(settings, redis)
     try:
         await runtime.start(on_control=ControlHandler(runtime).on_message)
     except BaseException:

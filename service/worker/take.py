@@ -119,6 +119,7 @@ class Claims:
         self._take = scripts.register(redis, "take")
         self._listing: Listing = "none"  # how this worker is listed in its queues' idle sets
         self._listed_at = 0  # when the listing was last renewed everywhere
+        self._renewed = time.monotonic()  # when the last renewal that went through was sent
         self._used: set[str] = set()  # queues whose listing a submit used up (a handoff, a wake-up)
         self._hints: dict[str, dict[str, str]] = {}  # queue -> {arq job id: job id} seen ready, to try next
         self.ahead = _AHEAD
@@ -321,27 +322,47 @@ class Claims:
     async def renew_forever(self, on_lapsed: Callable[[list[str]], None] | None = None) -> None:
         """:meth:`renew` each third of the lease, until cancelled.
 
-        When no renewal has gone through for a whole lease (Redis unreachable), the leases this
-        worker held have lapsed: another worker may take those jobs. ``on_lapsed`` gets their arq
-        job ids, once, so that their attempts stop here instead of running twice at once.
+        A lease runs from when Redis set it, which is after this worker sent the take or the
+        renewal that set it. When renewals fail (Redis unreachable, or a partition where each one
+        times out) for two thirds of a lease since then, the lease is about to lapse and another
+        worker to take the job: ``on_lapsed`` gets those jobs' arq ids, once, so that their
+        attempts stop here first instead of running twice at once. (An action that ignores
+        cancellation — a thread, a blocking call — runs on until it returns: its outcome is then
+        not kept, but its side effects were made twice.)
         """
-        renewed = time.monotonic()
+        self._renewed = time.monotonic()  # when the last renewal that went through was sent
+        watchdog = asyncio.create_task(self._watch(on_lapsed), name="actionq-lease-watchdog")
+        try:
+            while True:
+                await asyncio.sleep(self.lease_ms / 3000)
+                sent = time.monotonic()
+                try:
+                    # Bounded: over a partition (packets dropped, the connection still open) a
+                    # renewal would hang until the socket timeout, well past the lease.
+                    async with asyncio.timeout(self.lease_ms / 3000):
+                        await self.renew()
+                except (RedisError, OSError, TimeoutError) as exc:
+                    log.warning("lease_renewal_failed", error=str(exc) or type(exc).__name__, jobs=len(self._held))
+                else:
+                    self._renewed = sent
+        finally:
+            watchdog.cancel()
+
+    async def _watch(self, on_lapsed: Callable[[list[str]], None] | None) -> None:
+        """Every twelfth of a lease, give up the leases about to lapse (see :meth:`renew_forever`)."""
         while True:
-            await asyncio.sleep(self.lease_ms / 3000)
-            try:
-                await self.renew()
-            except (RedisError, OSError) as exc:
-                log.warning("lease_renewal_failed", error=str(exc), jobs=len(self._held))
-                # A lease was last set by the take or by the last renewal that went through.
-                cutoff = time.monotonic() - self.lease_ms / 1000
-                lapsed = [arq_id for arq_id, (_, _, since) in self._held.items() if max(since, renewed) < cutoff]
-                if lapsed and on_lapsed is not None:
-                    log.error("leases_lapsed", jobs=len(lapsed), reason="Redis unreachable for a whole lease")
-                    on_lapsed(lapsed)
-                    for arq_id in lapsed:
-                        self._held.pop(arq_id, None)
-            else:
-                renewed = time.monotonic()
+            await asyncio.sleep(self.lease_ms / 12_000)
+            self._lapsing(on_lapsed)
+
+    def _lapsing(self, on_lapsed: Callable[[list[str]], None] | None) -> None:
+        """Give up the leases last set two thirds of a lease ago or more."""
+        cutoff = time.monotonic() - self.lease_ms * 2 / 3000
+        lapsed = [arq_id for arq_id, (_, _, since) in self._held.items() if max(since, self._renewed) <= cutoff]
+        if lapsed and on_lapsed is not None:
+            log.error("leases_lapsed", jobs=len(lapsed), reason="Redis unreachable: their leases are about to lapse")
+            on_lapsed(lapsed)
+            for arq_id in lapsed:
+                self._held.pop(arq_id, None)
 
     async def stop(self, renewer: asyncio.Task[None]) -> None:
         """Stop renewing (the worker is exiting)."""

@@ -9,7 +9,14 @@ from typing import Any
 
 import pytest
 
-from service import JobClient, JobState
+from service import (
+    InvalidParamsError,
+    JobClient,
+    JobState,
+    PayloadTooLargeError,
+    UnknownActionError,
+    UnknownPluginError,
+)
 from service.models import JobRequest, now_ms
 from service.worker.take import Claims
 from tests.conftest import FAST, WorkerFactory, WorkerProc, bundled_plugins_config
@@ -66,6 +73,49 @@ async def test_a_malformed_job_fails_alone_and_the_worker_runs_the_next(
     assert letter.state is JobState.FAILED
     assert not await client.redis.exists(client.keys.job("bad"))  # nothing half-written: one final record
     assert await client.redis.zscore(client.keys.queue("PluginB"), client.keys.arq_job_id("bad")) is None
+    await _still_works(client, worker)
+
+
+def _nested(depth: int) -> Any:
+    value: Any = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize(
+    ("plugin", "action", "params", "error", "named"),
+    [
+        ("PluginB", "calculate_square", {"x": float("nan")}, InvalidParamsError, "x"),
+        ("PluginB", "calculate_square", {"x": float("inf")}, InvalidParamsError, "x"),
+        ("PluginB", "calculate_square", {"x": "three"}, InvalidParamsError, "x"),
+        ("PluginB", "calculate_square", {}, InvalidParamsError, "x"),
+        ("PluginB", "calculate_square", {"x": 3, "extra": 1}, InvalidParamsError, "extra"),
+        ("long_running", "fail", {"message": _nested(300)}, InvalidParamsError, "message"),
+        ("long_running", "fail", {"message": "\ud800"}, InvalidParamsError, "message"),
+        ("long_running", "fail", {"message": "y" * 8000}, PayloadTooLargeError, "4096"),
+        ("PluginB", "no_such_action", {"x": 3}, UnknownActionError, "no_such_action"),
+        ("NoSuchPlugin", "act", {}, UnknownPluginError, "NoSuchPlugin"),
+    ],
+)
+async def test_bad_input_through_the_client_is_refused_with_nothing_written(
+    worker_process: WorkerFactory,
+    client: JobClient,
+    plugin: str,
+    action: str,
+    params: dict[str, Any],
+    error: type[Exception],
+    named: str,
+) -> None:
+    """Refused at submit, naming what was wrong; no key written; the worker runs the next job."""
+    worker = worker_process(bundled_plugins_config(**LIMITS))
+    settings = client.settings.model_copy(update={"max_payload_bytes": 4096})
+    async with JobClient(client.redis, settings, owns_redis=False) as limited:
+        with pytest.raises(error, match=named):
+            await limited.submit(plugin, action, params, job_id="refused")
+    for key in (client.keys.job("refused"), client.keys.arq_result("refused"), client.keys.dead_letter("refused")):
+        assert not await client.redis.exists(key)
+    assert not [q async for q in client.redis.scan_iter(match=client.keys.queue_prefix() + "*")]
     await _still_works(client, worker)
 
 
