@@ -93,4 +93,6 @@ def decode_final(raw: bytes | str) -> dict[str, Any]:
         fields["request"] = json.dumps(final["k"]["request"])
     except (ValueError, KeyError, TypeError) as exc:
         raise FinalRecordError(f"not an actionq final record: {exc}") from exc
+    except RecursionError:
+        raise FinalRecordError("not an actionq final record: nested too deeply to read") from None
     return fields

@@ -22,6 +22,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from service.client.client import JobClient
 from service.errors import (
@@ -43,8 +44,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console()
-err = Console(stderr=True)
+# No markup: what is printed holds data (params, errors, ids) that may look like rich markup.
+out = Console(markup=False)
+err = Console(stderr=True, markup=False)
 T = TypeVar("T")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
@@ -91,7 +93,7 @@ def shared(ctx: typer.Context) -> Shared:
 
 def fail(exc: ActionQError, code: int) -> typer.Exit:
     """Print ``exc`` as a one-line error; the exit to raise."""
-    err.print(f"[red]error[/red]: {exc}", markup=True, highlight=False)
+    err.print(Text.assemble(("error", "red"), f": {exc}"), highlight=False)
     return typer.Exit(code)
 
 
@@ -104,7 +106,7 @@ def run(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
     try:
         return asyncio.run(_interruptible(make()))
     except PluginActionExecutionError as exc:
-        err.print(f"[red]job failed[/red]: {exc}", markup=True, highlight=False)
+        err.print(Text.assemble(("job failed", "red"), f": {exc}"), highlight=False)
         raise typer.Exit(1) from exc
     except (SubmissionError, ConfigError, RecordUnreadableError) as exc:
         raise fail(exc, 2) from exc

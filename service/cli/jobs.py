@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from service.cli.app import JsonOpt, app, client_run, dump, err, out
 from service.client.client import JobClient
@@ -34,10 +35,18 @@ def parse_params(pairs: list[str]) -> dict[str, Any]:
             try:
                 params[key] = json.loads(raw)
             except json.JSONDecodeError as exc:
-                raise typer.BadParameter(f"{key}: {raw!r} is not JSON ({exc.msg})", param_hint="PARAMS") from exc
+                raise typer.BadParameter(f"{key}: {_short(raw)} is not JSON ({exc.msg})", param_hint="PARAMS") from exc
+            except (ValueError, RecursionError) as exc:  # an int of over 4,300 digits; nesting past the stack
+                why = "nested too deeply" if isinstance(exc, RecursionError) else str(exc).split(";")[0]
+                raise typer.BadParameter(f"{key}: {_short(raw)} cannot be read ({why})", param_hint="PARAMS") from None
         else:
             params[pair[:str_idx]] = pair[str_idx + 1 :]
     return params
+
+
+def _short(raw: str, limit: int = 60) -> str:
+    """``raw`` quoted, cut to ``limit`` characters (an error line stays one line)."""
+    return repr(raw if len(raw) <= limit else raw[:limit] + "…")
 
 
 @app.command()
@@ -78,7 +87,7 @@ def submit(
 
 def _report_submit(handle: JobHandle) -> None:
     if handle.created:
-        err.print(f"submitted job [bold]{handle.job_id}[/bold]", markup=True, highlight=False)
+        err.print(Text.assemble("submitted job ", (handle.job_id, "bold")), highlight=False)
     else:
         err.print(f"job {handle.job_id} already exists: not submitted again", highlight=False)
     out.print(handle.job_id, highlight=False)
@@ -130,11 +139,11 @@ def _print_record(record: JobRecord, as_json: bool) -> None:
         ("worker", record.worker or "-"),
         ("queue", record.queue),
     ):
-        table.add_row(f"[bold]{name}[/bold]", value)
+        table.add_row(Text(name, style="bold"), Text(value))
     if record.is_terminal:
-        table.add_row("[bold]result[/bold]", dump(record.result) if record.error is None else "-")
+        table.add_row(Text("result", style="bold"), Text(dump(record.result) if record.error is None else "-"))
     if record.error is not None:
-        table.add_row("[bold]error[/bold]", f"{record.error.type}: {record.error.message}")
+        table.add_row(Text("error", style="bold"), Text(f"{record.error.type}: {record.error.message}"))
     out.print(table)
 
 

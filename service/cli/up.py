@@ -28,8 +28,8 @@ from service.settings import Settings, load_settings
 
 __all__ = ["DEMO_JOBS", "run_up"]
 
-console = Console(stderr=True, highlight=False)
-out = Console(highlight=False)
+console = Console(stderr=True, highlight=False, markup=False)
+out = Console(highlight=False, markup=False)
 
 # Bundled config: the plugins/ folder next to the service package (a source checkout).
 BUNDLED_CONFIG = Path(__file__).resolve().parents[2] / "config.yml"

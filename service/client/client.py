@@ -48,7 +48,7 @@ from service.redis.connection import broker_errors, connect, redact
 from service.redis.pubsub import PubSubMultiplexer
 from service.retry import RetryOverride
 from service.settings import Settings, load_settings
-from service.wire import check_size, not_json
+from service.wire import bad_key, check_size, not_json
 
 __all__ = ["JobClient"]
 # Registry entries are re-read at most this often per plugin: submit stays one round trip.
@@ -227,6 +227,10 @@ class JobClient:
                     plugin, action, [FieldError("params", "positional params need validation (validate=True)")]
                 )
             params = manifest.bind_positional(action, values)
+        for key in params:  # a name JSON cannot carry would fail validation unnamed
+            bad = bad_key(key)
+            if bad:
+                raise InvalidParamsError(plugin, action, [FieldError(str(key), bad)])
         checked = dict(params) if manifest is None else manifest.validate_params(action, params)
         problem = not_json(checked)
         if problem is not None:

@@ -37,8 +37,9 @@ __all__ = ["CreateResult", "JobStore", "parse_final", "parse_record"]
 
 _BATCH = 200  # submits per call at most
 
-# Hash fields that are not JobRecord fields: whether someone follows the job, the request's signature.
-_NOT_RECORD_FIELDS = frozenset({"watched", "sig"})
+# Hash fields that are not JobRecord fields: whether someone follows the job, the request's signature;
+# a job_id field (never written by actionq) must not stand for the id the record is read under.
+_NOT_RECORD_FIELDS = frozenset({"watched", "sig", "job_id"})
 
 _INT_FIELDS = (
     "attempt",
@@ -208,16 +209,20 @@ def parse_record(job_id: str, raw: Mapping[bytes, bytes] | Mapping[str, str]) ->
     attempts = []
     for key, raw_value in raw.items():
         name = key.decode(errors="replace") if isinstance(key, bytes) else key
+        if name in _NOT_RECORD_FIELDS:
+            continue
         try:
             value = raw_value.decode() if isinstance(raw_value, bytes) else raw_value
             if name.startswith("attempt:"):
                 attempts.append(AttemptInfo.model_validate_json(value))
-            elif name not in _NOT_RECORD_FIELDS:
+            else:
                 data[name] = _field(name, value)
         except ValidationError as exc:
             raise RecordUnreadableError(job_id, f"{name}: {describe_validation(exc)}") from exc
-        except ValueError as exc:
+        except (ValueError, TypeError) as exc:  # not text, not an integer, not JSON
             raise RecordUnreadableError(job_id, f"{name}: {exc}") from exc
+        except RecursionError:
+            raise RecordUnreadableError(job_id, f"{name}: nested too deeply to read") from None
     data["attempts"] = sorted(attempts, key=lambda a: a.attempt)
     try:
         return JobRecord.model_validate(data)
