@@ -179,6 +179,8 @@ class Run:
     accepted: dict[str, int] = field(default_factory=dict)
     """Job id -> its ``n``, once a submit of it returned."""
     resubmits: int = 0
+    logs: dict[int, Path] = field(default_factory=dict)
+    """Worker pid -> its log file."""
 
     @property
     def journal(self) -> Path:
@@ -194,10 +196,11 @@ class Run:
         """Start one more worker, on ``url`` or the run's (it registers on its own; :meth:`ready` waits for it)."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("ACTIONQ_")}
         env |= {"ACTIONQ_REDIS_URL": url or self.worker_url, "ACTIONQ_NAMESPACE": self.namespace}
-        env |= {"ACTIONQ_LOG_FORMAT": "json", "PYTHONUNBUFFERED": "1"}
+        env |= {"ACTIONQ_LOG_FORMAT": "json", "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1"}
         log = self.tmp / f"worker-{len(self.workers) + 1}.log"
         proc = spawn_worker(self._config_path(), env, log_path=log, cwd=REPO_ROOT)
         self.workers.append(proc)
+        self.logs[proc.pid] = log
         return proc
 
     async def ready(self, client: JobClient, proc: subprocess.Popen[bytes], timeout_s: float = 30) -> None:
@@ -223,8 +226,12 @@ class Run:
             try:
                 code: int | None = proc.wait(timeout_s)
             except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+                proc.send_signal(signal.SIGABRT)  # faulthandler writes every thread's stack to its log
+                try:
+                    proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
                 code = None
             codes[proc.pid] = code
         return codes
@@ -397,16 +404,21 @@ async def _run_with(
 ) -> Figures:
     """A worker per URL in ``urls``, the producer, ``faults``, then the tally."""
     settings = Settings(redis_url=run.direct_url, namespace=run.namespace, reconnect_s=60)
-    async with await JobClient.connect(settings=settings) as client:
-        for proc in [run.spawn(url) for url in urls]:
-            await run.ready(client, proc)
-        producer = asyncio.create_task(run.produce(client, jobs, rate))
-        count = await faults(client)
-        await producer
-        records = await run.settle(client, timeout_s=60 + jobs * run.work_ms / 1000)
-        figures = tally(run, scenario, records, count)
-    codes = await asyncio.to_thread(run.stop_all)  # off the loop: a proxy on it must keep forwarding
-    figures.problems += [f"worker {pid} exited {code} on SIGTERM" for pid, code in codes.items() if code not in (0, -9)]
+    try:
+        async with await JobClient.connect(settings=settings) as client:
+            for proc in [run.spawn(url) for url in urls]:
+                await run.ready(client, proc)
+            producer = asyncio.create_task(run.produce(client, jobs, rate))
+            count = await faults(client)
+            await producer
+            records = await run.settle(client, timeout_s=60 + jobs * run.work_ms / 1000)
+            figures = tally(run, scenario, records, count)
+    finally:
+        codes = await asyncio.to_thread(run.stop_all)  # off the loop: a proxy on it must keep forwarding
+    for pid, code in codes.items():
+        if code not in (0, -9):
+            tail = "\n".join(run.logs[pid].read_text(errors="replace").splitlines()[-60:])
+            figures.problems.append(f"worker {pid} exited {code} on SIGTERM; the end of its log:\n{tail}")
     return figures
 
 

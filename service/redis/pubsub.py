@@ -111,7 +111,10 @@ class PubSubMultiplexer:
 
     async def _subscribe(self, channel: str) -> None:
         with broker_errors(f"subscribing to {channel}"):
-            await self._pubsub.subscribe(channel)
+            try:
+                await self._pubsub.subscribe(channel)
+            except RuntimeError as exc:  # the reader is reconnecting this connection: try again
+                raise redis_exc.ConnectionError(f"the pub/sub connection is reconnecting ({exc})") from exc
 
     async def _remove(self, sub: Subscription) -> None:
         async with self._lock:
@@ -123,7 +126,9 @@ class PubSubMultiplexer:
                 return
             del self._subs[sub.channel]
             self._confirmed.pop(sub.channel, None)
-            with contextlib.suppress(redis_exc.RedisError):
+            # RuntimeError: the reader is reconnecting this connection (redis-py reads its handshake
+            # on both); the reconnect subscribes only the channels still wanted.
+            with contextlib.suppress(redis_exc.RedisError, RuntimeError):
                 await self._pubsub.unsubscribe(sub.channel)
 
     def _ensure_reader(self) -> None:
@@ -135,8 +140,9 @@ class PubSubMultiplexer:
         while not self._closed:
             try:
                 message = await self._pubsub.get_message(timeout=_READ_TIMEOUT_S)
-            except (redis_exc.ConnectionError, redis_exc.TimeoutError, OSError) as exc:
-                # redis-py re-subscribes every channel when the connection comes back.
+            except (redis_exc.ConnectionError, redis_exc.TimeoutError, OSError, RuntimeError) as exc:
+                # redis-py re-subscribes every channel when the connection comes back. RuntimeError:
+                # a subscribe was reconnecting this connection at the same time (both read its handshake).
                 log.warning("pubsub_reconnecting", error=str(exc), retry_in_s=backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)

@@ -316,12 +316,12 @@ class WorkerRuntime:
         if self._stopped:
             return
         self._stopped = True
+        await self._mux.close()  # first: the listeners then leave without an UNSUBSCRIBE each
         for task in (self._heartbeat, *self._listeners):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        await self._mux.close()
         with contextlib.suppress(ActionQError):
             await self.registry.withdraw(self.worker_id)
         self.notify(WorkerStoppedEvent(**self._me(), reason=self.stop_reason))

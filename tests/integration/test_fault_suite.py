@@ -80,7 +80,9 @@ async def test_a_partitioned_worker_stops_its_attempt_before_another_worker_take
             assert await handle.result(timeout=30) == 42
             proxy.heal()
             record = await handle.record()
+        codes = await asyncio.to_thread(run.stop_all)
     finally:
+        await asyncio.to_thread(run.stop_all)  # none left running if the test failed
         await proxy.close()
     entries = faultkit.read_journal(run.journal)["long"]
     assert [(e.mark, e.attempt, e.pid) for e in entries] == [
@@ -90,4 +92,4 @@ async def test_a_partitioned_worker_stops_its_attempt_before_another_worker_take
         ("D", 2, run.workers[1].pid),
     ]
     assert record.attempt == 2
-    assert not [code for code in (await asyncio.to_thread(run.stop_all)).values() if code != 0]
+    assert not [code for code in codes.values() if code != 0]

@@ -1,0 +1,83 @@
+"""The pub/sub multiplexer while its one connection is being reconnected by another coroutine.
+
+redis-py reads a reconnect's handshake on whichever coroutine reconnects; a second coroutine
+using the connection then gets ``RuntimeError: read() called while another coroutine is already
+waiting``. Neither the reader nor a subscribe or unsubscribe may die of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from service.redis.pubsub import PubSubMultiplexer
+
+BUSY = RuntimeError("read() called while another coroutine is already waiting for incoming data")
+
+
+async def test_a_subscribe_during_a_reconnect_is_tried_again(
+    fake_redis: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mux = PubSubMultiplexer(fake_redis, reconnect_s=5)
+    real = mux._pubsub.subscribe
+    calls = 0
+
+    async def busy_once(*channels: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise BUSY
+        await real(*channels)
+
+    monkeypatch.setattr(mux._pubsub, "subscribe", busy_once)
+    try:
+        async with mux.subscribe("c") as sub:
+            await fake_redis.publish("c", b"hello")
+            assert await sub.get(timeout=5) == b"hello"
+        assert calls == 2
+    finally:
+        await mux.close()
+
+
+async def test_an_unsubscribe_during_a_reconnect_is_not_an_error(
+    fake_redis: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mux = PubSubMultiplexer(fake_redis)
+
+    async def busy(*channels: Any) -> None:
+        raise BUSY
+
+    try:
+        async with mux.subscribe("c"):
+            monkeypatch.setattr(mux._pubsub, "unsubscribe", busy)
+        async with mux.subscribe("c") as sub:  # the channel can be followed again
+            await fake_redis.publish("c", b"again")
+            assert await sub.get(timeout=5) == b"again"
+    finally:
+        await mux.close()
+
+
+async def test_the_reader_outlives_a_busy_connection(
+    fake_redis: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mux = PubSubMultiplexer(fake_redis)
+    real = mux._pubsub.get_message
+    failed = asyncio.Event()
+
+    async def busy_once(**kwargs: Any) -> Any:
+        if not failed.is_set():
+            failed.set()
+            raise BUSY
+        return await real(**kwargs)
+
+    try:
+        async with mux.subscribe("c") as sub:
+            monkeypatch.setattr(mux._pubsub, "get_message", busy_once)
+            await failed.wait()
+            await fake_redis.publish("c", b"still here")
+            assert await sub.get(timeout=5) == b"still here"
+    finally:
+        await mux.close()
