@@ -141,7 +141,8 @@ class JobHandle:
 
         A waiting job (queued, deferred, or waiting to retry) is cancelled at once and never
         starts: ``cancelled_queued``. A running job gets a durable flag and a push to its worker,
-        which sets the job's token and, after the action's grace period, stops it by force; this
+        which sets the job's token and interrupts the action (a coroutine or a generator at once, a
+        thread once it returns or its grace period is over: see the reliability docs); this
         waits up to ``timeout`` seconds for the end: ``cancelled_running``, or
         ``already_finished`` if it finished first (cancel racing completion), or
         ``cancel_requested`` if it has not ended yet. A job that had ended is left alone:

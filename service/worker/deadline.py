@@ -1,9 +1,13 @@
 """Running an action under its timeout and its cancellation token, with escalation.
 
-Cooperative first: a cancel request — or the timeout — sets the job's token, which a
-well-behaved action notices and stops on. If it has not stopped after the grace period, its task
-is cancelled (forced). If even that does not end it (a plain ``def`` stuck in its thread: Python
-cannot interrupt a thread), the supervisor gives up waiting, says so, and the job's slot is freed.
+At the timeout, or on a cancel request, the job's token is set (its reason says which). An
+action running on the loop — ``async def``, either kind of generator, whose items are pumped on
+the loop — is then cancelled at once: asyncio raises ``CancelledError`` at its next ``await``
+(or a generator's next item), and a ``try``/``finally`` in it still runs. A plain ``def`` in its
+thread cannot be interrupted: it has the grace period to notice the token and return. The
+grace bounds the escalation: an action still running after it (one that swallowed the cancel,
+or a thread) is cancelled again, and if even that does not end it (a thread stuck in a call),
+the supervisor gives up waiting, says so, and the job's slot is freed.
 """
 
 from __future__ import annotations
@@ -46,10 +50,13 @@ async def supervise(
     token: CancellationToken,
     timeout_s: float,
     grace_s: float,
+    interruptible: bool = True,
     started: Callable[[], None] | None = None,
 ) -> Supervised:
     """Run ``action`` until it finishes, times out or is cancelled (see the module docstring).
 
+    ``interruptible``: the action runs on the loop and is cancelled as soon as it must stop;
+    False for a plain ``def`` in a thread, which gets the token and the grace period.
     ``started`` is called on the loop right after the action's first step (an action's first
     step is not kept waiting for bookkeeping such as the start events).
     """
@@ -63,6 +70,8 @@ async def supervise(
         return _finished(task, _ending_of(token) if stopped else "done")
     ending: Ending = "cancelled" if token.is_cancelled else "timed_out"
     token.cancel("timeout")  # no-op when already cancelled; a timeout escalates the same way
+    if interruptible:
+        task.cancel()
     await asyncio.wait({task}, timeout=grace_s)
     if task.done():
         return _finished(task, ending)

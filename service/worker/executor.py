@@ -264,7 +264,14 @@ class Executor:
                 else:
                     coro = action.invoke(params, ctx)
                 started = lambda: self._announce(attempt)  # noqa: E731
-                done = await supervise(coro, token=attempt.token, timeout_s=timeout_s, grace_s=grace_s, started=started)
+                done = await supervise(
+                    coro,
+                    token=attempt.token,
+                    timeout_s=timeout_s,
+                    grace_s=grace_s,
+                    interruptible=action.kind != "sync",  # a plain def runs in a thread
+                    started=started,
+                )
         finally:
             # The last progress is written before the final state, whatever the outcome.
             await asyncio.shield(reporter.close())

@@ -1,4 +1,4 @@
-"""The supervisor's deadline: a normal finish, a cooperative cancel, forcing after the grace, stuck threads."""
+"""The supervisor's deadline: a normal finish, interrupting at once, a cooperative thread, forcing, stuck threads."""
 
 from __future__ import annotations
 
@@ -28,32 +28,65 @@ async def test_cooperative_cancel_stops_within_the_grace_period() -> None:
         token.raise_if_cancelled()
 
     asyncio.get_running_loop().call_later(0.05, token.cancel, "stop")
-    done = await supervise(cooperative(), token=token, timeout_s=10, grace_s=5)
+    done = await supervise(cooperative(), token=token, timeout_s=10, grace_s=5, interruptible=False)
     assert done.ending == "cancelled"
     assert isinstance(done.error, CancellationRequested)
     assert not done.forced
 
 
-async def test_an_action_that_ignores_the_token_is_forced_after_the_grace() -> None:
+async def test_a_coroutine_that_ignores_the_token_is_interrupted_at_once() -> None:
     token = CancellationToken(asyncio.get_running_loop())
 
     async def stubborn() -> None:
         await asyncio.sleep(30)
 
     asyncio.get_running_loop().call_later(0.05, token.cancel, "stop")
-    done = await supervise(stubborn(), token=token, timeout_s=10, grace_s=0.1)
-    assert (done.ending, done.forced, done.stuck) == ("cancelled", True, False)
+    done = await supervise(stubborn(), token=token, timeout_s=10, grace_s=30)
+    assert (done.ending, done.forced, done.stuck) == ("cancelled", False, False)
+    assert isinstance(done.error, asyncio.CancelledError)
 
 
-async def test_timeout_sets_the_token_then_forces() -> None:
+async def test_a_coroutine_that_swallows_the_cancel_is_forced_after_the_grace() -> None:
     token = CancellationToken(asyncio.get_running_loop())
+    interrupted = 0
+
+    async def swallows() -> None:
+        nonlocal interrupted
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            interrupted += 1
+        await asyncio.sleep(30)  # the forced cancel lands here
+
+    asyncio.get_running_loop().call_later(0.05, token.cancel, "stop")
+    done = await supervise(swallows(), token=token, timeout_s=10, grace_s=0.1)
+    assert (done.ending, done.forced, done.stuck, interrupted) == ("cancelled", True, False, 1)
+
+
+async def test_the_timeout_sets_the_token_and_interrupts_the_coroutine() -> None:
+    token = CancellationToken(asyncio.get_running_loop())
+    seen: list[str | None] = []
 
     async def slow() -> None:
-        await asyncio.sleep(30)
+        try:
+            await asyncio.sleep(30)
+        finally:
+            seen.append(token.reason)  # the token is set before the interruption
 
-    done = await supervise(slow(), token=token, timeout_s=0.05, grace_s=0.05)
+    done = await supervise(slow(), token=token, timeout_s=0.05, grace_s=30)
+    assert (done.ending, done.forced) == ("timed_out", False)
+    assert seen == ["timeout"]
+
+
+async def test_a_thread_that_ignores_the_token_is_forced_after_the_grace() -> None:
+    token = CancellationToken(asyncio.get_running_loop())
+    release = threading.Event()
+
+    async def in_thread() -> None:
+        await asyncio.shield(asyncio.to_thread(release.wait, 0.3))  # a thread ends when it ends
+
+    done = await supervise(in_thread(), token=token, timeout_s=0.05, grace_s=0.05, interruptible=False)
     assert (done.ending, done.forced) == ("timed_out", True)
-    assert token.reason == "timeout"
 
 
 async def test_a_thread_that_never_stops_is_reported_stuck() -> None:
@@ -68,7 +101,7 @@ async def test_a_thread_that_never_stops_is_reported_stuck() -> None:
         # shield: cancelling the awaiting task does not end the thread, as with a real plain def
         await asyncio.shield(asyncio.to_thread(blocked))
 
-    done = await supervise(in_thread(), token=token, timeout_s=0.05, grace_s=0.05)
+    done = await supervise(in_thread(), token=token, timeout_s=0.05, grace_s=0.05, interruptible=False)
     release.set()
     assert done.ending == "timed_out"
     assert done.forced
