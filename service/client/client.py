@@ -15,6 +15,7 @@ id was used for different work).
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping, Sequence
@@ -72,6 +73,7 @@ class JobClient:
         self._mux: PubSubMultiplexer | None = None
         self.dead = DeadLetterStore(redis, self.keys, ttl_s=settings.dead_letter_ttl_s, submit=self.submit_request)
         self._manifests: dict[str, tuple[float, RegisteredPlugin | None]] = {}
+        self._entry_reads: dict[str, asyncio.Future[RegisteredPlugin | None]] = {}
 
     @classmethod
     async def connect(
@@ -242,12 +244,28 @@ class JobClient:
         if cached is not None and time.monotonic() - cached[0] < _REGISTRY_CACHE_S:
             entry = cached[1]
         else:
-            entry = await self.registry.plugin(plugin)
-            self._manifests[plugin] = (time.monotonic(), entry)
+            entry = await self._read_entry(plugin)
         if entry is None or not entry.live:
             live = [p.name for p in await self.registry.plugins() if p.live]
             raise UnknownPluginError(plugin, live)
         return entry.manifest
+
+    async def _read_entry(self, plugin: str) -> RegisteredPlugin | None:
+        """The registry entry of ``plugin``, read once for every submit waiting on it (single flight).
+
+        10,000 gathered submits on a cold cache would otherwise each read the same entry.
+        """
+        reading = self._entry_reads.get(plugin)
+        if reading is None:
+            reading = asyncio.ensure_future(self.registry.plugin(plugin))
+            self._entry_reads[plugin] = reading
+            reading.add_done_callback(lambda done: self._entry_read(plugin, done))
+        return await asyncio.shield(reading)  # one submit cancelled does not cancel the others' read
+
+    def _entry_read(self, plugin: str, done: asyncio.Future[RegisteredPlugin | None]) -> None:
+        del self._entry_reads[plugin]
+        if not done.cancelled() and done.exception() is None:  # an error goes to the waiters, not the cache
+            self._manifests[plugin] = (time.monotonic(), done.result())
 
     # -- looking things up ----------------------------------------------------------------
     def job(self, job_id: str) -> JobHandle:

@@ -142,3 +142,38 @@ async def test_concurrent_submits_share_round_trips(client: JobClient) -> None:
     assert isinstance(clash[0], JobHandle)
     assert isinstance(clash[1], JobConflictError)
     assert await client.redis.zcard(client.keys.queue("PluginB")) == 50 + 1 + 1
+
+
+async def test_gathered_submits_on_a_cold_cache_read_the_registry_once(
+    client: JobClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await register(client, "PluginB")
+    real, reads = client.registry.plugin, []
+
+    async def counted(name: str) -> Any:
+        reads.append(name)
+        return await real(name)
+
+    monkeypatch.setattr(client.registry, "plugin", counted)
+    handles = await asyncio.gather(*(client.submit("PluginB", "calculate_square", {"x": i}) for i in range(200)))
+    assert len(handles) == 200
+    assert reads == ["PluginB"]
+
+
+async def test_a_failed_registry_read_is_not_cached(client: JobClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    await register(client, "PluginB")
+    real, calls = client.registry.plugin, []
+
+    async def fails_once(name: str) -> Any:
+        calls.append(name)
+        if len(calls) == 1:
+            raise SubmissionError("registry unreadable")
+        return await real(name)
+
+    monkeypatch.setattr(client.registry, "plugin", fails_once)
+    results = await asyncio.gather(
+        *(client.submit("PluginB", "calculate_square", {"x": i}) for i in range(3)), return_exceptions=True
+    )
+    assert all(isinstance(r, SubmissionError) for r in results)  # the waiters share the one failed read
+    assert (await client.submit("PluginB", "calculate_square", {"x": 1})).created  # read again, not cached
+    assert len(calls) == 2
