@@ -174,7 +174,14 @@ class FieldError:
     message: str
 
     def __str__(self) -> str:
-        return f"{self.field}: {self.message}"
+        return f"{_printable(self.field)}: {self.message}"
+
+
+def _printable(text: str) -> str:
+    """``text`` with what would not print on one line (control characters, line separators) escaped."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 class SubmissionError(ActionQError):
@@ -189,6 +196,19 @@ class UnknownPluginError(SubmissionError):
         super().__init__(f"unknown plugin {plugin!r}{hint}")
         self.plugin = plugin
         self.known = tuple(known)
+
+
+class UnservableJobError(SubmissionError):
+    """No live worker would take the job: none reads its plugin's queue in that lane on that host."""
+
+    def __init__(self, plugin: str, lane: str, host: str, hosts: Sequence[str] = ()) -> None:
+        where = {"any": "", "remote": " on another host"}.get(host, f" on host {host!r}")
+        served = f"served on: {', '.join(hosts)}" if hosts else "no live worker serves it in that lane"
+        super().__init__(
+            f"no live worker takes {plugin!r} jobs in lane {lane!r}{where} ({served}); "
+            "submit with validate=False to queue it anyway"
+        )
+        self.plugin, self.lane, self.host, self.hosts = plugin, lane, host, tuple(hosts)
 
 
 class UnknownActionError(SubmissionError):

@@ -146,7 +146,8 @@ class JobOptions(_Model):
     )
     host: str = Field(
         default="any",
-        description='"any" worker serving the plugin, or a hostname: only workers on that host take it '
+        description='"any" worker serving the plugin, "remote" (a worker on another host than the '
+        "submitter's, picked by the client) or a hostname: only workers on that host take it "
         '("local" is resolved to the submitting host by the client).',
     )
     watch: bool = Field(

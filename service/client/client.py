@@ -15,8 +15,6 @@ id was used for different work).
 
 from __future__ import annotations
 
-import asyncio
-import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import aclosing
@@ -29,6 +27,7 @@ from redis.asyncio import Redis
 
 from service.client.deadletters import DeadLetterStore
 from service.client.handle import JobHandle
+from service.client.singleflight import SharedReads
 from service.client.store import JobStore
 from service.errors import (
     ConfigError,
@@ -37,6 +36,7 @@ from service.errors import (
     JobConflictError,
     SubmissionError,
     UnknownPluginError,
+    UnservableJobError,
 )
 from service.events.control import Command, ControlCommand, ControlReport, send_control
 from service.events.models import EventKind, ReceivedEvent
@@ -72,8 +72,9 @@ class JobClient:
         self._owns_redis = owns_redis
         self._mux: PubSubMultiplexer | None = None
         self.dead = DeadLetterStore(redis, self.keys, ttl_s=settings.dead_letter_ttl_s, submit=self.submit_request)
-        self._manifests: dict[str, tuple[float, RegisteredPlugin | None]] = {}
-        self._entry_reads: dict[str, asyncio.Future[RegisteredPlugin | None]] = {}
+        self._entries: SharedReads[str, RegisteredPlugin | None] = SharedReads(_REGISTRY_CACHE_S)
+        self._workers: SharedReads[None, list[WorkerInfo]] = SharedReads(_REGISTRY_CACHE_S)
+        self._routed: dict[int, dict[str, int]] = {}
 
     @classmethod
     async def connect(
@@ -162,6 +163,8 @@ class JobClient:
         manifest = await self._manifest(plugin) if validate else None
         checked = self._check_params(manifest, plugin, action, params)
         request = JobRequest(plugin=plugin, action=action, params=checked, options=options)
+        if validate:
+            await self._check_served(request)
         return await self.submit_request(request)
 
     async def execute_stream(
@@ -189,7 +192,7 @@ class JobClient:
         created = await self.store.create(
             job_id,
             body,
-            queue=self.keys.queue(request.plugin, opts.queue, None if opts.host == "any" else opts.host),
+            queue=await self._queue_of(request),
             now_ms=now,
             score_ms=score,
             # The queue-wait limit: a worker that takes the job after this fails it instead.
@@ -240,32 +243,54 @@ class JobClient:
         return checked
 
     async def _manifest(self, plugin: str) -> PluginManifest:
-        cached = self._manifests.get(plugin)
-        if cached is not None and time.monotonic() - cached[0] < _REGISTRY_CACHE_S:
-            entry = cached[1]
-        else:
-            entry = await self._read_entry(plugin)
+        entry = await self._entries.get(plugin, lambda: self.registry.plugin(plugin))
         if entry is None or not entry.live:
             live = [p.name for p in await self.registry.plugins() if p.live]
             raise UnknownPluginError(plugin, live)
         return entry.manifest
 
-    async def _read_entry(self, plugin: str) -> RegisteredPlugin | None:
-        """The registry entry of ``plugin``, read once for every submit waiting on it (single flight).
+    async def _live_workers(self) -> list[WorkerInfo]:
+        return await self._workers.get(None, self.registry.workers)
 
-        10,000 gathered submits on a cold cache would otherwise each read the same entry.
+    async def _queue_of(self, request: JobRequest) -> str:
+        """The queue ``request`` goes to: its plugin's, in its lane, for its host (``remote``: one picked)."""
+        opts = request.options
+        if opts.host == "remote":
+            host: str | None = await self._remote_host(request.plugin, opts.queue)
+        else:
+            host = None if opts.host == "any" else opts.host
+        return self.keys.queue(request.plugin, opts.queue, host)
+
+    async def _remote_host(self, plugin: str, lane: str) -> str:
+        """A host other than this one whose live workers serve ``plugin`` in ``lane``: the least loaded.
+
+        Load is the running jobs the registry last showed plus the jobs this client sent there
+        since, so a burst of submits spreads over the hosts instead of piling onto one.
         """
-        reading = self._entry_reads.get(plugin)
-        if reading is None:
-            reading = asyncio.ensure_future(self.registry.plugin(plugin))
-            self._entry_reads[plugin] = reading
-            reading.add_done_callback(lambda done: self._entry_read(plugin, done))
-        return await asyncio.shield(reading)  # one submit cancelled does not cancel the others' read
+        workers = await self._live_workers()
+        load: dict[str, int] = {}
+        for w in workers:
+            if w.hostname != self.settings.hostname and _serves(w, self.keys.queue(plugin, lane, w.hostname)):
+                load[w.hostname] = load.get(w.hostname, 0) + w.running_jobs
+        if not load:
+            raise UnservableJobError(plugin, lane, "remote", _hosts_serving(workers, self.keys, plugin, lane))
+        sent = self._routed.setdefault(id(workers), {})  # reset with each new registry read
+        if len(self._routed) > 1:
+            self._routed = {id(workers): sent}
+        host = min(sorted(load), key=lambda h: load[h] + sent.get(h, 0))
+        sent[host] = sent.get(host, 0) + 1
+        return host
 
-    def _entry_read(self, plugin: str, done: asyncio.Future[RegisteredPlugin | None]) -> None:
-        del self._entry_reads[plugin]
-        if not done.cancelled() and done.exception() is None:  # an error goes to the waiters, not the cache
-            self._manifests[plugin] = (time.monotonic(), done.result())
+    async def _check_served(self, request: JobRequest) -> None:
+        """Refuse ``request`` when no live worker reads the queue it would go to."""
+        opts = request.options
+        if opts.host == "remote":
+            return  # a host was picked among those that serve it
+        queue = await self._queue_of(request)
+        workers = await self._live_workers()
+        if not any(_serves(w, queue) for w in workers):
+            hosts = _hosts_serving(workers, self.keys, request.plugin, opts.queue)
+            raise UnservableJobError(request.plugin, opts.queue, opts.host, hosts)
 
     # -- looking things up ----------------------------------------------------------------
     def job(self, job_id: str) -> JobHandle:
@@ -321,3 +346,12 @@ class JobClient:
             self.redis, self.keys, kinds=kinds, plugin=plugin, job_id=job_id, worker_id=worker_id,
             since=since, follow=follow,
         )  # fmt: skip
+
+
+def _serves(worker: WorkerInfo, queue: str) -> bool:
+    """``worker`` reads ``queue`` and will take jobs from it (a paused one will, once resumed)."""
+    return not worker.draining and queue in worker.queues
+
+
+def _hosts_serving(workers: Sequence[WorkerInfo], keys: Keys, plugin: str, lane: str) -> list[str]:
+    return sorted({w.hostname for w in workers if _serves(w, keys.queue(plugin, lane, w.hostname))})

@@ -122,6 +122,20 @@ class Registry:
                 raw, score = await pipe.execute()
         return self._entry(name, raw, score) if raw else None
 
+    async def retire(self, plugin: str, worker_id: str) -> bool:
+        """``worker_id`` no longer serves ``plugin`` (disabled there): unless another live worker does,
+        the plugin stops being live now, not once its heartbeat ages out. True if it did.
+
+        Its manifest stays (submits get "unknown plugin … served: …", listings show it not live);
+        a worker that loads it again makes it live with its next publish.
+        """
+        others = [w.worker_id for w in await self.workers() if w.worker_id != worker_id and plugin in w.plugins]
+        if others:
+            return False
+        with broker_errors(f"retiring plugin {plugin}"):
+            await self.redis.zrem(self.keys.registry_heartbeats(), plugin)
+        return True
+
     async def plugins(self) -> list[RegisteredPlugin]:
         """Every registered plugin, live or not, sorted by name."""
         async with self.redis.pipeline(transaction=False) as pipe:

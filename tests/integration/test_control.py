@@ -7,7 +7,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from service import JobClient, JobState
+import pytest
+
+from service import JobClient, JobState, UnservableJobError
 from service.events.models import EventKind
 from tests.conftest import FAST, REPO_ROOT, WorkerFactory, bundled_plugins_config, fixture_plugin
 
@@ -112,7 +114,10 @@ async def test_drain_with_a_running_job(worker_process: WorkerFactory, client: J
     report = await client.control("drain")
     assert report.acks[0].ok
     assert report.acks[0].result == {"running_jobs": 1}
-    later = await client.submit("PluginB", "calculate_square", {"x": 2})
+    async with await JobClient.connect(settings=client.settings) as fresh:  # no cached registry reads
+        with pytest.raises(UnservableJobError):  # a draining worker takes nothing new: refused at submit
+            await fresh.submit("PluginB", "calculate_square", {"x": 2})
+    later = await client.submit("PluginB", "calculate_square", {"x": 2}, validate=False)
     assert (await handle.result(timeout=20))["steps"] == 10  # the running job finished...
     assert worker.wait(timeout=20) == 0  # ...then the worker stopped by itself
     assert await later.state() is JobState.QUEUED  # and took nothing new

@@ -22,6 +22,7 @@ from service import (
     SyncJobClient,
     UnknownActionError,
     UnknownPluginError,
+    UnservableJobError,
 )
 from service.wire import loads
 from tests.conftest import FAST, REPO_ROOT, WorkerFactory, bundled_plugins_config
@@ -160,7 +161,9 @@ async def test_submit_before_any_worker_then_worker_runs_it(worker_process: Work
 async def test_host_targeting(worker_process: WorkerFactory, client: JobClient) -> None:
     worker_process(bundled_plugins_config(hostname="host-a", **FAST))
     here = await client.submit("PluginB", "calculate_square", {"x": 2}, host="host-a")
-    elsewhere = await client.submit("PluginB", "calculate_square", {"x": 2}, host="host-b")
+    with pytest.raises(UnservableJobError, match="host-b"):  # no live worker on host-b
+        await client.submit("PluginB", "calculate_square", {"x": 2}, host="host-b")
+    elsewhere = await client.submit("PluginB", "calculate_square", {"x": 2}, host="host-b", validate=False)
     assert await here.result(timeout=20) == 4
     # Deferred, so started by a take (not handed over by its submit): the worker took jobs since.
     later = await client.submit("PluginB", "calculate_square", {"x": 3}, host="host-a", defer_s=0.1)

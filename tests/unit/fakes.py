@@ -6,10 +6,13 @@ plugins live in its registry, as a worker serving them would.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import redis.asyncio as aioredis
 
 from service.client.client import JobClient
-from service.plugins.manifest import load_manifest
+from service.keys import Keys
+from service.plugins.manifest import PluginManifest, load_manifest
 from service.plugins.registry import Registry, WorkerInfo
 from service.settings import Settings
 from tests.conftest import REPO_ROOT
@@ -21,8 +24,21 @@ def fake_client(redis: aioredis.Redis) -> JobClient:
     return JobClient(redis, settings, owns_redis=False)
 
 
-async def register(client: JobClient, *names: str) -> None:
+def serving(
+    keys: Keys,
+    manifests: Sequence[PluginManifest],
+    *,
+    worker_id: str = "w1",
+    hostname: str = "here",
+    lanes: Sequence[str] = ("default",),
+) -> WorkerInfo:
+    """A live worker's entry that reads every queue of ``manifests`` in ``lanes``, any host and its own."""
+    queues = [keys.queue(m.name, lane, host) for m in manifests for lane in lanes for host in (None, hostname)]
+    return WorkerInfo(worker_id=worker_id, hostname=hostname, queues=queues)
+
+
+async def register(client: JobClient, *names: str, lanes: Sequence[str] = ("default",)) -> None:
     """Publish the manifests of the bundled plugins ``names``, served by a live worker ``w1`` on ``here``."""
     registry = Registry(client.redis, client.keys, heartbeat_s=5)
     manifests = [load_manifest(REPO_ROOT / "plugins" / name, name) for name in names]
-    await registry.publish(WorkerInfo(worker_id="w1", hostname="here"), manifests)
+    await registry.publish(serving(client.keys, manifests, lanes=lanes), manifests)

@@ -35,8 +35,9 @@ from service.client.store import JobStore
 from service.keys import Keys
 from service.models import JobRecord
 from service.plugins.manifest import PluginManifest
-from service.plugins.registry import Registry, WorkerInfo
+from service.plugins.registry import Registry
 from service.settings import Settings
+from tests.unit.fakes import serving
 
 NAMESPACE = "cli"
 SETTINGS = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -224,7 +225,7 @@ P = PluginManifest.model_validate({"name": "P", "actions": [{"name": "a", "argum
 async def publish(server: fakeredis.FakeServer) -> None:
     redis = fakeredis.FakeAsyncRedis(server=server)
     try:
-        await Registry(redis, Keys(NAMESPACE), heartbeat_s=5).publish(WorkerInfo(worker_id="w", hostname="h"), [P])
+        await Registry(redis, Keys(NAMESPACE), heartbeat_s=5).publish(serving(Keys(NAMESPACE), [P]), [P])
     finally:
         await redis.aclose()
 

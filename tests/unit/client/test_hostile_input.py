@@ -13,10 +13,10 @@ import redis.asyncio as aioredis
 from service.client.client import JobClient
 from service.errors import InvalidParamsError, RecordUnreadableError
 from service.plugins.manifest import PluginManifest
-from service.plugins.registry import WorkerInfo
 from service.redis.connection import redact
 from service.settings import Settings
 from service.wire import MAX_DEPTH, not_json
+from tests.unit.fakes import serving
 
 MANIFEST = PluginManifest.model_validate(
     {
@@ -29,7 +29,7 @@ MANIFEST = PluginManifest.model_validate(
 @pytest_asyncio.fixture
 async def client(fake_redis: aioredis.Redis) -> AsyncIterator[JobClient]:
     c = JobClient(fake_redis, Settings(redis_url="redis://fake", namespace="hi"), owns_redis=False)
-    await c.registry.publish(WorkerInfo(worker_id="w", hostname="h"), [MANIFEST])
+    await c.registry.publish(serving(c.keys, [MANIFEST], worker_id="w", hostname="h"), [MANIFEST])
     yield c
     await c.close()
 

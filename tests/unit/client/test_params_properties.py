@@ -30,10 +30,9 @@ from service.errors import (
     UnknownPluginError,
 )
 from service.plugins.manifest import PluginManifest, load_manifest
-from service.plugins.registry import WorkerInfo
 from service.wire import MAX_DEPTH
 from tests.conftest import BUNDLED_PLUGINS, REPO_ROOT
-from tests.unit.fakes import fake_client
+from tests.unit.fakes import fake_client, serving
 
 T = TypeVar("T")
 
@@ -116,7 +115,7 @@ def on_fake_redis(body: Callable[[JobClient], Awaitable[T]], *, max_payload_byte
             client = JobClient(redis, settings, owns_redis=False)
         try:
             # What `register(client, *BUNDLED_PLUGINS)` does, without re-reading the YAML every example.
-            await client.registry.publish(WorkerInfo(worker_id="w1", hostname="here"), [*BUNDLED, PROPS])
+            await client.registry.publish(serving(client.keys, [*BUNDLED, PROPS]), [*BUNDLED, PROPS])
             return await body(client)
         finally:
             await client.close()

@@ -32,8 +32,7 @@ from service.models import (
     ProgressUpdate,
 )
 from service.plugins.manifest import PluginManifest
-from service.plugins.registry import WorkerInfo
-from tests.unit.fakes import fake_client
+from tests.unit.fakes import fake_client, serving
 
 T = TypeVar("T")
 JOB_ID = "rec-1"
@@ -57,7 +56,7 @@ def on_fake_redis(body: Callable[[JobClient], Awaitable[T]], *, max_payload_byte
             settings = client.settings.model_copy(update={"max_payload_bytes": max_payload_bytes})
             client = JobClient(redis, settings, owns_redis=False)
         try:
-            await client.registry.publish(WorkerInfo(worker_id="w1", hostname="here"), [REC])
+            await client.registry.publish(serving(client.keys, [REC]), [REC])
             return await body(client)
         finally:
             await client.close()
@@ -380,6 +379,9 @@ def test_a_submitted_record_reads_back_as_submitted(
     watch: bool,
 ) -> None:
     async def body(client: JobClient) -> None:
+        for worker_id, hostname in (("w1", "here"), ("w2", "other-host")):  # live workers reading that lane
+            worker = serving(client.keys, [REC], worker_id=worker_id, hostname=hostname, lanes=[queue])
+            await client.registry.publish(worker, [REC])
         handle = await client.submit(
             "Rec", "echo", {"value": value, "n": n}, job_id=job_id, queue=queue, defer_s=defer_s,
             timeout_s=timeout_s, expires_s=expires_s, result_ttl_s=result_ttl_s, host=host, watch=watch,

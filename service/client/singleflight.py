@@ -1,0 +1,48 @@
+"""Registry reads shared by every submit that needs them: kept briefly, read once at a time.
+
+A producer that gathers 10,000 submits on a cold cache must not send 10,000 identical reads:
+the first caller starts the read, the others wait on it (single flight), and its value is kept
+for ``ttl_s``. A failed read reaches its waiters and is not kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Generic, TypeVar
+
+__all__ = ["SharedReads"]
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class SharedReads(Generic[K, V]):
+    """Values by key, each read at most once at a time and kept ``ttl_s`` seconds."""
+
+    def __init__(self, ttl_s: float) -> None:
+        self.ttl_s = ttl_s
+        self._values: dict[K, tuple[float, V]] = {}
+        self._reads: dict[K, asyncio.Future[V]] = {}
+
+    async def get(self, key: K, read: Callable[[], Awaitable[V]]) -> V:
+        """The value of ``key``: kept, or read by ``read()`` (once for every caller waiting)."""
+        kept = self._values.get(key)
+        if kept is not None and time.monotonic() - kept[0] < self.ttl_s:
+            return kept[1]
+        reading = self._reads.get(key)
+        if reading is None:
+            reading = asyncio.ensure_future(read())
+            self._reads[key] = reading
+            reading.add_done_callback(lambda done: self._done(key, done))
+        return await asyncio.shield(reading)  # one caller cancelled does not cancel the others' read
+
+    def forget(self, key: K) -> None:
+        """Drop the kept value of ``key``: the next :meth:`get` reads again."""
+        self._values.pop(key, None)
+
+    def _done(self, key: K, done: asyncio.Future[V]) -> None:
+        del self._reads[key]
+        if not done.cancelled() and done.exception() is None:  # an error goes to the waiters only
+            self._values[key] = (time.monotonic(), done.result())
