@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 
 from service.errors import ActionQError
 from service.keys import Keys
+from service.processes.parent import owned_env
 
 __all__ = ["WorkerStartError", "has_pid", "spawn_worker", "wait_registered", "worker_command"]
 
@@ -46,13 +47,18 @@ def spawn_worker(
     log_path: Path | None = None,
     cwd: Path | None = None,
     new_session: bool = False,
+    owned: bool = False,
 ) -> subprocess.Popen[bytes]:
-    """Start a worker; its output goes to ``log_path`` (or is inherited when there is none)."""
+    """Start a worker; its output goes to ``log_path`` (or is inherited when there is none).
+
+    ``owned``: the worker exits when this process does, however it ends (:mod:`service.processes.parent`);
+    wanted with ``new_session``, where no terminal signal reaches the worker any more.
+    """
     log = log_path.open("wb") if log_path is not None else None
     try:
         return subprocess.Popen(
             worker_command(config),
-            env=dict(env),
+            env=owned_env(env) if owned else dict(env),
             cwd=cwd,
             stdin=subprocess.DEVNULL,
             stdout=log,

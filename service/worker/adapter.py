@@ -36,6 +36,7 @@ from service import arqformat
 from service.errors import ConfigError
 from service.logs import configure_logging
 from service.models import JobState
+from service.processes.parent import die_with_parent, expected_parent
 from service.redis.connection import connect
 from service.settings import Settings
 from service.worker import settle
@@ -74,7 +75,9 @@ class ActionWorker(Worker):
         self._saturated = False
         self._chores: set[asyncio.Task[None]] = set()
         self._closing = False
+        self._stop_requested = False
         super().__init__(queue_name=self.queues[0], redis_pool=redis_pool, **kwargs)
+        self.on_stop = self._stop  # arq calls it as it cancels the main task, on every path to a stop
 
     def set_queues(self, queues: list[str]) -> None:
         """Read these queues from the next poll on (plugins were loaded or disabled at runtime)."""
@@ -90,7 +93,9 @@ class ActionWorker(Worker):
             await self.on_startup(self.ctx)
         renewer = asyncio.create_task(self.claims.renew_forever(self._lapsed), name="actionq-lease-renewal")
         try:
-            while True:
+            # Not only the cancel ends the loop: one swallowed on its way (seen rarely, under load, in
+            # a drain) would leave the worker idling for ever.
+            while not self._stop_requested:
                 await self._poll_iteration()
                 await self._wait_for_work()
         finally:
@@ -109,6 +114,10 @@ class ActionWorker(Worker):
             task = self.tasks.get(arq_id)
             if task is not None and not task.done():
                 task.cancel()
+
+    def _stop(self, signum: signal.Signals) -> None:
+        self._stop_requested = True
+        self.runtime.wake.set()
 
     async def _wait_for_work(self) -> None:
         # A listing must be renewed before it runs out, whatever poll_delay_s says: submits find
@@ -338,6 +347,12 @@ async def run_worker(settings: Settings) -> None:
 
 
 def main(settings: Settings) -> None:
-    """Blocking entry point used by ``actionq worker`` and ``python -m workers``."""
+    """Blocking entry point used by ``actionq worker`` and ``python -m workers``.
+
+    A worker started by a pool or by ``actionq up`` ends with that parent (:mod:`service.processes.parent`).
+    """
     configure_logging(settings.log_format, settings.log_level)
+    if not die_with_parent():
+        log.warning("parent_gone", parent_pid=expected_parent(), reason="the process that started this worker exited")
+        return
     asyncio.run(run_worker(settings))
