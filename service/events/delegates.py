@@ -26,11 +26,17 @@ How :meth:`DelegateManager.invoke_notification` never makes the job path wait:
 **Control delegates**, ``delegate(sender, control_type: str, **kwargs) -> Any``, are asked
 together by :meth:`DelegateManager.invoke_control`, which returns every response (a raising one
 is left out, logged and reported); ``any_true(responses)`` is the seeds' "pause if any says so".
+
+A registration made by a plugin's code belongs to that plugin instance and goes when it is
+disabled or reloaded (:meth:`DelegateManager.unregister_owner`; :mod:`service.events.origin`).
+``invoke_notification(kind, sender, **fields)`` emits a plugin-defined event, whose delegates
+get ``event=`` and the fields as keywords (:mod:`service.events.pluginevents`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import inspect
 import threading
@@ -41,6 +47,8 @@ from typing import Any, Literal
 import structlog
 
 from service.events.models import DelegateExecutionErrorEvent, Event, EventKind
+from service.events.origin import Origin, current_origin, running_as
+from service.events.pluginevents import PluginEvent, plugin_event
 from service.events.registrations import (
     ALL_KINDS,
     NotificationDelegate,
@@ -58,6 +66,7 @@ __all__ = ["ALL_KINDS", "DelegateManager", "Registration", "any_true"]
 log = structlog.get_logger("actionq.delegates")
 
 ControlDelegate = Callable[..., Any]
+_Control = tuple[ControlDelegate, Origin | None]
 
 # Pending events per delegate: ~10 s of a busy worker's events; beyond that a monitor that far
 # behind is better served by the newest events than by a growing backlog.
@@ -69,6 +78,12 @@ _ERROR_KIND = EventKind.DELEGATE_EXECUTION_ERROR.value
 def any_true(responses: Iterable[Any]) -> bool:
     """True if any control delegate answered exactly ``True`` (the seeds' "pause if any says pause")."""
     return any(response is True for response in responses)
+
+
+def _registering_origin() -> Origin | None:
+    """The plugin code registering a delegate now, without its job (the delegate outlives the job)."""
+    origin = current_origin()
+    return None if origin is None else origin.outside_job()
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:
@@ -101,7 +116,7 @@ class DelegateManager:
         self.worker_id = worker_id
         self._lock = threading.Lock()
         self._registrations: tuple[Registration, ...] = ()
-        self._controls: dict[str, tuple[ControlDelegate, ...]] = {}
+        self._controls: dict[str, tuple[_Control, ...]] = {}
         self._lanes: set[_Lane] = set()
         self._pool = ThreadPoolExecutor(max_workers=sync_workers, thread_name_prefix="actionq-delegate")
         # Controls get threads of their own: a hung notification delegate must not stall a pause check.
@@ -121,10 +136,12 @@ class DelegateManager:
         """Call ``delegate(sender, kind, event=...)`` for events of ``kind`` and ``kinds`` (``"*"``: all).
 
         ``predicate(event)``, if given, must also be true; it runs on the event loop, so keep it
-        cheap. Returns the :class:`Registration` (pass it to :meth:`unregister`).
+        cheap. Returns the :class:`Registration` (pass it to :meth:`unregister`). A kind that is
+        neither built-in nor a valid plugin kind name is a ``ValueError``. Made from a plugin's
+        code, the registration belongs to that plugin instance (see :meth:`unregister_owner`).
         """
         names = _check_kinds([*([] if kind is None else [kind]), *(kinds or [])])
-        registration = Registration(delegate, names, predicate)
+        registration = Registration(delegate, names, predicate, _registering_origin())
         with self._lock:
             self._registrations = (*self._registrations, registration)
         return registration
@@ -168,17 +185,40 @@ class DelegateManager:
             return self._registrations
 
     def register_control(self, control_type: str, delegate: ControlDelegate) -> None:
-        """Ask ``delegate(sender, control_type, **kwargs)`` whenever ``control_type`` is invoked."""
+        """Ask ``delegate(sender, control_type, **kwargs)`` whenever ``control_type`` is invoked.
+
+        Made from a plugin's code, it belongs to that plugin instance (see :meth:`unregister_owner`).
+        """
+        control = (delegate, _registering_origin())
         with self._lock:
-            self._controls[control_type] = (*self._controls.get(control_type, ()), delegate)
+            self._controls[control_type] = (*self._controls.get(control_type, ()), control)
 
     def unregister_control(self, control_type: str, delegate: ControlDelegate) -> bool:
         """Stop asking ``delegate`` about ``control_type``; True if it was registered."""
         with self._lock:
             current = self._controls.get(control_type, ())
-            kept = tuple(d for d in current if d != delegate)
+            kept = tuple(c for c in current if c[0] != delegate)
             self._controls[control_type] = kept
             return len(kept) != len(current)
+
+    def unregister_owner(self, owner: object) -> int:
+        """Remove every notification and control registration of ``owner`` (a plugin instance); how many.
+
+        The loader calls it when it disables, unloads or reloads the plugin (after its
+        ``on_disable``) and when its ``on_load``/``on_enable`` fails. Events already queued for
+        a removed delegate are still delivered: they happened while it was registered.
+        """
+        with self._lock:
+            removed = [reg for reg in self._registrations if reg.owner is owner]
+            self._registrations = tuple(reg for reg in self._registrations if reg.owner is not owner)
+            dropped = 0
+            for control_type, controls in self._controls.items():
+                kept = tuple(c for c in controls if c[1] is None or c[1].owner is not owner)
+                dropped += len(controls) - len(kept)
+                self._controls[control_type] = kept
+        for reg in removed:
+            self._on_loop(self._close_lane, reg._lane)
+        return len(removed) + dropped
 
     @property
     def dropped(self) -> int:
@@ -186,8 +226,18 @@ class DelegateManager:
         return self._dropped
 
     # -- notifications --------------------------------------------------------------------------
-    def invoke_notification(self, event: Event, sender: object = None) -> None:
-        """Deliver ``event`` to every matching delegate, later: returns at once, from any thread."""
+    def invoke_notification(self, event: Event | str, /, sender: object = None, **fields: Any) -> None:
+        """Deliver ``event`` to every matching delegate, later: returns at once, from any thread.
+
+        The seeds' form, ``invoke_notification(kind, sender, **fields)``, emits the plugin-defined
+        event ``kind`` from the plugin code running now; a bad kind or a field that is not JSON
+        raises :class:`~service.events.pluginevents.InvalidEventError`, and outside plugin code
+        it is a ``LookupError`` (see :mod:`service.events.pluginevents`).
+        """
+        if isinstance(event, str):
+            event = plugin_event(event, fields, current_origin(), self.worker_id)
+        elif fields:
+            raise TypeError(f"invoke_notification({type(event).__name__}, ...): fields go with a kind name only")
         with self._lock:
             snapshot = self._registrations
         regs = [reg for reg in snapshot if reg.wants(event.kind)]
@@ -221,8 +271,9 @@ class DelegateManager:
             lane.wake.set()
             if lane.task is None:
                 self._lanes.add(lane)
+                # A context of its own: not the one of whatever code emitted the first event.
                 lane.task = asyncio.get_running_loop().create_task(
-                    self._run_lane(reg, lane), name=f"delegate:{reg.name}"
+                    self._run_lane(reg, lane), name=f"delegate:{reg.name}", context=contextvars.Context()
                 )
 
     async def _run_lane(self, reg: Registration, lane: _Lane) -> None:
@@ -245,10 +296,13 @@ class DelegateManager:
             self._lanes.discard(lane)
 
     async def _deliver(self, reg: Registration, sender: object, event: Event) -> None:
+        kwargs: dict[str, Any] = {"event": event}
+        if isinstance(event, PluginEvent):
+            kwargs = {**event.fields, **kwargs}
         try:
             if reg.predicate is not None and not reg.predicate(event):
                 return
-            await self._call(reg.delegate, reg.is_async, (sender, event.kind), {"event": event}, self._pool)
+            await self._call(reg.delegate, reg.is_async, (sender, event.kind), kwargs, self._pool, reg.origin)
         except Exception as exc:
             self._report(reg.name, event.kind, "notification", exc, event.worker_id or self.worker_id)
 
@@ -267,13 +321,16 @@ class DelegateManager:
         ``delegate_execution_error`` event.
         """
         with self._lock:
-            delegates = self._controls.get(control_type, ())
+            controls = self._controls.get(control_type, ())
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
-        calls = [self._call(d, _is_async(d), (sender, control_type), kwargs, self._control_pool) for d in delegates]
+        calls = [
+            self._call(d, _is_async(d), (sender, control_type), kwargs, self._control_pool, origin)
+            for d, origin in controls
+        ]
         results = await asyncio.gather(*calls, return_exceptions=True)
         responses = []
-        for delegate, result in zip(delegates, results, strict=True):
+        for (delegate, _), result in zip(controls, results, strict=True):
             if isinstance(result, Exception):
                 self._report(_name(delegate), control_type, "control", result, self.worker_id)
             elif isinstance(result, BaseException):
@@ -284,17 +341,25 @@ class DelegateManager:
 
     # -- calling and reporting ------------------------------------------------------------------
     async def _call(
-        self, fn: Callable[..., Any], is_async: bool, args: tuple[Any, ...], kwargs: dict[str, Any], pool: Any
+        self,
+        fn: Callable[..., Any],
+        is_async: bool,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        pool: Any,
+        origin: Origin | None,
     ) -> Any:
+        """Call ``fn`` under ``origin`` (the plugin that registered it) and its timeout."""
         try:
             async with asyncio.timeout(self.delegate_timeout_s):
-                if is_async:
-                    result = fn(*args, **kwargs)
-                else:
-                    call = functools.partial(fn, *args, **kwargs)
-                    result = await asyncio.get_running_loop().run_in_executor(pool, call)
-                if inspect.isawaitable(result):
-                    result = await result
+                with running_as(origin):
+                    if is_async:
+                        result = fn(*args, **kwargs)
+                    else:
+                        call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
+                        result = await asyncio.get_running_loop().run_in_executor(pool, call)
+                    if inspect.isawaitable(result):
+                        result = await result
                 return result
         except TimeoutError as exc:
             raise _DelegateTimeout(f"did not finish within {self.delegate_timeout_s:g}s") from exc

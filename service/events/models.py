@@ -10,7 +10,8 @@ and ``redis-cli`` in another language all see the same fields::
     ├── plugin_loaded / plugin_enabled / plugin_disabled / plugin_failed   (+ plugin, version)
     ├── job_received / job_started / job_progress / job_succeeded / job_failed / job_retrying /
     │   job_timed_out / job_cancelled / job_dead_lettered  (+ job_id, plugin, action, attempt)
-    └── delegate_execution_error   a delegate raised or timed out (reported by the manager)
+    ├── delegate_execution_error   a delegate raised or timed out (reported by the manager)
+    └── PluginEvent                any other kind: a plugin's own (service.events.pluginevents)
 
 The docs' event reference (``docs/events.md``, between :data:`DOCS_BEGIN` and :data:`DOCS_END`)
 is generated from these models by :func:`reference_markdown` (a unit test keeps it equal);
@@ -21,19 +22,23 @@ from __future__ import annotations
 
 import json
 import types
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import Discriminator, Field, Tag, TypeAdapter, ValidationError
 
-from service.models import ErrorInfo, ProgressUpdate, now_ms
+from service.events.base import BaseEvent
+from service.events.pluginevents import PluginEvent, kind_problem
+from service.models import ErrorInfo, ProgressUpdate
 from service.wire import WireError
 
 __all__ = [
     "EVENT_MODELS",
     "BaseEvent",
+    "BuiltinEvent",
     "DelegateExecutionErrorEvent",
     "Event",
     "EventKind",
@@ -48,12 +53,14 @@ __all__ = [
     "JobTimedOutEvent",
     "PluginDisabledEvent",
     "PluginEnabledEvent",
+    "PluginEvent",
     "PluginFailedEvent",
     "PluginLoadedEvent",
     "ReceivedEvent",
     "WorkerErrorEvent",
     "WorkerStartedEvent",
     "WorkerStoppedEvent",
+    "check_kind_names",
     "describe",
     "parse_event",
     "docs_section",
@@ -91,16 +98,6 @@ class EventKind(StrEnum):
 
 def _kind(kind: EventKind) -> Any:
     return Field(default=kind.value, description=f'Always `"{kind.value}"`: the discriminator.')
-
-
-class BaseEvent(BaseModel):
-    """Fields every event has."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    kind: str = Field(description="The event kind (the discriminator).")
-    worker_id: str = Field(description="Id of the worker that emitted it (as in `actionq workers`).")
-    ts_ms: int = Field(default_factory=now_ms, description="When it happened, epoch milliseconds.")
 
 
 # -- worker ---------------------------------------------------------------------------------------
@@ -253,7 +250,7 @@ class DelegateExecutionErrorEvent(BaseEvent):
     error: ErrorInfo = Field(description="What it raised (`TimeoutError` when it overran its timeout).")
 
 
-Event = Annotated[
+BuiltinEvent = Annotated[
     Union[  # noqa: UP007 - a runtime union of classes for pydantic's discriminator
         WorkerStartedEvent,
         WorkerStoppedEvent,
@@ -275,12 +272,48 @@ Event = Annotated[
     ],
     Field(discriminator="kind"),
 ]
-"""Any event: a discriminated union on ``kind`` (use :func:`parse_event` to read one)."""
+"""An event of a built-in kind: a discriminated union on ``kind``."""
+
+_BUILTIN_KINDS = frozenset(EventKind)
+
+
+def _family(data: Any) -> str:
+    """Which side of :data:`Event` ``data`` is on: a built-in kind, or a plugin's own."""
+    kind = data.get("kind") if isinstance(data, dict) else getattr(data, "kind", None)
+    return "builtin" if kind in _BUILTIN_KINDS else "plugin"
+
+
+Event = Annotated[
+    Union[  # noqa: UP007 - a runtime union for pydantic's discriminator
+        Annotated[BuiltinEvent, Tag("builtin")],
+        Annotated[PluginEvent, Tag("plugin")],
+    ],
+    Discriminator(_family),
+]
+"""Any event: a built-in one (discriminated on ``kind``) or a :class:`PluginEvent` (use :func:`parse_event`)."""
 
 EVENT_MODELS: dict[EventKind, type[BaseEvent]] = {
-    EventKind(model.model_fields["kind"].default): model for model in get_args(get_args(Event)[0])
+    EventKind(model.model_fields["kind"].default): model for model in get_args(get_args(BuiltinEvent)[0])
 }
+"""The model of each built-in kind (any other kind is a plugin's: :class:`PluginEvent`)."""
 _ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+
+
+def check_kind_names(kinds: Iterable[str | EventKind]) -> frozenset[str]:
+    """``kinds`` as names, if each is a built-in kind or a valid plugin kind; else a ``ValueError`` naming them.
+
+    A typo of a built-in kind (``job_faild``) is refused, not taken for a plugin's kind: the
+    built-in namespaces are closed to plugins.
+    """
+    names = frozenset(str(k) for k in kinds)
+    unknown = sorted(name for name in names - _BUILTIN_KINDS if kind_problem(name))
+    if unknown:
+        raise ValueError(
+            f"unknown event kind(s): {', '.join(unknown)} (built-in kinds: {', '.join(EventKind)}; a plugin's own "
+            "kind is 1-64 lowercase letters, digits and underscores, outside the worker_, plugin_, job_ and "
+            "delegate_ namespaces)"
+        )
+    return names
 
 
 def parse_event(data: bytes | str | dict[str, Any]) -> Event:
@@ -290,8 +323,14 @@ def parse_event(data: bytes | str | dict[str, Any]) -> Event:
             return _ADAPTER.validate_python(data)
         return _ADAPTER.validate_json(data)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(event)'}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join(f"{_where(e['loc'])}: {e['msg']}" for e in exc.errors())
         raise WireError(f"not an actionq event: {problems}") from exc
+
+
+def _where(loc: tuple[int | str, ...]) -> str:
+    """A validation error's location, without the union's own tag (``builtin`` / ``plugin``)."""
+    parts = loc[1:] if loc and loc[0] in ("builtin", "plugin") else loc
+    return ".".join(map(str, parts)) or "(event)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,15 +345,20 @@ class ReceivedEvent:
     event: Event
 
     @property
-    def kind(self) -> EventKind:
-        """The event's kind."""
-        return EventKind(self.event.kind)
+    def kind(self) -> str:
+        """The event's kind: an :class:`EventKind` for a built-in one, the plugin's name for its own."""
+        kind = self.event.kind
+        return EventKind(kind) if kind in _BUILTIN_KINDS else kind
 
 
 def describe(event: BaseEvent) -> str:
     """A one-line human summary of ``event``'s own fields (what ``actionq events`` prints)."""
     parts = []
-    for name, value in event:
+    items: list[tuple[str, Any]] = list(event)
+    if isinstance(event, PluginEvent):  # its fields flat, after its identity (the job's parts if any)
+        identity = [(name, value) for name, value in items if name != "fields" and value is not None]
+        items = identity + list(event.fields.items())
+    for name, value in items:
         if name in BaseEvent.model_fields:
             continue
         if isinstance(value, ErrorInfo):
@@ -361,8 +405,12 @@ def _type_cell(tp: Any) -> str:
 
 
 def _section(kind: EventKind, model: type[BaseEvent]) -> list[str]:
+    return _section_table(kind.value, model)
+
+
+def _section_table(title: str, model: type[BaseEvent]) -> list[str]:
     doc = " ".join((model.__doc__ or "").split())
-    lines = [f"#### `{kind.value}`", "", f"{doc} (`{model.__name__}`)", ""]
+    lines = [f"#### `{title}`", "", f"{doc} (`{model.__name__}`)", ""]
     lines += ["| field | type | description |", "| --- | --- | --- |"]
     for name, field in model.model_fields.items():
         lines.append(f"| `{name}` | {_type_cell(field.annotation)} | {_cell(field.description or '')} |")
@@ -380,7 +428,20 @@ def reference_markdown() -> str:
     ]
     for kind, model in EVENT_MODELS.items():
         lines += _section(kind, model)
+    lines += _plugin_section()
     return "\n".join(lines).rstrip("\n")
+
+
+def _plugin_section() -> list[str]:
+    """The reference of every plugin-defined kind: one model, whatever the kind's name."""
+    return [
+        "#### Plugin-defined kinds",
+        "",
+        "Any kind outside the built-in namespaces (`worker_`, `plugin_`, `job_`, `delegate_`) is a plugin's own,",
+        "emitted with `ctx.notify(kind, **fields)`; see [Plugin-defined events](#plugin-defined-events).",
+        "",
+        *_section_table("<the plugin's kind>", PluginEvent)[2:],
+    ]
 
 
 def docs_section(text: str) -> str:

@@ -29,7 +29,7 @@ import structlog
 from redis.asyncio import Redis
 
 from service.events.bridge import FIELD, LEGACY_FIELD
-from service.events.models import EventKind, ReceivedEvent, parse_event
+from service.events.models import EventKind, ReceivedEvent, check_kind_names, parse_event
 from service.keys import Keys
 from service.redis.connection import broker_errors
 from service.wire import WireError, loads
@@ -64,11 +64,12 @@ class EventFilter:
         job_id: str | None = None,
         worker_id: str | None = None,
     ) -> EventFilter:
-        """A filter; an unknown kind is a ``ValueError`` (a typo would silently match nothing)."""
-        names = None if kinds is None else frozenset(str(k) for k in kinds) or None
-        unknown = (names or frozenset()) - set(EventKind)
-        if unknown:
-            raise ValueError(f"unknown event kind(s): {', '.join(sorted(unknown))}")
+        """A filter; a kind that is neither built-in nor a valid plugin kind is a ``ValueError``.
+
+        A plugin's own kinds (``ai_response_received``) pass; a typo of a built-in one
+        (``job_faild``) does not, as it would silently match nothing.
+        """
+        names = None if kinds is None else check_kind_names(kinds) or None
         return cls(names, plugin, job_id, worker_id)
 
     @property

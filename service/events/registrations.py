@@ -1,9 +1,10 @@
 """Registrations of notification delegates: what each one is for, its filter and its lane.
 
 :meth:`DelegateManager.register <service.delegates.DelegateManager.register>` returns a
-:class:`Registration`: the delegate, the event kinds it handles (``"*"``: every kind) and an
-optional predicate. Each registration has a lane, the events waiting for its delegate, which the
-manager fills and drains on its event loop (see :mod:`service.events.delegates`).
+:class:`Registration`: the delegate, the event kinds it handles (``"*"``: every kind), an
+optional predicate and the plugin code that registered it (its origin). Each registration has a
+lane, the events waiting for its delegate, which the manager fills and drains on its event loop
+(see :mod:`service.events.delegates`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from service.events.models import Event, EventKind
+from service.events.models import Event, check_kind_names
+from service.events.origin import Origin
 
 __all__ = ["ALL_KINDS", "Registration"]
 
@@ -39,12 +41,9 @@ def _check_kinds(kinds: Iterable[str]) -> frozenset[str] | None:
     names = frozenset(str(k) for k in kinds)
     if ALL_KINDS in names:
         return None
-    unknown = names - set(EventKind)
-    if unknown:
-        raise ValueError(f"unknown event kind(s): {', '.join(sorted(unknown))} (known: {', '.join(EventKind)})")
     if not names:
         raise ValueError("register for at least one event kind (or '*')")
-    return names
+    return check_kind_names(names)
 
 
 class _Lane:
@@ -66,15 +65,31 @@ class _Lane:
 
 
 class Registration:
-    """A registered notification delegate: what it handles (``kinds``: ``None`` = every kind) and its filter."""
+    """A registered notification delegate: what it handles (``kinds``: ``None`` = every kind) and its filter.
 
-    def __init__(self, delegate: NotificationDelegate, kinds: frozenset[str] | None, predicate: Predicate | None):
+    ``origin`` is the plugin code that registered it (``None``: not a plugin's): the delegate runs
+    under it, and goes when that plugin instance is disabled (see :mod:`service.events.origin`).
+    """
+
+    def __init__(
+        self,
+        delegate: NotificationDelegate,
+        kinds: frozenset[str] | None,
+        predicate: Predicate | None,
+        origin: Origin | None = None,
+    ):
         self.delegate = delegate
         self.kinds = kinds
         self.predicate = predicate
+        self.origin = origin
         self.name = _name(delegate)
         self.is_async = _is_async(delegate)
         self._lane = _Lane()
+
+    @property
+    def owner(self) -> object:
+        """The plugin instance this registration belongs to (``None``: nobody's)."""
+        return None if self.origin is None else self.origin.owner
 
     def wants(self, kind: str) -> bool:
         """True if this registration is for events of ``kind`` (before its predicate)."""
@@ -83,4 +98,5 @@ class Registration:
 
     def __repr__(self) -> str:
         kinds = "*" if self.kinds is None else ",".join(sorted(self.kinds))
-        return f"<Registration {self.name} kinds={kinds}{' predicate' if self.predicate else ''}>"
+        owner = f" plugin={self.origin.plugin}" if self.origin is not None else ""
+        return f"<Registration {self.name} kinds={kinds}{' predicate' if self.predicate else ''}{owner}>"

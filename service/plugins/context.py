@@ -4,6 +4,11 @@ An action that wants the context declares a parameter named ``ctx``; code anywhe
 job (a helper function, the plugin's own methods) reaches it through :func:`current_job`, which
 reads a context variable set by the executor. Plain ``def`` actions run in a thread that
 inherits the context, so :func:`current_job` works there too.
+
+The same context carries the :class:`~service.events.origin.Origin` of the plugin code running:
+:func:`plugin_code` (the loader's lifecycle calls) and :func:`job_context` (actions) set it, so
+the delegates a plugin registers belong to its instance (and go with it: :func:`release`), and
+:meth:`JobContext.notify` knows which plugin and job its events come from.
 """
 
 from __future__ import annotations
@@ -12,10 +17,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
+from service.events.origin import Origin, current_origin, running_as
+from service.events.pluginevents import plugin_event
 from service.models import ProgressStatus
 from service.plugins.cancellation import CancellationToken
 from service.plugins.checkpoint import Checkpoint
@@ -24,7 +31,16 @@ from service.plugins.progress import ProgressSink, SubTask
 if TYPE_CHECKING:
     from structlog.typing import FilteringBoundLogger
 
-__all__ = ["JobContext", "current_job", "job_context"]
+    from service.events.delegates import DelegateManager
+
+__all__ = ["JobContext", "PluginOwner", "current_job", "job_context", "plugin_code", "release"]
+
+
+class PluginOwner(Protocol):
+    """What the origin of plugin code needs of the plugin instance (a :class:`~service.plugins.plugin.Plugin`)."""
+
+    version: str
+    delegates: DelegateManager | None
 
 
 @dataclass(frozen=True)
@@ -95,6 +111,30 @@ class JobContext:
         """A child progress reporter; the job's percentage rolls up from its children by weight."""
         return self.tree.subtask(name, weight)
 
+    def notify(self, kind: str, /, **fields: Any) -> None:
+        """Emit the plugin-defined event ``kind`` with JSON ``fields``; returns at once.
+
+        ``ctx.notify("ai_response_received", tokens_used=812, model="m")`` reaches this worker's
+        delegates registered for the kind (or ``"*"``), the events stream and ``actionq events
+        --kind ai_response_received``. The event names this job's plugin, action, job id,
+        attempt and worker (see :class:`~service.events.pluginevents.PluginEvent`). A bad kind,
+        a field that is not JSON or fields over 8 KiB raise
+        :class:`~service.events.pluginevents.InvalidEventError` naming the problem. Works in the
+        action and in what inherits its context (its tasks, its thread); elsewhere (a thread of
+        its own) it raises ``LookupError``. Without a worker (a plugin loaded in a test) the event
+        is checked and dropped.
+        """
+        origin = current_origin()
+        if origin is None or origin.job_id != self.job_id:
+            raise LookupError(
+                f"ctx.notify({kind!r}) called outside job {self.job_id}'s action: call it from the action, "
+                "a task it creates or its thread (a thread of its own has no context: contextvars.copy_context().run)"
+            )
+        if origin.manager is None:
+            plugin_event(kind, fields, origin, self.worker_id)  # checked, then dropped: no worker to tell
+            return
+        origin.manager.invoke_notification(kind, sender=origin.owner, **fields)
+
 
 # One proxy for every job: structlog assembles it once (cache_logger_on_first_use), then binds cheaply.
 _job_log = structlog.get_logger("actionq.job")
@@ -114,10 +154,49 @@ def current_job() -> JobContext:
 
 
 @contextmanager
-def job_context(ctx: JobContext) -> Iterator[JobContext]:
-    """Make ``ctx`` the current job for the duration of the block (used by the executor)."""
+def job_context(ctx: JobContext, owner: PluginOwner | None = None) -> Iterator[JobContext]:
+    """Make ``ctx`` the current job for the duration of the block (used by the loader's actions).
+
+    ``owner`` is the plugin instance whose action runs: the block runs as its code (its
+    delegates are its own, :meth:`JobContext.notify` emits for it).
+    """
+    origin = None
+    if owner is not None:
+        origin = Origin(
+            owner=owner,
+            plugin=ctx.plugin,
+            version=owner.version,
+            manager=owner.delegates,
+            job_id=ctx.job_id,
+            action=ctx.action,
+            attempt=ctx.attempt,
+        )
     token = _current.set(ctx)
     try:
-        yield ctx
+        with running_as(origin):
+            yield ctx
     finally:
         _current.reset(token)
+
+
+@contextmanager
+def plugin_code(owner: PluginOwner, plugin: str) -> Iterator[None]:
+    """Run the block as the code of the plugin instance ``owner`` (its ``on_load``, ``on_enable``, ``on_disable``).
+
+    What it registers on the worker's delegate manager belongs to ``owner``. If the block fails
+    (the hook raised or timed out), those registrations are removed at once: a plugin that did
+    not load leaves nothing behind.
+    """
+    origin = Origin(owner=owner, plugin=plugin, version=owner.version, manager=owner.delegates)
+    try:
+        with running_as(origin):
+            yield
+    except BaseException:
+        release(owner)
+        raise
+
+
+def release(owner: PluginOwner) -> int:
+    """Remove every delegate ``owner`` registered (it is being disabled); how many there were."""
+    manager = owner.delegates
+    return 0 if manager is None else manager.unregister_owner(owner)

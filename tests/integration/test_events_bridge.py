@@ -49,7 +49,9 @@ def failed(i: int, plugin: str = "p1") -> JobFailedEvent:
 
 
 def index(received: ReceivedEvent) -> int:
-    return int(received.event.job_id[1:])  # type: ignore[union-attr]
+    job_id = getattr(received.event, "job_id", None)
+    assert isinstance(job_id, str)
+    return int(job_id[1:])
 
 
 async def write(redis: Redis, keys: Keys, events: list[Any], max_len: int = 10_000) -> EventBridge:
@@ -334,7 +336,7 @@ async def test_filters_by_kind_plugin_and_job(redis: Redis, namespace: str) -> N
     await write(redis, keys, [*mixed, WorkerStartedEvent(worker_id="w1", hostname="h", pid=1)])
 
     async def ids(**kwargs: Any) -> list[str]:
-        return [r.event.job_id async for r in read_events(redis, keys, follow=False, **kwargs)]  # type: ignore[union-attr]
+        return [str(getattr(r.event, "job_id", "")) async for r in read_events(redis, keys, follow=False, **kwargs)]
 
     assert await ids(kinds=["job_failed"], plugin="p1", since="replay:100") == ["f1", "f4", "f5"]
     assert await ids(kinds=["job_failed"], plugin="p1", since="replay:2") == ["f4", "f5"]  # the last 2 *matching*

@@ -22,6 +22,7 @@ from service.events.models import (
     EventKind,
     JobFailedEvent,
     JobProgressEvent,
+    PluginEvent,
     ReceivedEvent,
     describe,
     docs_section,
@@ -125,9 +126,11 @@ def test_describe_is_one_line_of_the_kind_fields() -> None:
 
 def test_reference_covers_every_kind_and_field() -> None:
     text = reference_markdown()
-    sections = text.split("#### ")[1:]
+    *sections, plugin_section = text.split("#### ")[1:]
     assert [s.split("`")[1] for s in sections] == [k.value for k in EventKind]
-    for section, model in zip(sections, EVENT_MODELS.values(), strict=True):
+    assert plugin_section.startswith("Plugin-defined kinds")
+    models: list[type[BaseEvent]] = [*EVENT_MODELS.values(), PluginEvent]
+    for section, model in zip([*sections, plugin_section], models, strict=True):
         for name, field in model.model_fields.items():
             assert field.description, f"{model.__name__}.{name} has no description"
             assert f"| `{name}` |" in section, f"{name} missing from {model.__name__}'s section"
