@@ -40,6 +40,7 @@ from service.errors import (
     SubmissionError,
     UnknownActionError,
     UnknownPluginError,
+    UnservableJobError,
 )
 from service.events.delegates import DelegateManager, any_true
 from service.events.models import (
@@ -58,6 +59,7 @@ from service.events.models import (
     JobTimedOutEvent,
     PluginDisabledEvent,
     PluginEnabledEvent,
+    PluginEvent,
     PluginFailedEvent,
     PluginLoadedEvent,
     ReceivedEvent,
@@ -66,6 +68,7 @@ from service.events.models import (
     WorkerStoppedEvent,
     parse_event,
 )
+from service.events.pluginevents import InvalidEventError
 from service.events.registrations import Registration
 from service.keys import Keys
 from service.models import (
@@ -83,13 +86,16 @@ from service.models import (
 )
 from service.plugins.cancellation import CancellationToken
 from service.plugins.checkpoint import Checkpoint
+from service.plugins.config import PluginConfig
 from service.plugins.context import JobContext, current_job
+from service.plugins.decorators import async_handle_errors, async_log_errors, handle_errors, log_errors
 from service.plugins.manifest import ActionSpec, ArgumentSpec, PluginManifest
 from service.plugins.plugin import Plugin
 from service.plugins.progress import SubTask
 from service.plugins.registry import RegisteredPlugin, WorkerInfo
+from service.plugins.storage import PluginStorage
 from service.retry import RetryOverride, RetryPolicy
-from service.settings import PluginEntry, Settings, load_settings
+from service.settings import PluginEntry, Settings, StorageSettings, load_settings
 
 __version__ = "0.1.0"
 
@@ -126,8 +132,14 @@ __all__ = [
     "ArgumentSpec",
     "JobContext",
     "Plugin",
+    "PluginConfig",
     "PluginManifest",
+    "PluginStorage",
     "current_job",
+    "async_handle_errors",
+    "async_log_errors",
+    "handle_errors",
+    "log_errors",
     # delegates and events
     "DelegateManager",
     "Registration",
@@ -154,6 +166,8 @@ __all__ = [
     "JobCancelledEvent",
     "JobDeadLetteredEvent",
     "DelegateExecutionErrorEvent",
+    "PluginEvent",
+    "InvalidEventError",
     # registry
     "RegisteredPlugin",
     "WorkerInfo",
@@ -161,6 +175,7 @@ __all__ = [
     "Keys",
     "PluginEntry",
     "Settings",
+    "StorageSettings",
     "load_settings",
     # errors
     "ActionQError",
@@ -192,4 +207,5 @@ __all__ = [
     "SubmissionError",
     "UnknownActionError",
     "UnknownPluginError",
+    "UnservableJobError",
 ]

@@ -153,6 +153,11 @@ class Keys:
         """ZSET: worker id -> last heartbeat (epoch ms)."""
         return f"{self.namespace}:workers"
 
+    # -- plugins' own data -------------------------------------------------------------------
+    def plugin_storage(self, plugin: str) -> str:
+        """Hash: a plugin's ``self.storage`` (redis backend), key -> JSON value; no TTL: it is the plugin's data."""
+        return f"{self.namespace}:storage:{plugin}"
+
     # -- events -----------------------------------------------------------------------------
     def events(self) -> str:
         """Stream: every worker's events, an entry per flushed batch (``{"events": <JSON array>}``).

@@ -4,6 +4,11 @@ Precedence, highest first: keyword arguments (the CLI's flags), environment vari
 (``ACTIONQ_REDIS_URL``, ``ACTIONQ_CONCURRENCY``, ...; nested with ``__``), ``config.yml``, defaults.
 An unknown or misspelt key, in the file or in the environment, is a :class:`ConfigError` naming
 it: arq silently drops unknown settings, we do not.
+
+config.yml may also carry seed 004's sections: ``general:`` (``hostname``, ``plugin_package``,
+``console_log_level``: the settings ``hostname``, ``plugin_dir`` and ``log_level`` by other names)
+and ``networking:``, whose keys are accepted only with the value that says what actionq does
+anyway (Redis replaces the seed's HTTP mesh) and refused with the reason otherwise.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -26,26 +31,54 @@ from service.models import NAME_PATTERN
 from service.retry import RetryPolicy
 from service.signing import Signer
 
-__all__ = ["ENV_PREFIX", "PluginEntry", "Settings", "load_settings"]
+__all__ = ["ENV_PREFIX", "PluginEntry", "Settings", "StorageSettings", "load_settings"]
 
 ENV_PREFIX = "ACTIONQ_"
 # Read by the CLI, not a setting: the path of config.yml.
 CONFIG_ENV = "ACTIONQ_CONFIG"
-# Set by a worker pool for its members, not a setting: the supervisor's pid (see service.processes.supervisor).
+# Set by a worker pool and by `actionq up` for their workers, not a setting: the parent's pid, which
+# the worker ends with (see service.processes.parent).
 SUPERVISOR_ENV = "ACTIONQ_SUPERVISOR_PID"
 _NOT_SETTINGS = frozenset({CONFIG_ENV, SUPERVISOR_ENV})
 
 _yaml_data: ContextVar[dict[str, Any] | None] = ContextVar("actionq_yaml_data", default=None)
 
 
+class StorageSettings(BaseModel):
+    """Where plugins' ``self.storage`` keeps its values (:mod:`service.plugins.storage`).
+
+    ``redis`` (the default): a hash per plugin in the deployment's Redis, shared by every worker
+    serving the plugin; ``file``: a JSON file per key under ``<path>/<plugin>/``, for one host;
+    ``memory``: this worker process only, gone when it exits.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    backend: Literal["redis", "file", "memory"] = "redis"
+    path: Path | None = Field(default=None, description="The file backend's folder (a sub-folder per plugin).")
+
+    @model_validator(mode="after")
+    def _path_only_for_files(self) -> StorageSettings:
+        if self.backend == "file" and self.path is None:
+            raise ValueError("the file backend needs a path (storage: {backend: file, path: ...})")
+        if self.backend != "file" and self.path is not None:
+            raise ValueError(f"path is for the file backend only (backend is {self.backend})")
+        return self
+
+
 class PluginEntry(BaseModel):
-    """One plugin to load: ``config.yml`` → ``plugins: [{name, enabled, path}]``."""
+    """One plugin to load: ``config.yml`` → ``plugins: [{name, enabled, path, config, storage}]``."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(pattern=NAME_PATTERN)
     enabled: bool = True
     path: Path | None = Field(default=None, description="Plugin folder; default <plugin_dir>/<name>.")
+    # Not in repr: it may hold secrets, and settings objects end up in logs and tracebacks.
+    config: dict[str, Any] = Field(
+        default_factory=dict, repr=False, description="The plugin's own settings, checked by its config model."
+    )
+    storage: StorageSettings | None = Field(default=None, description="This plugin's storage, instead of `storage`.")
 
 
 class Settings(BaseSettings):
@@ -62,6 +95,9 @@ class Settings(BaseSettings):
     hostname: str = Field(default_factory=socket.gethostname, description="This host's name for host-targeted jobs.")
     plugin_dir: Path = Field(default=Path("plugins"), description="Where plugins without a path live.")
     plugins: list[PluginEntry] = Field(default_factory=list, description="Plugins a worker loads.")
+    storage: StorageSettings = Field(
+        default_factory=StorageSettings, description="Where plugins' self.storage keeps its values (a mapping)."
+    )
     plugin_commands: bool = Field(
         default=True, description="Whether remote load/disable/reload plugin commands are carried out (false: refused)."
     )
@@ -165,6 +201,15 @@ class Settings(BaseSettings):
         """The folder of a configured plugin (``path``, or ``<plugin_dir>/<name>``)."""
         return entry.path if entry.path is not None else self.plugin_dir / entry.name
 
+    def plugin_entry(self, name: str) -> PluginEntry | None:
+        """The ``plugins:`` entry named ``name`` (a plugin loaded by a remote command may have none)."""
+        return next((entry for entry in self.plugins if entry.name == name), None)
+
+    def plugin_storage(self, name: str) -> StorageSettings:
+        """The storage of plugin ``name``: its entry's ``storage``, else the deployment's."""
+        entry = self.plugin_entry(name)
+        return entry.storage if entry is not None and entry.storage is not None else self.storage
+
     def signer(self) -> Signer:
         """The :class:`~service.signing.Signer` of ``signing_keys``."""
         return Signer([key.get_secret_value() for key in self.signing_keys])
@@ -188,7 +233,8 @@ class _YamlSource(PydanticBaseSettingsSource):
         return dict(_yaml_data.get() or {})
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
+    """The settings in ``path``, and the seed keys they came from (setting -> ``general.<key>``)."""
     try:
         text = path.read_text()
     except OSError as exc:
@@ -198,10 +244,10 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
     if data is None:
-        return {}
+        return {}, {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must be a mapping of settings, not {type(data).__name__}")
-    return _resolve_paths(data, path.parent)
+    return _seed_sections(_resolve_paths(data, path.parent), path)
 
 
 def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
@@ -211,13 +257,100 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
         out["plugin_dir"] = str(base / out["plugin_dir"])
     if isinstance(out.get("allowed_plugin_dirs"), list):
         out["allowed_plugin_dirs"] = [str(base / d) if isinstance(d, str) else d for d in out["allowed_plugin_dirs"]]
+    if "storage" in out:
+        out["storage"] = _resolve_storage(out["storage"], base)
     plugins = out.get("plugins")
     if isinstance(plugins, list):
-        out["plugins"] = [
-            {**p, "path": str(base / p["path"])} if isinstance(p, dict) and isinstance(p.get("path"), str) else p
-            for p in plugins
-        ]
+        out["plugins"] = [_resolve_entry(p, base) if isinstance(p, dict) else p for p in plugins]
     return out
+
+
+def _resolve_entry(entry: dict[str, Any], base: Path) -> dict[str, Any]:
+    out = dict(entry)
+    if isinstance(out.get("path"), str):
+        out["path"] = str(base / out["path"])
+    if "storage" in out:
+        out["storage"] = _resolve_storage(out["storage"], base)
+    return out
+
+
+def _resolve_storage(storage: Any, base: Path) -> Any:
+    if isinstance(storage, dict) and isinstance(storage.get("path"), str):
+        return {**storage, "path": str(base / storage["path"])}
+    return storage
+
+
+# The seed's config.yml sections (seed 004): `general:` keys are actionq settings under other names.
+_GENERAL: dict[str, str] = {"hostname": "hostname", "plugin_package": "plugin_dir", "console_log_level": "log_level"}
+# `networking:` is the seed's HTTP mesh, which Redis replaces: a key is accepted only with the value
+# that says what actionq does anyway; any other value is refused with the reason.
+_APART = "to keep nodes apart, give them different namespaces or Redis servers"
+_NETWORKING: dict[str, tuple[tuple[Any, ...], str]] = {
+    "enabled": (
+        (True,),
+        "actionq has no local-only mode: every worker on the same Redis (redis_url) and namespace serves "
+        f"the plugins it has; {_APART}, or submit with host='local'",
+    ),
+    "node_ips": (([],), "actionq nodes find each other through Redis, not by address: point them at one redis_url"),
+    "port": ((), "actionq opens no port: workers and producers talk through Redis (redis_url)"),
+    "discover_nodes": ((True,), f"every actionq worker is found through the registry in Redis; {_APART}"),
+    "direct_discoverable": ((True,), f"every actionq worker is listed in the registry in Redis; {_APART}"),
+    "auto_discoverable": ((True,), f"every actionq worker announces itself in the registry in Redis; {_APART}"),
+}
+
+
+def _seed_sections(data: dict[str, Any], path: Path) -> tuple[dict[str, Any], dict[str, str]]:
+    """Translate the seed's ``general:`` and check its ``networking:`` (both are then removed)."""
+    out = {k: v for k, v in data.items() if k not in ("general", "networking")}
+    problems: list[str] = []
+    origins: dict[str, str] = {}
+    for key, value in _section(data, "general", path).items():
+        setting = _GENERAL.get(key)
+        if setting is None:
+            problems.append(f"general.{key}: unknown key (the seed's general section has {', '.join(_GENERAL)})")
+            continue
+        if key == "hostname" and value in ("", None):
+            continue  # the seed's "no name given": this machine's hostname, actionq's default too
+        if key == "plugin_package" and isinstance(value, str):
+            value = str(path.parent / value)
+        if setting in out and not _same(setting, out[setting], value):
+            problems.append(f"general.{key} ({value!r}) and {setting} ({out[setting]!r}) disagree: give one of them")
+            continue
+        out[setting] = value
+        origins[setting] = f"general.{key}"
+    problems += _networking_problems(_section(data, "networking", path))
+    if problems:
+        raise ConfigError(f"{path}: " + "; ".join(problems))
+    return out, origins
+
+
+def _section(data: dict[str, Any], name: str, path: Path) -> dict[str, Any]:
+    section = data.get(name)
+    if section is None:
+        return {}
+    if not isinstance(section, dict):
+        raise ConfigError(f"{path}: {name}: must be a mapping, not {type(section).__name__}")
+    return section
+
+
+def _same(setting: str, a: Any, b: Any) -> bool:
+    """Whether two values of ``setting`` agree (a folder compared once normalized)."""
+    if setting == "plugin_dir" and isinstance(a, str) and isinstance(b, str):
+        return os.path.normpath(a) == os.path.normpath(b)
+    return bool(a == b)
+
+
+def _networking_problems(section: dict[str, Any]) -> list[str]:
+    problems = []
+    for key, value in section.items():
+        rule = _NETWORKING.get(key)
+        if rule is None:
+            problems.append(
+                f"networking.{key}: unknown key (the seed's networking section has {', '.join(_NETWORKING)})"
+            )
+        elif not any(value == ok and type(value) is type(ok) for ok in rule[0]):
+            problems.append(f"networking.{key}: {value!r} has no meaning in actionq: {rule[1]}")
+    return problems
 
 
 def _check_environment(environ: dict[str, str]) -> None:
@@ -236,8 +369,12 @@ def _check_environment(environ: dict[str, str]) -> None:
         )
 
 
-def _describe(exc: ValidationError, source: str) -> str:
-    return f"invalid settings ({source}): " + describe_validation(exc, unknown="unknown setting", whole="(settings)")
+def _describe(exc: ValidationError, source: str, origins: dict[str, str]) -> str:
+    text = f"invalid settings ({source}): " + describe_validation(exc, unknown="unknown setting", whole="(settings)")
+    given = sorted({origins[str(e["loc"][0])] for e in exc.errors() if e["loc"] and str(e["loc"][0]) in origins})
+    if given:  # name the key as the file spells it
+        text += " (given as " + ", ".join(f"{key} → {_GENERAL[key.split('.', 1)[1]]}" for key in given) + ")"
+    return text
 
 
 def load_settings(config: Path | str | None = None, **overrides: Any) -> Settings:
@@ -249,12 +386,12 @@ def load_settings(config: Path | str | None = None, **overrides: Any) -> Setting
     _check_environment(dict(os.environ))
     env_path = os.environ.get(CONFIG_ENV)
     path = Path(config) if config is not None else (Path(env_path) if env_path else None)
-    data = _read_yaml(path) if path is not None else {}
+    data, origins = _read_yaml(path) if path is not None else ({}, {})
     token = _yaml_data.set(data)
     source = f"{path} + environment" if path is not None else "environment"
     try:
         return Settings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, source)) from exc
+        raise ConfigError(_describe(exc, source, origins)) from exc
     finally:
         _yaml_data.reset(token)

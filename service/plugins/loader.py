@@ -28,7 +28,8 @@ from pydantic import ValidationError
 
 from service.errors import PluginLoadError, UnknownActionError, UnknownPluginError
 from service.events.delegates import DelegateManager
-from service.plugins.context import JobContext, job_context
+from service.plugins.config import PluginEnvironment
+from service.plugins.context import JobContext, job_context, plugin_code, release
 from service.plugins.importer import new_package, remove_modules
 from service.plugins.manifest import ActionSpec, ArgumentSpec, PluginManifest, load_manifest
 from service.plugins.plugin import Plugin
@@ -55,6 +56,8 @@ class BoundAction:
     func: Callable[..., Any]
     kind: ActionKind
     wants_ctx: bool
+    owner: Plugin | None = field(default=None, repr=False, compare=False)
+    """The plugin instance: the action runs as its code (its delegates and events are its own)."""
 
     def validate(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """Coerce and complete ``params`` (see :meth:`PluginManifest.validate_params`)."""
@@ -74,7 +77,7 @@ class BoundAction:
         if self.is_generator:
             raise TypeError(f"action {self.plugin}.{self.name} is a generator: iterate it, do not invoke it")
         kwargs = self._kwargs(params, ctx)
-        with job_context(ctx):
+        with job_context(ctx, self.owner):
             if self.kind == "async":
                 return await self.func(**kwargs)
             result = await in_thread(self.func, kwargs)
@@ -97,7 +100,7 @@ class BoundAction:
         if not self.is_generator:
             raise TypeError(f"action {self.plugin}.{self.name} is not a generator: invoke it")
         kwargs = self._kwargs(params, ctx)
-        with job_context(ctx):
+        with job_context(ctx, self.owner):
             items = self.func(**kwargs) if self.kind == "async_gen" else iterate_in_thread(self.func, kwargs)
             async with aclosing(items) as running:
                 async for item in running:
@@ -123,9 +126,17 @@ class LoadedPlugin:
 class PluginLoader:
     """Loads plugins from folders, keeps the ones that work, and records the ones that do not."""
 
-    def __init__(self, *, enable_timeout_s: float = 30.0, delegates: DelegateManager | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        enable_timeout_s: float = 30.0,
+        delegates: DelegateManager | None = None,
+        environment: PluginEnvironment | None = None,
+    ) -> None:
         self.enable_timeout_s = enable_timeout_s
         self.delegates = delegates
+        # Each plugin's config and storage (service.plugins.config); none given: empty configs, memory storage.
+        self.environment = environment or PluginEnvironment()
         self.loaded: dict[str, LoadedPlugin] = {}
         self.failures: dict[str, PluginLoadError] = {}
 
@@ -179,7 +190,8 @@ class PluginLoader:
             raise UnknownPluginError(name, known=list(self.loaded))
         try:
             async with asyncio.timeout(self.enable_timeout_s):
-                await plugin.instance.on_disable()
+                with plugin_code(plugin.instance, name):
+                    await plugin.instance.on_disable()
         except TimeoutError:
             logger.error(
                 "plugin_disable_failed", plugin=name, reason=f"on_disable timed out ({self.enable_timeout_s:g}s)"
@@ -188,6 +200,7 @@ class PluginLoader:
             logger.error("plugin_disable_failed", plugin=name, reason=_describe(exc))
         finally:
             plugin.instance.enabled = False
+            release(plugin.instance)  # its delegates go with it: a reload must not run the old ones
             remove_modules(plugin.package)
         logger.info("plugin_unloaded", plugin=name)
 
@@ -202,10 +215,13 @@ class PluginLoader:
         try:
             module = _import_module(name, package, folder, manifest)
             cls = _find_class(name, module, manifest)
-            instance = _run(name, "instantiating the plugin class", cls)
+            setup = self.environment.setup(name, cls)  # config errors fail the load, naming the field
+            instance = _run(name, "instantiating the plugin class", lambda: cls(**setup.init_kwargs))
             manifest, actions = _bind_actions(name, manifest, instance)
             instance._attach(manifest, self.delegates)
-            _run(name, "on_load", instance.on_load)
+            setup.apply(instance)  # self.config and self.storage, before on_load
+            with plugin_code(instance, name):  # what it registers is its own (and goes if it fails)
+                _run(name, "on_load", instance.on_load)
             if instance.plugin_name != manifest.name:
                 instance.logger.warning("plugin_name_overridden", set_by_on_load=instance.plugin_name)
                 instance.plugin_name = manifest.name
@@ -220,7 +236,8 @@ class PluginLoader:
     async def _enable(self, name: str, instance: Plugin) -> None:
         try:
             async with asyncio.timeout(self.enable_timeout_s):
-                await instance.on_enable()
+                with plugin_code(instance, name):  # what it registers is its own (and goes if it fails)
+                    await instance.on_enable()
         except TimeoutError as exc:
             raise PluginLoadError(name, f"on_enable did not finish within {self.enable_timeout_s:g}s") from exc
         except _PLUGIN_FAILURES as exc:
@@ -304,6 +321,7 @@ def _bind_actions(
             func=func,
             kind=_kind(func),
             wants_ctx=wants_ctx,
+            owner=instance,
         )
         for spec, (func, wants_ctx) in zip(specs, methods, strict=True)
     }

@@ -8,22 +8,28 @@ plugin is unloaded. Subclasses need no ``__init__`` and never have to call ``sup
 Actions are ordinary methods declared in the manifest: ``async def``, plain ``def`` (run in a
 thread), or generators. A method parameter named ``ctx`` receives the job's
 :class:`~service.context.JobContext`.
+
+Before ``on_load`` the loader also sets :attr:`Plugin.config` (the plugin's ``config:`` block,
+validated by its :attr:`Plugin.config_model`: :mod:`service.plugins.config`) and
+:attr:`Plugin.storage` (:mod:`service.plugins.storage`).
 """
 
 from __future__ import annotations
 
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import structlog
 
 from service.plugins.context import current_job
 
 if TYPE_CHECKING:
+    from pydantic import BaseModel
     from structlog.typing import FilteringBoundLogger
 
     from service.events.delegates import DelegateManager
     from service.plugins.manifest import PluginManifest
+    from service.plugins.storage import PluginStorage
 
 __all__ = ["Plugin"]
 
@@ -56,6 +62,14 @@ class Plugin:
 
     _logger: FilteringBoundLogger
     """Alias of :attr:`logger` under the name seed plugins use."""
+
+    config_model: ClassVar[type[BaseModel] | None] = None
+    """The pydantic model of the plugin's settings (declare it on the subclass); ``None``: untyped."""
+    config: Any
+    """The plugin's ``config:`` block from its ``plugins:`` entry: a :attr:`config_model` instance,
+    or the block as a dict without a model (annotate ``config: MyConfig`` on the subclass for typing)."""
+    storage: PluginStorage
+    """JSON values by key, kept for this plugin by the configured backend (``await self.storage.get(key)``)."""
 
     def _attach(self, manifest: PluginManifest, delegates: DelegateManager | None = None) -> None:
         """Set the identity attributes (called by the loader right after instantiation)."""

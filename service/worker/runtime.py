@@ -35,6 +35,7 @@ from service.events.models import (
 )
 from service.keys import Keys
 from service.models import ErrorInfo, now_ms
+from service.plugins.config import PluginEnvironment
 from service.plugins.loader import PluginLoader
 from service.plugins.registry import Registry, WorkerInfo
 from service.redis.pubsub import PubSubMultiplexer
@@ -84,14 +85,18 @@ class WorkerRuntime:
         self.delegates = DelegateManager(worker_id=self.worker_id)
         self.bridge = EventBridge(redis, self.keys, max_len=settings.events_max_len)
         self.bridge.attach(self.delegates)
-        self.loader = PluginLoader(enable_timeout_s=settings.plugin_enable_timeout_s, delegates=self.delegates)
+        self.loader = PluginLoader(
+            enable_timeout_s=settings.plugin_enable_timeout_s,
+            delegates=self.delegates,
+            environment=PluginEnvironment(settings, redis),  # plugins' self.config and self.storage
+        )
         self.executor = Executor(
             loader=self.loader,
             redis=redis,
             keys=self.keys,
             settings=settings,
             worker_id=self.worker_id,
-            notify=self.delegates.invoke_notification,
+            notify=self.notify,  # job events carry the runtime as their sender, as worker and plugin events do
         )
         self.sweeper = Sweeper(
             redis,
@@ -176,7 +181,8 @@ class WorkerRuntime:
             raise KeyError(f"plugin {name!r} is not loaded here")
         await self.loader.unload(name)
         self.notify(PluginDisabledEvent(worker_id=self.worker_id, plugin=name, version=plugin.manifest.version))
-        await self._plugins_changed()
+        await self._plugins_changed()  # this worker's entry no longer lists it, nor its queues
+        await self.registry.retire(name, self.worker_id)
 
     async def _plugins_changed(self) -> None:
         self.info.queues = self.queues()
