@@ -41,7 +41,7 @@ from service.worker.take import Claims, TakenJob
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 INTEGRATION_DIR = REPO_ROOT / "tests" / "integration"
-BUNDLED_PLUGINS = ("long_running", "PluginB", "InteropTarget")
+BUNDLED_PLUGINS = ("long_running", "PluginB", "InteropTarget", "InteropCaller")
 
 # How long a worker gets to register itself: a cold interpreter plus plugin imports on a busy
 # 2-core CI machine takes a few seconds; 30 s only bites when the worker is really stuck.

@@ -34,6 +34,7 @@ def worker(
     ] = 1,
 ) -> None:
     """Run a worker (or a pool of them) for the plugins config.yml lists; Ctrl-C / SIGTERM drains and stops."""
+    from service.client.caller import ClientCaller
     from service.worker.adapter import main as run_worker
 
     options = shared(ctx)
@@ -41,7 +42,7 @@ def worker(
         settings = options.settings(concurrency=concurrency)
         if processes > 1:
             raise typer.Exit(_run_pool(processes, options.argv(), settings, concurrency))
-        run_worker(settings)
+        run_worker(settings, ClientCaller.on)  # plugins' self.execute submits through a client
     except ConfigError as exc:
         raise fail(exc, 2) from exc
     except ActionQError as exc:

@@ -55,13 +55,14 @@ class JobEvents:
     def received(self, job_id: str, request: JobRequest | None, attempt: int, queue: str) -> None:
         """A worker took the job from its queue (``request`` is ``None`` when it is malformed)."""
         plugin, action = (request.plugin, request.action) if request is not None else ("?", "?")
-        self._emit(JobReceivedEvent.model_construct(**self._base(job_id, plugin, action, attempt), queue=queue))
+        parent_id = request.options.parent_id if request is not None else None
+        base = self._base(job_id, plugin, action, attempt)
+        self._emit(JobReceivedEvent.model_construct(**base, queue=queue, parent_id=parent_id))
 
     def started(self, job_id: str, request: JobRequest, attempt: int, queue: str) -> None:
         """The attempt started running."""
-        self._emit(
-            JobStartedEvent.model_construct(**self._base(job_id, request.plugin, request.action, attempt), queue=queue)
-        )
+        base = self._base(job_id, request.plugin, request.action, attempt)
+        self._emit(JobStartedEvent.model_construct(**base, queue=queue, parent_id=request.options.parent_id))
 
     def progress(self, job_id: str, request: JobRequest, attempt: int, update: ProgressUpdate) -> None:
         """A (coalesced) progress update was written."""

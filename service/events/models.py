@@ -175,6 +175,7 @@ class JobReceivedEvent(_JobEvent):
 
     kind: Literal["job_received"] = _kind(EventKind.JOB_RECEIVED)
     queue: str = Field(description="The arq queue it came from.")
+    parent_id: str | None = Field(default=None, description="The job that submitted it (a plugin-to-plugin call).")
 
 
 class JobStartedEvent(_JobEvent):
@@ -182,6 +183,7 @@ class JobStartedEvent(_JobEvent):
 
     kind: Literal["job_started"] = _kind(EventKind.JOB_STARTED)
     queue: str = Field(description="The arq queue it came from.")
+    parent_id: str | None = Field(default=None, description="The job that submitted it (a plugin-to-plugin call).")
 
 
 class JobProgressEvent(_JobEvent):

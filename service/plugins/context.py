@@ -24,6 +24,7 @@ import structlog
 from service.events.origin import Origin, current_origin, running_as
 from service.events.pluginevents import plugin_event
 from service.models import ProgressStatus
+from service.plugins.calls import Calls
 from service.plugins.cancellation import CancellationToken
 from service.plugins.checkpoint import Checkpoint
 from service.plugins.progress import ProgressSink, SubTask
@@ -61,6 +62,8 @@ class JobContext:
     tree: SubTask = field(default_factory=lambda: SubTask(None), repr=False)
     cancellation: CancellationToken = field(default_factory=CancellationToken, repr=False)
     checkpoint: Checkpoint = field(default_factory=lambda: Checkpoint(None, "", ttl_s=1, max_bytes=1 << 20), repr=False)
+    calls: Calls = field(default_factory=lambda: Calls(None, ""), repr=False)
+    """Child jobs of this attempt (``await ctx.calls.execute(...)``, or the plugin's ``self.execute``)."""
 
     @classmethod
     def create(
@@ -74,6 +77,7 @@ class JobContext:
         reporter: ProgressSink | None = None,
         cancellation: CancellationToken | None = None,
         checkpoint: Checkpoint | None = None,
+        calls: Calls | None = None,
     ) -> JobContext:
         """A context whose logger is bound to the job's id, plugin and action."""
         logger: FilteringBoundLogger = _job_log.bind(job_id=job_id, plugin=plugin, action=action, attempt=attempt)
@@ -87,6 +91,7 @@ class JobContext:
             tree=SubTask(reporter),
             cancellation=cancellation or CancellationToken(),
             checkpoint=checkpoint or Checkpoint(None, "", ttl_s=1, max_bytes=1 << 20),
+            calls=calls or Calls(None, job_id),
         )
 
     def progress(

@@ -17,6 +17,7 @@ validated by its :attr:`Plugin.config_model`: :mod:`service.plugins.config`) and
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import structlog
@@ -108,3 +109,26 @@ class Plugin:
         current_job().progress(current_step, total_steps, message, additional_data)
 
     _report_progress = report_progress
+
+    async def execute(self, plugin: str, method: str, args: Any = None, *, host: str = "any", **options: Any) -> Any:
+        """Run another plugin's action as a child of the running job and return its result (seed 004).
+
+        ``await self.execute("PluginB", "calculate_square", 5, host="local")``: ``args`` is a dict,
+        a tuple of positional values or one value; ``host`` is ``"any"``, ``"local"``, ``"remote"``
+        or a hostname; ``timeout`` bounds the wait. The child's error raises here; cancelling
+        this job cancels the child. See :mod:`service.plugins.calls`. Raises ``LookupError``
+        outside a running job.
+        """
+        return await current_job().calls.execute(plugin, method, args, host=host, **options)
+
+    def execute_sync(self, plugin: str, method: str, args: Any = None, **options: Any) -> Any:
+        """:meth:`execute` for a plain ``def`` action (its thread blocks until the child answers)."""
+        return current_job().calls.execute_sync(plugin, method, args, **options)
+
+    def execute_stream(self, plugin: str, method: str, args: Any = None, **options: Any) -> AsyncIterator[Any]:
+        """The items of another plugin's generator action, run as a child job: ``async for item in ...``."""
+        return current_job().calls.execute_stream(plugin, method, args, **options)
+
+    def execute_stream_sync(self, plugin: str, method: str, args: Any = None, **options: Any) -> Iterator[Any]:
+        """:meth:`execute_stream` for a plain ``def`` action: ``for item in ...``."""
+        return current_job().calls.execute_stream_sync(plugin, method, args, **options)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +33,7 @@ from service.errors import (
 from service.events.jobevents import JobEvents, Notify
 from service.keys import Keys
 from service.models import AttemptInfo, JobRequest, JobState, ProgressUpdate, now_ms
+from service.plugins.calls import Calls, JobCaller
 from service.plugins.cancellation import CancellationToken
 from service.plugins.checkpoint import Checkpoint
 from service.plugins.context import JobContext, job_context
@@ -65,6 +68,8 @@ class Attempt:
     token: CancellationToken
     stream: StreamWriter
     started_at_ms: int
+    plugin_version: str | None = None
+    """The version of the plugin that runs it (recorded on the attempt and the record)."""
 
     @property
     def job_id(self) -> str:
@@ -89,7 +94,13 @@ class Executor:
         settings: Settings,
         worker_id: str,
         notify: Notify | None = None,
+        caller: JobCaller | None = None,
+        lend_slot: Callable[[], AbstractContextManager[None]] = nullcontext,
     ) -> None:
+        self.caller = caller
+        """Submits the child jobs of plugin-to-plugin calls (None: such calls raise)."""
+        self.lend_slot = lend_slot
+        """Frees the job's slot while it waits on a child (:mod:`service.plugins.calls`)."""
         self.loader = loader
         self.redis = redis
         self.keys = keys
@@ -188,12 +199,14 @@ class Executor:
         return True
 
     async def _run_request(self, job: TakenJob, request: JobRequest) -> Outcome:
+        loaded = self.loader.loaded.get(request.plugin)  # resolved in the same turn: this version runs it
         attempt = Attempt(
             job=job,
             request=request,
             token=self.cancels.token(job.job_id, job.enqueued_at_ms, job.cancel_reason),
             stream=self._stream_writer(job.job_id),
             started_at_ms=now_ms(),
+            plugin_version=loaded.manifest.version if loaded is not None else None,
         )
         try:
             outcome = await self._attempt(attempt)
@@ -254,6 +267,7 @@ class Executor:
             reporter=reporter,
             cancellation=attempt.token,
             checkpoint=self._checkpoint(attempt.job_id, loop),
+            calls=Calls(self.caller, attempt.job_id, lend_slot=self.lend_slot, loop=loop),
         )
         timeout_s = request.options.timeout_s or action.spec.timeout_s or settings.default_timeout_s
         grace_s = action.spec.cancel_grace_s if action.spec.cancel_grace_s is not None else settings.cancel_grace_s
@@ -275,6 +289,8 @@ class Executor:
         finally:
             # The last progress is written before the final state, whatever the outcome.
             await asyncio.shield(reporter.close())
+            # Children still running are of no use to an attempt that ended (or went back to its queue).
+            await asyncio.shield(ctx.calls.close(f"its parent job {attempt.job_id} ended"))
         name = f"{action.plugin}.{action.name}"
         return classify(
             done, job=name, timeout_s=timeout_s, reason=attempt.token.reason, max_bytes=settings.max_payload_bytes
@@ -302,9 +318,12 @@ class Executor:
             error=outcome.error,
             retry_in_s=outcome.retry_in_s,
             note=outcome.note,
+            plugin_version=attempt.plugin_version,
         )
         fields = _fields(outcome)
         fields[f"attempt:{info.attempt}"] = info.model_dump_json()
+        if attempt.plugin_version is not None:
+            fields["plugin_version"] = attempt.plugin_version
         if outcome.state is JobState.RETRYING:
             due = now_ms() + int((outcome.retry_in_s or 0) * 1000)
             fields["scheduled_at_ms"] = due

@@ -12,7 +12,8 @@ import json
 import os
 import signal
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -35,6 +36,7 @@ from service.events.models import (
 )
 from service.keys import Keys
 from service.models import ErrorInfo, now_ms
+from service.plugins.calls import JobCaller
 from service.plugins.config import PluginEnvironment
 from service.plugins.loader import PluginLoader
 from service.plugins.registry import Registry, WorkerInfo
@@ -55,6 +57,7 @@ class Puller(Protocol):
 
     allow_pick_jobs: bool
     tasks: dict[str, asyncio.Task[Any]]
+    job_counter: int
 
     def set_queues(self, queues: list[str]) -> None: ...
 
@@ -75,7 +78,7 @@ def new_worker_id(hostname: str) -> str:
 class WorkerRuntime:
     """Plugins, registry and executor of one worker process."""
 
-    def __init__(self, settings: Settings, redis: Redis) -> None:
+    def __init__(self, settings: Settings, redis: Redis, *, caller: JobCaller | None = None) -> None:
         self.settings = settings
         self.redis = redis
         self.keys = Keys(settings.namespace)
@@ -97,6 +100,8 @@ class WorkerRuntime:
             settings=settings,
             worker_id=self.worker_id,
             notify=self.notify,  # job events carry the runtime as their sender, as worker and plugin events do
+            caller=caller,
+            lend_slot=self.lend_slot,
         )
         self.sweeper = Sweeper(
             redis,
@@ -200,6 +205,24 @@ class WorkerRuntime:
             self.notify(PluginEnabledEvent(worker_id=self.worker_id, plugin=name, version=version))
         elif failure is not None:
             self.notify(PluginFailedEvent(worker_id=self.worker_id, plugin=name, reason=failure.reason))
+
+    @contextmanager
+    def lend_slot(self) -> Iterator[None]:
+        """While a job waits on a child job, its slot is free for another (the child, typically).
+
+        The worker's job count drops by one and it looks for work; the count is back once the
+        wait ends, even if that briefly puts it over ``concurrency``.
+        """
+        puller = self.puller
+        if puller is None:
+            yield
+            return
+        puller.job_counter -= 1
+        self.wake.set()
+        try:
+            yield
+        finally:
+            puller.job_counter += 1
 
     def notify(self, event: Event) -> None:
         """Hand an event to this worker's delegates (the Redis bridge is one of them); never blocks."""

@@ -13,7 +13,7 @@ from pathlib import Path
 import redis.asyncio as aioredis
 
 from service.keys import Keys
-from tests.conftest import FAST, REPO_ROOT, WorkerFactory, bundled_plugins_config
+from tests.conftest import BUNDLED_PLUGINS, FAST, REPO_ROOT, WorkerFactory, bundled_plugins_config
 
 
 def _env(redis_url: str, namespace: str) -> dict[str, str]:
@@ -47,7 +47,7 @@ def test_submit_status_result_plugins_workers(worker_process: WorkerFactory, red
     assert actionq("result", job_id, env=env).stdout.strip() == "36"
 
     listed = json.loads(actionq("plugins", "--json", env=env).stdout)
-    assert {p["manifest"]["name"] for p in listed} == {"PluginB", "InteropTarget", "long_running"}
+    assert {p["manifest"]["name"] for p in listed} == set(BUNDLED_PLUGINS)
     assert all(p["live"] for p in listed)
     table = actionq("plugins", env=env).stdout
     assert "it_sync_add" in table
