@@ -124,6 +124,26 @@ class Keys:
         """Prefix shared by every queue of the namespace (for listing them)."""
         return f"{self.namespace}:queue:"
 
+    def queue_plugin(self, queue: str) -> str:
+        """The plugin whose jobs :meth:`queue` ``queue`` holds (inverse of its naming; names have no ``:``)."""
+        return queue.removeprefix(self.queue_prefix()).partition(":")[2].partition("@")[0]
+
+    # -- concurrency limits -----------------------------------------------------------------
+    def limit_slots(self, plugin: str, action: str | None = None) -> str:
+        """ZSET: the running attempts (``<job id>#<attempt>``) holding a slot of one concurrency limit
+        -> until when (Redis's clock, epoch ms) unless renewed: a plugin's, or one action's.
+
+        :mod:`service.worker.limits`; names cannot contain ``:``, so the two kinds never collide.
+        """
+        base = f"{self.namespace}:limit:{plugin}"
+        return base if action is None else f"{base}:{action}"
+
+    def limit_waiting(self, plugin: str, action: str | None = None) -> str:
+        """ZSET: the jobs a limit refused (``<queue>\\n<arq job id>``) -> when submitted (epoch ms):
+        promoted, oldest first, when its slots come free (:mod:`service.worker.limits`)."""
+        base = f"{self.namespace}:limit-waiting:{plugin}"
+        return base if action is None else f"{base}:{action}"
+
     # -- registry and workers ---------------------------------------------------------------
     def registry_manifests(self) -> str:
         """Hash: plugin name -> manifest JSON, as published by the workers serving it."""

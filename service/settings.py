@@ -18,7 +18,7 @@ import re
 import socket
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
@@ -31,7 +31,7 @@ from service.models import NAME_PATTERN
 from service.retry import RetryPolicy
 from service.signing import Signer
 
-__all__ = ["ENV_PREFIX", "PluginEntry", "Settings", "StorageSettings", "load_settings"]
+__all__ = ["ENV_PREFIX", "PluginEntry", "PluginLimits", "Settings", "StorageSettings", "load_settings"]
 
 ENV_PREFIX = "ACTIONQ_"
 # Read by the CLI, not a setting: the path of config.yml.
@@ -66,6 +66,23 @@ class StorageSettings(BaseModel):
         return self
 
 
+class PluginLimits(BaseModel):
+    """A plugin's concurrency limits in this deployment, over its manifest's ``max_concurrent``
+    (:mod:`service.worker.limits`): ``limits: {max_concurrent: 3, actions: {render: 2}}``.
+
+    A key left out keeps the manifest's limit; ``null`` lifts it.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_concurrent: int | None = Field(
+        default=None, ge=1, description="At most this many of the plugin's jobs run at once, across all workers."
+    )
+    actions: dict[str, Annotated[int, Field(ge=1)] | None] = Field(
+        default_factory=dict, description="Per action: at most this many of its jobs run at once (null: no limit)."
+    )
+
+
 class PluginEntry(BaseModel):
     """One plugin to load: ``config.yml`` → ``plugins: [{name, enabled, path, config, storage}]``."""
 
@@ -79,6 +96,9 @@ class PluginEntry(BaseModel):
         default_factory=dict, repr=False, description="The plugin's own settings, checked by its config model."
     )
     storage: StorageSettings | None = Field(default=None, description="This plugin's storage, instead of `storage`.")
+    limits: PluginLimits = Field(
+        default_factory=PluginLimits, description="Concurrency limits over the manifest's `max_concurrent`."
+    )
 
 
 class Settings(BaseSettings):
@@ -93,6 +113,10 @@ class Settings(BaseSettings):
         default=DEFAULT_NAMESPACE, pattern=NAME_PATTERN, description="Prefix of every key and channel."
     )
     hostname: str = Field(default_factory=socket.gethostname, description="This host's name for host-targeted jobs.")
+    routing: Literal["least_loaded", "round_robin"] = Field(
+        default="least_loaded",
+        description='How a client picks the host of a host="remote" job among those serving the plugin.',
+    )
     plugin_dir: Path = Field(default=Path("plugins"), description="Where plugins without a path live.")
     plugins: list[PluginEntry] = Field(default_factory=list, description="Plugins a worker loads.")
     storage: StorageSettings = Field(
@@ -157,6 +181,11 @@ class Settings(BaseSettings):
     dead_letter_ttl_s: int = Field(default=7 * 86_400, gt=0, description="How long dead letters are kept.")
     progress_interval_s: float = Field(
         default=0.05, ge=0, le=10, description="Per job, progress is written at most once per interval (coalesced)."
+    )
+    publish_job_channels: bool = Field(
+        default=False,
+        description="Publish every job's channel from its submit on (a `queued` message, then every change), for "
+        "UIs that subscribe directly; false: only followed jobs publish. A plugin's manifest may say otherwise.",
     )
     stream_max_items: int = Field(
         default=10_000, ge=10, description="Cap of a job's output stream; older items are trimmed past it."

@@ -149,7 +149,8 @@ class ArgumentSpec(_Frozen):
 
 
 class ActionSpec(_Frozen):
-    """One action: the name callers use, the Python method behind it, arguments, timeout and retries."""
+    """One action: the name callers use, the Python method behind it, arguments, timeout, retries and
+    its concurrency limit (:mod:`service.worker.limits`)."""
 
     name: Name
     method: str
@@ -159,6 +160,9 @@ class ActionSpec(_Frozen):
     retry: RetryOverride | None = Field(default=None, description="Overrides the service's retry policy.")
     cancel_grace_s: float | None = Field(
         default=None, ge=0, description="How long a cancelled (or timed-out) run may take to stop by itself."
+    )
+    max_concurrent: int | None = Field(
+        default=None, ge=1, description="At most this many jobs of the action run at once, across all workers."
     )
     tags: list[str] = Field(default_factory=list)
 
@@ -209,6 +213,16 @@ class PluginManifest(_Frozen):
     module: str = Field(default="plugin.py", pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.py)?$")
     class_name: str | None = Field(default=None, alias="class")
     actions: list[ActionSpec] = Field(default_factory=list)
+    publish_job_channels: bool | None = Field(
+        default=None,
+        description="Publish every job's channel from its submit on (true) or only once followed (false), whatever "
+        "the deployment's publish_job_channels says (unset: as it says).",
+    )
+    max_concurrent: int | None = Field(
+        default=None,
+        ge=1,
+        description="At most this many jobs of the plugin (any action) run at once, across all workers.",
+    )
     tags: list[str] = Field(default_factory=list)
 
     # Per action name: the spec the params model was built from (identity-checked, since

@@ -15,6 +15,7 @@ script         called by                              does
 ``progress``   :class:`service.worker.progress.ProgressWriter`  a running job's latest progress
 ``take``       :class:`service.worker.take.Claims`     claim and start ready jobs; list the worker
 ``settle``     :class:`service.worker.settle.Settler`  record how attempts ended, in batches
+``limit``      :class:`service.worker.limits.Limits`   concurrency limits: slots under leases, waiters
 =============  =====================================  ==========================================
 """
 
@@ -29,8 +30,8 @@ from redis.commands.core import AsyncScript
 
 __all__ = ["SCRIPTS", "ScriptName", "register", "source"]
 
-ScriptName = Literal["submit", "read", "cancel", "progress", "take", "settle"]
-SCRIPTS: tuple[ScriptName, ...] = ("submit", "read", "cancel", "progress", "take", "settle")
+ScriptName = Literal["submit", "read", "cancel", "progress", "take", "settle", "limit"]
+SCRIPTS: tuple[ScriptName, ...] = ("submit", "read", "cancel", "progress", "take", "settle", "limit")
 _PRELUDE = "prelude"
 
 

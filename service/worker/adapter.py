@@ -21,13 +21,14 @@ import asyncio
 import contextlib
 import itertools
 import signal
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import structlog
 from arq.connections import ArqRedis
 from arq.utils import timestamp_ms
 from arq.worker import Worker, func
+from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -36,11 +37,13 @@ from service import arqformat
 from service.errors import ConfigError
 from service.logs import configure_logging
 from service.models import JobState
+from service.plugins.calls import JobCaller
 from service.processes.parent import die_with_parent, expected_parent
 from service.redis.connection import connect
 from service.settings import Settings
 from service.worker import settle
 from service.worker.control import ControlHandler
+from service.worker.limits import Limits
 from service.worker.runtime import WorkerRuntime
 from service.worker.take import Claims, TakenJob
 
@@ -69,6 +72,10 @@ class ActionWorker(Worker):
         self.queues = runtime.queues() or [runtime.keys.queue("_none_")]
         settings = runtime.settings
         self.claims = Claims(redis_pool, runtime.keys, worker_id=runtime.worker_id, lease_s=settings.lease_s)
+        self.limits = Limits(
+            runtime.redis, runtime.keys, settings, plugins=runtime.loader.loaded, claims=self.claims,
+            settler=runtime.executor.settler, worker_id=runtime.worker_id,
+        )  # fmt: skip
         self._rotation = itertools.cycle(range(len(self.queues)))
         self._backoff_s = 0.0
         self._next_due_ms: int | None = None
@@ -92,6 +99,7 @@ class ActionWorker(Worker):
         if self.on_startup:
             await self.on_startup(self.ctx)
         renewer = asyncio.create_task(self.claims.renew_forever(self._lapsed), name="actionq-lease-renewal")
+        tender = asyncio.create_task(self.limits.tend_forever(), name="actionq-limit-tending")
         try:
             # Not only the cancel ends the loop: one swallowed on its way (seen rarely, under load, in
             # a drain) would leave the worker idling for ever.
@@ -101,6 +109,7 @@ class ActionWorker(Worker):
         finally:
             self._closing = True  # a job handed over from now on goes back to its queue
             await self.claims.stop(renewer)
+            await self.limits.stop(tender)
             with contextlib.suppress(RedisError, OSError):
                 await self.claims.unregister(self.queues)
 
@@ -253,7 +262,8 @@ class ActionWorker(Worker):
             log.info("job_not_started", job_id=job.job_id, reason=f"its record is {job.status}; it left its queue")
             return
         self.job_counter += 1
-        task = self.loop.create_task(self._run(job), name=f"actionq-job-{job.job_id}")
+        # Its concurrency limits' slots first (service.worker.limits): refused, it goes back to its queue.
+        task = self.loop.create_task(self.limits.guard(job, self._run), name=f"actionq-job-{job.job_id}")
         task.add_done_callback(lambda done: self._done(job.arq_job_id, done))
         self.tasks[job.arq_job_id] = task
 
@@ -315,7 +325,12 @@ def build_worker(runtime: WorkerRuntime) -> ActionWorker:
 _MIN_SOCKET_TIMEOUT_S = 5.0
 
 
-async def run_worker(settings: Settings) -> None:
+CallerFactory = Callable[[Redis, Settings], JobCaller]
+"""Builds the submitting side of plugin-to-plugin calls on the worker's connection (the CLI passes
+one: the worker itself never imports the client, see service.plugins.calls)."""
+
+
+async def run_worker(settings: Settings, caller_factory: CallerFactory | None = None) -> None:
     """Run a worker until SIGINT/SIGTERM: plugins, registry, arq loop, clean shutdown."""
     if settings.redis_url is None:
         raise ConfigError("no Redis configured for the worker: set redis_url in config.yml or ACTIONQ_REDIS_URL")
@@ -324,7 +339,8 @@ async def run_worker(settings: Settings) -> None:
     # worker sends no blocking command; its pub/sub reads pass their own timeouts.
     timeout_s = max(_MIN_SOCKET_TIMEOUT_S, 2 * settings.lease_s)
     redis = connect(settings.redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
-    runtime = WorkerRuntime(settings, redis)
+    caller = caller_factory(redis, settings) if caller_factory is not None else None
+    runtime = WorkerRuntime(settings, redis, caller=caller)
     try:
         await runtime.start(on_control=ControlHandler(runtime).on_message)
     except BaseException:
@@ -344,9 +360,11 @@ async def run_worker(settings: Settings) -> None:
             log.warning("redis_unavailable_at_shutdown", error=str(exc))
         finally:
             await runtime.stop()  # no-op if arq's on_shutdown already ran it
+            if caller is not None:
+                await caller.close()
 
 
-def main(settings: Settings) -> None:
+def main(settings: Settings, caller_factory: CallerFactory | None = None) -> None:
     """Blocking entry point used by ``actionq worker`` and ``python -m workers``.
 
     A worker started by a pool or by ``actionq up`` ends with that parent (:mod:`service.processes.parent`).
@@ -355,4 +373,4 @@ def main(settings: Settings) -> None:
     if not die_with_parent():
         log.warning("parent_gone", parent_pid=expected_parent(), reason="the process that started this worker exited")
         return
-    asyncio.run(run_worker(settings))
+    asyncio.run(run_worker(settings, caller_factory))

@@ -41,6 +41,7 @@ from typing import Any, Literal
 
 import structlog
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
 from service.keys import Keys
@@ -124,6 +125,9 @@ class Claims:
         self._hints: dict[str, dict[str, str]] = {}  # queue -> {arq job id: job id} seen ready, to try next
         self.ahead = _AHEAD
         """Ready jobs a take reports per queue beyond its free slots: the next take's candidates."""
+        self.also_renew: Callable[[Pipeline], None] | None = None
+        """Adds to every renewal's pipeline: the held jobs' concurrency-limit slots
+        (:mod:`service.worker.limits`), so that they are renewed, or lapse, with their leases."""
 
     @property
     def held(self) -> frozenset[str]:
@@ -317,6 +321,8 @@ class Claims:
                 by_queue[queue].append(arq_id)
             for queue, ids in by_queue.items():
                 pipe.zadd(queue, dict.fromkeys(ids, deadline), xx=True)
+            if self.also_renew is not None:
+                self.also_renew(pipe)
             await pipe.execute()
 
     async def renew_forever(self, on_lapsed: Callable[[list[str]], None] | None = None) -> None:

@@ -30,7 +30,7 @@ def acl_rule(namespace: str, password: str) -> str:
     return (
         f"user actionq on >{password} resetkeys ~{namespace}:* ~arq:in-progress:{namespace}:* "
         f"~arq:result:{namespace}:* resetchannels &{namespace}:* -@all +@read +@write +@keyspace +@scripting "
-        "+@pubsub +@connection +@transaction -@dangerous +info"
+        "+@pubsub +@connection +@transaction -@dangerous +info +time"
     )
 
 
