@@ -18,6 +18,7 @@ from service.wire import dumps
 
 __all__ = [
     "ACTIVE_STATES",
+    "FINAL_PROGRESS_STATUS",
     "ID_PATTERN",
     "NAME_PATTERN",
     "ProgressSnapshot",
@@ -25,6 +26,7 @@ __all__ = [
     "ProgressUpdate",
     "SubTaskProgress",
     "TERMINAL_STATES",
+    "AttemptEnd",
     "AttemptInfo",
     "CancelOutcome",
     "ErrorInfo",
@@ -79,12 +81,26 @@ class _Model(BaseModel):
 
 
 class ProgressStatus(StrEnum):
-    """What a progress update says about the work (the seed's statuses)."""
+    """What a progress update says about the work: the seed's statuses, and ``cancelled`` and
+    ``timed_out``. When the job ends, its latest update's status follows the final state
+    (:data:`FINAL_PROGRESS_STATUS`)."""
 
     RUNNING = "running"
     MILESTONE_REACHED = "milestone_reached"
     COMPLETED = "completed"
     ERROR = "error"
+    CANCELLED = "cancelled"
+    TIMED_OUT = "timed_out"
+
+
+# The status a job's latest progress update takes when the job ends: its last snapshot says how it
+# ended, whatever the action last reported (the settle and cancel scripts rewrite it).
+FINAL_PROGRESS_STATUS: dict[JobState, ProgressStatus] = {
+    JobState.SUCCEEDED: ProgressStatus.COMPLETED,
+    JobState.FAILED: ProgressStatus.ERROR,
+    JobState.TIMED_OUT: ProgressStatus.TIMED_OUT,
+    JobState.CANCELLED: ProgressStatus.CANCELLED,
+}
 
 
 class ProgressUpdate(_Model):
@@ -150,10 +166,20 @@ class JobOptions(_Model):
         "submitter's, picked by the client) or a hostname: only workers on that host take it "
         '("local" is resolved to the submitting host by the client).',
     )
+    parent_id: str | None = Field(
+        default=None,
+        max_length=200,
+        description="The job whose action submitted this one (a plugin-to-plugin call): cancelling it cancels this.",
+    )
     watch: bool = Field(
         default=False,
         description="Publish the job's changes on its channel from the start, for a subscriber that subscribed "
         "before the submit (the client's followers mark the job themselves when they start following).",
+    )
+    author: str | None = Field(
+        default=None,
+        max_length=200,
+        description="Who asked for the job (seed 004's `author`: the caller's name), kept in its record.",
     )
 
     @field_validator("host")
@@ -186,6 +212,17 @@ class CancelOutcome(StrEnum):
     CANCEL_REQUESTED = "cancel_requested"  # the worker was told; it had not stopped when we stopped waiting
 
 
+class AttemptEnd(StrEnum):
+    """How an attempt ended that did not end the way its job can: it was cut short and the job went on."""
+
+    LOST = "lost"
+    """Its worker stopped answering (killed, or cut off): the lease lapsed and the job was taken again.
+    Written by the script that found it so (the next take, or the sweep), with no ``finished_at_ms``."""
+    INTERRUPTED = "interrupted"
+    """Its worker stopped it and handed the job back to its queue (a shutdown, or a lease it could
+    no longer renew)."""
+
+
 class AttemptInfo(_Model):
     """One attempt of a job, kept in its record's attempt history."""
 
@@ -193,10 +230,13 @@ class AttemptInfo(_Model):
     worker: str | None = None
     started_at_ms: int | None = None
     finished_at_ms: int | None = None
-    state: JobState
+    state: JobState | AttemptEnd = Field(
+        description="How the attempt ended: succeeded, failed, timed_out, cancelled, or lost / interrupted."
+    )
     error: ErrorInfo | None = None
     retry_in_s: float | None = Field(default=None, description="When the attempt was retried: the wait chosen.")
     note: str = ""
+    plugin_version: str | None = Field(default=None, description="The version of the plugin that ran it.")
 
 
 class JobRecord(_Model):
@@ -221,6 +261,9 @@ class JobRecord(_Model):
     progress: ProgressUpdate | None = None
     attempts: list[AttemptInfo] = Field(default_factory=list)
     cancel_requested: str | None = None
+    plugin_version: str | None = Field(
+        default=None, description="The version of the plugin that ran the job's latest finished attempt."
+    )
     seq: int = 0
 
     @property

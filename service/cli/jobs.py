@@ -66,7 +66,10 @@ def submit(
     host: Annotated[str, typer.Option(help='"any", "local" or a hostname.')] = "any",
     validate: Annotated[bool, typer.Option(help="Check params against the registry first.")] = True,
     watch: Annotated[
-        bool, typer.Option("--publish", help="Publish the job's changes from the start (for raw subscribers).")
+        bool,
+        typer.Option(
+            "--publish", help="Publish the job's changes from the start (for raw subscribers); default: as configured."
+        ),
     ] = False,
 ) -> None:
     """Submit PLUGIN ACTION with params; prints the job id (and with --wait, the result)."""
@@ -75,7 +78,7 @@ def submit(
     async def go(client: JobClient) -> None:
         handle = await client.submit(
             plugin, action, values, job_id=job_id, timeout_s=job_timeout, queue=queue, defer_s=defer,
-            host=host, watch=watch, validate=validate,
+            host=host, watch=watch or None, validate=validate,
         )  # fmt: skip
         _report_submit(handle)
         if follow:
@@ -146,6 +149,7 @@ def _print_record(record: JobRecord, as_json: bool) -> None:
         ("attempt", str(record.attempt)),
         ("worker", record.worker or "-"),
         ("queue", record.queue),
+        ("plugin version", record.plugin_version or "-"),
     ]
     if record.is_terminal:
         fields.append(("result", as_text(record.result) if record.error is None else "-"))

@@ -75,6 +75,7 @@ class JobClient:
         self._entries: SharedReads[str, RegisteredPlugin | None] = SharedReads(_REGISTRY_CACHE_S)
         self._workers: SharedReads[None, list[WorkerInfo]] = SharedReads(_REGISTRY_CACHE_S)
         self._routed: dict[int, dict[str, int]] = {}
+        self._turn = -1
 
     @classmethod
     async def connect(
@@ -135,8 +136,10 @@ class JobClient:
         retry: RetryOverride | Mapping[str, Any] | None = None,
         expires_s: float | None = None,
         host: str = "any",
-        watch: bool = False,
+        watch: bool | None = None,
         validate: bool = True,
+        parent_id: str | None = None,
+        author: str | None = None,
     ) -> JobHandle:
         """Submit ``plugin.action(**params)`` and return a handle to follow it.
 
@@ -146,7 +149,11 @@ class JobClient:
         skips the registry check, for submitting before any worker is up: the worker then
         validates, and a bad job fails there with the same error. ``watch=True`` publishes the
         job's changes on its channel from the start, for a raw subscriber that subscribed before
-        this call (the handle's :meth:`~JobHandle.wait` and :meth:`~JobHandle.progress` need no flag).
+        this call (the handle's :meth:`~JobHandle.wait` and :meth:`~JobHandle.progress` need no flag);
+        ``None`` (the default): as the plugin's manifest says (``publish_job_channels``, read when
+        validating), else as the ``publish_job_channels`` setting says.
+        ``parent_id`` links the job to the one that submitted it (plugin-to-plugin calls set it);
+        ``author`` names who asked (seed 004's ``author=``), kept in the record.
         """
         options = self._options(
             job_id=job_id,
@@ -158,14 +165,23 @@ class JobClient:
             host=self.settings.hostname if host == "local" else host,
             retry=retry,
             expires_s=expires_s,
-            watch=watch,
+            watch=bool(watch),
+            parent_id=parent_id,
+            author=author,
         )
         manifest = await self._manifest(plugin) if validate else None
+        if watch is None:
+            options = options.model_copy(update={"watch": self._publishes(manifest)})
         checked = self._check_params(manifest, plugin, action, params)
         request = JobRequest(plugin=plugin, action=action, params=checked, options=options)
         if validate:
             await self._check_served(request)
         return await self.submit_request(request)
+
+    def _publishes(self, manifest: PluginManifest | None) -> bool:
+        """Whether a job is published from its submit on: as its plugin's manifest says, else the setting."""
+        declared = manifest.publish_job_channels if manifest is not None else None
+        return self.settings.publish_job_channels if declared is None else declared
 
     async def execute_stream(
         self, plugin: str, action: str, params: Params = None, **options: Any
@@ -262,10 +278,11 @@ class JobClient:
         return self.keys.queue(request.plugin, opts.queue, host)
 
     async def _remote_host(self, plugin: str, lane: str) -> str:
-        """A host other than this one whose live workers serve ``plugin`` in ``lane``: the least loaded.
+        """A host other than this one whose live workers serve ``plugin`` in ``lane`` (``routing``).
 
-        Load is the running jobs the registry last showed plus the jobs this client sent there
-        since, so a burst of submits spreads over the hosts instead of piling onto one.
+        ``least_loaded``: load is the running jobs the registry last showed plus the jobs this
+        client sent there since, so a burst of submits spreads over the hosts instead of piling
+        onto one. ``round_robin``: each host in turn.
         """
         workers = await self._live_workers()
         load: dict[str, int] = {}
@@ -274,6 +291,10 @@ class JobClient:
                 load[w.hostname] = load.get(w.hostname, 0) + w.running_jobs
         if not load:
             raise UnservableJobError(plugin, lane, "remote", _hosts_serving(workers, self.keys, plugin, lane))
+        if self.settings.routing == "round_robin":
+            hosts = sorted(load)
+            self._turn = (self._turn + 1) % len(hosts)
+            return hosts[self._turn]
         sent = self._routed.setdefault(id(workers), {})  # reset with each new registry read
         if len(self._routed) > 1:
             self._routed = {id(workers): sent}

@@ -10,16 +10,12 @@ from typing import Any, Protocol
 
 from redis.asyncio import Redis
 
+from service import arqformat
 from service.client.store import JobStore
 from service.client.streams import follow
 from service.errors import (
-    JobCancelledError,
-    JobExpiredError,
     JobNotFoundError,
-    JobSignatureError,
-    MalformedJobError,
     PluginActionExecutionError,
-    PluginActionTimeoutError,
     ResultTimeoutError,
 )
 from service.keys import Keys
@@ -228,16 +224,5 @@ def outcome_of(record: JobRecord) -> Any:
 
 
 def error_for(job_id: str, state: JobState, error: ErrorInfo | None) -> PluginActionExecutionError:
-    """The exception a job that ended in ``state`` (not succeeded) stands for."""
-    info = error or ErrorInfo(type="Unknown", message=f"job ended {state.value}")
-    if state is JobState.TIMED_OUT:
-        return PluginActionTimeoutError(job_id, info)
-    if state is JobState.CANCELLED:
-        return JobCancelledError(job_id, info)
-    if info.type == JobExpiredError.__name__:
-        return JobExpiredError(job_id, info)
-    if info.type == MalformedJobError.__name__:
-        return MalformedJobError(job_id, info)
-    if info.type == JobSignatureError.__name__:
-        return JobSignatureError(job_id, info)
-    return PluginActionExecutionError(job_id, info)
+    """The exception a job that ended in ``state`` (not succeeded) stands for (as arq's reader gets it)."""
+    return arqformat.outcome_error(job_id, state.value, error)

@@ -26,7 +26,7 @@ from redis.asyncio import Redis
 from service import arqformat
 from service.errors import BrokerError, ErrorInfo, RecordUnreadableError, describe_validation
 from service.keys import Keys
-from service.models import AttemptInfo, JobRecord, JobRequest, JobState, ProgressUpdate
+from service.models import FINAL_PROGRESS_STATUS, AttemptInfo, JobRecord, JobRequest, JobState, ProgressUpdate
 from service.redis import scripts
 from service.redis.batching import Batcher
 from service.redis.connection import broker_errors
@@ -174,24 +174,31 @@ class JobStore:
     async def cancel(self, job_id: str, *, reason: str, now_ms: int, ttl_s: int) -> tuple[str, str]:
         """Cancel ``job_id``: returns (what happened, the state it was in).
 
-        What happened is ``cancelled`` (it was waiting: it will never run), ``running`` (the
-        running worker was told; the outcome follows), ``finished`` (nothing changed) or
-        ``missing`` (no record). A running job is cancelled in one round trip; a waiting one in
-        two, since the script must be told its queue (it declares every key it touches).
+        What happened is ``cancelled`` (it was waiting: it will never run; it ended as any job
+        ends, its final record in arq's result), ``running`` (the running worker was told; the
+        outcome follows), ``finished`` (nothing changed) or ``missing`` (no record). A running job
+        is cancelled in one round trip; a waiting one in two, since the script must be told its
+        queue (it declares every key it touches).
         """
         keys = self.keys
         error = ErrorInfo(type="JobCancelledError", message=f"cancelled before it started: {reason}")
-        args: list[str | int] = [reason, now_ms, ttl_s, keys.arq_job_id(job_id), error.model_dump_json()]
+        args: list[str | int | bytes] = [reason, now_ms, ttl_s, keys.arq_job_id(job_id), error.model_dump_json()]
         signature = self.signer.sign("cancel", job_id, reason, str(now_ms))
         args += [keys.job_channel(job_id), keys.cancel_channel(), job_id, now_ms, signature]
-        declared = [keys.job(job_id), keys.arq_result(job_id), keys.checkpoint(job_id)]
+        cancelled = JobState.CANCELLED
+        args += [
+            arqformat.summary(cancelled.value, None, error),
+            arqformat.FUNCTION,
+            FINAL_PROGRESS_STATUS[cancelled].value,
+        ]
+        declared = [keys.job(job_id), keys.arq_result(job_id), keys.checkpoint(job_id), keys.job_stream(job_id)]
         for _ in range(_CANCEL_TRIES):
             with broker_errors(f"cancelling job {job_id}"):
                 raw_what, raw_state = await self._cancel(keys=declared, args=args)
             what, state = raw_what.decode(), raw_state.decode()
             if what != "queue":
                 return what, state
-            declared = [*declared[:3], state]  # it waits in that queue: declare it and go again
+            declared = [*declared[:4], state]  # it waits in that queue: declare it and go again
         raise BrokerError(f"cancelling job {job_id}: its queue kept changing under the cancel")
 
 

@@ -10,6 +10,12 @@ the result TTL, under ``"actionq"``) and the record hash is deleted, so the fina
 and a write. :meth:`service.client.store.JobStore.get` reads either form. A job that goes back to
 its queue (retry, requeue) keeps its hash, updated in place.
 
+The attempt history stays whole: an attempt its worker cut short (:func:`requeued` after it ran)
+gets its entry, state ``interrupted``, and one whose worker stopped answering gets its entry, state
+``lost``, from the take that takes the job again (``take.lua``) or from the settlement that ends it
+unowned. An ended job's latest progress update takes the status of its end
+(:data:`service.models.FINAL_PROGRESS_STATUS`), so its last snapshot never says ``running``.
+
 Every settlement made while a batch is in flight waits for the next one: :class:`Settler` buffers
 them (:class:`service.redis.batching.Batcher`) and sends each batch as one call of the settle
 script (``service/redis/lua/settle.lua``: one round trip, one ``ZREM`` per queue and one ``DEL``,
@@ -36,7 +42,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from service.keys import Keys
-from service.models import JobState, now_ms
+from service.models import FINAL_PROGRESS_STATUS, JobState, now_ms
 from service.redis import scripts
 from service.redis.batching import Batcher
 from service.redis.connection import broker_errors, while_unreachable
@@ -82,6 +88,9 @@ class Settlement:
     unclaimed: bool = False
     """A job settled without being taken (it waited in a queue no worker serves): nothing is written
     (seq ``-3``) if an attempt holds it by then (its record running, with a lease)."""
+    interrupted: str = ""
+    """A requeued attempt that ran (cut short by its worker): why. Its history entry, state
+    ``interrupted``, is written from the record (its worker and start)."""
 
 
 def ended(
@@ -121,12 +130,17 @@ def retrying(job: TakenJob, fields: dict[str, str | int], *, due_ms: int, worker
                       owner=(worker_id, job.attempt))  # fmt: skip
 
 
-def requeued(job: TakenJob, *, worker_id: str, started: bool) -> Settlement:
-    """Back in its queue, ready now: cut short by a shutdown (``started``: the attempt counts), or
-    handed to a worker that cannot run it (the attempt is undone)."""
+def requeued(job: TakenJob, *, worker_id: str, started: bool, due_ms: int | None = None) -> Settlement:
+    """Back in its queue, ready now (or at ``due_ms``): cut short by a shutdown (``started``: the
+    attempt counts), or handed to a worker that cannot run it, or refused by a concurrency limit
+    (the attempt is undone)."""
     attempt = job.attempt if started else job.attempt - 1
-    return Settlement(job.job_id, job.queue, JobState.QUEUED, attempt, {"worker": ""}, score_ms=now_ms(),
-                      owner=(worker_id, job.attempt))  # fmt: skip
+    score_ms = now_ms() if due_ms is None else due_ms
+    return Settlement(job.job_id, job.queue, JobState.QUEUED, attempt, {"worker": ""}, score_ms=score_ms,
+                      owner=(worker_id, job.attempt), interrupted=_INTERRUPTED if started else "")  # fmt: skip
+
+
+_INTERRUPTED = "stopped by its worker (a shutdown, or a lease it could not renew): back to its queue"
 
 
 class Settler:
@@ -183,6 +197,11 @@ class Settler:
         if s.arq_result is not None:
             op["result"] = s.arq_result.decode()
             op["result_ttl_ms"] = s.result_ttl_s * 1000
+            final = FINAL_PROGRESS_STATUS.get(s.state)
+            if final is not None:  # the job's last progress snapshot says how it ended
+                op["progress_status"] = final.value
+        if s.interrupted:
+            op["interrupted"] = {"note": s.interrupted, "at_ms": now_ms()}
         if s.dead_letter_ttl_s:
             op["dead_letter"] = {"ttl_s": s.dead_letter_ttl_s, "at_ms": now_ms(), "request": s.readable_request}
         if s.stream_end is not None:

@@ -118,11 +118,12 @@ async def test_the_channel_speaks_documented_json(
             if raw is not None:
                 messages.append(json.loads(raw["data"]))
     await pubsub.aclose()  # type: ignore[no-untyped-call]
-    assert [m["seq"] for m in messages] == list(range(1, len(messages) + 1))
+    assert [m["seq"] for m in messages] == list(range(len(messages)))  # from the submit's `queued`, seq 0
     assert {m["type"] for m in messages} == {"state", "progress"}
     progress = next(m for m in messages if m["type"] == "progress")
     assert set(progress) == {"type", "job_id", "progress", "seq"}
     body = progress["progress"]
     assert isinstance(body, dict)
     assert set(body) >= {"percentage", "current_step", "total_steps", "message", "status"}
-    assert messages[0] == {"type": "state", "job_id": job_id, "state": "running", "attempt": 1, "seq": 1}
+    assert messages[0] == {"type": "state", "job_id": job_id, "state": "queued", "attempt": 0, "seq": 0}
+    assert messages[1] == {"type": "state", "job_id": job_id, "state": "running", "attempt": 1, "seq": 1}

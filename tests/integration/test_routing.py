@@ -7,8 +7,16 @@ import re
 
 import pytest
 
-from service import JobClient, UnknownPluginError, UnservableJobError
+from service import JobClient, UnknownPluginError, UnservableJobError, WorkerInfo
 from tests.conftest import FAST, WorkerFactory, bundled_plugins_config
+
+
+async def registered(client: JobClient, count: int) -> list[WorkerInfo]:
+    """The live workers, once there are ``count`` of them."""
+    async with asyncio.timeout(30):
+        while len(workers := await client.workers()) < count:
+            await asyncio.sleep(0.05)
+    return workers
 
 
 async def test_a_submit_no_live_worker_would_take_is_refused_with_the_reason(
@@ -33,9 +41,7 @@ async def test_remote_means_a_worker_on_another_host(worker_process: WorkerFacto
     worker_process(bundled_plugins_config(**FAST, hostname=local), wait=False)
     worker_process(bundled_plugins_config(**FAST, hostname="elsewhere-1"), wait=False)
     worker_process(bundled_plugins_config(**FAST, hostname="elsewhere-2"))
-    async with asyncio.timeout(30):
-        while len(hosts := {w.worker_id: w.hostname for w in await client.workers()}) < 3:
-            await asyncio.sleep(0.05)
+    hosts = {w.worker_id: w.hostname for w in await registered(client, 3)}
     assert sorted(hosts.values()) == sorted([local, "elsewhere-1", "elsewhere-2"])
     handles = [await client.submit("PluginB", "calculate_square", {"x": i}, host="remote") for i in range(12)]
     for i, handle in enumerate(handles):
@@ -61,7 +67,7 @@ async def test_a_plugin_another_worker_still_serves_stays_live(
 ) -> None:
     worker_process(bundled_plugins_config(**FAST), wait=False)
     worker_process(bundled_plugins_config(**FAST))
-    first = (await client.workers())[0].worker_id
+    first = (await registered(client, 2))[0].worker_id
     assert (await client.control("disable_plugin", worker=first, args={"name": "PluginB"}, timeout=10)).acted
     assert [p.live for p in await client.plugins() if p.name == "PluginB"] == [True]
     handle = await client.submit("PluginB", "calculate_square", {"x": 3})

@@ -11,10 +11,16 @@ import fakeredis
 import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
-from arq.jobs import Job, JobStatus, deserialize_result
+from arq.jobs import DeserializationError, Job, JobStatus, SerializationError, deserialize_result
 
 from service import arqformat
-from service.errors import ErrorInfo
+from service.errors import (
+    ErrorInfo,
+    JobCancelledError,
+    JobExpiredError,
+    PluginActionExecutionError,
+    PluginActionTimeoutError,
+)
 from service.keys import Keys
 from service.wire import loads
 
@@ -89,3 +95,67 @@ def test_the_final_record_round_trips_through_the_settle_scripts_splice() -> Non
 def test_foreign_data_is_not_a_final_record(raw: bytes) -> None:
     with pytest.raises(arqformat.FinalRecordError):
         arqformat.decode_final(raw)
+
+
+def final(job_id: str, state: str, error: ErrorInfo | None = None) -> bytes:
+    """An arq result with its final record, as the settle script writes it."""
+    record: dict[str, str] = {"state": state, "seq": "2", "queue": QUEUE}
+    if error is not None:
+        record["error"] = error.model_dump_json()
+    return encoded(job_id, state, error)[:-1] + b',"actionq":' + json.dumps(record).encode() + b"}"
+
+
+async def test_with_actionqs_deserializer_arqs_result_returns_the_result_or_raises_the_failure(
+    r: aioredis.Redis,
+) -> None:
+    def arq_job(job_id: str) -> Job:
+        return Job(KEYS.arq_job_id(job_id), r, _queue_name=QUEUE, _deserializer=arqformat.deserialize)
+
+    await r.set(KEYS.arq_result("ok"), final("ok", "succeeded"))
+    assert await arq_job("ok").result(timeout=1) == 36
+    boom = ErrorInfo(type="RuntimeError", message="boom", traceback="Traceback (most recent call last): ...")
+    await r.set(KEYS.arq_result("bad"), final("bad", "failed", boom))
+    with pytest.raises(PluginActionExecutionError, match="job bad: RuntimeError: boom") as raised:
+        await arq_job("bad").result(timeout=1)
+    assert raised.value.error == boom  # the final record's error, traceback and all
+    info = await arq_job("bad").info()
+    assert info is not None
+    assert info.kwargs == {"request": json.loads(REQUEST)}
+    # Without it: JSON gives arq no exception to raise, and pickle (arq's default) cannot read JSON.
+    with pytest.raises(SerializationError):
+        await Job(KEYS.arq_job_id("bad"), r, _queue_name=QUEUE, _deserializer=loads).result(timeout=1)
+    with pytest.raises(DeserializationError):
+        await Job(KEYS.arq_job_id("bad"), r, _queue_name=QUEUE).result(timeout=1)
+
+
+@pytest.mark.parametrize(
+    ("state", "error", "raised"),
+    [
+        ("timed_out", ErrorInfo(type="TimeoutError", message="ran past 1s"), PluginActionTimeoutError),
+        ("cancelled", ErrorInfo(type="JobCancelledError", message="no longer needed"), JobCancelledError),
+        ("failed", ErrorInfo(type="JobExpiredError", message="it never ran"), JobExpiredError),
+        ("failed", None, PluginActionExecutionError),
+    ],
+)
+def test_each_way_a_job_ends_becomes_the_exception_a_client_gets(
+    state: str, error: ErrorInfo | None, raised: type[PluginActionExecutionError]
+) -> None:
+    result = deserialize_result(final("j4", state, error), deserializer=arqformat.deserialize)
+    assert type(result.result) is raised
+    assert result.result.job_id == "j4"
+    assert result.result.error == (error or ErrorInfo(type="Unknown", message=f"job ended {state}"))
+
+
+def test_data_that_is_not_actionqs_is_returned_as_it_is() -> None:
+    foreign = {
+        "t": 1,
+        "f": "f",
+        "a": [],
+        "k": {},
+        "et": 1,
+        "s": False,
+        "r": "unable to serialize result",
+        "st": 1,
+        "ft": 1,
+    }
+    assert arqformat.deserialize(json.dumps(foreign).encode()) == foreign

@@ -19,10 +19,15 @@
 --      running record whose lease is gone being held by nobody),
 --    "dead_letter": {"ttl_s": <s>, "at_ms": <ms>, "request": <false: the request is not readable>}
 --      (absent: none),
---    "stream_end": {"id": "0-<n>", "fields": [<field>, <value>, ...], "ttl_s": <s>} (absent: no stream)}
+--    "stream_end": {"id": "0-<n>", "fields": [<field>, <value>, ...], "ttl_s": <s>} (absent: no stream),
+--    "progress_status": "<status>" (an ended job: its latest progress update takes this status),
+--    "interrupted": {"note": "<why>", "at_ms": <ms>} (a requeued attempt that ran: its history entry
+--      `attempt:<n>`, state 'interrupted', is written from the record's worker and started_at_ms)}
 -- Reply: per settlement, the record's new seq, or
---   -1  the live record is gone (it ended elsewhere, or was deleted): nothing written, it leaves its queue;
---   -2  the record had ended (cancelled meanwhile): nothing written, it leaves its queue;
+--   -1  the live record is gone, and there is no final record (deleted, or expired): nothing written, it
+--       leaves its queue;
+--   -2  the job had ended (cancelled meanwhile: its final record is in arq's result): nothing written, it
+--       leaves its queue;
 --   -3  another attempt holds the job (this one's lease lapsed and another worker took it):
 --       nothing written, and its queue entry, lease and checkpoint are left to that attempt.
 --
@@ -32,8 +37,38 @@
 -- generator's stream gets its end marker (service.redis.streams): a settlement that writes
 -- nothing writes no letter and no marker either. The state message goes out only if
 -- someone follows the job (the record's `watched`).
+--
+-- An ended job's progress snapshot says how it ended: its latest update's top-level "status" becomes
+-- `progress_status`; when that changes it, the change counts (seq + 1) and goes out first as a
+-- progress message, then the state message (seq + 2). A job that ends while its record still
+-- says another attempt runs (a job taken expired or malformed, or swept unserved: no owner) gets
+-- that attempt's history entry, state 'lost', unless it has one.
 
 local gone, dels = {}, {}
+
+-- A history entry (service.models.AttemptInfo) of attempt `n`, from the record's worker and start.
+local function attempt_entry(n, worker, started, state, note, finished)
+  started = to_int(started, nil)
+  return '{"attempt":' .. string.format('%d', n) .. ',"worker":' .. (worker and worker ~= '' and cjson.encode(worker)
+    or 'null') .. ',"started_at_ms":' .. (started and string.format('%d', started) or 'null') ..
+    ',"finished_at_ms":' .. (finished and string.format('%d', finished) or 'null') .. ',"state":"' .. state ..
+    '","note":' .. cjson.encode(note) .. '}'
+end
+
+-- `progress` (a ProgressUpdate's JSON, as pydantic writes it: its own "status" comes before any nested
+-- one) with its status `status`; nil when it has that status already, or no status to change.
+local function with_status(progress, status)
+  if not progress or not status then return nil end
+  local current = string.match(progress, '"status":"([%w_]*)"')
+  if not current or current == status then return nil end
+  return (string.gsub(progress, '"status":"[%w_]*"', '"status":"' .. status .. '"', 1))
+end
+
+-- No live record: -2 if the job ended (its final record is in arq's result: a job cancelled while it
+-- waited, say), else -1.
+local function missing(k)
+  return redis.call('EXISTS', KEYS[k + 4]) == 1 and -2 or -1
+end
 
 local function superseded(op, state, worker, attempt, k)
   if op.unclaimed then return state == 'running' and redis.call('EXISTS', KEYS[k + 3]) == 1 end
@@ -61,12 +96,26 @@ end
 
 local function ended(op, k)
   local h = redis.call('HGETALL', KEYS[k + 1])
-  if #h == 0 then return -1, nil end
+  if #h == 0 then return missing(k), nil end
   local rec = {}
   for j = 1, #h, 2 do rec[h[j]] = h[j + 1] end
   if TERMINAL[rec.state] then return -2, nil end
   if superseded(op, rec.state, rec.worker, rec.attempt, k) then return -3, nil end
   local seq, request = to_int(rec.seq, 0) + 1, rec.request
+  local n = to_int(rec.attempt, 0)
+  if rec.state == 'running' and not op.owner and n > 0 and not rec['attempt:' .. n] then
+    rec['attempt:' .. n] = attempt_entry(n, rec.worker, rec.started_at_ms, 'lost',
+      'its worker stopped answering (lease lapsed)', nil)
+  end
+  local progress = with_status(rec.progress, op.progress_status)
+  if progress then  -- one change more, published before the final state
+    rec.progress = progress
+    if rec.watched then
+      redis.call('PUBLISH', op.channel, '{"type":"progress","job_id":' .. cjson.encode(op.job_id) .. ',"progress":' ..
+        progress .. ',"seq":' .. seq .. '}')
+    end
+    seq = seq + 1
+  end
   rec.state, rec.seq, rec.request = op.state, tostring(seq), nil
   for j = 1, #op.fields, 2 do rec[op.fields[j]] = op.fields[j + 1] end
   redis.call('SET', KEYS[k + 4], string.sub(op.result, 1, -2) .. ',"actionq":' .. cjson.encode(rec) .. '}', 'PX',
@@ -82,11 +131,16 @@ local function ended(op, k)
 end
 
 local function stepped(op, k)
-  local r = redis.call('HMGET', KEYS[k + 1], 'state', 'seq', 'watched', 'worker', 'attempt')
-  if not r[1] then return -1, nil end
+  local r = redis.call('HMGET', KEYS[k + 1], 'state', 'seq', 'watched', 'worker', 'attempt', 'started_at_ms')
+  if not r[1] then return missing(k), nil end
   if TERMINAL[r[1]] then return -2, nil end
   if superseded(op, r[1], r[4], r[5], k) then return -3, nil end
   local seq = to_int(r[2], 0) + 1
+  local n = to_int(r[5], 0)
+  if op.interrupted and r[1] == 'running' and n > 0 then
+    redis.call('HSET', KEYS[k + 1], 'attempt:' .. n,
+      attempt_entry(n, r[4], r[6], 'interrupted', op.interrupted.note, op.interrupted.at_ms))
+  end
   redis.call('HSET', KEYS[k + 1], 'state', op.state, 'seq', seq, unpack(op.fields))
   return seq, r[3]
 end

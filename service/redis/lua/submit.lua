@@ -11,8 +11,9 @@
 -- ARGV[3]  the job channel prefix (<ns>:ch:job:, + a job id)
 -- then ten per job (ARGV[3 + 10j + 1 ..]): request JSON, now ms, score ms (run-at), arq job id,
 --   check ('1': the id may exist, look; '0': a fresh uuid, skip the look), watch ('1': publish
---   its changes from the start), job id, queue-wait limit ms ('' for none), lease ms (of a job
---   handed over), the request's signature ('' when unsigned; service.signing).
+--   its changes from the start, beginning with a 'queued' state message of seq 0), job id,
+--   queue-wait limit ms ('' for none), lease ms (of a job handed over), the request's signature
+--   ('' when unsigned; service.signing).
 -- A job handed to a worker goes out on its channel as
 -- "<arq id>\n<queue>\n<now ms>\n<signature>\n<request JSON>";
 -- a busy worker is woken with "<queue> <arq id>" (names have no spaces), and takes that job first.
@@ -44,6 +45,8 @@ local function create(k, a)
   if expires ~= '' then optional[#optional + 1] = 'expires_at_ms'; optional[#optional + 1] = expires end
   if watch then optional[#optional + 1] = 'watched'; optional[#optional + 1] = '1' end
   if sig ~= '' then optional[#optional + 1] = 'sig'; optional[#optional + 1] = sig end
+  -- Followed from the start: a subscriber hears the job exist (seq 0, the record's seq), then every change.
+  publish_state(watch, job_channel .. id, id, 'queued', 0, 0)
   local ready, worker, listed_until = tonumber(score) <= tonumber(now), nil, nil
   if ready then
     local listed = redis.call('ZRANGEBYSCORE', idle, now, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)

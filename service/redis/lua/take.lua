@@ -24,7 +24,9 @@
 -- Reply: {due (ms, or -1), how the worker is listed now, {hints: queue index, arq id, ...}, then
 --   per candidate taken or dropped: {arq id, queue index, status, attempt, request JSON, cancel
 --   reason, enqueued at ms, problem, {bad fields}, the request's signature}}, status
---   'run'      its attempt started here (record running, attempt + 1, worker, seq + 1);
+--   'run'      its attempt started here (record running, attempt + 1, worker, seq + 1); a record still
+--              running (its previous attempt's lease lapsed: its worker stopped answering) first gets
+--              that attempt's history entry, `attempt:<n>` with state 'lost' (also for 'expired');
 --   'expired'  past its queue-wait limit (expires_at_ms): claimed, not started; the worker fails it;
 --   'malformed' its record cannot be run (problem: what is wrong, e.g. an integer field that is not
 --              one, an unknown state, no request; bad fields: the integer fields at fault):
@@ -64,9 +66,20 @@ local function malformed(r)
   return table.concat(problems, '; '), bad
 end
 
+-- The history entry (service.models.AttemptInfo) of attempt `n` if the record says it is still running: it
+-- never settled, and its lease lapsed (this take holds the lease now), so its worker stopped answering.
+-- HSETNX: an entry written meanwhile stays as it is.
+local function note_lost(record, r, n)
+  if r[1] ~= 'running' or n < 1 then return end
+  local started = to_int(r[11], nil)
+  redis.call('HSETNX', record, 'attempt:' .. n, '{"attempt":' .. string.format('%d', n) .. ',"worker":' ..
+    (r[10] and cjson.encode(r[10]) or 'null') .. ',"started_at_ms":' .. (started and string.format('%d', started) or
+    'null') .. ',"state":"lost","note":"its worker stopped answering (lease lapsed)"}')
+end
+
 local function start(queue, qi, job, record, lease)
   local r = redis.call('HMGET', record, 'state', 'attempt', 'seq', 'cancel_requested', 'request', 'expires_at_ms',
-    'enqueued_at_ms', 'watched', 'sig')
+    'enqueued_at_ms', 'watched', 'sig', 'worker', 'started_at_ms')
   if not r[1] or TERMINAL[r[1]] then
     redis.call('ZREM', queue, job.arq_id)
     redis.call('DEL', lease)
@@ -77,6 +90,7 @@ local function start(queue, qi, job, record, lease)
     return {job.arq_id, qi, 'malformed', 0, r[5] or '', '', 0, problem, bad, r[9] or ''}
   end
   local attempt, seq = to_int(r[2], 0) + 1, to_int(r[3], 0) + 1
+  note_lost(record, r, attempt - 1)
   if r[6] and to_int(r[6], 0) < now then
     return {job.arq_id, qi, 'expired', attempt - 1, r[5], '', r[7] or 0, '', {}, r[9] or ''}
   end

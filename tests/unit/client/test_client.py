@@ -177,3 +177,25 @@ async def test_a_failed_registry_read_is_not_cached(client: JobClient, monkeypat
     assert all(isinstance(r, SubmissionError) for r in results)  # the waiters share the one failed read
     assert (await client.submit("PluginB", "calculate_square", {"x": 1})).created  # read again, not cached
     assert len(calls) == 2
+
+
+async def test_remote_jobs_go_to_other_hosts_least_loaded_or_in_turn(fake_redis: aioredis.Redis) -> None:
+    from service.plugins.manifest import load_manifest
+    from tests.conftest import REPO_ROOT
+    from tests.unit.fakes import serving
+
+    manifest = load_manifest(REPO_ROOT / "plugins" / "PluginB", "PluginB")
+    # least_loaded: c runs nothing, b one job; then the jobs this client sent count too.
+    for routing, expected in (("least_loaded", ["c", "b", "c", "b"]), ("round_robin", ["b", "c", "b", "c"])):
+        settings = fake_client(fake_redis).settings.model_copy(update={"routing": routing})
+        client = JobClient(fake_redis, settings, owns_redis=False)
+        for worker_id, host, running in (("w1", "here", 0), ("w2", "b", 1), ("w3", "c", 0)):
+            info = serving(client.keys, [manifest], worker_id=worker_id, hostname=host)
+            info.running_jobs = running
+            await client.registry.publish(info, [manifest])
+        queues = []
+        for i in range(4):
+            handle = await client.submit("PluginB", "calculate_square", {"x": i}, host="remote")
+            queues.append((await handle.record()).queue.rsplit("@", 1)[1])
+        assert queues == expected, routing
+        await client.close()

@@ -5,16 +5,18 @@ from __future__ import annotations
 import asyncio
 import json
 
+import pytest
 import redis.asyncio as aioredis
 
 from service import arqformat
 from service.client.deadletters import DeadLetter
 from service.client.store import JobStore
 from service.keys import Keys
-from service.models import AttemptInfo, JobState
+from service.models import AttemptInfo, JobState, ProgressStatus, ProgressUpdate, SubTaskProgress
 from service.redis.pubsub import PubSubMultiplexer
 from service.redis.streams import StreamEnd, entry_id
 from service.worker import settle
+from service.worker.progress import ProgressWriter
 from service.worker.settle import Settler
 from service.worker.take import Claims, TakenJob
 from tests.unit.redis.scripts.conftest import create, now
@@ -231,3 +233,105 @@ async def test_an_unclaimed_settle_ends_a_waiting_job_but_not_one_an_attempt_hol
     await r.delete(keys.arq_in_progress("held"))  # its worker died: a running record nobody holds
     assert await settler.settle(expired(held)) > 0
     assert not await r.exists(keys.job("held"))
+
+
+# A progress update whose message and sub-task mention a status too: only its own status changes.
+RUNNING = ProgressUpdate(
+    percentage=50,
+    message='it said "status":"running"',
+    sub_tasks=[SubTaskProgress(name="part", weight=1, progress=ProgressUpdate(percentage=50))],
+)
+
+
+@pytest.mark.parametrize(
+    ("state", "status"),
+    [
+        (JobState.SUCCEEDED, ProgressStatus.COMPLETED),
+        (JobState.FAILED, ProgressStatus.ERROR),
+        (JobState.TIMED_OUT, ProgressStatus.TIMED_OUT),
+        (JobState.CANCELLED, ProgressStatus.CANCELLED),
+    ],
+)
+async def test_an_ended_jobs_last_progress_says_how_it_ended(
+    r: aioredis.Redis, store: JobStore, keys: Keys, state: JobState, status: ProgressStatus
+) -> None:
+    job = await taken(r, store, "p1")
+    assert await ProgressWriter(r, keys).write("p1", RUNNING) == 2
+    await r.hset(keys.job("p1"), "watched", "1")  # type: ignore[misc]
+    ended = settle.ended(job, state, attempt_field(job, state), arq_result=result_of(job, state), result_ttl_s=60,
+                         worker_id="w1")  # fmt: skip
+    mux = PubSubMultiplexer(r)
+    try:
+        async with mux.subscribe(keys.job_channel("p1")) as followers:
+            assert await Settler(r, keys).settle(ended) == 4  # the progress's change, then the final state
+            progress = json.loads(await followers.get(5) or b"null")
+            final = json.loads(await followers.get(5) or b"null")
+    finally:
+        await mux.close()
+    expected = RUNNING.model_copy(update={"status": status})
+    assert progress == {"type": "progress", "job_id": "p1", "progress": expected.model_dump(mode="json"), "seq": 3}
+    assert final == {"type": "state", "job_id": "p1", "state": state.value, "attempt": 1, "seq": 4}
+    record = await store.get("p1")
+    assert record is not None
+    assert (record.state, record.seq, record.progress) == (state, 4, expected)
+    assert record.progress is not None
+    assert record.progress.sub_tasks[0].progress.status is ProgressStatus.RUNNING  # only the job's own status
+
+
+async def test_a_progress_that_says_how_it_ended_already_is_not_a_change(
+    r: aioredis.Redis, store: JobStore, keys: Keys
+) -> None:
+    job = await taken(r, store, "p2")
+    done = ProgressUpdate(percentage=100, status=ProgressStatus.COMPLETED)
+    assert await ProgressWriter(r, keys).write("p2", done) == 2
+    ended = settle.ended(job, JobState.SUCCEEDED, attempt_field(job, JobState.SUCCEEDED), arq_result=result_of(job),
+                         result_ttl_s=60, worker_id="w1")  # fmt: skip
+    assert await Settler(r, keys).settle(ended) == 3
+    record = await store.get("p2")
+    assert record is not None
+    assert record.progress == done
+
+
+async def test_a_requeued_attempt_that_ran_keeps_its_history_entry(
+    r: aioredis.Redis, store: JobStore, keys: Keys
+) -> None:
+    settler = Settler(r, keys)
+    cut = await taken(r, store, "cut2")
+    started = int(await r.hget(keys.job("cut2"), "started_at_ms") or 0)  # type: ignore[misc]
+    assert await settler.settle(settle.requeued(cut, worker_id="w1", started=True)) == 2
+    record = await store.get("cut2")
+    assert record is not None
+    [entry] = record.attempts
+    assert (entry.attempt, entry.worker, entry.started_at_ms, entry.state) == (1, "w1", started, "interrupted")
+    assert entry.finished_at_ms is not None
+    assert entry.finished_at_ms >= started
+    assert "back to its queue" in entry.note
+    back = await taken(r, store, "back2")
+    assert await settler.settle(settle.requeued(back, worker_id="w1", started=False)) == 2
+    assert not await r.hexists(keys.job("back2"), "attempt:1")  # type: ignore[misc]  # undone: no attempt to keep
+
+
+async def test_a_job_ended_with_no_owner_while_an_attempt_was_lost_records_it(
+    r: aioredis.Redis, store: JobStore, keys: Keys
+) -> None:
+    """The sweep ends a job whose worker died while running it (its record says running, nobody holds it)."""
+    held = await taken(r, store, "dead")
+    await r.delete(keys.arq_in_progress("dead"))
+    swept = settle.ended(held, JobState.FAILED, {}, arq_result=result_of(held, JobState.FAILED), result_ttl_s=60,
+                         worker_id=None, unclaimed=True)  # fmt: skip
+    assert await Settler(r, keys).settle(swept) > 0
+    record = await store.get("dead")
+    assert record is not None
+    [lost] = record.attempts
+    assert (lost.attempt, lost.worker, lost.state) == (1, "w1", "lost")
+
+
+async def test_a_late_settlement_of_a_job_cancelled_while_waiting_writes_nothing(
+    r: aioredis.Redis, store: JobStore, keys: Keys
+) -> None:
+    job = await taken(r, store, "gone2")
+    await Settler(r, keys).settle(settle.retrying(job, {}, due_ms=now() + 60_000, worker_id="w1"))
+    assert await store.cancel("gone2", reason="r", now_ms=now(), ttl_s=60) == ("cancelled", "retrying")
+    late = settle.retrying(job, {}, due_ms=now(), worker_id="w1")
+    assert await Settler(r, keys).settle(late) == -2  # it ended: its final record is in arq's result
+    assert not await r.exists(keys.job("gone2"))

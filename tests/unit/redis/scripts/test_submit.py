@@ -65,6 +65,7 @@ async def test_a_ready_job_is_handed_to_an_idle_worker(r: aioredis.Redis, store:
         ):
             await create(store, "j1", lease_ms=3000, watch=True)
             handed = await inbox.get(5)
+            queued = json.loads(await followers.get(5) or b"null")
             running = json.loads(await followers.get(5) or b"null")
     finally:
         await mux.close()
@@ -77,6 +78,13 @@ async def test_a_ready_job_is_handed_to_an_idle_worker(r: aioredis.Redis, store:
         json.loads(request_json()),
     )
     assert int(enqueued) > 0
+    assert queued == {
+        "type": "state",
+        "job_id": "j1",
+        "state": "queued",
+        "attempt": 0,
+        "seq": 0,
+    }  # followed from the submit
     assert running == {"type": "state", "job_id": "j1", "state": "running", "attempt": 1, "seq": 1}
     record = await r.hgetall(keys.job("j1"))  # type: ignore[misc]
     assert (record[b"state"], record[b"attempt"], record[b"worker"], record[b"seq"]) == (b"running", b"1", b"w1", b"1")
@@ -161,3 +169,24 @@ async def test_a_listed_worker_that_does_not_hear_the_hand_off_is_passed_over(
     assert not await r.exists(keys.arq_in_progress("j1"))
     assert await r.zscore(queue, keys.arq_job_id("j1")) == float(record[b"scheduled_at_ms"])  # ready to take
     assert await r.zcard(keys.idle_workers(queue)) == 0  # the listing that no one answers is gone
+
+
+async def test_a_followed_submit_says_queued_and_an_unfollowed_one_nothing(
+    r: aioredis.Redis, store: JobStore, keys: Keys
+) -> None:
+    mux = PubSubMultiplexer(r)
+    try:
+        async with (
+            mux.subscribe(keys.job_channel("told")) as told,
+            mux.subscribe(keys.job_channel("quiet")) as quiet,
+        ):
+            await create(store, "told", watch=True, score_delay_ms=60_000)
+            await create(store, "quiet", score_delay_ms=60_000)
+            await r.publish(keys.job_channel("quiet"), b"marker")  # after whatever the submit published
+            queued = json.loads(await told.get(5) or b"null")
+            heard = await quiet.get(5)
+    finally:
+        await mux.close()
+    assert queued == {"type": "state", "job_id": "told", "state": "queued", "attempt": 0, "seq": 0}
+    assert heard == b"marker"  # nobody follows it: nothing was published for it
+    assert await r.hget(keys.job("told"), "seq") == b"0"  # type: ignore[misc]  # the message's seq is the record's

@@ -164,3 +164,40 @@ async def test_after_a_hand_off_the_next_take_lists_the_worker_once(
     taker.handed(TakenJob("handed", keys.arq_job_id("handed"), queue, "run", 1, b"{}"))
     await taker.take([queue], now(), limit=5, advertise=True, idle=True)  # its job ended: idle again
     assert await r.zrange(idle, 0, -1) == [b"w1"]  # once, as idle: the next submit hands it a job
+
+
+async def test_a_job_taken_again_after_its_lease_lapsed_records_the_lost_attempt(
+    r: aioredis.Redis, store: JobStore, keys: Keys
+) -> None:
+    queue = await create(store, "lost")
+    [first] = (await claims(r, keys, "w1").take([queue], now(), limit=1)).jobs
+    started = int(await r.hget(keys.job("lost"), "started_at_ms") or 0)  # type: ignore[misc]
+    await r.delete(keys.arq_in_progress("lost"))  # w1 was killed: its lease lapses, its score falls due
+    [second] = (await claims(r, keys, "w2").take([queue], now() + 3_500, limit=1)).jobs
+    assert (first.attempt, second.status, second.attempt) == (1, "run", 2)
+    record = await store.get("lost")
+    assert record is not None
+    assert (record.state, record.worker, record.attempt) == ("running", "w2", 2)
+    [lost] = record.attempts
+    assert (lost.attempt, lost.worker, lost.started_at_ms, lost.finished_at_ms) == (1, "w1", started, None)
+    assert (lost.state, lost.note) == ("lost", "its worker stopped answering (lease lapsed)")
+
+
+async def test_a_lost_attempt_is_recorded_once_and_for_an_expired_job_too(
+    r: aioredis.Redis, store: JobStore, keys: Keys
+) -> None:
+    queue = await create(store, "kept")
+    await claims(r, keys, "w1").take([queue], now(), limit=1)
+    own = '{"attempt":1,"state":"failed","note":"written meanwhile"}'
+    await r.hset(keys.job("kept"), "attempt:1", own)  # type: ignore[misc]
+    await r.delete(keys.arq_in_progress("kept"))
+    await claims(r, keys, "w2").take([queue], now() + 3_500, limit=1)
+    assert await r.hget(keys.job("kept"), "attempt:1") == own.encode()  # type: ignore[misc]  # left as it was
+
+    late = await create(store, "late", plugin="Late", expires_at_ms=now() + 1_000)
+    await claims(r, keys, "w1").take([late], now(), limit=1)
+    await r.delete(keys.arq_in_progress("late"))
+    [expired] = (await claims(r, keys, "w2").take([late], now() + 3_500, limit=1)).jobs
+    assert (expired.status, expired.attempt) == ("expired", 1)
+    entry = json.loads(await r.hget(keys.job("late"), "attempt:1") or b"{}")  # type: ignore[misc]
+    assert (entry["state"], entry["worker"]) == ("lost", "w1")
