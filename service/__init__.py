@@ -6,6 +6,7 @@ result. Plugin authors derive from :class:`Plugin` and may take a :class:`JobCon
 """
 
 from service.client.client import JobClient
+from service.client.core import PluginCore, PluginsNotReadyError
 from service.client.deadletters import DeadLetter, DeadLetterStore
 from service.client.handle import JobHandle
 from service.client.sync import SyncJobClient, SyncJobHandle
@@ -73,6 +74,7 @@ from service.events.registrations import Registration
 from service.keys import Keys
 from service.models import (
     TERMINAL_STATES,
+    AttemptEnd,
     AttemptInfo,
     CancelOutcome,
     JobOptions,
@@ -105,6 +107,9 @@ __all__ = [
     "JobHandle",
     "SyncJobClient",
     "SyncJobHandle",
+    # code written for seed 004's PluginCore
+    "PluginCore",
+    "PluginsNotReadyError",
     # the job
     "TERMINAL_STATES",
     "ErrorInfo",
@@ -112,6 +117,7 @@ __all__ = [
     "JobRecord",
     "JobRequest",
     "JobState",
+    "AttemptEnd",
     "AttemptInfo",
     "CancelOutcome",
     # reliability: cancellation, retries, dead letters, checkpoints
