@@ -27,7 +27,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from service.errors import ConfigError, describe_validation
 from service.keys import DEFAULT_NAMESPACE
-from service.models import NAME_PATTERN
+from service.models import NAME_PATTERN, JobState
 from service.retry import RetryPolicy
 from service.signing import Signer
 
@@ -153,6 +153,12 @@ class Settings(BaseSettings):
     default_timeout_s: float = Field(default=300, gt=0, description="Action timeout when none is declared.")
     max_timeout_s: float = Field(default=3600, gt=0, description="Largest timeout a job may ask for.")
     result_ttl_s: int = Field(default=86_400, gt=0, description="How long a finished job's record is kept.")
+    failed_result_ttl_s: int | None = Field(
+        default=None,
+        gt=0,
+        description="How long the record of a job that did not succeed (failed, timed out, cancelled) is kept; "
+        "unset: result_ttl_s. A job's own result_ttl_s wins over both.",
+    )
     pending_ttl_s: int = Field(
         default=7 * 86_400,
         gt=0,
@@ -225,6 +231,12 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return init_settings, env_settings, _YamlSource(settings_cls)
+
+    def kept_for_s(self, state: JobState) -> int:
+        """How long the record of a job that ended ``state`` is kept (unless the job sets ``result_ttl_s``)."""
+        if state is JobState.SUCCEEDED or self.failed_result_ttl_s is None:
+            return self.result_ttl_s
+        return self.failed_result_ttl_s
 
     def plugin_path(self, entry: PluginEntry) -> Path:
         """The folder of a configured plugin (``path``, or ``<plugin_dir>/<name>``)."""

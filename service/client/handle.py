@@ -145,7 +145,7 @@ class JobHandle:
         ``already_finished``. A cancelled job is never retried.
         """
         # One round trip: the script itself decides, flags, pushes (and picks the result TTL).
-        ttl_s = self.client.settings.result_ttl_s
+        ttl_s = self.client.settings.kept_for_s(JobState.CANCELLED)
         what, _ = await self.client.store.cancel(self.job_id, reason=reason, now_ms=now_ms(), ttl_s=ttl_s)
         if what == "missing":
             raise JobNotFoundError(self.job_id)

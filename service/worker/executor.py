@@ -366,7 +366,7 @@ class Executor:
         end and, failed for good, its dead letter. ``dead_letter`` (a job that did not run): keep
         one, with its request (True) or without (False: the request could not be read)."""
         request = attempt.request if attempt is not None else None
-        ttl = (request.options.result_ttl_s if request else None) or self.settings.result_ttl_s
+        ttl = (request.options.result_ttl_s if request else None) or self.settings.kept_for_s(outcome.state)
         failed = outcome.state in (JobState.FAILED, JobState.TIMED_OUT)
         readable = dead_letter is not False
         keep_letter = dead_letter is not None or (failed and attempt is not None)

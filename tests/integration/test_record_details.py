@@ -190,3 +190,18 @@ async def test_without_the_setting_a_job_nobody_follows_publishes_nothing(
         await pubsub.aclose()  # type: ignore[no-untyped-call]
     assert heard == []
     assert (await handle.record()).state is JobState.SUCCEEDED
+
+
+async def test_failed_jobs_are_kept_for_failed_result_ttl_s(worker_process: WorkerFactory, client: JobClient) -> None:
+    worker_process(bundled_plugins_config(**FAST, result_ttl_s=100, failed_result_ttl_s=50_000))
+    ok = await client.submit("PluginB", "calculate_square", {"x": 2})
+    bad = await client.submit("long_running", "fail", {"message": "x"})
+    own = await client.submit("long_running", "fail", {"message": "x"}, result_ttl_s=7)
+    assert await ok.result(timeout=20) == 4
+    for handle in (bad, own):
+        with pytest.raises(PluginActionExecutionError):
+            await handle.result(timeout=20)
+    ttl = {h.job_id: await client.redis.ttl(client.keys.arq_result(h.job_id)) for h in (ok, bad, own)}
+    assert 0 < ttl[ok.job_id] <= 100
+    assert 100 < ttl[bad.job_id] <= 50_000
+    assert 0 < ttl[own.job_id] <= 7  # the job's own result_ttl_s wins

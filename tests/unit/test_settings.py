@@ -270,3 +270,12 @@ def test_a_plugins_config_block_is_kept_and_not_shown(tmp_path: Path) -> None:
     assert settings.plugin_entry("b") is None
     with pytest.raises(ConfigError, match=r"plugins\.0\.config: Input should be a valid dictionary"):
         load_settings(_write(tmp_path, "plugins: [{name: a, config: [1]}]\n"))
+
+
+def test_failed_jobs_can_be_kept_longer_than_successes() -> None:
+    from service.models import JobState
+
+    both = Settings(result_ttl_s=60, failed_result_ttl_s=604_800)
+    assert both.kept_for_s(JobState.SUCCEEDED) == 60
+    assert [both.kept_for_s(s) for s in (JobState.FAILED, JobState.TIMED_OUT, JobState.CANCELLED)] == [604_800] * 3
+    assert Settings(result_ttl_s=60).kept_for_s(JobState.FAILED) == 60  # unset: as successes
