@@ -14,6 +14,7 @@ cannot land in the middle of the table, whatever the two streams are joined into
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -68,6 +69,7 @@ def run_up(
     log_path = None if verbose else _worker_log_path()
     server: EmbeddedRedis | None = None
     worker: subprocess.Popen[bytes] | None = None
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM stops up as Ctrl-C does: cleanly
     try:
         if settings.redis_url is None:
             server = EmbeddedRedis()
@@ -82,13 +84,23 @@ def run_up(
     except KeyboardInterrupt:
         code = 0
     finally:
-        console.print("stopping…")
+        signal.signal(signal.SIGTERM, previous)
+        _say("stopping…")  # stderr may be a pipe that is gone (`… 2>&1 | tee` on Ctrl-C): stop all the same
         if worker is not None:
             _stop_worker(worker)
         if server is not None:
             server.stop()
-        console.print("stopped.")
+        _say("stopped.")
     return code
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _say(text: str) -> None:
+    with contextlib.suppress(OSError):
+        console.print(text)
 
 
 def _worker_log_path() -> Path:

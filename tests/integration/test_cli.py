@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import redis.asyncio as aioredis
 
 from service.keys import Keys
@@ -104,7 +105,13 @@ def test_up_runs_the_demo_on_a_private_redis_and_stops_cleanly(tmp_path: Path, n
     assert "stopped." in done.stderr
 
 
-def test_up_stops_everything_on_ctrl_c(namespace: str) -> None:
+@pytest.mark.parametrize(
+    ("sig", "close_stderr"),
+    [(signal.SIGINT, False), (signal.SIGTERM, False), (signal.SIGINT, True)],
+    ids=["ctrl-c", "sigterm", "ctrl-c-with-its-pipe-gone"],
+)
+def test_up_stops_everything_on_ctrl_c_or_sigterm(namespace: str, sig: signal.Signals, close_stderr: bool) -> None:
+    # The third case is `make run 2>&1 | tee` on Ctrl-C: tee is gone, so up's last lines cannot be written.
     env = {k: v for k, v in os.environ.items() if not k.startswith("ACTIONQ_")}
     env.update(ACTIONQ_NAMESPACE=namespace, COLUMNS="200")
     proc = subprocess.Popen(
@@ -123,10 +130,15 @@ def test_up_stops_everything_on_ctrl_c(namespace: str) -> None:
     assert "Press Ctrl-C" in seen
     url = next(line for line in seen.splitlines() if "ACTIONQ_REDIS_URL=" in line).split("ACTIONQ_REDIS_URL=")[1]
     url = url.split()[0]
-    proc.send_signal(signal.SIGINT)
-    _, rest = proc.communicate(timeout=60)
-    assert proc.returncode == 0, rest
-    assert "stopped." in rest
+    if close_stderr:
+        proc.stderr.close()
+    proc.send_signal(sig)
+    if close_stderr:
+        proc.wait(timeout=60)
+    else:
+        _, rest = proc.communicate(timeout=60)
+        assert proc.returncode == 0, rest
+        assert "stopped." in rest
     import redis
 
     port = int(url.rsplit(":", 1)[1].split("/")[0])
@@ -135,7 +147,7 @@ def test_up_stops_everything_on_ctrl_c(namespace: str) -> None:
     except redis.ConnectionError:
         pass
     else:
-        raise AssertionError("the private Redis is still running after Ctrl-C")
+        raise AssertionError("the private Redis is still running after up stopped")
     assert Keys(namespace).workers()  # namespaced, nothing else to clean: the server is gone
 
 
