@@ -11,6 +11,7 @@ where params and settings are validated), so callers never have to catch ``redis
     ├── PluginError
     │   ├── PluginLoadError            a plugin's manifest or code could not be loaded
     │   │   └── ManifestError          the manifest is malformed (names the field)
+    │   ├── PluginsNotReadyError       PluginCore.wait_until_ready: no live worker serves them in time
     │   └── PluginActionExecutionError an action ran and failed (carries ErrorInfo)
     │       ├── PluginActionTimeoutError   it ran past its timeout
     │       ├── JobCancelledError          it was cancelled
@@ -21,8 +22,10 @@ where params and settings are validated), so callers never have to catch ``redis
     │   ├── UnknownPluginError
     │   ├── UnknownActionError
     │   ├── InvalidParamsError         carries one FieldError per bad field
+    │   ├── UnservableJobError         no live worker reads its queue (plugin, lane, host)
     │   ├── PayloadTooLargeError
     │   └── JobConflictError           the job id exists with a different request
+    ├── InvalidEventError              a plugin event with a bad kind, non-JSON fields, or too large
     ├── InvalidProgressError           a progress update that does not validate (raised in the action)
     ├── RecordUnreadableError          a job's record in Redis is malformed (names the field)
     ├── JobNotFoundError               no record for that job id (never existed or expired)
@@ -62,6 +65,7 @@ __all__ = [
     "BrokerError",
     "ConfigError",
     "FieldError",
+    "InvalidEventError",
     "InvalidParamsError",
     "InvalidProgressError",
     "JobCancelledError",
@@ -74,12 +78,14 @@ __all__ = [
     "PluginActionTimeoutError",
     "PluginError",
     "PluginLoadError",
+    "PluginsNotReadyError",
     "ResultTimeoutError",
     "StreamTrimmedError",
     "StreamUnavailableError",
     "SubmissionError",
     "UnknownActionError",
     "UnknownPluginError",
+    "UnservableJobError",
 ]
 
 
@@ -182,6 +188,23 @@ def _printable(text: str) -> str:
     if text.isprintable():
         return text
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+class PluginsNotReadyError(PluginError, TimeoutError):
+    """``wait_until_ready`` ran out of time: no live worker serves ``missing`` (``reasons`` says why, if known)."""
+
+    def __init__(self, missing: Sequence[str], timeout: float, reasons: Sequence[str] = ()) -> None:
+        why = f": {'; '.join(reasons)}" if reasons else ""
+        super().__init__(
+            f"after {timeout:g}s no live worker serves {', '.join(missing)}{why} "
+            "(start a worker whose config.yml lists them: `actionq worker`, or `actionq up`)"
+        )
+        self.missing = tuple(missing)
+        self.reasons = tuple(reasons)
+
+
+class InvalidEventError(ActionQError, ValueError):
+    """A plugin event that cannot be sent: a bad kind name, a field that is not JSON, or too large."""
 
 
 class SubmissionError(ActionQError):

@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from pathlib import Path
 from types import TracebackType
@@ -45,7 +45,7 @@ from service.errors import (
     ActionQError,
     ConfigError,
     PluginActionExecutionError,
-    PluginError,
+    PluginsNotReadyError,
     ResultTimeoutError,
     StreamUnavailableError,
     SubmissionError,
@@ -74,19 +74,6 @@ _NO_REDIS = (
     "{source} or ACTIONQ_REDIS_URL (`actionq up` starts a Redis and a worker and prints the URL). It does not "
     "load plugins into this process."
 )
-
-
-class PluginsNotReadyError(PluginError, TimeoutError):
-    """``wait_until_ready`` ran out of time: no live worker serves ``missing`` (``reasons`` says why, if known)."""
-
-    def __init__(self, missing: Sequence[str], timeout: float, reasons: Sequence[str] = ()) -> None:
-        why = f": {'; '.join(reasons)}" if reasons else ""
-        super().__init__(
-            f"after {timeout:g}s no live worker serves {', '.join(missing)}{why} "
-            "(start a worker whose config.yml lists them: `actionq worker`, or `actionq up`)"
-        )
-        self.missing = tuple(missing)
-        self.reasons = tuple(reasons)
 
 
 class PluginCore:

@@ -29,7 +29,7 @@ from typing import Any
 
 from pydantic import Field, JsonValue, field_validator
 
-from service.errors import ActionQError
+from service.errors import InvalidEventError
 from service.events.base import BaseEvent
 from service.events.origin import Origin
 from service.models import now_ms
@@ -54,10 +54,6 @@ RESERVED_FIELDS = frozenset({"event", "sender", "event_type"})
 # the largest plugin events is ~800 MB, the most a deployment should have to plan for.
 MAX_FIELDS_BYTES = 8192
 """Largest JSON encoding of a plugin event's fields, in bytes."""
-
-
-class InvalidEventError(ActionQError, ValueError):
-    """A plugin event that cannot be sent: a bad kind name, a field that is not JSON, or too large."""
 
 
 def kind_problem(kind: object) -> str:
