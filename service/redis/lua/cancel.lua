@@ -62,15 +62,6 @@ local ttl = ok and type(request) == 'table' and type(request.options) == 'table'
 if type(ttl) ~= 'number' or ttl < 1 then ttl = tonumber(ARGV[3]) end
 ttl = string.format('%d', ttl)
 
--- `progress` (a ProgressUpdate's JSON, as pydantic writes it: its own "status" comes before any nested
--- one) with its status `status`; nil when it has that status already, or no status to change.
-local function with_status(progress, status)
-  if not progress then return nil end
-  local current = string.match(progress, '"status":"([%w_]*)"')
-  if not current or current == status then return nil end
-  return (string.gsub(progress, '"status":"[%w_]*"', '"status":"' .. status .. '"', 1))
-end
-
 -- A generator's stream from an earlier attempt ends as a cancelled run's would: its end marker
 -- (service.redis.streams.StreamEnd: "end", "count", "error") after its items (entry 0-n is item n - 1).
 local function end_stream(stream)

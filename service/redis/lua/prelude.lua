@@ -52,3 +52,21 @@ local function bad_integers(names, values)
   end
   return problems, bad
 end
+
+-- A history entry (service.models.AttemptInfo) of attempt `n`, from the record's worker and start.
+local function attempt_entry(n, worker, started, state, note, finished)
+  started = to_int(started, nil)
+  return '{"attempt":' .. string.format('%d', n) .. ',"worker":' .. (worker and worker ~= '' and cjson.encode(worker)
+    or 'null') .. ',"started_at_ms":' .. (started and string.format('%d', started) or 'null') ..
+    ',"finished_at_ms":' .. (finished and string.format('%d', finished) or 'null') .. ',"state":"' .. state ..
+    '","note":' .. cjson.encode(note) .. '}'
+end
+
+-- `progress` (a ProgressUpdate's JSON, as pydantic writes it: its own "status" comes before any nested
+-- one) with its status `status`; nil when it has that status already, or no status to change.
+local function with_status(progress, status)
+  if not progress or not status then return nil end
+  local current = string.match(progress, '"status":"([%w_]*)"')
+  if not current or current == status then return nil end
+  return (string.gsub(progress, '"status":"[%w_]*"', '"status":"' .. status .. '"', 1))
+end

@@ -71,10 +71,8 @@ end
 -- HSETNX: an entry written meanwhile stays as it is.
 local function note_lost(record, r, n)
   if r[1] ~= 'running' or n < 1 then return end
-  local started = to_int(r[11], nil)
-  redis.call('HSETNX', record, 'attempt:' .. n, '{"attempt":' .. string.format('%d', n) .. ',"worker":' ..
-    (r[10] and cjson.encode(r[10]) or 'null') .. ',"started_at_ms":' .. (started and string.format('%d', started) or
-    'null') .. ',"state":"lost","note":"its worker stopped answering (lease lapsed)"}')
+  redis.call('HSETNX', record, 'attempt:' .. n,
+    attempt_entry(n, r[10], r[11], 'lost', 'its worker stopped answering (lease lapsed)', nil))
 end
 
 local function start(queue, qi, job, record, lease)
