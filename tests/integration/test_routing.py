@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from typing import Any
 
 import pytest
 
@@ -74,3 +75,21 @@ async def test_a_plugin_another_worker_still_serves_stays_live(
     async with asyncio.timeout(20):
         assert await handle.result() == 9
     assert (await handle.record()).worker != first
+
+
+async def test_a_cold_cache_fan_out_reads_the_registry_once(
+    worker_process: WorkerFactory, client: JobClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    worker_process(bundled_plugins_config(**FAST))
+    async with await JobClient.connect(settings=client.settings) as fresh:  # nothing cached yet
+        real, reads = fresh.registry.plugin, []
+
+        async def counted(name: str) -> Any:
+            reads.append(name)
+            return await real(name)
+
+        monkeypatch.setattr(fresh.registry, "plugin", counted)
+        handles = await asyncio.gather(*(fresh.submit("PluginB", "calculate_square", {"x": i}) for i in range(2000)))
+        assert reads == ["PluginB"]
+        results = await asyncio.gather(*(h.result(timeout=60) for h in handles[::100]))
+        assert results == [i * i for i in range(0, 2000, 100)]
