@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import os
 import signal
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -126,6 +127,8 @@ class ActionWorker(Worker):
 
     def _stop(self, signum: signal.Signals) -> None:
         self._stop_requested = True
+        if not self.runtime.stop_reason:  # a control command or the parent watch says more
+            self.runtime.stop_reason = f"{signum.name}" + (" (its parent exited)" if _orphaned() else "")
         self.runtime.wake.set()
 
     async def _wait_for_work(self) -> None:
@@ -323,6 +326,12 @@ def build_worker(runtime: WorkerRuntime) -> ActionWorker:
 
 
 _MIN_SOCKET_TIMEOUT_S = 5.0
+
+
+def _orphaned() -> bool:
+    """This worker was started by a pool or by ``up`` and that parent is gone (its SIGTERM came from the kernel)."""
+    parent = expected_parent()
+    return parent is not None and os.getppid() != parent
 
 
 CallerFactory = Callable[[Redis, Settings], JobCaller]

@@ -154,7 +154,8 @@ class WorkerRuntime:
         self._heartbeat = asyncio.create_task(self._beat(), name="actionq-heartbeat")
         supervisor = os.environ.get(SUPERVISOR_ENV)
         if supervisor and supervisor.isdigit():
-            self._listeners.append(asyncio.create_task(_watch_supervisor(int(supervisor)), name="actionq-supervisor"))
+            watch = _watch_supervisor(int(supervisor), self)
+            self._listeners.append(asyncio.create_task(watch, name="actionq-supervisor"))
         self.notify(WorkerStartedEvent(**self._me(), queues=self.info.queues, plugins=self.info.plugins))
         log.info(
             "worker_started",
@@ -362,9 +363,10 @@ class WorkerRuntime:
         log.info("worker_stopped", worker_id=self.worker_id)
 
 
-async def _watch_supervisor(pid: int) -> None:
+async def _watch_supervisor(pid: int, runtime: WorkerRuntime) -> None:
     """A pool member drains and exits when its supervisor is gone (SIGKILLed, say)."""
     while os.getppid() == pid:  # noqa: ASYNC110 - no event tells a process its parent died; poll
         await asyncio.sleep(1.0)
     log.warning("supervisor_gone", supervisor_pid=pid)
+    runtime.stop_reason = f"its parent (pid {pid}) exited"
     os.kill(os.getpid(), signal.SIGTERM)  # the worker's own graceful shutdown

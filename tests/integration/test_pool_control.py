@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from service import JobClient
+from service.events.models import EventKind
 from service.plugins.registry import WorkerInfo
 from service.processes.parent import PARENT_ENV
 from tests.conftest import FAST, REPO_ROOT, bundled_plugins_config
@@ -186,6 +187,12 @@ async def test_the_members_of_a_sigkilled_pool_exit_by_themselves(
         pool.wait()
         await _until_ended([m.pid for m in members])
         assert await client.workers() == []  # they drained and left the registry
+        stopped = [
+            getattr(e.event, "reason", "")
+            async for e in client.events(kinds=[EventKind.WORKER_STOPPED], since="replay:100", follow=False)
+        ]
+        assert len(stopped) == 2
+        assert all("parent" in reason for reason in stopped), stopped  # they say why they stopped
     finally:
         _end(pool)
         for member in members:
