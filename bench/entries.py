@@ -9,11 +9,13 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from bench import cancel, latency, memory, noop, progress, recovery, throughput
+from bench import cancel, compare, memory, noop, progress, recovery
 from bench.options import RunOptions
 from bench.report import EntryResult
 
-__all__ = ["ENTRIES", "Entry"]
+__all__ = ["DEFAULT_ENTRY", "ENTRIES", "Entry"]
+
+DEFAULT_ENTRY = "compare"
 
 
 @dataclass(frozen=True)
@@ -25,18 +27,15 @@ class Entry:
 
 
 ENTRIES: dict[str, Entry] = {
+    "compare": Entry(
+        "actionq and its peers, one run: drain of INCR jobs (and no-op jobs), start/result latency at 50 jobs/s, "
+        "cancel, Redis commands and worker CPU per job",
+        compare.run,
+    ),
     "noop": Entry("drain N PluginB.calculate_square jobs through one worker (harness check)", noop.run),
     "cancel": Entry("cancel -> action sees it (actionq push vs raw arq abort), cancel -> cancelled", cancel.run),
     "progress": Entry("progress publish -> subscriber latency; slowdown of a tight reporting loop", progress.run),
-    "throughput": Entry(
-        "N no-op jobs: enqueue, end-to-end and drain rates, Redis commands/job, worker RSS (actionq, arq, peers)",
-        throughput.run,
-    ),
     "memory": Entry("a worker running 5,000 concurrent sleeping jobs: peak RSS and its curve over a soak", memory.run),
-    "latency": Entry(
-        "enqueue->start and enqueue->result p50/p95/p99 at 50 jobs/s; idle worker commands/s (actionq, arq, peers)",
-        latency.run,
-    ),
     "recovery": Entry(
         "SIGKILL the worker running a job, two workers, default lease: kill -> the job starts on the other (<= 5 s)",
         recovery.run,

@@ -14,6 +14,8 @@ from service.processes.embedded import find_server_binary
 __all__ = ["machine_info"]
 
 _PACKAGES = ("actionq", "arq", "redis", "hiredis", "pydantic")
+# The optional peers of ``bench compare`` (None when not installed).
+_PEER_PACKAGES = ("saq", "taskiq", "taskiq-redis", "uvloop", "dramatiq", "celery", "kombu", "streaq", "coredis", "rq")
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -28,6 +30,7 @@ def machine_info() -> dict[str, Any]:
         "redis_server": _server_version(binary),
         "redis_server_binary": binary,
         "packages": {name: _version(name) for name in _PACKAGES},
+        "peer_packages": {name: _version(name) for name in _PEER_PACKAGES},
         "git_commit": _git_commit(),
         # Other work on the machine skews every figure; this says how busy it was when we started.
         "load_average_at_start": list(os.getloadavg()),

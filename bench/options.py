@@ -9,10 +9,14 @@ __all__ = ["RunOptions"]
 
 @dataclass(frozen=True)
 class RunOptions:
-    """``--quick`` (fewer samples and runs) and ``--runs N`` (overrides the entry's default)."""
+    """``--quick`` (fewer samples and runs), ``--runs``/``--reps N``, and ``compare``'s ``--jobs`` and ``--only``."""
 
     quick: bool = False
     runs: int | None = None
+    jobs: int | None = None
+    """Jobs per drain (``compare``; None: the entry's default)."""
+    only: tuple[str, ...] = ()
+    """Contender labels to run (``compare``; actionq always runs; empty: every installed one)."""
 
     def pick(self, full: int, quick: int) -> int:
         """The full-run or quick-run value of a size."""

@@ -30,6 +30,8 @@ class EntryResult:
     metrics: list[Metric]
     notes: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)  # JSON only: e.g. per-command breakdowns
+    tables: list[str] = field(default_factory=list)
+    """Markdown tables, printed as they are (the form docs/benchmarks.md quotes) and kept in the JSON."""
 
 
 def default_json_path(entry: str, started: datetime) -> Path:
@@ -68,13 +70,17 @@ def print_table(result: EntryResult, machine: dict[str, Any], console: Console |
             escape(metric.notes),
         )
     console.print(table)
-    packages = ", ".join(f"{k} {v}" for k, v in machine["packages"].items() if v)
+    versions = machine["packages"] | machine.get("peer_packages", {})
+    packages = ", ".join(f"{k} {v}" for k, v in versions.items() if v)
     console.print(
         f"[dim]{machine['cpu_count']} CPU x {machine['cpu_model']}; {machine['python']}; "
         f"{machine['redis_server'].split(' sha=')[0]}; {packages}[/]"
     )
     for note in result.notes:
         console.print(f"[dim]note: {escape(note)}[/]")
+    for text in result.tables:
+        console.print()
+        console.print(text, markup=False, highlight=False, soft_wrap=True)
 
 
 def write_json(
@@ -91,6 +97,7 @@ def write_json(
         "metrics": [metric.as_json() for metric in result.metrics],
         "notes": result.notes,
         "details": result.details,
+        "tables": result.tables,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(document, indent=2, default=str) + "\n")

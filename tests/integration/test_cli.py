@@ -135,6 +135,8 @@ def test_up_stops_everything_on_ctrl_c_or_sigterm(namespace: str, sig: signal.Si
     proc.send_signal(sig)
     if close_stderr:
         proc.wait(timeout=60)
+        assert proc.stdout is not None
+        proc.stdout.close()
     else:
         _, rest = proc.communicate(timeout=60)
         assert proc.returncode == 0, rest

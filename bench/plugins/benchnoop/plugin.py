@@ -1,10 +1,11 @@
-"""Benchmark actions for ``bench/throughput.py``, ``latency.py``, ``memory.py`` and ``recovery.py``: idle jobs."""
+"""Benchmark actions: ``bench/compare.py`` (the bodies of :mod:`bench.jobs`), ``memory.py``, ``recovery.py``."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 
+from bench import jobs
 from service.plugins.context import JobContext
 from service.plugins.plugin import Plugin
 
@@ -12,12 +13,20 @@ from service.plugins.plugin import Plugin
 class BenchNoopPlugin(Plugin):
     """Actions whose only purpose is to be measured."""
 
-    async def noop(self, ctx: JobContext) -> None:
+    async def incr(self) -> None:
+        """One ``INCR`` on the worker's own client: the body every contender runs."""
+        await jobs.incr()
+
+    async def noop(self) -> None:
         """Nothing: the job's cost is the service's alone."""
 
-    async def stamp(self, ctx: JobContext) -> float:
+    async def stamp(self) -> float:
         """``time.time()`` when the action started (the bench subtracts its submit time)."""
         return time.time()
+
+    async def hold_key(self, key: str) -> str:
+        """Wait to be cancelled, stamping start and cancel in Redis (:func:`bench.jobs.hold`)."""
+        return await jobs.hold(key)
 
     async def sleep(self, seconds: float) -> None:
         """Sleep (many of these run at once in the memory benchmark)."""
