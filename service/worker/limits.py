@@ -191,15 +191,21 @@ class SlotStore:
 
     async def promote(self, limit: Limit, free: int, waiters: list[str]) -> int:
         """Make up to ``free`` of ``waiters`` (``<queue>\\n<arq id>``, oldest first) ready now; how many were."""
-        keys, members = [limit.waiting(self.keys)], []
+        keys, members, foreign = [limit.waiting(self.keys)], [], []
         for waiter in waiters:
             queue, _, arq_id = waiter.partition("\n")
             try:
                 record = self.keys.job(self.keys.job_id_from_arq(arq_id))
-            except ValueError:  # not a job of this namespace: not one to promote
+            except ValueError:
+                record = ""
+            if not record or not queue.startswith(self.keys.queue_prefix()):
+                foreign.append(waiter)  # not a job and queue of this namespace (written by hand): dropped
                 continue
             keys += [queue, record]
             members.append(waiter)
+        if foreign:
+            log.warning("limit_waiters_dropped", limit=limit.name, count=len(foreign), reason="not waiting jobs")
+            await self.redis.zrem(limit.waiting(self.keys), *foreign)
         op = {"op": "promote", "free": free, "now": str(now_ms()), "wake_channel": self.keys.wake_channel()}
         return int(await self._script(keys=keys, args=[_json(op), *members]))
 

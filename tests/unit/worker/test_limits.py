@@ -228,3 +228,17 @@ async def test_a_job_whose_slots_cannot_be_taken_waits_parked_instead_of_running
 def test_a_queue_names_its_plugin(keys: Keys) -> None:
     assert keys.queue_plugin(keys.queue("P")) == "P"
     assert keys.queue_plugin(keys.queue("P.v2", "bulk", "host-1.example")) == "P.v2"  # host-targeted
+
+
+async def test_waiters_written_by_hand_are_dropped_not_promoted(fake_redis: aioredis.Redis, keys: Keys) -> None:
+    claims = Claims(fake_redis, keys, worker_id="w1", lease_s=3)
+    limits = _limits(fake_redis, keys, claims)
+    limit = limits.table("P").of("render")[-1]
+    waiting = keys.limit_waiting("P", "render")
+    victim = "victim:zset"  # a key of no namespace: a forged waiter must not write to it
+    await fake_redis.zadd(victim, {"x": 10**15})
+    forged = [f"{victim}\nx", "no newline", f"{keys.queue('P')}\nnot-an-arq-id"]
+    await fake_redis.zadd(waiting, {w: i for i, w in enumerate(forged)})
+    assert await limits.store.promote(limit, 5, forged) == 0
+    assert await fake_redis.zcard(waiting) == 0  # dropped
+    assert await fake_redis.zscore(victim, "x") == 10**15  # untouched
