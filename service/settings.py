@@ -143,6 +143,18 @@ class Settings(BaseSettings):
         le=60,
         description="Fallback poll of an idle worker (new jobs wake it at once over pub/sub; deferred ones on time).",
     )
+    event_loop: Literal["auto", "uvloop", "asyncio"] = Field(
+        default="auto",
+        description="A worker's event loop: uvloop (installed with actionq on Linux and macOS; a third less CPU "
+        "per job), asyncio's own, or auto (uvloop when importable).",
+    )
+    batch_window_ms: float = Field(
+        default=4.0,
+        ge=0,
+        le=100,
+        description="Under load, a worker's settlements and events go out in batches at most this often (a lone job's "
+        "at once); 0: each batch as soon as the previous one returned.",
+    )
     lease_s: float = Field(
         default=3.0,
         ge=0.5,

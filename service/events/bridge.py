@@ -1,13 +1,17 @@
 """A worker's notifications on Redis: the events stream and a channel per kind.
 
-:class:`EventBridge` is a notification delegate registered for ``"*"``. The
-delegate only appends to a buffer and returns; one flush task sends the buffer in batches of at
-most ``_BATCH`` events, each batch as one pipeline of a constant number of commands, however
-many events it holds::
+:class:`EventBridge` is a sink of the worker's delegate manager: it gets every event inline,
+before the delegates (:meth:`DelegateManager.add_sink`), and only appends it to a buffer; one
+flush task sends the buffer in batches of at most ``_BATCH`` events, each batch as one pipeline
+of a constant number of commands, however many events it holds::
 
     XADD <ns>:events MAXLEN ~ <events_max_len / batch size> * events <JSON array of the batch's events>
-    EXPIRE <ns>:events <EVENTS_TTL_S>                    (no key without a TTL)
+    EXPIRE <ns>:events <EVENTS_TTL_S>      (no key without a TTL: with the first batch, then once a minute)
     PUBLISH <ns>:ch:events:<kind> <JSON array of the batch's events of that kind>   (per kind)
+
+Under load the batches go out at most once per ``window_s`` (the worker's ``batch_window_ms``): an
+event after a quiet spell goes at once, the next ones within the window wait for it to close, so
+a busy worker sends a few pipelines a second however its jobs are timed.
 
 So a stream entry is a batch, and a channel message is the list of that kind's events of one
 batch, in order. ``MAXLEN`` counts entries: each flush trims to ``events_max_len`` divided by its
@@ -26,7 +30,6 @@ import asyncio
 import contextlib
 from collections import deque
 from collections.abc import Iterable
-from typing import Any
 
 import structlog
 from redis.asyncio import Redis
@@ -34,7 +37,6 @@ from redis.asyncio.client import Pipeline
 
 from service.events.delegates import DelegateManager
 from service.events.models import Event
-from service.events.registrations import Registration
 from service.keys import Keys
 
 log = structlog.get_logger("actionq.events")
@@ -51,6 +53,8 @@ EVENTS_TTL_S = 7 * 86_400
 _BATCH = 500
 _MAX_BUFFER = 10_000
 _DROP_LOG_EVERY = 1_000
+# The stream's TTL is refreshed this often (a week's TTL needs no refresh per batch).
+_EXPIRE_EVERY_S = 60.0
 
 
 def _json_array(items: Iterable[bytes]) -> bytes:
@@ -62,7 +66,14 @@ class EventBridge:
     """Publishes every notification to Redis: the events stream and a channel per kind."""
 
     def __init__(
-        self, redis: Redis, keys: Keys, *, max_len: int, ttl_s: int = EVENTS_TTL_S, max_buffer: int = _MAX_BUFFER
+        self,
+        redis: Redis,
+        keys: Keys,
+        *,
+        max_len: int,
+        ttl_s: int = EVENTS_TTL_S,
+        max_buffer: int = _MAX_BUFFER,
+        window_s: float = 0.0,
     ) -> None:
         self.redis = redis
         self.keys = keys
@@ -76,17 +87,19 @@ class EventBridge:
         """Events lost to Redis errors."""
         self.dropped = 0
         """Events dropped because the buffer was full (Redis slower than the worker)."""
+        self.flushes = 0
+        """Pipelines sent that went through (``written / flushes``: the mean batch)."""
         self._buffer: deque[tuple[str, bytes]] = deque()
         self._flushing: asyncio.Task[None] | None = None
         self._failing = False
+        self.window_s = window_s
+        """Batches go out at most this often (0: each as soon as the previous one returned)."""
+        self._last_flush = float("-inf")  # loop time
+        self._expired_at = float("-inf")  # loop time of the last EXPIRE sent
 
-    def attach(self, manager: DelegateManager) -> Registration:
-        """Register :meth:`notify` on ``manager`` for every kind."""
-        return manager.register("*", self.notify)
-
-    async def notify(self, sender: object, event_type: str, **kwargs: Any) -> None:
-        """The notification delegate: queue ``kwargs["event"]`` for the next batch (returns at once)."""
-        self.publish(kwargs["event"])
+    def attach(self, manager: DelegateManager) -> None:
+        """Receive every event of ``manager``: :meth:`publish` is its sink (called inline, no lane)."""
+        manager.add_sink(self.publish)
 
     def publish(self, event: Event) -> None:
         """Queue ``event`` for the next batch; call on the event loop."""
@@ -105,7 +118,10 @@ class EventBridge:
         pipe = self.redis.pipeline(transaction=False)
         entries = max(1, self.max_len // len(batch))  # about max_len events, whatever the batch size
         pipe.xadd(key, {FIELD: _json_array(data for _, data in batch)}, maxlen=entries, approximate=True)
-        pipe.expire(key, self.ttl_s)
+        now = asyncio.get_running_loop().time()
+        if now - self._expired_at >= _EXPIRE_EVERY_S:
+            pipe.expire(key, self.ttl_s)
+            self._expired_at = now
         by_kind: dict[str, list[bytes]] = {}
         for kind, data in batch:
             by_kind.setdefault(kind, []).append(data)
@@ -114,7 +130,12 @@ class EventBridge:
         return pipe
 
     async def _flush(self) -> None:
+        loop = asyncio.get_running_loop()
         while self._buffer:
+            wait_s = self._last_flush + self.window_s - loop.time()
+            if wait_s > 0 and len(self._buffer) < _BATCH:
+                await asyncio.sleep(wait_s)
+            self._last_flush = loop.time()
             batch = [self._buffer.popleft() for _ in range(min(len(self._buffer), _BATCH))]
             try:
                 await self._pipeline(batch).execute()
@@ -125,6 +146,7 @@ class EventBridge:
                 self._failing = True
             else:
                 self.written += len(batch)
+                self.flushes += 1
                 if self._failing:
                     log.info("events_bridge_recovered", lost=self.failed)
                 self._failing = False

@@ -116,6 +116,7 @@ class DelegateManager:
         self.worker_id = worker_id
         self._lock = threading.Lock()
         self._registrations: tuple[Registration, ...] = ()
+        self._sinks: tuple[Callable[[Event], None], ...] = ()
         self._controls: dict[str, tuple[_Control, ...]] = {}
         self._lanes: set[_Lane] = set()
         self._pool = ThreadPoolExecutor(max_workers=sync_workers, thread_name_prefix="actionq-delegate")
@@ -184,6 +185,16 @@ class DelegateManager:
         with self._lock:
             return self._registrations
 
+    def add_sink(self, sink: Callable[[Event], None]) -> None:
+        """Hand every event to ``sink(event)`` on the event loop, at once, before any delegate.
+
+        For the worker's own consumers that only queue the event (the Redis bridge): no lane, no
+        task switch per event. A sink must not block or await; one that raises is logged
+        (``event_sink_failed``). Plugins register delegates, not sinks.
+        """
+        with self._lock:
+            self._sinks = (*self._sinks, sink)
+
     def register_control(self, control_type: str, delegate: ControlDelegate) -> None:
         """Ask ``delegate(sender, control_type, **kwargs)`` whenever ``control_type`` is invoked.
 
@@ -239,9 +250,9 @@ class DelegateManager:
         elif fields:
             raise TypeError(f"invoke_notification({type(event).__name__}, ...): fields go with a kind name only")
         with self._lock:
-            snapshot = self._registrations
+            snapshot, sinks = self._registrations, self._sinks
         regs = [reg for reg in snapshot if reg.wants(event.kind)]
-        if not regs:
+        if not regs and not sinks:
             return
         running = _running_loop()
         if self._loop is None and running is not None:
@@ -250,14 +261,21 @@ class DelegateManager:
         if loop is None or self._closed:
             self._count_drop(len(regs), "no event loop" if loop is None else "manager closed")
         elif running is loop:
-            self._fan_out(regs, sender, event)
+            self._fan_out(regs, sinks, sender, event)
         else:
             try:
-                loop.call_soon_threadsafe(self._fan_out, regs, sender, event)
+                loop.call_soon_threadsafe(self._fan_out, regs, sinks, sender, event)
             except RuntimeError:  # the loop is closed
                 self._count_drop(len(regs), "event loop closed")
 
-    def _fan_out(self, regs: list[Registration], sender: object, event: Event) -> None:
+    def _fan_out(
+        self, regs: list[Registration], sinks: tuple[Callable[[Event], None], ...], sender: object, event: Event
+    ) -> None:
+        for sink in sinks:
+            try:
+                sink(event)
+            except Exception as exc:  # logged only: reporting it as an event would go to the sink again
+                log.error("event_sink_failed", sink=_sink_name(sink), kind=event.kind, error=repr(exc))
         for reg in regs:
             lane = reg._lane
             if lane.closed and (lane.task is None or lane.task.done()):
@@ -435,3 +453,7 @@ class DelegateManager:
 
 class _DelegateTimeout(Exception):
     """A delegate overran ``delegate_timeout_s`` (reported as a ``TimeoutError``)."""
+
+
+def _sink_name(sink: Callable[..., Any]) -> str:
+    return getattr(sink, "__qualname__", None) or type(sink).__qualname__

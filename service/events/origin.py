@@ -24,11 +24,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-__all__ = ["EventSink", "Origin", "current_origin", "running_as"]
+__all__ = ["EventSink", "Origin", "current_origin", "reset_origin", "running_as", "set_origin"]
 
 
 class EventSink(Protocol):
@@ -66,6 +66,16 @@ _origin: ContextVar[Origin | None] = ContextVar("actionq_origin", default=None)
 def current_origin() -> Origin | None:
     """The :class:`Origin` of the code running now; ``None`` outside plugin code."""
     return _origin.get()
+
+
+def set_origin(origin: Origin | None) -> Token[Origin | None]:
+    """Make ``origin`` current until :func:`reset_origin` with the token (:func:`running_as`, unrolled)."""
+    return _origin.set(origin)
+
+
+def reset_origin(token: Token[Origin | None]) -> None:
+    """Undo a :func:`set_origin`."""
+    _origin.reset(token)
 
 
 @contextmanager

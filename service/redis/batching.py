@@ -6,6 +6,14 @@ what a direct call would); or, with ``same_turn``, from a task that also takes e
 over in the same loop turn (jobs that end together settle together, for one task switch). Items that
 arrive while a call is in flight wait for it and then go out together, up to ``max_batch`` per
 call. Each caller gets its own result, or the error of the call its item went out in.
+
+**A window under load.** Coalescing by "in flight" alone falls apart when round trips are short
+and items arrive spread out (jobs that each await their own I/O end a fraction of a millisecond
+apart): every batch holds one or two items. With ``window_s``, a batch goes out no sooner than
+``window_s`` after the previous one *while* ``busy()`` says more items are coming (say, other jobs
+of the worker still run), so under load a batch holds what arrived in the window, whatever the
+items' own timing; an item that arrives after a quiet spell, or while nothing else could join it,
+goes out at once. So the added wait is at most ``window_s``, and only under load.
 """
 
 from __future__ import annotations
@@ -20,6 +28,10 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
+def _always() -> bool:
+    return True
+
+
 class Batcher(Generic[T, R]):
     """Sends items with ``send`` (a list of items -> one result per item, in order), coalescing."""
 
@@ -30,18 +42,27 @@ class Batcher(Generic[T, R]):
         max_batch: int,
         name: str,
         same_turn: bool = False,
+        window_s: float = 0.0,
+        busy: Callable[[], bool] = _always,
     ) -> None:
         self._send = send
         self._max_batch = max_batch
         self._same_turn = same_turn
         self._name = name
+        self._window_s = window_s
+        self._more_coming = busy
         self._pending: list[tuple[T, asyncio.Future[R]]] = []
         self._busy = False
         self._flushing: asyncio.Task[None] | None = None
+        self._last_sent = float("-inf")  # loop time of the last call sent
+        self.calls = 0
+        """Calls of ``send`` so far."""
+        self.items = 0
+        """Items sent so far (``items / calls``: the mean batch)."""
 
     async def submit(self, item: T) -> R:
         """Send ``item`` (now, or with the next batch) and return its result."""
-        if self._busy or self._same_turn:
+        if self._busy or self._same_turn or self._wait_s() > 0:
             future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
             self._pending.append((item, future))
             if not self._busy:
@@ -50,9 +71,21 @@ class Batcher(Generic[T, R]):
             return await future
         self._busy = True
         try:
-            return (await self._send([item]))[0]
+            return (await self._call([item]))[0]
         finally:
             self._drain()
+
+    def _wait_s(self) -> float:
+        """How long the next batch waits for company (0: it goes now)."""
+        if not self._window_s or len(self._pending) >= self._max_batch or not self._more_coming():
+            return 0.0
+        return self._last_sent + self._window_s - asyncio.get_running_loop().time()
+
+    async def _call(self, items: list[T]) -> Sequence[R]:
+        self._last_sent = asyncio.get_running_loop().time()
+        self.calls += 1
+        self.items += len(items)
+        return await self._send(items)
 
     def _drain(self) -> None:
         """After a call: what arrived meanwhile goes out from a task of its own; else idle again."""
@@ -64,6 +97,9 @@ class Batcher(Generic[T, R]):
     async def _flush(self) -> None:
         try:
             while self._pending:
+                wait_s = self._wait_s()
+                if wait_s > 0:
+                    await asyncio.sleep(wait_s)
                 batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch :]
                 await self._send_batch(batch)
         finally:
@@ -74,7 +110,7 @@ class Batcher(Generic[T, R]):
 
     async def _send_batch(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
         try:
-            results = await self._send([item for item, _ in batch])
+            results = await self._call([item for item, _ in batch])
         except asyncio.CancelledError:
             for _, future in batch:
                 future.cancel()

@@ -382,4 +382,22 @@ def main(settings: Settings, caller_factory: CallerFactory | None = None) -> Non
     if not die_with_parent():
         log.warning("parent_gone", parent_pid=expected_parent(), reason="the process that started this worker exited")
         return
-    asyncio.run(run_worker(settings, caller_factory))
+    with asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
+        runner.run(run_worker(settings, caller_factory))
+
+
+def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop ``event_loop`` asks for: uvloop's (``auto``: if importable) or asyncio's (``None``).
+
+    uvloop runs the same code with its transports and scheduling in C: the worker's own Python per
+    job (socket writes, callbacks) is what it saves (docs/benchmarks.md has the figures).
+    """
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise ConfigError("event_loop is uvloop, but uvloop is not installed (pip install uvloop)") from None
+        return None
+    return uvloop.new_event_loop

@@ -31,6 +31,10 @@ class Cancels:
         self._tokens: dict[str, tuple[int, CancellationToken]] = {}  # job id -> (generation, token)
         self._early: dict[tuple[str, int], tuple[str, float]] = {}  # (job id, generation) -> (reason, when)
 
+    def __len__(self) -> int:
+        """How many attempts run here now."""
+        return len(self._tokens)
+
     def cancel(self, job_id: str, reason: str, generation: int) -> bool:
         """Set the token of ``job_id`` (of that ``generation``) if it runs here; True if this worker acted."""
         running = self._tokens.get(job_id)

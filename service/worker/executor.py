@@ -36,7 +36,7 @@ from service.models import AttemptInfo, JobRequest, JobState, ProgressUpdate, no
 from service.plugins.calls import Calls, JobCaller
 from service.plugins.cancellation import CancellationToken
 from service.plugins.checkpoint import Checkpoint
-from service.plugins.context import JobContext, job_context
+from service.plugins.context import JobContext
 from service.plugins.loader import BoundAction, PluginLoader
 from service.redis.streams import StreamEnd
 from service.retry import merge
@@ -106,11 +106,17 @@ class Executor:
         self.keys = keys
         self.settings = settings
         self.worker_id = worker_id
-        self.settler = Settler(redis, keys, retry_s=settings.lease_s)
         self.cancels = Cancels()
+        # Under load (other attempts still run here), settlements wait up to the window for company.
+        self.settler = Settler(
+            redis, keys, retry_s=settings.lease_s, window_s=settings.batch_window_ms / 1000, busy=self._others_run
+        )
         self.progress = ProgressWriter(redis, keys)
         self.events = JobEvents(notify, worker_id)
         self.signer = settings.signer()
+
+    def _others_run(self) -> bool:
+        return len(self.cancels) > 0
 
     def cancel(self, job_id: str, reason: str, generation: int) -> bool:
         """Set the token of ``job_id`` if it runs here (see :class:`~service.worker.cancels.Cancels`)."""
@@ -246,6 +252,8 @@ class Executor:
             self._announce(attempt)
             return Outcome.failed(exc, with_traceback=False, retryable=False)
         outcome = await self._execute(attempt, action, params)
+        if not outcome.may_retry:
+            return outcome  # no policy to build: the common case costs nothing
         policy = merge(self.settings.retry, action.spec.retry, request.options.retry)
         return with_retry(outcome, policy, attempt.number)
 
@@ -272,20 +280,20 @@ class Executor:
         timeout_s = request.options.timeout_s or action.spec.timeout_s or settings.default_timeout_s
         grace_s = action.spec.cancel_grace_s if action.spec.cancel_grace_s is not None else settings.cancel_grace_s
         try:
-            with job_context(ctx):  # the action's task is created inside: it inherits the context
-                if action.is_generator:
-                    coro = pump(action.iterate(params, ctx), attempt.stream)
-                else:
-                    coro = action.invoke(params, ctx)
-                started = lambda: self._announce(attempt)  # noqa: E731
-                done = await supervise(
-                    coro,
-                    token=attempt.token,
-                    timeout_s=timeout_s,
-                    grace_s=grace_s,
-                    interruptible=action.kind != "sync",  # a plain def runs in a thread
-                    started=started,
-                )
+            # The action's task makes ctx current itself (BoundAction.invoke / iterate).
+            if action.is_generator:
+                coro = pump(action.iterate(params, ctx), attempt.stream)
+            else:
+                coro = action.invoke(params, ctx)
+            started = lambda: self._announce(attempt)  # noqa: E731
+            done = await supervise(
+                coro,
+                token=attempt.token,
+                timeout_s=timeout_s,
+                grace_s=grace_s,
+                interruptible=action.kind != "sync",  # a plain def runs in a thread
+                started=started,
+            )
         finally:
             # The last progress is written before the final state, whatever the outcome.
             await asyncio.shield(reporter.close())

@@ -43,6 +43,11 @@ class Outcome:
     timeout_s: float | None = None
     note: str = ""
 
+    @property
+    def may_retry(self) -> bool:
+        """A failure or timeout that a retry policy may turn into ``retrying``."""
+        return self.retryable and self.state in (JobState.FAILED, JobState.TIMED_OUT)
+
     @classmethod
     def failed(cls, exc: BaseException, *, with_traceback: bool = True, retryable: bool = True) -> Outcome:
         """A failure described from ``exc``."""
@@ -94,7 +99,7 @@ def _succeeded(job: str, result: Any, max_bytes: int) -> Outcome:
 
 def with_retry(outcome: Outcome, policy: RetryPolicy, attempt: int) -> Outcome:
     """Apply the retry policy: a failure or timeout the policy retries becomes ``retrying``."""
-    if outcome.state not in (JobState.FAILED, JobState.TIMED_OUT) or not outcome.retryable:
+    if not outcome.may_retry:
         return outcome
     decision = decide(
         policy,

@@ -86,7 +86,9 @@ class WorkerRuntime:
         self.registry = Registry(redis, self.keys, heartbeat_s=settings.heartbeat_s)
         # Created on the running loop: delegates are dispatched there (see service.events.delegates).
         self.delegates = DelegateManager(worker_id=self.worker_id)
-        self.bridge = EventBridge(redis, self.keys, max_len=settings.events_max_len)
+        self.bridge = EventBridge(
+            redis, self.keys, max_len=settings.events_max_len, window_s=settings.batch_window_ms / 1000
+        )
         self.bridge.attach(self.delegates)
         self.loader = PluginLoader(
             enable_timeout_s=settings.plugin_enable_timeout_s,

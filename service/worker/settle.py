@@ -36,6 +36,7 @@ Settlements are built here only: :func:`ended`, :func:`retrying` and :func:`requ
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -143,10 +144,22 @@ def requeued(job: TakenJob, *, worker_id: str, started: bool, due_ms: int | None
 _INTERRUPTED = "stopped by its worker (a shutdown, or a lease it could not renew): back to its queue"
 
 
+def _never() -> bool:
+    return False
+
+
 class Settler:
     """Sends settlements in batches: one script call per batch, each caller awaiting its own."""
 
-    def __init__(self, redis: Redis, keys: Keys, *, retry_s: float = 0) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        keys: Keys,
+        *,
+        retry_s: float = 0,
+        window_s: float = 0,
+        busy: Callable[[], bool] | None = None,
+    ) -> None:
         self.redis = redis
         self.keys = keys
         self.retry_s = retry_s
@@ -155,8 +168,9 @@ class Settler:
         records ended (-1 or -2)."""
         self._script = scripts.register(redis, "settle")
         self._batcher: Batcher[tuple[tuple[str, ...], str], int] = Batcher(
-            self._send, max_batch=_BATCH, name="actionq-settle", same_turn=True
+            self._send, max_batch=_BATCH, name="actionq-settle", same_turn=True, window_s=window_s, busy=busy or _never
         )
+        """``window_s``, ``busy``: see :class:`service.redis.batching.Batcher` (``busy``: other jobs still run)."""
 
     async def settle(self, settlement: Settlement) -> int:
         """Write ``settlement`` (now, or with the next batch); the record's new seq, or -1, -2, -3.

@@ -24,12 +24,15 @@
 -- A ready job that finds an idle worker listed for its queue is handed to it: its attempt starts
 -- here and the job goes out on the worker's channel (one round trip less than wake + take), and
 -- the worker is listed as busy with room in its place. A busy worker with room, listed as '~' ..
--- id, is woken instead, once (it lists itself again at its next take), with the job's id. With nobody listed every worker of the queue is busy or full and looks again
--- when it can: nothing is sent. A deferred job wakes every worker of its queue (once per call),
--- so that each one waits for the right time. A live record has no TTL: it goes with the job.
+-- id, is woken instead, once (it lists itself again at its next take), with the job's id. With
+-- nobody listed every worker of the queue is busy or full and looks again when it can: nothing is
+-- sent, and the call's later jobs for that queue do not look. A deferred job wakes every worker of
+-- its queue (once per call), so that each one waits for the right time. A live record has no TTL: it goes with
+-- the job.
 
 local wake_channel, worker_channel, job_channel = ARGV[1], ARGV[2], ARGV[3]
 local woke = {}
+local nobody = {}  -- idle sets found empty in this call: no later job of the call looks again
 
 local function create(k, a)
   local record, queue, idle, lease, result = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], KEYS[k + 5]
@@ -48,9 +51,10 @@ local function create(k, a)
   -- Followed from the start: a subscriber hears the job exist (seq 0, the record's seq), then every change.
   publish_state(watch, job_channel .. id, id, 'queued', 0, 0)
   local ready, worker, listed_until = tonumber(score) <= tonumber(now), nil, nil
-  if ready then
+  if ready and not nobody[idle] then
     local listed = redis.call('ZRANGEBYSCORE', idle, now, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
     worker, listed_until = listed[1], listed[2]
+    if not worker then nobody[idle] = true end
   end
   local handed = 0
   if worker and string.sub(worker, 1, 1) ~= '~' then  -- an idle worker: hand the job over...

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import Counter
 from pathlib import Path
@@ -272,8 +273,22 @@ async def test_a_long_buffer_is_flushed_in_batches() -> None:
     await bridge.flush()
     sizes = [len(json.loads(args[1][FIELD])) for name, args, _ in redis.calls if name == "xadd"]
     assert sizes == [_BATCH, _BATCH, 1]
-    assert Counter(name for name, _, _ in redis.calls) == {"xadd": 3, "expire": 3, "publish": 3, "execute": 3}
+    # The stream's TTL is set with the first batch, not with every one (a week's TTL, refreshed each minute).
+    assert Counter(name for name, _, _ in redis.calls) == {"xadd": 3, "expire": 1, "publish": 3, "execute": 3}
     assert bridge.written == 2 * _BATCH + 1
+
+
+async def test_under_load_batches_go_out_at_most_once_per_window() -> None:
+    redis = _RecordingRedis()
+    bridge = EventBridge(redis, Keys("ns"), max_len=100, window_s=0.05)  # type: ignore[arg-type]
+    bridge.publish(typed(EventKind.JOB_STARTED))  # after a quiet spell: at once
+    await asyncio.sleep(0)
+    assert bridge.flushes == 1
+    for _ in range(5):  # inside the window: they wait for it to close, and go together
+        bridge.publish(typed(EventKind.JOB_SUCCEEDED))
+    await bridge.flush()
+    sizes = [len(json.loads(args[1][FIELD])) for name, args, _ in redis.calls if name == "xadd"]
+    assert sizes == [1, 5]
 
 
 def test_decode_expands_an_entry_into_its_events() -> None:

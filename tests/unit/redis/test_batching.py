@@ -60,3 +60,39 @@ async def test_every_caller_of_a_failed_call_gets_its_error_and_the_next_call_is
     assert await batcher.submit(3) == 30
     with pytest.raises(RuntimeError, match="batch with 2 failed"):
         await batcher.submit(2)  # a lone call's error is the caller's own
+
+
+class Quick(Recorder):
+    async def send(self, items: list[int]) -> list[int]:
+        self.batches.append(items)
+        await asyncio.sleep(0)  # a round trip far shorter than the window
+        return [i * 10 for i in items]
+
+
+async def test_under_load_a_batch_waits_for_the_window_and_takes_what_arrived_in_it() -> None:
+    rec = Quick()
+    batcher: Batcher[int, int] = Batcher(rec.send, max_batch=100, name="t", window_s=0.05, busy=lambda: True)
+    assert await batcher.submit(0) == 0  # after a quiet spell: at once, from the caller's task
+    later = [asyncio.create_task(batcher.submit(i)) for i in range(1, 4)]
+    for i in range(1, 4):  # spread out, each after the previous round trip: one batch all the same
+        await asyncio.sleep(0.001)
+        assert not later[i - 1].done()
+    assert await asyncio.gather(*later) == [10, 20, 30]
+    assert rec.batches == [[0], [1, 2, 3]]
+    assert (batcher.calls, batcher.items) == (2, 4)
+
+
+async def test_with_nothing_else_coming_an_item_goes_out_at_once_inside_the_window() -> None:
+    rec = Quick()
+    batcher: Batcher[int, int] = Batcher(rec.send, max_batch=100, name="t", window_s=60, busy=lambda: False)
+    assert await batcher.submit(0) == 0
+    assert await batcher.submit(1) == 10  # a window of a minute, yet no wait: nothing could join it
+    assert rec.batches == [[0], [1]]
+
+
+async def test_a_full_batch_does_not_wait_for_the_window() -> None:
+    rec = Quick()
+    batcher: Batcher[int, int] = Batcher(rec.send, max_batch=3, name="t", window_s=60, busy=lambda: True)
+    assert await batcher.submit(0) == 0
+    assert await asyncio.gather(*(batcher.submit(i) for i in range(1, 4))) == [10, 20, 30]
+    assert rec.batches == [[0], [1, 2, 3]]
