@@ -46,6 +46,7 @@ __all__ = [
     "RESULT_PREFIX",
     "FinalRecordError",
     "decode_final",
+    "final_fields",
     "deserialize",
     "encode_result",
     "outcome_error",
@@ -167,6 +168,16 @@ def decode_final(raw: bytes | str) -> dict[str, Any]:
     """
     try:
         final = json.loads(raw)
+    except ValueError as exc:
+        raise FinalRecordError(f"not an actionq final record: {exc}") from exc
+    except RecursionError:
+        raise FinalRecordError("not an actionq final record: nested too deeply to read") from None
+    return final_fields(final)
+
+
+def final_fields(final: Any) -> dict[str, Any]:
+    """:func:`decode_final` of an arq result already parsed (the terminal state message carries one)."""
+    try:
         fields: dict[str, Any] = final["actionq"]
         fields["request"] = json.dumps(final["k"]["request"])
     except (ValueError, KeyError, TypeError) as exc:

@@ -11,7 +11,7 @@ from typing import Any, Protocol
 from redis.asyncio import Redis
 
 from service import arqformat
-from service.client.store import JobStore
+from service.client.store import JobStore, parse_final
 from service.client.streams import follow
 from service.errors import (
     JobNotFoundError,
@@ -90,8 +90,12 @@ class JobHandle:
                     raise ResultTimeoutError(self.job_id, timeout or 0.0, record.state.value)
                 wait_s = _RECHECK_S if remaining is None else min(remaining, _RECHECK_S)
                 message = await sub.get(wait_s)
-                if message is None or _is_terminal_message(message):
+                if message is None:
                     record = await self.record()
+                elif (end := _terminal_message(message)) is not None:
+                    # The end carries the final record (unless it is large): no read back.
+                    final = end.get("final")
+                    record = parse_final(self.job_id, final) if isinstance(final, dict) else await self.record()
         return record
 
     async def progress(self) -> AsyncIterator[ProgressSnapshot]:
@@ -208,12 +212,15 @@ def _apply(snap: ProgressSnapshot, data: dict[str, Any]) -> ProgressSnapshot:
     return snap.model_copy(update=update)
 
 
-def _is_terminal_message(message: bytes) -> bool:
+def _terminal_message(message: bytes) -> dict[str, Any] | None:
+    """The message, parsed, if it says the job ended (an unreadable one too: re-read rather than guess)."""
     try:
-        state = json.loads(message).get("state")
+        data = json.loads(message)
+        state = data.get("state")
+        ended = state is not None and JobState(state).is_terminal
     except (ValueError, AttributeError):
-        return True  # unreadable: re-read the record rather than guess
-    return state is not None and JobState(state).is_terminal
+        return {}
+    return data if ended else None
 
 
 def outcome_of(record: JobRecord) -> Any:

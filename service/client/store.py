@@ -251,10 +251,11 @@ def _field(name: str, value: str) -> Any:
     return value
 
 
-def parse_final(job_id: str, raw: bytes) -> JobRecord:
-    """The final record of an ended job, from arq's result (written by the settle script)."""
+def parse_final(job_id: str, raw: bytes | dict[str, Any]) -> JobRecord:
+    """The final record of an ended job, from arq's result (written by the settle script): its
+    bytes, or the value already parsed (the terminal state message carries it as ``final``)."""
     try:
-        fields = arqformat.decode_final(raw)
+        fields = arqformat.final_fields(raw) if isinstance(raw, dict) else arqformat.decode_final(raw)
     except arqformat.FinalRecordError as exc:
         raise RecordUnreadableError(job_id, str(exc)) from exc
     return parse_record(job_id, fields)

@@ -138,6 +138,11 @@ class Calls:
                     yield item
         self._open.discard(job_id)
 
+    @property
+    def open(self) -> bool:
+        """True while a child job this attempt submitted has not been seen to end."""
+        return bool(self._open)
+
     async def close(self, reason: str) -> None:
         """The attempt ended: cancel the children still running (their results are of no use now)."""
         open_ids, self._open = sorted(self._open), set()

@@ -26,7 +26,7 @@ class CancellationToken:
         self._lock = threading.Lock()
         self._thread_event: threading.Event | None = None  # made when a thread first waits (rare)
         self._loop = loop
-        self._event = asyncio.Event()
+        self._event: asyncio.Event | None = None  # made when something first awaits wait() (most never do)
         self._reason: str | None = None
         self._callbacks: list[Callable[[], None]] = []
 
@@ -56,7 +56,8 @@ class CancellationToken:
         return True
 
     def _fire(self) -> None:
-        self._event.set()
+        if self._event is not None:
+            self._event.set()
         for callback in list(self._callbacks):
             callback()
 
@@ -73,7 +74,10 @@ class CancellationToken:
 
     async def wait(self) -> str:
         """Wait until cancellation is requested; returns the reason."""
-        await self._event.wait()
+        if not self._cancelled:
+            if self._event is None:
+                self._event = asyncio.Event()
+            await self._event.wait()
         return self._reason or "cancelled"
 
     def wait_sync(self, timeout: float | None = None) -> bool:

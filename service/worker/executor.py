@@ -295,10 +295,13 @@ class Executor:
                 started=started,
             )
         finally:
-            # The last progress is written before the final state, whatever the outcome.
-            await asyncio.shield(reporter.close())
+            # The last progress is written before the final state, whatever the outcome (shielded:
+            # a task each, so only when there is something to write or cancel).
+            if not reporter.close_if_idle():
+                await asyncio.shield(reporter.close())
             # Children still running are of no use to an attempt that ended (or went back to its queue).
-            await asyncio.shield(ctx.calls.close(f"its parent job {attempt.job_id} ended"))
+            if ctx.calls.open:
+                await asyncio.shield(ctx.calls.close(f"its parent job {attempt.job_id} ended"))
         name = f"{action.plugin}.{action.name}"
         return classify(
             done, job=name, timeout_s=timeout_s, reason=attempt.token.reason, max_bytes=settings.max_payload_bytes

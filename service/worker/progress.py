@@ -148,6 +148,14 @@ class ProgressReporter:
         except Exception as exc:  # progress is best effort: it never fails the job
             log.warning("progress_write_failed", error=str(exc))
 
+    def close_if_idle(self) -> bool:
+        """Stop accepting reports and return True if nothing is left to write (the job reported
+        nothing, or all of it was written): then :meth:`close` need not be awaited."""
+        if self._dirty or self._active or (self._task is not None and not self._task.done()):
+            return False
+        self._closing = True
+        return True
+
     async def close(self) -> None:
         """Write the pending update now (skipping the interval) and stop accepting more."""
         self._closing = True

@@ -36,7 +36,8 @@
 -- letter (request, queue, state, error, every attempt) is written from the same record, and a
 -- generator's stream gets its end marker (service.redis.streams): a settlement that writes
 -- nothing writes no letter and no marker either. The state message goes out only if
--- someone follows the job (the record's `watched`).
+-- someone follows the job (the record's `watched`); an ended job's carries its final record as
+-- "final" (the value arq's result holds) when that is at most INLINE_FINAL_BYTES.
 --
 -- An ended job's progress snapshot says how it ended: its latest update's top-level "status" becomes
 -- `progress_status`; when that changes it, the change counts (seq + 1) and goes out first as a
@@ -45,6 +46,8 @@
 -- that attempt's history entry, state 'lost', unless it has one.
 
 local gone, dels = {}, {}
+-- A final record up to this size goes out inside the terminal state message (larger: a follower reads it).
+local INLINE_FINAL_BYTES = 65536
 
 -- No live record: -2 if the job ended (its final record is in arq's result: a job cancelled while it
 -- waited, say), else -1.
@@ -100,8 +103,8 @@ local function ended(op, k)
   end
   rec.state, rec.seq, rec.request = op.state, tostring(seq), nil
   for j = 1, #op.fields, 2 do rec[op.fields[j]] = op.fields[j + 1] end
-  redis.call('SET', KEYS[k + 4], string.sub(op.result, 1, -2) .. ',"actionq":' .. cjson.encode(rec) .. '}', 'PX',
-    op.result_ttl_ms)
+  local final = string.sub(op.result, 1, -2) .. ',"actionq":' .. cjson.encode(rec) .. '}'
+  redis.call('SET', KEYS[k + 4], final, 'PX', op.result_ttl_ms)
   if op.dead_letter then dead_letter(op, rec, request, k) end
   if op.stream_end then
     -- pcall: a marker id below the stream's top (a superseded attempt's items) must not fail the batch
@@ -109,7 +112,7 @@ local function ended(op, k)
     redis.call('EXPIRE', KEYS[k + 7], op.stream_end.ttl_s)
   end
   dels[#dels + 1] = KEYS[k + 1]
-  return seq, rec.watched
+  return seq, rec.watched, final
 end
 
 local function stepped(op, k)
@@ -130,9 +133,15 @@ end
 local seqs = {}
 for i = 1, #ARGV do
   local op, k = cjson.decode(ARGV[i]), 1 + (i - 1) * 7
-  local seq, watched
-  if op.result then seq, watched = ended(op, k) else seq, watched = stepped(op, k) end
-  publish_state(watched, op.channel, op.job_id, op.state, op.attempt, seq)
+  local seq, watched, final
+  if op.result then seq, watched, final = ended(op, k) else seq, watched = stepped(op, k) end
+  if watched and final and #final <= INLINE_FINAL_BYTES then
+    -- The end, with the final record: a follower has the outcome without reading it back.
+    redis.call('PUBLISH', op.channel,
+      string.sub(state_message(op.job_id, op.state, op.attempt, seq), 1, -2) .. ',"final":' .. final .. '}')
+  else
+    publish_state(watched, op.channel, op.job_id, op.state, op.attempt, seq)
+  end
   seqs[i] = seq
   if seq ~= -3 then
     local queue = KEYS[k + 2]

@@ -56,6 +56,8 @@ async def test_an_ended_job_keeps_one_key_its_final_record(r: aioredis.Redis, st
             message = json.loads(await followers.get(5) or b"null")
     finally:
         await mux.close()
+    # The end carries the final record, as arq's result holds it: a follower need not read it back.
+    assert message.pop("final") == json.loads(await r.get(keys.arq_result("j1")))
     assert message == {"type": "state", "job_id": "j1", "state": "succeeded", "attempt": 1, "seq": 2}
     for gone in (keys.job("j1"), keys.arq_in_progress("j1"), keys.checkpoint("j1")):
         assert not await r.exists(gone)
@@ -270,6 +272,7 @@ async def test_an_ended_jobs_last_progress_says_how_it_ended(
         await mux.close()
     expected = RUNNING.model_copy(update={"status": status})
     assert progress == {"type": "progress", "job_id": "p1", "progress": expected.model_dump(mode="json"), "seq": 3}
+    assert final.pop("final")["actionq"]["state"] == state.value
     assert final == {"type": "state", "job_id": "p1", "state": state.value, "attempt": 1, "seq": 4}
     record = await store.get("p1")
     assert record is not None
