@@ -80,7 +80,10 @@ class JobContext:
         calls: Calls | None = None,
     ) -> JobContext:
         """A context whose logger is bound to the job's id, plugin and action."""
-        logger: FilteringBoundLogger = _job_log.bind(job_id=job_id, plugin=plugin, action=action, attempt=attempt)
+        # Lazy: bound (and cached) on the action's first log line; most jobs never log.
+        logger: FilteringBoundLogger = structlog.get_logger(
+            _JOB_LOGGER, job_id=job_id, plugin=plugin, action=action, attempt=attempt
+        )
         return cls(
             job_id=job_id,
             plugin=plugin,
@@ -142,7 +145,7 @@ class JobContext:
 
 
 # One proxy for every job: structlog assembles it once (cache_logger_on_first_use), then binds cheaply.
-_job_log = structlog.get_logger("actionq.job")
+_JOB_LOGGER = "actionq.job"
 
 _current: ContextVar[JobContext | None] = ContextVar("actionq_current_job", default=None)
 

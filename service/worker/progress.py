@@ -73,7 +73,7 @@ class ProgressReporter:
         self._dirty = False  # a report not written yet
         self._active = False  # the writer task is running (or a wake-up is on its way to the loop)
         self._last_sent = float("-inf")
-        self._wake = asyncio.Event()
+        self._wake: asyncio.Event | None = None  # made when the writer first waits out the interval
         self._closing = False
         self._task: asyncio.Task[None] | None = None
         self.sent = 0
@@ -134,10 +134,11 @@ class ProgressReporter:
     async def _write_next(self) -> None:
         wait = self._last_sent + self._interval_s - self._loop.time()
         if wait > 0 and not self._closing:
-            self._wake.clear()
+            wake = self._wake = self._wake or asyncio.Event()
+            wake.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):  # not wait_for: it can swallow a cancel on 3.11
-                    await self._wake.wait()
+                    await wake.wait()
         self._dirty = False
         with self._tree_lock:
             update = self._root.snapshot()
@@ -159,7 +160,8 @@ class ProgressReporter:
     async def close(self) -> None:
         """Write the pending update now (skipping the interval) and stop accepting more."""
         self._closing = True
-        self._wake.set()
+        if self._wake is not None:
+            self._wake.set()
         if self._task is not None:
             await self._task
         if self._dirty:  # reported after the writer last looked (or it never started)
