@@ -31,7 +31,16 @@ from service.models import NAME_PATTERN, JobState
 from service.retry import RetryPolicy
 from service.signing import Signer
 
-__all__ = ["ENV_PREFIX", "PluginEntry", "PluginLimits", "Settings", "StorageSettings", "load_settings"]
+__all__ = [
+    "ENV_PREFIX",
+    "GatewaySettings",
+    "GatewayToken",
+    "PluginEntry",
+    "PluginLimits",
+    "Settings",
+    "StorageSettings",
+    "load_settings",
+]
 
 ENV_PREFIX = "ACTIONQ_"
 # Read by the CLI, not a setting: the path of config.yml.
@@ -98,6 +107,66 @@ class PluginEntry(BaseModel):
     storage: StorageSettings | None = Field(default=None, description="This plugin's storage, instead of `storage`.")
     limits: PluginLimits = Field(
         default_factory=PluginLimits, description="Concurrency limits over the manifest's `max_concurrent`."
+    )
+
+
+GatewayScope = Literal["read", "submit", "control", "admin"]
+
+
+class GatewayToken(BaseModel):
+    """One bearer token of the HTTP gateway and the scopes it grants (``admin`` implies every scope).
+
+    ``name`` is what logs and errors call it; the token itself is a secret and never printed.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, max_length=100, description="What logs call this token (never the token).")
+    token: SecretStr = Field(description="The bearer token clients send (`Authorization: Bearer <token>`).")
+    scopes: list[GatewayScope] = Field(
+        default=["read"], min_length=1, description="read, submit, control, admin (admin implies all)."
+    )
+
+    @field_validator("token")
+    @classmethod
+    def _long_enough(cls, value: SecretStr) -> SecretStr:
+        if len(value.get_secret_value()) < 16:
+            raise ValueError("a gateway token must be at least 16 characters")
+        return value
+
+
+class GatewaySettings(BaseModel):
+    """The HTTP gateway (``actionq gateway``): where it listens, who may call it, its limits (docs/gateway.md)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = Field(default="127.0.0.1", description="Address to bind; anything but loopback needs a token.")
+    port: int = Field(default=8080, ge=1, le=65_535, description="Port to listen on.")
+    tokens: list[GatewayToken] = Field(
+        default_factory=list, description="Bearer tokens and their scopes; none: open, but bound to loopback only."
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list, description="Origins browsers may call the API from (empty: CORS off)."
+    )
+    max_body_bytes: int = Field(
+        default=1_048_576, ge=1024, description="Largest request body; a larger one is refused (413) unread."
+    )
+    max_batch: int = Field(default=1000, ge=1, le=100_000, description="Most jobs one POST /v1/jobs:batch may carry.")
+    max_wait_s: float = Field(
+        default=30, gt=0, le=3600, description="Cap of a long-poll (`?wait=`) and of /execute's wait for its result."
+    )
+    keepalive_s: float = Field(
+        default=5, gt=0, le=300, description="An idle event stream gets a keep-alive comment this often."
+    )
+    sse_queue: int = Field(
+        default=256, ge=1, le=100_000, description="Events held per event-stream connection for a slow client."
+    )
+    sse_stall_s: float = Field(
+        default=10,
+        gt=0,
+        le=600,
+        description="A client whose queue stays full this long has fallen behind: its stream is ended (it may "
+        "reconnect with Last-Event-ID).",
     )
 
 
@@ -219,6 +288,10 @@ class Settings(BaseSettings):
     )
     shutdown_grace_s: float = Field(
         default=10, ge=0, description="On SIGTERM, how long running jobs get before they are handed back."
+    )
+    gateway: GatewaySettings = Field(
+        default_factory=GatewaySettings,
+        description="The HTTP gateway: host, port, tokens with scopes, CORS origins and limits (a mapping).",
     )
     log_format: Literal["auto", "console", "json"] = Field(
         default="auto", description="`auto`: readable on a terminal, JSON otherwise."

@@ -4,11 +4,11 @@ The console script ``actionq`` is :func:`main`; the app and its shared options a
 :mod:`service.cli.app`, the commands :mod:`service.cli.jobs` and :mod:`service.cli.operate`.
 """
 
-from service.cli import jobs, operate
+from service.cli import gateway, jobs, operate
 from service.cli.app import app
 from service.cli.jobs import parse_params
 
-__all__ = ["app", "jobs", "main", "operate", "parse_params"]
+__all__ = ["app", "gateway", "jobs", "main", "operate", "parse_params"]
 
 
 def main() -> None:

@@ -1,0 +1,73 @@
+"""The FastAPI app of the gateway: :func:`create_app` builds it from the settings.
+
+One :class:`~service.client.client.JobClient` per app, opened by the lifespan and closed with
+it, serves every request (its pub/sub connection is shared by every event stream: one
+subscription per process, routed in-process). The gateway starts even while Redis is down:
+``/healthz`` answers, ``/readyz`` says what is missing, and requests that need Redis get 503.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from service.client.client import JobClient
+from service.errors import ConfigError
+from service.gateway import catalog, jobs, seed
+from service.gateway.limits import BodyLimit
+from service.gateway.problems import install_handlers
+from service.redis.connection import connect
+from service.settings import Settings
+
+__all__ = ["ClientFactory", "create_app", "open_client"]
+
+ClientFactory = Callable[[Settings], Awaitable[JobClient]]
+"""Opens the app's client (tests pass one that builds a client on fakeredis)."""
+
+_VERSION = "1"
+
+
+async def open_client(settings: Settings) -> JobClient:
+    """A client on the configured Redis, without waiting for it to answer (``/readyz`` tells)."""
+    if settings.redis_url is None:
+        raise ConfigError("the gateway needs redis_url (config.yml, ACTIONQ_REDIS_URL or --redis-url)")
+    return JobClient(connect(settings.redis_url), settings)
+
+
+def create_app(settings: Settings, *, client_factory: ClientFactory = open_client) -> FastAPI:
+    """The gateway's app for ``settings`` (its ``gateway`` block: tokens, CORS, limits)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        client = await client_factory(settings)
+        app.state.client = client
+        try:
+            yield
+        finally:
+            await client.close()
+
+    app = FastAPI(
+        title="actionq gateway",
+        version=_VERSION,
+        description="Submit, follow and cancel actionq jobs over HTTP; job events and stream items as SSE.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    install_handlers(app)
+    app.include_router(jobs.router)
+    app.include_router(catalog.router)
+    app.include_router(seed.router)
+    gateway = settings.gateway
+    if gateway.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=gateway.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID"],
+            expose_headers=["Location", "Retry-After"],
+        )
+    app.add_middleware(BodyLimit, limit=gateway.max_body_bytes)
+    return app

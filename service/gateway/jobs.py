@@ -1,0 +1,233 @@
+"""``/v1/jobs``: submit (one or a batch), read, wait for, cancel and follow jobs.
+
+Every route is a thin call into the app's :class:`~service.client.client.JobClient`, so the
+validation, idempotency, batching and following are the Python client's own: a submit that the
+client refuses is refused here with the same error (``InvalidParamsError`` with its fields, ...)
+and nothing was written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response
+from fastapi.sse import EventSourceResponse, ServerSentEvent
+from pydantic import ValidationError
+
+from service.client.client import JobClient, Params
+from service.client.handle import JobHandle
+from service.errors import ActionQError, ResultTimeoutError
+from service.gateway.auth import scoped
+from service.gateway.problems import ApiError, error_body, fields_of, status_of
+from service.gateway.schemas import (
+    BatchItem,
+    BatchReply,
+    BatchResult,
+    CancelBody,
+    CancelReply,
+    ErrorDetail,
+    FieldProblem,
+    ResultReply,
+    SubmitBody,
+    SubmitReply,
+)
+from service.gateway.sse import job_events, relay, stream_items
+from service.models import JobRecord
+from service.redis.connection import broker_errors
+from service.redis.streams import END, entry_index
+from service.settings import Settings
+
+__all__ = ["client_of", "router", "submit_body"]
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+JobIdPath = Annotated[str, Path(min_length=1, max_length=200, description="The job id.")]
+IdempotencyKey = Annotated[
+    str | None, Header(alias="Idempotency-Key", description="Becomes the job id: the same key finds the same job.")
+]
+LastEventId = Annotated[
+    str | None, Header(alias="Last-Event-ID", description="The id of the last event received: resume after it.")
+]
+_STREAM_ID = re.compile(r"^0-(\d{1,18})$")
+
+
+def client_of(request: Request) -> JobClient:
+    """The app's client (opened by the lifespan)."""
+    client: JobClient = request.app.state.client
+    return client
+
+
+def settings_of(request: Request) -> Settings:
+    """The app's settings."""
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+Client = Annotated[JobClient, Depends(client_of)]
+AppSettings = Annotated[Settings, Depends(settings_of)]
+
+
+async def submit_body(client: JobClient, body: SubmitBody, job_id: str | None) -> JobHandle:
+    """Submit ``body`` through the client (its validation, its batching), as ``job_id`` if given."""
+    opts = body.options
+    params: Params = body.params
+    return await client.submit(
+        body.plugin, body.action, params, job_id=job_id, timeout_s=opts.timeout_s, queue=opts.queue,
+        defer_s=opts.defer_s, at=opts.at, result_ttl_s=opts.result_ttl_s, retry=opts.retry,
+        expires_s=opts.expires_s, host=opts.host, watch=opts.watch, author=opts.author,
+    )  # fmt: skip
+
+
+def _location(job_id: str) -> str:
+    return f"/v1/jobs/{job_id}"
+
+
+@router.post(
+    "",
+    status_code=202,
+    dependencies=scoped("submit"),
+    responses={200: {"model": SubmitReply, "description": "The Idempotency-Key named an existing job."}},
+)
+async def submit(body: SubmitBody, response: Response, client: Client, key: IdempotencyKey = None) -> SubmitReply:
+    """Submit a job; 202 with its ``Location``, or 200 when the ``Idempotency-Key`` named an existing one."""
+    handle = await submit_body(client, body, key)
+    response.status_code = 202 if handle.created else 200
+    response.headers["Location"] = _location(handle.job_id)
+    return SubmitReply(job_id=handle.job_id, created=handle.created, location=_location(handle.job_id))
+
+
+@router.post(":batch", dependencies=scoped("submit"))
+async def submit_batch(
+    items: Annotated[list[dict[str, Any]], Body(description="The jobs (each a submit body plus idempotency_key).")],
+    client: Client,
+    settings: AppSettings,
+) -> BatchReply:
+    """Submit many jobs: each item gets its own result or error, at its index (the submits share round trips)."""
+    if len(items) > settings.gateway.max_batch:
+        raise ApiError(422, "BatchTooLargeError", f"{len(items)} jobs in one batch, over the limit of "
+                       f"{settings.gateway.max_batch} (gateway.max_batch)")  # fmt: skip
+    results = await asyncio.gather(*(_submit_item(client, i, item) for i, item in enumerate(items)))
+    return BatchReply(results=list(results))
+
+
+async def _submit_item(client: JobClient, index: int, raw: dict[str, Any]) -> BatchResult:
+    try:
+        item = BatchItem.model_validate(raw)
+    except ValidationError as exc:
+        fields = [FieldProblem(field=".".join(map(str, e["loc"])) or "(item)", message=e["msg"]) for e in exc.errors()]
+        message = "invalid job: " + "; ".join(f"{f.field}: {f.message}" for f in fields)
+        return BatchResult(index=index, status=422, error=ErrorDetail(type="RequestValidationError", message=message,
+                                                                      fields=fields))  # fmt: skip
+    try:
+        handle = await submit_body(client, item, item.idempotency_key)
+    except ActionQError as exc:
+        detail = ErrorDetail.model_validate(error_body(type(exc).__name__, str(exc), fields_of(exc))["error"])
+        return BatchResult(index=index, status=status_of(exc), error=detail)
+    return BatchResult(index=index, status=202 if handle.created else 200, job_id=handle.job_id, created=handle.created)
+
+
+@router.get("/{job_id}", dependencies=scoped("read"))
+async def get_job(job_id: JobIdPath, client: Client) -> JobRecord:
+    """The job's record: state, progress, attempts, timestamps, worker, result or error (404 if none)."""
+    return await client.job(job_id).record()
+
+
+@router.get(
+    "/{job_id}/result",
+    dependencies=scoped("read"),
+    responses={202: {"model": ResultReply, "description": "Not ended when the wait ran out (done: false)."}},
+)
+async def get_result(
+    job_id: JobIdPath,
+    response: Response,
+    client: Client,
+    settings: AppSettings,
+    wait: Annotated[float, Query(ge=0, description="Seconds to wait for the end (capped by gateway.max_wait_s).")] = 0,
+) -> ResultReply:
+    """The job's outcome: 200 once it ended (whatever the outcome), 202 with ``done: false`` if the wait ran out."""
+    handle = client.job(job_id)
+    wait_s = min(wait, settings.gateway.max_wait_s)
+    try:
+        record = await handle.wait(wait_s) if wait_s > 0 else await handle.record()
+    except ResultTimeoutError:
+        record = await handle.record()
+    if not record.is_terminal:
+        response.status_code = 202
+        response.headers["Retry-After"] = "1"
+    return ResultReply(
+        job_id=job_id, state=record.state, done=record.is_terminal, result=record.result, error=record.error
+    )
+
+
+@router.post("/{job_id}/cancel", dependencies=scoped("control"))
+async def cancel(
+    job_id: JobIdPath,
+    client: Client,
+    settings: AppSettings,
+    body: Annotated[CancelBody | None, Body()] = None,
+    wait: Annotated[float, Query(ge=0, description="Seconds to wait for a running job to stop (capped).")] = 5,
+) -> CancelReply:
+    """Cancel the job, whatever its state, waiting up to ``wait`` seconds for a running one to stop."""
+    reason = (body or CancelBody()).reason
+    outcome = await client.job(job_id).cancel(reason, timeout=min(wait, settings.gateway.max_wait_s))
+    return CancelReply(job_id=job_id, outcome=outcome)
+
+
+class _NothingNew(ApiError):
+    """A reconnect after the job's last event: 204, which tells an EventSource to stop reconnecting."""
+
+    def __init__(self) -> None:
+        super().__init__(204, "NoContent", "")
+
+
+async def _events_start(job_id: JobIdPath, client: Client, last: LastEventId = None) -> int:
+    """The sequence number to resume after (``-1``: from the start); 404 for no job, 204 if nothing is left."""
+    after = -1
+    if last is not None:
+        if not last.strip().isdigit():
+            raise ApiError(400, "InvalidLastEventIdError", f"Last-Event-ID {last!r} is not a job event id (a seq)")
+        after = int(last)
+    record = await client.job(job_id).record()
+    if record.is_terminal and record.seq <= after:
+        raise _NothingNew()
+    return after
+
+
+async def _stream_start(job_id: JobIdPath, client: Client, last: LastEventId = None) -> int:
+    """The item index to resume at; 404 for no job, 204 if the end marker was delivered already."""
+    start = 0
+    if last is not None:
+        found = _STREAM_ID.match(last.strip())
+        if found is None:
+            raise ApiError(400, "InvalidLastEventIdError", f"Last-Event-ID {last!r} is not a stream id (0-<n>)")
+        start = int(found.group(1))
+    record = await client.job(job_id).record()
+    if record.is_terminal and start > 0:
+        with broker_errors(f"reading the stream of job {job_id}"):
+            tail = await client.redis.xrevrange(client.keys.job_stream(job_id), count=1)
+        if tail and END in tail[0][1] and entry_index(tail[0][0]) < start:
+            raise _NothingNew()
+    return start
+
+
+@router.get("/{job_id}/events", response_class=EventSourceResponse, dependencies=scoped("read"))
+async def events(
+    job_id: JobIdPath, request: Request, client: Client, after: Annotated[int, Depends(_events_start)]
+) -> AsyncIterator[ServerSentEvent]:
+    """SSE of the job's state and progress (``id``: its seq; ``Last-Event-ID`` resumes); ends after the end."""
+    settings = settings_of(request).gateway
+    async for event in relay(job_events(client.job(job_id), after), settings, what=f"events:{job_id}"):
+        yield event
+
+
+@router.get("/{job_id}/stream", response_class=EventSourceResponse, dependencies=scoped("read"))
+async def stream(
+    job_id: JobIdPath, request: Request, client: Client, start: Annotated[int, Depends(_stream_start)]
+) -> AsyncIterator[ServerSentEvent]:
+    """SSE of a generator job's items (``id``: the stream entry id; ``Last-Event-ID`` resumes), then ``end``."""
+    settings = settings_of(request).gateway
+    async for event in relay(stream_items(client, job_id, start), settings, what=f"stream:{job_id}"):
+        yield event

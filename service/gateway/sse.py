@@ -1,0 +1,163 @@
+"""Server-Sent Events: a job's state and progress, a generator job's items, each resumable.
+
+**Job events** (``GET /v1/jobs/{id}/events``) come from :meth:`JobHandle.progress`, which
+subscribes to the job's channel first, then reads the record, then follows live, deduplicating by
+the job's sequence number. Each event's ``id`` is that ``seq``; its ``data`` is the whole
+:class:`~service.models.ProgressSnapshot` (state and latest progress), so an event supersedes every
+earlier one. A reconnect with ``Last-Event-ID: N`` gets the current snapshot if its ``seq`` is past
+``N`` (what changed while away, folded into one event: the record keeps the latest snapshot, not
+every update), then every later change: never an event at or before ``N``, never a change lost.
+The event name is ``state`` when the state changed (and for the first event), ``progress`` otherwise;
+the response ends after the terminal state's event.
+
+**Stream items** (``GET /v1/jobs/{id}/stream``) are read with :func:`service.client.streams.follow`
+(``XREAD BLOCK`` on the job's output stream, which is its own durable copy). Item ``n`` has the
+id ``0-(n+1)`` (its stream entry id); ``Last-Event-ID: 0-K`` resumes at item ``K``. An ``end``
+event (the terminal marker: state, count, error) ends the response.
+
+**A slow client is not buffered without bound.** A pump task reads the source into a queue of
+``gateway.sse_queue`` events per connection; when the queue stays full for ``gateway.sse_stall_s``
+the client has fallen behind: the pump stops (its Redis subscription or read is released), the
+queued events are let go, and the response ends at the client's next read, with a ``: dropped``
+comment. It can reconnect with
+``Last-Event-ID`` and lose nothing that the rules above keep. An idle stream gets a ``: keep-alive``
+comment every ``gateway.keepalive_s`` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
+from typing import cast
+
+import structlog
+from fastapi.sse import ServerSentEvent
+
+from service.client.client import JobClient
+from service.client.handle import JobHandle
+from service.client.streams import follow
+from service.errors import ActionQError
+from service.gateway.problems import error_body, fields_of
+from service.models import JobState, ProgressSnapshot
+from service.redis.streams import StreamEnd, entry_id
+from service.settings import GatewaySettings
+
+__all__ = ["job_events", "relay", "stream_items"]
+
+log = structlog.get_logger("actionq.gateway")
+
+
+class _Behind(Exception):
+    """The client's queue stayed full for ``sse_stall_s``: it has fallen behind."""
+
+
+def error_event(exc: ActionQError) -> ServerSentEvent:
+    """An ``error`` event in the gateway's one error shape (it ends the stream)."""
+    body = error_body(type(exc).__name__, str(exc), fields_of(exc))
+    return ServerSentEvent(event="error", raw_data=json.dumps(body))
+
+
+async def job_events(handle: JobHandle, after: int) -> AsyncGenerator[ServerSentEvent, None]:
+    """The job's snapshots past sequence number ``after`` (``-1``: all), as ``state``/``progress`` events."""
+    last_state: JobState | None = None
+    progress = cast(AsyncGenerator[ProgressSnapshot, None], handle.progress())  # an async generator
+    async with aclosing(progress) as snapshots:
+        async for snap in snapshots:
+            name = "state" if snap.state is not last_state else "progress"
+            last_state = snap.state
+            if snap.seq > after:
+                yield ServerSentEvent(event=name, id=str(snap.seq), raw_data=snap.model_dump_json())
+
+
+async def stream_items(client: JobClient, job_id: str, start: int) -> AsyncGenerator[ServerSentEvent, None]:
+    """The job's output items from index ``start`` on as ``item`` events, then its ``end`` event."""
+    handle = client.job(job_id)
+
+    async def finished() -> bool:
+        return (await handle.record()).is_terminal
+
+    key = client.keys.job_stream(job_id)
+    index = start
+    reading = follow(client.redis, key, job_id, start, finished, client.settings.reconnect_s)
+    async with aclosing(reading) as entries:
+        async for entry in entries:
+            if isinstance(entry, StreamEnd):
+                if entry.count >= start:  # not delivered to this client before
+                    yield _end_event(entry)
+                return
+            yield ServerSentEvent(event="item", id=entry_id(index), raw_data=json.dumps(entry))
+            index += 1
+
+
+def _end_event(end: StreamEnd) -> ServerSentEvent:
+    data = {"state": end.state.value, "count": end.count, "error": end.error.model_dump() if end.error else None}
+    return ServerSentEvent(event="end", id=entry_id(end.count), raw_data=json.dumps(data))
+
+
+class _Pump:
+    """Reads a source into a bounded queue; notes when the client let it stay full for ``sse_stall_s``."""
+
+    def __init__(self, source: AsyncGenerator[ServerSentEvent, None], settings: GatewaySettings, what: str) -> None:
+        self.source = source
+        self.settings = settings
+        self.what = what
+        self.queue: asyncio.Queue[ServerSentEvent | None] = asyncio.Queue(settings.sse_queue)
+        self.behind = asyncio.Event()
+
+    async def _put(self, event: ServerSentEvent | None) -> None:
+        try:
+            async with asyncio.timeout(self.settings.sse_stall_s):
+                await self.queue.put(event)
+        except TimeoutError:
+            raise _Behind from None
+
+    async def _drain(self) -> None:
+        try:
+            async with aclosing(self.source) as events:
+                async for event in events:
+                    await self._put(event)
+        except ActionQError as exc:  # Redis gone for good, a trimmed or missing stream: say so, then end
+            await self._put(error_event(exc))
+        except _Behind:
+            raise
+        except Exception as exc:  # a bug of ours: log it, tell the client, end (the gateway stays up)
+            log.exception("sse_source_failed", stream=self.what)
+            body = error_body("InternalError", f"unexpected {type(exc).__name__}; see the gateway's log")
+            await self._put(ServerSentEvent(event="error", raw_data=json.dumps(body)))
+
+    async def run(self) -> None:
+        """Pump until the source ends (then a ``None``), or until the client has fallen behind."""
+        try:
+            await self._drain()
+            await self._put(None)
+        except _Behind:
+            log.warning("sse_client_behind", stream=self.what, queued=self.settings.sse_queue,
+                        stall_s=self.settings.sse_stall_s)  # fmt: skip
+            self.behind.set()
+
+
+async def relay(
+    source: AsyncGenerator[ServerSentEvent, None], settings: GatewaySettings, *, what: str
+) -> AsyncIterator[ServerSentEvent]:
+    """``source``'s events through a bounded queue, with keep-alives; ends early for a client that fell behind."""
+    pump = _Pump(source, settings, what)
+    task = asyncio.create_task(pump.run(), name=f"actionq-sse-{what}")
+    try:
+        while not pump.behind.is_set():
+            try:
+                async with asyncio.timeout(settings.keepalive_s):
+                    item = await pump.queue.get()
+            except TimeoutError:
+                yield ServerSentEvent(comment="keep-alive")
+                continue
+            if item is None:
+                return
+            yield item
+        yield ServerSentEvent(comment="dropped: this client fell behind; reconnect with Last-Event-ID")
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
