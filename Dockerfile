@@ -1,4 +1,4 @@
-# actionq worker image. Build: `docker build -t actionq .`; run a pool: `docker compose up --scale worker=N`.
+# actionq image (workers and the HTTP gateway). Build: `docker build -t actionq .`; run: `docker compose up`.
 FROM python:3.11-slim
 
 ENV PYTHONUNBUFFERED=1 \
@@ -12,7 +12,8 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY service/ ./service/
 COPY workers/ ./workers/
-RUN pip install .
+# With the gateway extra: the same image runs `actionq gateway` (docker-compose.yml).
+RUN pip install .[gateway]
 
 # Plugins are loaded by path (never imported as a package), so they ship as files next to
 # config.yml, whose plugin paths (./plugins/...) are relative to the config file.

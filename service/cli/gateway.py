@@ -25,7 +25,10 @@ def gateway_command(
     except ImportError as exc:  # fastapi or uvicorn missing
         raise fail(ConfigError(f"the gateway needs its extra: pip install 'actionq[gateway]' ({exc})"), 2) from exc
     from service.logs import configure_logging
+    from service.processes.parent import die_with_parent
 
+    if not die_with_parent():  # started by `actionq up`, which is gone already
+        return
     try:
         settings = options.settings()
         configure_logging(settings.log_format, settings.log_level)

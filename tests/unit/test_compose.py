@@ -191,6 +191,36 @@ def test_worker_command_is_a_real_cli_subcommand() -> None:
     assert words[words.index("worker") - 2] == "--config"
 
 
+def _gateway() -> dict[str, Any]:
+    service: dict[str, Any] = load_compose()["services"]["gateway"]
+    return service
+
+
+def test_the_gateway_runs_the_gateway_command_and_publishes_its_port() -> None:
+    gateway = _gateway()
+    words = _command_words(gateway["command"])
+
+    assert [w for w in words[1:] if w in _typer_subcommands()] == ["gateway"], words
+    port = words[words.index("--port") + 1]
+    assert f"{port}:{port}" in gateway["ports"]
+    assert f"127.0.0.1:{port}/healthz" in " ".join(gateway["healthcheck"]["test"])
+    assert gateway["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert gateway["image"] == _worker()["image"]  # one image: workers and gateway
+
+
+def test_the_gateway_settings_parse_and_give_it_a_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    env: dict[str, str] = _gateway()["environment"]
+    # Compose substitutes ${ACTIONQ_GATEWAY_TOKEN:?...}; without one it refuses to start (so would the gateway).
+    token = "t" * 16
+    for name, value in env.items():
+        monkeypatch.setenv(name, re.sub(r"\$\{ACTIONQ_GATEWAY_TOKEN:\?[^}]*\}", token, value))
+    settings = Settings()
+    assert settings.redis_url == "redis://redis:6379/0"
+    assert [(t.name, t.token.get_secret_value(), t.scopes) for t in settings.gateway.tokens] == [
+        ("compose", token, ["admin"])
+    ]
+
+
 # -- Dockerfile ---------------------------------------------------------------------------------
 def test_dockerfile_cmd_is_the_compose_command() -> None:
     dockerfile = parse_dockerfile()
@@ -222,7 +252,9 @@ def test_the_package_is_installed_in_the_image() -> None:
     dockerfile = parse_dockerfile()
     text = DOCKERFILE_PATH.read_text()
 
-    assert re.search(r"^RUN\s+pip install\b.*\s\.(\s|$)", text, re.MULTILINE), "the image must `pip install .`"
+    found = re.search(r"^RUN\s+pip install\b.*\s\.(\[(?P<extras>[\w,]+)\])?(\s|$)", text, re.MULTILINE)
+    assert found, "the image must `pip install .` (with extras or without)"
+    assert "gateway" in (found.group("extras") or "").split(","), "the image runs the gateway too: .[gateway]"
     for needed in ("pyproject.toml", "README.md", "service/__init__.py"):
         assert dockerfile.source_of(PurePosixPath("/app") / needed) is not None, f"{needed} not copied"
 
