@@ -96,7 +96,7 @@ def workers(ctx: typer.Context, as_json: JsonOpt = False) -> None:
             out.print_json(dump([w.model_dump(mode="json") for w in infos]))
             return
         rows = [
-            [w.worker_id, w.hostname, str(w.pid), "draining" if w.draining else "paused" if w.paused else "active",
+            [w.worker_id, w.hostname, str(w.pid), _state(w),
              ", ".join(f"{n} {v}" for n, v in sorted(w.plugins.items())), str(w.running_jobs),
              ", ".join(sorted(w.failed_plugins)) or "-"]
             for w in infos
@@ -113,6 +113,39 @@ def workers(ctx: typer.Context, as_json: JsonOpt = False) -> None:
         print_table(out, columns, rows, empty="no live workers", notes=err)
 
     client_run(ctx, go)
+
+
+@app.command()
+def health(
+    ctx: typer.Context,
+    host: Annotated[str | None, typer.Option(help="Only a worker on this host counts (e.g. $(hostname))")] = None,
+    worker_id: Annotated[str | None, typer.Option("--worker", help="Only this worker counts")] = None,
+) -> None:
+    """Exit 0 if Redis answers and a live worker is registered (on --host, or --worker); 1 if not.
+
+    For container health checks, as arq's ``--check``: ``actionq health --host "$(hostname)"`` in
+    a worker's container; a worker is live while its heartbeat is fresh (``heartbeat_s``).
+    """
+
+    async def go(client: JobClient) -> int:
+        live = [
+            w
+            for w in await client.workers()  # Redis unreachable: BrokerError, exit 1
+            if (host is None or w.hostname == host) and (worker_id is None or w.worker_id == worker_id)
+        ]
+        where = "".join(f" {label} {value!r}" for label, value in (("on host", host), ("named", worker_id)) if value)
+        if not live:
+            err.print(f"unhealthy: Redis answers, but no live worker{where}")
+            return 1
+        states = ", ".join(f"{w.worker_id} ({_state(w)}, {w.running_jobs} running)" for w in live)
+        out.print(f"healthy: {len(live)} live worker(s){where}: {states}")
+        return 0
+
+    raise typer.Exit(client_run(ctx, go))
+
+
+def _state(worker: Any) -> str:
+    return "draining" if worker.draining else "paused" if worker.paused else "active"
 
 
 @app.command()

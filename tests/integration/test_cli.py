@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -224,3 +225,24 @@ async def test_submit_publish_marks_the_job_followed_from_the_start(
     keys = Keys(namespace)
     assert await redis.hget(keys.job("cli-pub"), "watched") == b"1"  # type: ignore[misc]
     assert await redis.hget(keys.job("cli-quiet"), "watched") is None  # type: ignore[misc]
+
+
+def test_health_says_whether_a_live_worker_is_there(
+    worker_process: WorkerFactory, redis_url: str, namespace: str
+) -> None:
+    env = _env(redis_url, namespace)
+    alone = actionq("health", env=env)
+    assert alone.returncode == 1
+    assert "unhealthy: Redis answers, but no live worker" in alone.stderr
+    worker_process(bundled_plugins_config(**FAST))
+    host = socket.gethostname()
+    healthy = actionq("health", "--host", host, env=env)
+    assert healthy.returncode == 0, healthy.stderr
+    assert healthy.stdout.startswith(f"healthy: 1 live worker(s) on host {host!r}")
+    elsewhere = actionq("health", "--host", "not-this-host", env=env)
+    assert elsewhere.returncode == 1
+    assert "no live worker on host 'not-this-host'" in elsewhere.stderr
+    unreachable = actionq("health", env={**env, "ACTIONQ_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"})
+    assert unreachable.returncode == 1
+    assert "unhealthy" not in unreachable.stderr  # the broker error says what failed instead
+    assert unreachable.stderr.strip()

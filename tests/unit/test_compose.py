@@ -178,6 +178,14 @@ def test_worker_can_be_scaled() -> None:
     assert (build if isinstance(build, str) else build["context"]) == "."
 
 
+def test_worker_health_is_checked_with_the_health_command() -> None:
+    test = _worker()["healthcheck"]["test"]
+    assert test[0] == "CMD-SHELL"
+    words = shlex.split(test[1].replace("$$", "$"))
+    assert [w for w in words[1:] if w in _typer_subcommands()] == ["health"], words
+    assert words[words.index("--host") + 1] == "$(hostname)"  # this container's worker, not any
+
+
 def test_worker_command_is_a_real_cli_subcommand() -> None:
     words = _command_words(_worker()["command"])
     scripts = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["scripts"]
