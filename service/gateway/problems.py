@@ -41,7 +41,7 @@ from service.errors import (
 )
 from service.gateway.schemas import ErrorBody, ErrorDetail, FieldProblem
 
-__all__ = ["ApiError", "error_body", "install_handlers", "status_of"]
+__all__ = ["ApiError", "document_errors", "error_body", "install_handlers", "status_of"]
 
 log = structlog.get_logger("actionq.gateway")
 
@@ -79,6 +79,46 @@ class ApiError(Exception):
 def status_of(exc: ActionQError) -> int:
     """The HTTP status an error of ours stands for (see the module docstring)."""
     return next((status for cls, status in _STATUS if isinstance(exc, cls)), 500)
+
+
+_ERRORS = (
+    (400, "The body is not JSON (or not the JSON object the operation takes)."),
+    (401, "No bearer token, or not one this gateway accepts (when tokens are configured)."),
+    (403, "The token lacks the scope this operation needs; the message names it."),
+    (404, "No such job, worker, plugin or dead letter (never there, or expired)."),
+    (409, "The Idempotency-Key (job id) is taken by a different job."),
+    (413, "The body is over gateway.max_body_bytes (refused before it is read)."),
+    (422, "The request names a plugin, action or params the registry refuses; fields name each problem."),
+    (503, "Redis is unreachable (the gateway stays up; retry)."),
+)
+
+
+def document_errors(app: FastAPI) -> None:
+    """List the error responses every operation may give in the OpenAPI document, as JSON in the one shape.
+
+    Done on the generated document rather than with ``responses=``: FastAPI would document an
+    event-stream operation's errors as ``text/event-stream``, but errors are JSON everywhere.
+    """
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        document = generate()
+        schema = ErrorBody.model_json_schema(ref_template="#/components/schemas/{model}")
+        components = document.setdefault("components", {}).setdefault("schemas", {})
+        components.update(schema.pop("$defs", {}))
+        components["ErrorBody"] = schema
+        json_error = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+        for path in document.get("paths", {}).values():
+            for operation in path.values():
+                responses = operation.setdefault("responses", {})
+                for status, description in _ERRORS:
+                    responses[str(status)] = {"description": description, "content": json_error}
+        app.openapi_schema = document
+        return document
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def error_body(type_: str, message: str, fields: Sequence[FieldProblem] = ()) -> dict[str, Any]:
@@ -153,7 +193,8 @@ async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
 
 
 def install_handlers(app: FastAPI) -> None:
-    """Route every error through the one shape."""
+    """Route every error through the one shape (and document it for every operation)."""
+    document_errors(app)
     app.add_exception_handler(RequestValidationError, _on_validation)
     app.add_exception_handler(ApiError, _on_api_error)
     app.add_exception_handler(ActionQError, _on_ours)
