@@ -21,7 +21,7 @@ $(VENV)/.installed-run: pyproject.toml | $(BIN)/python
 	@touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
-	$(PIP) install --quiet -e '.[embedded,gateway,test,docs]'
+	$(PIP) install --quiet -e '.[embedded,gateway,otel,test,docs]'
 	@touch $@
 
 install: $(VENV)/.installed-run  ## Create the venv and install actionq (with the embedded server)

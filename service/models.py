@@ -21,6 +21,7 @@ __all__ = [
     "FINAL_PROGRESS_STATUS",
     "ID_PATTERN",
     "NAME_PATTERN",
+    "TRACEPARENT_PATTERN",
     "ProgressSnapshot",
     "ProgressStatus",
     "ProgressUpdate",
@@ -46,6 +47,11 @@ NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}$"
 JobId = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 _NAME_RE = re.compile(NAME_PATTERN)
+# A W3C trace context `traceparent`: version (not ff)-trace id-parent id-flags, 55 characters of
+# lowercase hex, the only form carried. Checked by pydantic-core (no Python call per parse: every
+# request has the field). All-zero ids match, and service.tracing ignores them, as W3C says to.
+TRACEPARENT_PATTERN = r"^(?:[0-9a-e][0-9a-f]|f[0-9a-e])-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$"
+Traceparent = Annotated[str, StringConstraints(pattern=TRACEPARENT_PATTERN)]
 
 
 def now_ms() -> int:
@@ -180,6 +186,11 @@ class JobOptions(_Model):
         default=None,
         max_length=200,
         description="Who asked for the job (seed 004's `author`: the caller's name), kept in its record.",
+    )
+    traceparent: Traceparent | None = Field(
+        default=None,
+        description="W3C trace context of the span that submitted the job (set by a client with tracing on): "
+        "the worker's attempt span is its child.",
     )
 
     @field_validator("host")

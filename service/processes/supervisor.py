@@ -29,7 +29,7 @@ from types import FrameType
 import structlog
 
 from service.processes.parent import owned_env
-from service.settings import SUPERVISOR_ENV
+from service.settings import POOL_INDEX_ENV, SUPERVISOR_ENV
 
 __all__ = ["SUPERVISOR_ENV", "WorkerPool"]
 
@@ -89,7 +89,9 @@ class WorkerPool:
         self._stopping = True
 
     def _spawn(self, slot: _Slot) -> None:
-        slot.proc = subprocess.Popen(self.command, env=self.env, start_new_session=True)
+        # Its index in the pool, kept across restarts: a member's metrics port is metrics_port + index.
+        env = {**self.env, POOL_INDEX_ENV: str(slot.index)}
+        slot.proc = subprocess.Popen(self.command, env=env, start_new_session=True)
         slot.started_at = time.monotonic()
 
     def _tick(self) -> None:

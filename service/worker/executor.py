@@ -41,6 +41,7 @@ from service.plugins.loader import BoundAction, PluginLoader
 from service.redis.streams import StreamEnd
 from service.retry import merge
 from service.settings import Settings
+from service.tracing import start as start_tracing
 from service.wire import dumps
 from service.worker import settle
 from service.worker.cancels import Cancels
@@ -114,6 +115,8 @@ class Executor:
         self.progress = ProgressWriter(redis, keys)
         self.events = JobEvents(notify, worker_id)
         self.signer = settings.signer()
+        self.tracing = start_tracing(settings.tracing)
+        """Starts the attempt spans when ``tracing.enabled`` (``None``, and nothing imported, when not)."""
 
     def _others_run(self) -> bool:
         return len(self.cancels) > 0
@@ -174,7 +177,17 @@ class Executor:
         if job.attempt > MAX_STARTS:
             reason = f"started {job.attempt - 1} times without finishing (its workers died)"
             return await self._gave_up(job, "JobExecutionFailed", reason)
-        return await self._run_request(job, request)
+        if self.tracing is None:  # tracing off: this check is all it costs
+            return await self._run_request(job, request)
+        return await self._traced(job, request)
+
+    async def _traced(self, job: TakenJob, request: JobRequest) -> Outcome:
+        """:meth:`_run_request` in an attempt span (:mod:`service.tracing`), settling included."""
+        assert self.tracing is not None
+        with self.tracing.attempt(request, job_id=job.job_id, attempt=job.attempt, worker_id=self.worker_id) as span:
+            outcome = await self._run_request(job, request)
+            span.ended(outcome.state.value, outcome.error)
+            return outcome
 
     async def _gave_up(self, job: TakenJob, error_type: str, message: str, *, dead_letter: bool = False) -> Outcome:
         """Failed without running: malformed, taken after its queue-wait limit, or started too often."""

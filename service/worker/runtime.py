@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 from redis.asyncio import Redis
@@ -46,6 +46,9 @@ from service.signing import MAX_AGE_S
 from service.worker.executor import Executor, Outcome
 from service.worker.sweep import Sweeper
 from service.worker.take import TakenJob, handed_job
+
+if TYPE_CHECKING:
+    from service.worker.metrics import MetricsServer, WorkerMetrics
 
 __all__ = ["Puller", "WorkerRuntime", "new_worker_id"]
 
@@ -124,6 +127,14 @@ class WorkerRuntime:
         self.stop_reason = ""
         self.puller: Puller | None = None
         """The queue loop running this runtime's jobs, once :meth:`attach` gave it."""
+        self.metrics: WorkerMetrics | None = None
+        """The Prometheus metrics, with ``metrics_port`` set (imported only then: no cost when off)."""
+        self._metrics_server: MetricsServer | None = None
+        if settings.metrics_port is not None:
+            from service.worker.metrics import WorkerMetrics
+
+            self.metrics = WorkerMetrics(active=lambda: self.running_jobs)
+            self.delegates.add_sink(self.metrics)
 
     def queues(self) -> list[str]:
         """Every queue this worker reads: per lane, per loaded plugin, any host and this host."""
@@ -152,6 +163,10 @@ class WorkerRuntime:
         await self._listen(self.keys.wake_channel(), self._on_wake)
         await self._listen(self.keys.worker_channel(self.worker_id), self._on_handoff)
         await self._listen(self.keys.control_channel(), on_control)
+        if self.metrics is not None:  # before announcing: a listed worker's endpoint answers
+            from service.worker.metrics import metrics_port, serve
+
+            self._metrics_server = serve(self.metrics, self.settings.metrics_host, metrics_port(self.settings) or 0)
         await self.publish()
         self._heartbeat = asyncio.create_task(self._beat(), name="actionq-heartbeat")
         supervisor = os.environ.get(SUPERVISOR_ENV)
@@ -338,10 +353,14 @@ class WorkerRuntime:
     async def run(self, job: TakenJob) -> Outcome | None:
         """Run one taken job (called by the worker loop)."""
         self.running_jobs += 1
+        if self.metrics is not None:
+            self.metrics.taken(job.job_id, job.attempt, job.enqueued_at_ms)
         try:
             return await self.executor.run(job)
         finally:
             self.running_jobs -= 1
+            if self.metrics is not None:
+                self.metrics.forget(job.job_id)
 
     async def stop(self) -> None:
         """Stop the heartbeat, leave the registry and disable the plugins (once; later calls do nothing)."""
@@ -362,6 +381,8 @@ class WorkerRuntime:
         await self.loader.unload_all()
         await self.delegates.aclose()
         await self.bridge.aclose()
+        if self._metrics_server is not None:
+            await asyncio.to_thread(self._metrics_server.close)  # its shutdown waits for the server's poll
         log.info("worker_stopped", worker_id=self.worker_id)
 
 
