@@ -9,7 +9,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from bench import cancel, compare, memory, noop, progress, recovery
+from bench import cancel, compare, gateway, memory, noop, progress, recovery
 from bench.options import RunOptions
 from bench.report import EntryResult
 
@@ -35,6 +35,10 @@ ENTRIES: dict[str, Entry] = {
     "noop": Entry("drain N PluginB.calculate_square jobs through one worker (harness check)", noop.run),
     "cancel": Entry("cancel -> action sees it (actionq push vs raw arq abort), cancel -> cancelled", cancel.run),
     "progress": Entry("progress publish -> subscriber latency; slowdown of a tight reporting loop", progress.run),
+    "gateway": Entry(
+        "the HTTP gateway beside the Python client: submit rate and added latency, :batch, 1,000 SSE followers",
+        gateway.run,
+    ),
     "memory": Entry("a worker running 5,000 concurrent sleeping jobs: peak RSS and its curve over a soak", memory.run),
     "recovery": Entry(
         "SIGKILL the worker running a job, two workers, default lease: kill -> the job starts on the other (<= 5 s)",

@@ -39,6 +39,7 @@ __all__ = [
     "PluginLimits",
     "Settings",
     "StorageSettings",
+    "TracingSettings",
     "load_settings",
 ]
 
@@ -48,7 +49,10 @@ CONFIG_ENV = "ACTIONQ_CONFIG"
 # Set by a worker pool and by `actionq up` for their workers, not a setting: the parent's pid, which
 # the worker ends with (see service.processes.parent).
 SUPERVISOR_ENV = "ACTIONQ_SUPERVISOR_PID"
-_NOT_SETTINGS = frozenset({CONFIG_ENV, SUPERVISOR_ENV})
+# Set by a worker pool for each member, not a setting: the member's index (0, 1, ...), which it adds
+# to metrics_port so that every member serves its own metrics port.
+POOL_INDEX_ENV = "ACTIONQ_POOL_INDEX"
+_NOT_SETTINGS = frozenset({CONFIG_ENV, SUPERVISOR_ENV, POOL_INDEX_ENV})
 
 _yaml_data: ContextVar[dict[str, Any] | None] = ContextVar("actionq_yaml_data", default=None)
 
@@ -168,6 +172,37 @@ class GatewaySettings(BaseModel):
         description="A client whose queue stays full this long has fallen behind: its stream is ended (it may "
         "reconnect with Last-Event-ID).",
     )
+
+
+class TracingSettings(BaseModel):
+    """OpenTelemetry traces (docs/operations.md#traces): a span per submit and per attempt, one trace
+    across processes, Redis commands inside them. Off by default, and then nothing of OpenTelemetry
+    is imported (the ``otel`` extra need not be installed).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = Field(default=False, description="Trace submits, attempts and their Redis commands.")
+    exporter: Literal["otlp", "console", "file", "none"] = Field(
+        default="otlp",
+        description="Where spans go: otlp (OTLP/HTTP, configured by the standard OTEL_EXPORTER_OTLP_* variables), "
+        "console (JSON lines on stderr), file (JSON lines appended to `file`), or none (the TracerProvider the "
+        "application installed; actionq installs none).",
+    )
+    file: Path | None = Field(default=None, description="The file exporter's file (JSON lines, appended).")
+    service_name: str | None = Field(
+        default=None,
+        max_length=200,
+        description="The service.name of the spans; unset: OTEL_SERVICE_NAME, else actionq.",
+    )
+
+    @model_validator(mode="after")
+    def _file_only_for_files(self) -> TracingSettings:
+        if self.exporter == "file" and self.file is None:
+            raise ValueError("the file exporter needs a file (tracing: {exporter: file, file: ...})")
+        if self.exporter != "file" and self.file is not None:
+            raise ValueError(f"file is for the file exporter only (exporter is {self.exporter})")
+        return self
 
 
 class Settings(BaseSettings):
@@ -293,6 +328,20 @@ class Settings(BaseSettings):
         default_factory=GatewaySettings,
         description="The HTTP gateway: host, port, tokens with scopes, CORS origins and limits (a mapping).",
     )
+    metrics_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65_535,
+        description="A worker serves Prometheus metrics on this port (a pool's members on this port + their index); "
+        "unset: no metrics endpoint.",
+    )
+    metrics_host: str = Field(
+        default="127.0.0.1", description="Address a worker's metrics endpoint binds (0.0.0.0: every interface)."
+    )
+    tracing: TracingSettings = Field(
+        default_factory=TracingSettings,
+        description="OpenTelemetry traces: enabled, exporter, file, service_name (a mapping; off by default).",
+    )
     log_format: Literal["auto", "console", "json"] = Field(
         default="auto", description="`auto`: readable on a terminal, JSON otherwise."
     )
@@ -385,6 +434,9 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
         out["allowed_plugin_dirs"] = [str(base / d) if isinstance(d, str) else d for d in out["allowed_plugin_dirs"]]
     if "storage" in out:
         out["storage"] = _resolve_storage(out["storage"], base)
+    tracing = out.get("tracing")
+    if isinstance(tracing, dict) and isinstance(tracing.get("file"), str):
+        out["tracing"] = {**tracing, "file": str(base / tracing["file"])}
     plugins = out.get("plugins")
     if isinstance(plugins, list):
         out["plugins"] = [_resolve_entry(p, base) if isinstance(p, dict) else p for p in plugins]

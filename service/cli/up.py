@@ -41,6 +41,7 @@ from service.settings import Settings, load_settings
 
 __all__ = ["DEMO_JOBS", "run_up"]
 
+
 class _StderrConsole(Console):
     """rich's console, except that a broken pipe silences it instead of exiting the process.
 

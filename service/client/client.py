@@ -16,7 +16,7 @@ id was used for different work).
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import aclosing
 from datetime import datetime
 from types import TracebackType
@@ -49,9 +49,12 @@ from service.redis.connection import broker_errors, connect, redact
 from service.redis.pubsub import PubSubMultiplexer
 from service.retry import RetryOverride
 from service.settings import Settings, load_settings
+from service.tracing import start as start_tracing
 from service.wire import bad_key, check_size, not_json
 
 __all__ = ["JobClient"]
+
+_NO_TRACE = {"options": {"traceparent"}}
 # Registry entries are re-read at most this often per plugin: submit stays one round trip.
 _REGISTRY_CACHE_S = 1.0
 
@@ -76,6 +79,11 @@ class JobClient:
         self._workers: SharedReads[None, list[WorkerInfo]] = SharedReads(_REGISTRY_CACHE_S)
         self._routed: dict[int, dict[str, int]] = {}
         self._turn = -1
+        self.on_submitted: list[Callable[[JobRequest, JobHandle], None]] = []
+        """Called with each written request and its handle (``handle.created``: a new job), from any
+        submit, single, batched or a dead letter's replay (the gateway counts them for its metrics)."""
+        self.tracing = start_tracing(settings.tracing)
+        """Starts the submit spans when ``tracing.enabled`` (``None``, and nothing imported, when not)."""
 
     @classmethod
     async def connect(
@@ -197,12 +205,24 @@ class JobClient:
                 yield item
 
     async def submit_request(self, request: JobRequest) -> JobHandle:
-        """Write an already-built (and, if wanted, already-validated) request."""
+        """Write an already-built (and, if wanted, already-validated) request.
+
+        With tracing on, in a submit span whose ``traceparent`` the request carries to the worker.
+        """
+        if self.tracing is None:
+            return await self._write(request)
+        with self.tracing.submit(request) as span:
+            handle = await self._write(span.request)
+            span.written(handle.job_id, created=handle.created)
+            return handle
+
+    async def _write(self, request: JobRequest) -> JobHandle:
         opts = request.options
         job_id = opts.job_id or uuid.uuid4().hex  # a caller's id is an idempotency key; ours is fresh
         now = now_ms()
         score = opts.at_ms if opts.at_ms is not None else now + int((opts.defer_s or 0) * 1000)
-        body = request.model_dump_json()
+        # No "traceparent": null in every job: workers from before tracing refuse unknown fields.
+        body = request.model_dump_json(exclude=_NO_TRACE if opts.traceparent is None else None)
         check_size(f"job {job_id}", body.encode(), self.settings.max_payload_bytes)
         signature = self.signer.sign("job", job_id, body)
         created = await self.store.create(
@@ -221,7 +241,10 @@ class JobClient:
         existing = created.existing_request
         if not created.created and existing is not None and not request.same_work(existing):
             raise JobConflictError(job_id)
-        return JobHandle(self, job_id, created=created.created)
+        handle = JobHandle(self, job_id, created=created.created)
+        for hook in self.on_submitted:
+            hook(request, handle)
+        return handle
 
     def _options(self, **values: Any) -> JobOptions:
         try:

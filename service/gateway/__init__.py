@@ -11,6 +11,10 @@ exactly as the Python client does (docs/gateway.md). Modules:
 * :mod:`~service.gateway.schemas`: request and reply models (the OpenAPI document);
 * :mod:`~service.gateway.jobs`, :mod:`~service.gateway.catalog`, :mod:`~service.gateway.seed`:
   the routes (jobs; plugins, workers and health; seed 004's node endpoints);
+* :mod:`~service.gateway.firehose` (``/v1/events``), :mod:`~service.gateway.queues`,
+  :mod:`~service.gateway.operate` (remote control), :mod:`~service.gateway.deadletters`: the
+  operator's routes; :mod:`~service.gateway.redact`: secret params shown as ``"***"``;
+* :mod:`~service.gateway.metrics`: ``/metrics`` (Prometheus) and its counters;
 * :mod:`~service.gateway.sse`: job events and stream items as SSE, with a bounded queue per client;
 * :mod:`~service.gateway.server`: running it under uvicorn (loopback only without a token).
 

@@ -16,7 +16,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from service.client.client import JobClient
 from service.errors import ConfigError
-from service.gateway import catalog, jobs, seed
+from service.gateway import catalog, deadletters, firehose, jobs, metrics, operate, queues, seed
 from service.gateway.limits import BodyLimit
 from service.gateway.problems import install_handlers
 from service.redis.connection import connect
@@ -44,6 +44,7 @@ def create_app(settings: Settings, *, client_factory: ClientFactory = open_clien
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         client = await client_factory(settings)
         app.state.client = client
+        metrics.count_submits(app, client)
         try:
             yield
         finally:
@@ -60,12 +61,17 @@ def create_app(settings: Settings, *, client_factory: ClientFactory = open_clien
     app.include_router(jobs.router)
     app.include_router(catalog.router)
     app.include_router(seed.router)
+    app.include_router(firehose.router)
+    app.include_router(queues.router)
+    app.include_router(operate.router)
+    app.include_router(deadletters.router)
+    metrics.install(app)
     gateway = settings.gateway
     if gateway.cors_origins:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=gateway.cors_origins,
-            allow_methods=["GET", "POST"],
+            allow_methods=["GET", "POST", "DELETE"],
             allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID"],
             expose_headers=["Location", "Retry-After"],
         )

@@ -33,6 +33,8 @@ def _argument_schema(arg: ArgumentSpec) -> dict[str, Any]:
         schema["description"] = arg.description
     if not arg.required:
         schema["default"] = arg.default
+    if arg.secret:
+        schema["writeOnly"] = True  # sent with a submit, never shown back (service.gateway.redact)
     return schema
 
 

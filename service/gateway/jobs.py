@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response
-from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import ValidationError
 
 from service.client.client import JobClient, Params
@@ -22,6 +20,7 @@ from service.client.handle import JobHandle
 from service.errors import ActionQError, ResultTimeoutError
 from service.gateway.auth import scoped
 from service.gateway.problems import ApiError, error_body, fields_of, status_of
+from service.gateway.redact import Redactor
 from service.gateway.schemas import (
     BatchItem,
     BatchReply,
@@ -34,7 +33,7 @@ from service.gateway.schemas import (
     SubmitBody,
     SubmitReply,
 )
-from service.gateway.sse import job_events, relay, stream_items
+from service.gateway.sse import EventStream, job_events, relay, sse_response, stream_items
 from service.models import JobRecord
 from service.redis.connection import broker_errors
 from service.redis.streams import END, entry_index
@@ -66,8 +65,18 @@ def settings_of(request: Request) -> Settings:
     return settings
 
 
-Client = Annotated[JobClient, Depends(client_of)]
-AppSettings = Annotated[Settings, Depends(settings_of)]
+async def _client(request: Request) -> JobClient:
+    return client_of(request)
+
+
+async def _settings(request: Request) -> Settings:
+    return settings_of(request)
+
+
+# async dependencies: FastAPI runs a plain ``def`` dependency in its thread pool, a thread hand-off
+# per request (it halved the submit rate).
+Client = Annotated[JobClient, Depends(_client)]
+AppSettings = Annotated[Settings, Depends(_settings)]
 
 
 async def submit_body(client: JobClient, body: SubmitBody, job_id: str | None) -> JobHandle:
@@ -131,8 +140,9 @@ async def _submit_item(client: JobClient, index: int, raw: dict[str, Any]) -> Ba
 
 @router.get("/{job_id}", dependencies=scoped("read"))
 async def get_job(job_id: JobIdPath, client: Client) -> JobRecord:
-    """The job's record: state, progress, attempts, timestamps, worker, result or error (404 if none)."""
-    return await client.job(job_id).record()
+    """The job's record: state, progress, attempts, timestamps, worker, result or error (404 if none);
+    params its manifest declares secret show as ``"***"``."""
+    return await Redactor(client).record(await client.job(job_id).record())
 
 
 @router.get(
@@ -213,21 +223,19 @@ async def _stream_start(job_id: JobIdPath, client: Client, last: LastEventId = N
     return start
 
 
-@router.get("/{job_id}/events", response_class=EventSourceResponse, dependencies=scoped("read"))
+@router.get("/{job_id}/events", response_class=EventStream, dependencies=scoped("read"))
 async def events(
     job_id: JobIdPath, request: Request, client: Client, after: Annotated[int, Depends(_events_start)]
-) -> AsyncIterator[ServerSentEvent]:
+) -> EventStream:
     """SSE of the job's state and progress (``id``: its seq; ``Last-Event-ID`` resumes); ends after the end."""
     settings = settings_of(request).gateway
-    async for event in relay(job_events(client.job(job_id), after), settings, what=f"events:{job_id}"):
-        yield event
+    return sse_response(relay(job_events(client.job(job_id), after), settings, what=f"events:{job_id}"))
 
 
-@router.get("/{job_id}/stream", response_class=EventSourceResponse, dependencies=scoped("read"))
+@router.get("/{job_id}/stream", response_class=EventStream, dependencies=scoped("read"))
 async def stream(
     job_id: JobIdPath, request: Request, client: Client, start: Annotated[int, Depends(_stream_start)]
-) -> AsyncIterator[ServerSentEvent]:
+) -> EventStream:
     """SSE of a generator job's items (``id``: the stream entry id; ``Last-Event-ID`` resumes), then ``end``."""
     settings = settings_of(request).gateway
-    async for event in relay(stream_items(client, job_id, start), settings, what=f"stream:{job_id}"):
-        yield event
+    return sse_response(relay(stream_items(client, job_id, start), settings, what=f"stream:{job_id}"))

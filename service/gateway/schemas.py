@@ -21,8 +21,13 @@ __all__ = [
     "BatchItem",
     "BatchReply",
     "BatchResult",
+    "BulkReplayReply",
     "CancelBody",
     "CancelReply",
+    "ControlAnswer",
+    "ControlOptions",
+    "ControlReply",
+    "DeadLetterSelection",
     "ErrorBody",
     "ErrorDetail",
     "ExecuteBody",
@@ -30,8 +35,14 @@ __all__ = [
     "FieldProblem",
     "HasPluginReply",
     "InfoReply",
+    "PluginCommandBody",
     "PluginView",
+    "PurgeReply",
+    "QueueView",
     "Readiness",
+    "ReplayBody",
+    "ReplayReply",
+    "ReplayResult",
     "ResultReply",
     "SubmitBody",
     "SubmitOptions",
@@ -208,3 +219,98 @@ class InfoReply(BaseModel):
     namespace: str
     plugins: list[str]
     workers: int
+
+
+# -- operations: queues, remote control, dead letters (service.gateway.queues, .operate, .deadletters) ---------
+class QueueView(BaseModel):
+    """One queue's depth at the time of the request (docs/gateway.md says exactly what each number counts)."""
+
+    queue: str = Field(description="The queue's name without the namespace prefix: <lane>:<plugin>[@<host>].")
+    lane: str
+    plugin: str
+    host: str | None = Field(description="The host the queue is for; null: any host.")
+    ready: int = Field(description="Entries due now (score <= now): the next take picks them up.")
+    deferred: int = Field(description="Entries due later without a lease: scheduled, retry backoff, limit-parked.")
+    running: int = Field(description="Entries due later holding a lease: taken by a worker, running.")
+    oldest_ready_age_s: float | None = Field(description="Seconds since the oldest ready entry fell due; null: none.")
+    exact: bool = Field(description="False when more entries than the sample could be running (running is a floor).")
+    served: bool = Field(description="A live worker reads this queue now.")
+    last_served_ms: int | None = Field(description="The last heartbeat of a worker reading it (epoch ms).")
+
+
+class ControlAnswer(BaseModel):
+    """One worker's answer to a command, as ``actionq pause`` prints it: acted, refused (why), or no answer."""
+
+    worker_id: str
+    hostname: str | None
+    answer: str = Field(description="acted, refused or no_answer")
+    result: Any = None
+    error: str | None = Field(default=None, description="Why it refused (or that it did not answer in time).")
+
+
+class ControlReply(BaseModel):
+    """What came of a command: ``ok`` when every targeted worker acted."""
+
+    command: str
+    command_id: str
+    ok: bool
+    answers: list[ControlAnswer]
+
+
+class ControlOptions(_Request):
+    """The optional body of ``POST /v1/workers/{id}/<command>``."""
+
+    timeout_s: float = Field(default=3.0, gt=0, description="Seconds to wait for the answer (capped by max_wait_s).")
+
+
+class PluginCommandBody(_Request):
+    """``POST /v1/plugins/{name}/load|disable|reload``: where, and (load, reload) from which folder."""
+
+    host: str = Field(default="any", description='"any" (every worker), "local" (the gateway\'s host) or a hostname.')
+    worker: str | None = Field(default=None, description="Only this worker (an id from /v1/workers).")
+    path: str | None = Field(default=None, description="The plugin's folder on the workers' machine (load, reload).")
+    timeout_s: float = Field(default=10.0, gt=0, description="Seconds to wait for the answers (capped).")
+
+
+class ReplayBody(_Request):
+    """``POST /v1/dead-letters/{id}/replay``: under the same id (the default) or a new one."""
+
+    new_id: bool = Field(default=False, description="Replay under a new random id, leaving the old record as it is.")
+
+
+class DeadLetterSelection(_Request):
+    """The dead letters of a bulk replay or purge: ``ids``, or ``all`` of them (one of the two)."""
+
+    ids: list[str] | None = Field(default=None, description="The job ids.")
+    all: bool = Field(default=False, description="Every dead letter (a replay takes at most gateway.max_batch).")
+    new_id: bool = Field(default=False, description="Replay only: under new ids.")
+
+
+class ReplayReply(BaseModel):
+    """A replayed dead letter: the job it became (``Location``)."""
+
+    replayed: str = Field(description="The dead letter's job id.")
+    job_id: str = Field(description="The new job's id (the same one unless new_id).")
+    location: str
+
+
+class ReplayResult(BaseModel):
+    """One dead letter's outcome in a bulk replay: its new job (status 202) or an error."""
+
+    replayed: str
+    status: int
+    job_id: str | None = None
+    location: str | None = None
+    error: ErrorDetail | None = None
+
+
+class BulkReplayReply(BaseModel):
+    """Every selected dead letter's outcome, in the order of the request (``all``: newest first)."""
+
+    results: list[ReplayResult]
+
+
+class PurgeReply(BaseModel):
+    """How many dead letters were deleted."""
+
+    purged: int

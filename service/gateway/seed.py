@@ -21,14 +21,14 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Query
-from fastapi.sse import EventSourceResponse, ServerSentEvent
+from fastapi.sse import ServerSentEvent
 
 from service.client.client import JobClient
 from service.errors import ActionQError, ResultTimeoutError
 from service.gateway.auth import scoped
 from service.gateway.jobs import AppSettings, Client
 from service.gateway.schemas import ExecuteBody, ExecuteReply, HasPluginReply, InfoReply
-from service.gateway.sse import relay, stream_items
+from service.gateway.sse import EventStream, relay, sse_response, stream_items
 from service.models import JobState
 from service.settings import Settings
 
@@ -94,11 +94,15 @@ async def _submitted(body: ExecuteBody, client: Client) -> str:
     return await _submit(client, body)
 
 
-@router.post("/execute_stream", response_class=EventSourceResponse, dependencies=scoped("submit"))
+@router.post("/execute_stream", response_class=EventStream, dependencies=scoped("submit"))
 async def execute_stream(
     job_id: Annotated[str, Depends(_submitted)], client: Client, settings: AppSettings
-) -> AsyncIterator[ServerSentEvent]:
+) -> EventStream:
     """Run a generator action: a ``job`` event (its id), then its items as ``/v1/jobs/{id}/stream`` sends them."""
-    yield ServerSentEvent(event="job", raw_data=json.dumps({"request_id": job_id}))
-    async for event in relay(stream_items(client, job_id, 0), settings.gateway, what=f"stream:{job_id}"):
-        yield event
+
+    async def events() -> AsyncIterator[ServerSentEvent]:
+        yield ServerSentEvent(event="job", raw_data=json.dumps({"request_id": job_id}))
+        async for event in relay(stream_items(client, job_id, 0), settings.gateway, what=f"stream:{job_id}"):
+            yield event
+
+    return sse_response(events())

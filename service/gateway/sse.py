@@ -29,12 +29,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import weakref
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from typing import cast
 
 import structlog
-from fastapi.sse import ServerSentEvent
+from fastapi.responses import StreamingResponse
+from fastapi.sse import ServerSentEvent, format_sse_event
 
 from service.client.client import JobClient
 from service.client.handle import JobHandle
@@ -45,7 +47,7 @@ from service.models import JobState, ProgressSnapshot
 from service.redis.streams import StreamEnd, entry_id
 from service.settings import GatewaySettings
 
-__all__ = ["job_events", "relay", "stream_items"]
+__all__ = ["EventStream", "job_events", "relay", "sse_response", "stream_items"]
 
 log = structlog.get_logger("actionq.gateway")
 
@@ -106,13 +108,24 @@ class _Pump:
         self.what = what
         self.queue: asyncio.Queue[ServerSentEvent | None] = asyncio.Queue(settings.sse_queue)
         self.behind = asyncio.Event()
+        self.sent = False  # something was queued since the keep-alive ticker last looked
 
     async def _put(self, event: ServerSentEvent | None) -> None:
+        self.sent = True
+        if not self.queue.full():  # the common case: no timer per event
+            self.queue.put_nowait(event)
+            return
         try:
             async with asyncio.timeout(self.settings.sse_stall_s):
                 await self.queue.put(event)
         except TimeoutError:
             raise _Behind from None
+
+    def tick(self) -> None:
+        """The keep-alive ticker's call: a keep-alive comment if nothing was queued since the last one."""
+        if not self.sent and not self.queue.full():
+            self.queue.put_nowait(_KEEPALIVE)
+        self.sent = False
 
     async def _drain(self) -> None:
         try:
@@ -139,25 +152,83 @@ class _Pump:
             self.behind.set()
 
 
+_KEEPALIVE = ServerSentEvent(comment="keep-alive")
+
+
+class _Ticker:
+    """One task per event loop and interval that offers every open stream its keep-alive.
+
+    Not a timeout around each queue read: with a thousand busy streams that made a timer per
+    event, the gateway's largest cost after the SSE encoding.
+    """
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self.pumps: set[_Pump] = set()
+        self.task: asyncio.Task[None] | None = None
+
+    def add(self, pump: _Pump) -> None:
+        self.pumps.add(pump)
+        if self.task is None or self.task.done():
+            self.task = asyncio.create_task(self._run(), name="actionq-sse-keepalive")
+
+    async def _run(self) -> None:
+        while self.pumps:
+            await asyncio.sleep(self.interval_s)
+            for pump in list(self.pumps):
+                pump.tick()
+
+
+_tickers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[float, _Ticker]] = weakref.WeakKeyDictionary()
+
+
+def _ticker(interval_s: float) -> _Ticker:
+    by_interval = _tickers.setdefault(asyncio.get_running_loop(), {})
+    return by_interval.setdefault(interval_s, _Ticker(interval_s))
+
+
 async def relay(
     source: AsyncGenerator[ServerSentEvent, None], settings: GatewaySettings, *, what: str
 ) -> AsyncIterator[ServerSentEvent]:
     """``source``'s events through a bounded queue, with keep-alives; ends early for a client that fell behind."""
     pump = _Pump(source, settings, what)
+    ticker = _ticker(settings.keepalive_s)
+    ticker.add(pump)
     task = asyncio.create_task(pump.run(), name=f"actionq-sse-{what}")
+    queue = pump.queue
     try:
         while not pump.behind.is_set():
-            try:
-                async with asyncio.timeout(settings.keepalive_s):
-                    item = await pump.queue.get()
-            except TimeoutError:
-                yield ServerSentEvent(comment="keep-alive")
-                continue
+            item = queue.get_nowait() if not queue.empty() else await queue.get()
             if item is None:
                 return
             yield item
         yield ServerSentEvent(comment="dropped: this client fell behind; reconnect with Last-Event-ID")
     finally:
+        ticker.pumps.discard(pump)
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+class EventStream(StreamingResponse):
+    """A ``text/event-stream`` response of bytes encoded here (routes declare it as their ``response_class``).
+
+    Not FastAPI's ``EventSourceResponse``: FastAPI runs every event of those through a memory
+    stream, a keep-alive inserter and anyio timeouts, several times the cost of the event
+    itself; with a thousand followers the gateway spent its time there (docs/benchmarks.md,
+    ``bench gateway``). :func:`relay` sends the keep-alives instead.
+    """
+
+    media_type = "text/event-stream"
+
+
+def sse_response(events: AsyncIterator[ServerSentEvent]) -> EventStream:
+    """``events`` (from :func:`relay`) as an :class:`EventStream`."""
+    return EventStream(_encoded(events), headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def _encoded(events: AsyncIterator[ServerSentEvent]) -> AsyncIterator[bytes]:
+    async for event in events:
+        yield format_sse_event(
+            data_str=event.raw_data, event=event.event, id=event.id, retry=event.retry, comment=event.comment
+        )

@@ -99,6 +99,9 @@ class ArgumentSpec(_Frozen):
     type: str = "any"
     description: str = ""
     default: Any = Field(default_factory=lambda: MISSING)
+    secret: bool = False
+    """An API key, a password: the gateway shows its value as ``"***"`` in every response (the job
+    still gets it: the record keeps the request as submitted, so keep Redis private)."""
 
     @property
     def required(self) -> bool:

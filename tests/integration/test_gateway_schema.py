@@ -54,6 +54,8 @@ def test_no_operation_errors_or_breaks_its_schema(
         @given(case=operation.as_strategy())
         @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None)
         def check(case: Any) -> None:
+            if case.operation.path == "/v1/events":
+                case.query = {**(case.query or {}), "follow": "false"}  # the firehose never ends otherwise
             case.call_and_validate(timeout=20, checks=CHECKS)
 
         try:
