@@ -45,7 +45,9 @@ from service.processes.embedded import free_port
 try:
     import aiohttp
 except ImportError:  # the `peers` extra has it; the other entries run without
-    aiohttp = None  # type: ignore[assignment]
+    HAVE_AIOHTTP = False
+else:
+    HAVE_AIOHTTP = True
 
 __all__ = ["run"]
 
@@ -60,7 +62,7 @@ UPDATE_SPACING_S = 0.1
 
 async def run(options: RunOptions) -> EntryResult:
     """Start a worker and a gateway on a private Redis, then measure each phase."""
-    if aiohttp is None:
+    if not HAVE_AIOHTTP:
         raise BenchError("bench gateway needs aiohttp (pip install -e '.[peers]')")
     n = options.pick(full=5_000, quick=1_000)
     batched = options.pick(full=20_000, quick=5_000)
