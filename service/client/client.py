@@ -163,6 +163,7 @@ class JobClient:
         ``parent_id`` links the job to the one that submitted it (plugin-to-plugin calls set it);
         ``author`` names who asked (seed 004's ``author=``), kept in the record.
         """
+        manifest = await self._manifest(plugin) if validate else None
         options = self._options(
             job_id=job_id,
             timeout_s=timeout_s,
@@ -173,13 +174,10 @@ class JobClient:
             host=self.settings.hostname if host == "local" else host,
             retry=retry,
             expires_s=expires_s,
-            watch=bool(watch),
+            watch=self._publishes(manifest) if watch is None else watch,
             parent_id=parent_id,
             author=author,
         )
-        manifest = await self._manifest(plugin) if validate else None
-        if watch is None:
-            options = options.model_copy(update={"watch": self._publishes(manifest)})
         checked = self._check_params(manifest, plugin, action, params)
         request = JobRequest(plugin=plugin, action=action, params=checked, options=options)
         if validate:

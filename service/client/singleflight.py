@@ -3,6 +3,11 @@
 A producer that gathers 10,000 submits on a cold cache must not send 10,000 identical reads:
 the first caller starts the read, the others wait on it (single flight), and its value is kept
 for ``ttl_s``. A failed read reaches its waiters and is not kept.
+
+When the kept value is past ``ttl_s`` (but not twice that), the first caller starts a fresh read
+in the background and every caller meanwhile gets the kept value at once: a busy producer (a
+gateway taking thousands of submits a second) would otherwise stall every second, each of its
+submits in flight waiting on the refresh. A value is thus at most ``2 * ttl_s`` old.
 """
 
 from __future__ import annotations
@@ -21,21 +26,25 @@ V = TypeVar("V")
 class SharedReads(Generic[K, V]):
     """Values by key, each read at most once at a time and kept ``ttl_s`` seconds."""
 
-    def __init__(self, ttl_s: float) -> None:
+    def __init__(self, ttl_s: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.ttl_s = ttl_s
+        self._clock = clock
         self._values: dict[K, tuple[float, V]] = {}
         self._reads: dict[K, asyncio.Future[V]] = {}
 
     async def get(self, key: K, read: Callable[[], Awaitable[V]]) -> V:
         """The value of ``key``: kept, or read by ``read()`` (once for every caller waiting)."""
         kept = self._values.get(key)
-        if kept is not None and time.monotonic() - kept[0] < self.ttl_s:
+        age = self._clock() - kept[0] if kept is not None else float("inf")
+        if age < self.ttl_s and kept is not None:
             return kept[1]
         reading = self._reads.get(key)
         if reading is None:
             reading = asyncio.ensure_future(read())
             self._reads[key] = reading
             reading.add_done_callback(lambda done: self._done(key, done))
+        if age < 2 * self.ttl_s and kept is not None:
+            return kept[1]  # refreshed in the background: nobody waits for it
         return await asyncio.shield(reading)  # one caller cancelled does not cancel the others' read
 
     def forget(self, key: K) -> None:
@@ -45,4 +54,4 @@ class SharedReads(Generic[K, V]):
     def _done(self, key: K, done: asyncio.Future[V]) -> None:
         del self._reads[key]
         if not done.cancelled() and done.exception() is None:  # an error goes to the waiters only
-            self._values[key] = (time.monotonic(), done.result())
+            self._values[key] = (self._clock(), done.result())
