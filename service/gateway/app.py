@@ -8,6 +8,7 @@ subscription per process, routed in-process). The gateway starts even while Redi
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -16,7 +17,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from service.client.client import JobClient
 from service.errors import ConfigError
-from service.gateway import catalog, deadletters, firehose, jobs, metrics, operate, queues, seed
+from service.gateway import catalog, dashboard, deadletters, firehose, jobs, metrics, operate, queues, seed
 from service.gateway.limits import BodyLimit
 from service.gateway.problems import install_handlers
 from service.redis.connection import connect
@@ -44,6 +45,7 @@ def create_app(settings: Settings, *, client_factory: ClientFactory = open_clien
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         client = await client_factory(settings)
         app.state.client = client
+        gc.freeze()  # the long-lived objects out of the collector's sight (service.worker.adapter says why)
         metrics.count_submits(app, client)
         try:
             yield
@@ -65,6 +67,7 @@ def create_app(settings: Settings, *, client_factory: ClientFactory = open_clien
     app.include_router(queues.router)
     app.include_router(operate.router)
     app.include_router(deadletters.router)
+    dashboard.install(app)  # the pages at / and /ui (docs/dashboard.md)
     metrics.install(app)
     gateway = settings.gateway
     if gateway.cors_origins:
