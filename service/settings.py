@@ -211,7 +211,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", frozen=True)
 
     redis_url: str | None = Field(
-        default=None, description="Redis to use; unset means `actionq up` starts a private server."
+        default=None,
+        description="Redis to use (redis://, rediss://, or redis+sentinel:// for the Sentinels of a master); unset "
+        "means `actionq up` starts a private server.",
     )
     namespace: str = Field(
         default=DEFAULT_NAMESPACE, pattern=NAME_PATTERN, description="Prefix of every key and channel."

@@ -18,8 +18,9 @@ from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
 
 from service.errors import BrokerError
+from service.redis.sentinel import MasterPool, is_sentinel_url, master_client, redact_sentinel_url
 
-__all__ = ["LeanPool", "broker_errors", "connect", "redact", "while_unreachable"]
+__all__ = ["LeanPool", "LeanSentinelPool", "broker_errors", "connect", "redact", "while_unreachable"]
 
 T = TypeVar("T")
 
@@ -31,11 +32,15 @@ _RETRY_CAP_S = 1.0
 def connect(url: str, **kwargs: object) -> Redis:
     """A redis-py asyncio client for ``url`` in bytes mode (what arq and fakeredis expect).
 
-    The connection is lazy: nothing is sent until the first command.
+    The connection is lazy: nothing is sent until the first command. A ``redis+sentinel://`` URL
+    gives a client whose pool asks the Sentinels for the master at each connect
+    (:mod:`service.redis.sentinel`), so it follows a failover.
     """
     options: dict[str, object] = {"health_check_interval": 30, "socket_keepalive": True}
     options.update(kwargs)
     try:
+        if is_sentinel_url(url):
+            return master_client(url, options, LeanSentinelPool)
         pool = LeanPool.from_url(url, **options)
     except ValueError as exc:
         raise BrokerError(f"invalid Redis URL {redact(url)!r}: {exc}") from exc
@@ -47,6 +52,8 @@ def redact(url: str) -> str:
 
     Every message and log line that names a Redis URL passes it through here first.
     """
+    if is_sentinel_url(url):
+        return redact_sentinel_url(url)
     try:
         parts = urllib.parse.urlsplit(url)
         netloc, query = parts.netloc, parts.query
@@ -97,6 +104,11 @@ class LeanPool(ConnectionPool):
         ):
             return
         await super().ensure_connection(connection)
+
+
+class LeanSentinelPool(LeanPool, MasterPool):
+    """:class:`LeanPool`'s savings on the pool of a ``redis+sentinel://`` URL, which finds the master
+    through the Sentinels (:class:`service.redis.sentinel.MasterPool`)."""
 
 
 def _packer(python_pack: Callable[..., list[bytes]]) -> Callable[..., list[bytes]]:
