@@ -98,14 +98,19 @@ def _location(job_id: str) -> str:
     "",
     status_code=202,
     dependencies=scoped("submit"),
+    response_model=SubmitReply,
     responses={200: {"model": SubmitReply, "description": "The Idempotency-Key named an existing job."}},
 )
-async def submit(body: SubmitBody, response: Response, client: Client, key: IdempotencyKey = None) -> SubmitReply:
+async def submit(body: SubmitBody, client: Client, key: IdempotencyKey = None) -> Response:
     """Submit a job; 202 with its ``Location``, or 200 when the ``Idempotency-Key`` named an existing one."""
     handle = await submit_body(client, body, key)
-    response.status_code = 202 if handle.created else 200
-    response.headers["Location"] = _location(handle.job_id)
-    return SubmitReply(job_id=handle.job_id, created=handle.created, location=_location(handle.job_id))
+    location = _location(handle.job_id)
+    reply = SubmitReply.model_construct(job_id=handle.job_id, created=handle.created, location=location)
+    # Encoded here (the model is documented as the response_model): FastAPI would validate it again.
+    return Response(
+        reply.model_dump_json(), status_code=202 if handle.created else 200, media_type="application/json",
+        headers={"Location": location},
+    )  # fmt: skip
 
 
 @router.post(":batch", dependencies=scoped("submit"), response_model=BatchReply)
