@@ -60,6 +60,8 @@ __all__ = [
     "WorkerErrorEvent",
     "WorkerStartedEvent",
     "WorkerStoppedEvent",
+    "WorkerPausedEvent",
+    "WorkerResumedEvent",
     "check_kind_names",
     "describe",
     "parse_event",
@@ -79,6 +81,8 @@ class EventKind(StrEnum):
 
     WORKER_STARTED = "worker_started"
     WORKER_STOPPED = "worker_stopped"
+    WORKER_PAUSED = "worker_paused"
+    WORKER_RESUMED = "worker_resumed"
     WORKER_ERROR = "worker_error"
     PLUGIN_LOADED = "plugin_loaded"
     PLUGIN_ENABLED = "plugin_enabled"
@@ -119,6 +123,21 @@ class WorkerStoppedEvent(_WorkerEvent):
 
     kind: Literal["worker_stopped"] = _kind(EventKind.WORKER_STOPPED)
     reason: str = Field(default="", description='Why, e.g. "signal SIGTERM" (empty if unknown).')
+
+
+class WorkerPausedEvent(_WorkerEvent):
+    """The worker stopped taking jobs on a control command (``pause``, or ``drain``: then it exits
+    once its running jobs are done); the running ones go on."""
+
+    kind: Literal["worker_paused"] = _kind(EventKind.WORKER_PAUSED)
+    draining: bool = Field(default=False, description="A drain: the worker exits when its running jobs end.")
+    running_jobs: int = Field(default=0, description="Jobs still running on it.")
+
+
+class WorkerResumedEvent(_WorkerEvent):
+    """The worker takes jobs again (a ``resume`` control command)."""
+
+    kind: Literal["worker_resumed"] = _kind(EventKind.WORKER_RESUMED)
 
 
 class WorkerErrorEvent(_WorkerEvent):
@@ -256,6 +275,8 @@ BuiltinEvent = Annotated[
     Union[  # noqa: UP007 - a runtime union of classes for pydantic's discriminator
         WorkerStartedEvent,
         WorkerStoppedEvent,
+        WorkerPausedEvent,
+        WorkerResumedEvent,
         WorkerErrorEvent,
         PluginLoadedEvent,
         PluginEnabledEvent,

@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 
 from service.errors import ActionQError
 from service.events.control import ACK_TTL_S, ControlAck, ControlCommand
+from service.events.models import WorkerPausedEvent, WorkerResumedEvent
 from service.keys import Keys
 from service.worker.runtime import Puller, WorkerRuntime
 
@@ -90,12 +91,15 @@ class ControlHandler:
             runtime.info.draining = cmd.command == "drain"
             runtime.wake.set()  # the loop takes this worker off the idle sets: no more jobs handed here
             await runtime.publish()
+            runtime.notify(WorkerPausedEvent(**runtime.me(), draining=cmd.command == "drain",
+                                             running_jobs=runtime.running_jobs))  # fmt: skip
             return {"running_jobs": runtime.running_jobs}
         if cmd.command == "resume":
             puller.allow_pick_jobs = True
             runtime.info.paused = runtime.info.draining = False
             runtime.wake.set()
             await runtime.publish()
+            runtime.notify(WorkerResumedEvent(**runtime.me()))
             return {"running_jobs": runtime.running_jobs}
         if cmd.command == "stop":
             return {"running_jobs": runtime.running_jobs}

@@ -246,6 +246,10 @@ class WorkerRuntime:
         """Hand an event to this worker's delegates (the Redis bridge is one of them); never blocks."""
         self.delegates.invoke_notification(event, sender=self)
 
+    def me(self) -> dict[str, Any]:
+        """The fields every worker event carries: worker id, host, pid."""
+        return self._me()
+
     def _me(self) -> dict[str, Any]:
         return {"worker_id": self.worker_id, "hostname": self.settings.hostname, "pid": os.getpid()}
 

@@ -94,6 +94,19 @@ async def test_pause_then_resume(worker_process: WorkerFactory, client: JobClien
     assert await handle.state() is JobState.QUEUED  # a paused worker takes nothing
     assert (await client.control("resume")).acted
     assert await handle.result(timeout=10) == 49
+    # Both changes are events too, for whoever follows the events stream (the dashboard's workers page).
+    kinds = [EventKind.WORKER_PAUSED, EventKind.WORKER_RESUMED]
+    seen = []
+    async with asyncio.timeout(10):  # the events go out with the bridge's next batch: wait for them
+        async for received in client.events(kinds=kinds, since="replay:10", follow=True):
+            seen.append(received.event)
+            if len(seen) == 2:
+                break
+    assert [(e.kind, e.worker_id) for e in seen] == [
+        ("worker_paused", worker.worker_id),
+        ("worker_resumed", worker.worker_id),
+    ]
+    assert getattr(seen[0], "draining", None) is False
 
 
 async def test_a_control_delegate_can_veto(worker_process: WorkerFactory, client: JobClient) -> None:

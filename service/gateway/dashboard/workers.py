@@ -2,9 +2,9 @@
 
 The table is a fragment (``/ui/workers/table``) that htmx fetches again when the vendored SSE
 extension receives a worker event from ``/v1/events`` (``worker_started``, ``worker_stopped``,
-``worker_error``), when a control command was acknowledged on this page, and every
-:data:`REFRESH_S` seconds: a pause or resume writes no event to the stream (it is a registry
-change), so the timer is what shows another operator's pause.
+``worker_paused``, ``worker_resumed``, ``worker_error``: another operator's pause shows at once),
+when a control command was acknowledged on this page, and every :data:`REFRESH_S` seconds (a
+worker that died without a word leaves the registry when its heartbeat runs out).
 """
 
 from __future__ import annotations
@@ -23,7 +23,13 @@ __all__ = ["REFRESH_S", "WORKER_KINDS", "router", "state_of"]
 router = APIRouter(include_in_schema=False)
 
 REFRESH_S = 5  # the heartbeat's order of magnitude: a registry change shows within one
-WORKER_KINDS = [EventKind.WORKER_STARTED, EventKind.WORKER_STOPPED, EventKind.WORKER_ERROR]
+WORKER_KINDS = [
+    EventKind.WORKER_STARTED,
+    EventKind.WORKER_STOPPED,
+    EventKind.WORKER_PAUSED,
+    EventKind.WORKER_RESUMED,
+    EventKind.WORKER_ERROR,
+]
 
 
 def state_of(worker: WorkerInfo) -> str:

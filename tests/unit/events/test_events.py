@@ -48,6 +48,8 @@ PLUGIN = {"plugin": "PluginB", "version": "1.0.0"}
 SAMPLES: dict[EventKind, dict[str, Any]] = {
     EventKind.WORKER_STARTED: {**WORKER, "queues": ["q1"], "plugins": {"PluginB": "1.0.0"}},
     EventKind.WORKER_STOPPED: {**WORKER, "reason": "signal SIGTERM"},
+    EventKind.WORKER_PAUSED: {**WORKER, "draining": True, "running_jobs": 2},
+    EventKind.WORKER_RESUMED: WORKER,
     EventKind.WORKER_ERROR: {**WORKER, "where": "heartbeat", "error": ERROR},
     EventKind.PLUGIN_LOADED: PLUGIN,
     EventKind.PLUGIN_ENABLED: PLUGIN,
