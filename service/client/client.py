@@ -148,6 +148,7 @@ class JobClient:
         validate: bool = True,
         parent_id: str | None = None,
         author: str | None = None,
+        traceparent: str | None = None,
     ) -> JobHandle:
         """Submit ``plugin.action(**params)`` and return a handle to follow it.
 
@@ -161,7 +162,9 @@ class JobClient:
         ``None`` (the default): as the plugin's manifest says (``publish_job_channels``, read when
         validating), else as the ``publish_job_channels`` setting says.
         ``parent_id`` links the job to the one that submitted it (plugin-to-plugin calls set it);
-        ``author`` names who asked (seed 004's ``author=``), kept in the record.
+        ``author`` names who asked (seed 004's ``author=``), kept in the record. ``traceparent``
+        (W3C trace context) makes the job part of the caller's trace: its attempt span (and, with
+        tracing on here, the submit span) is a child of that span.
         """
         manifest = await self._manifest(plugin) if validate else None
         options = self._options(
@@ -177,6 +180,7 @@ class JobClient:
             watch=self._publishes(manifest) if watch is None else watch,
             parent_id=parent_id,
             author=author,
+            traceparent=traceparent,
         )
         checked = self._check_params(manifest, plugin, action, params)
         request = JobRequest(plugin=plugin, action=action, params=checked, options=options)

@@ -34,7 +34,7 @@ from service.gateway.schemas import (
     SubmitReply,
 )
 from service.gateway.sse import EventStream, job_events, relay, sse_response, stream_items
-from service.models import JobRecord
+from service.models import TRACEPARENT_PATTERN, JobRecord
 from service.redis.connection import broker_errors
 from service.redis.streams import END, entry_index
 from service.settings import Settings
@@ -44,6 +44,10 @@ __all__ = ["client_of", "router", "submit_body"]
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 JobIdPath = Annotated[str, Path(min_length=1, max_length=200, description="The job id.")]
+_TRACEPARENT = re.compile(TRACEPARENT_PATTERN)
+Traceparent = Annotated[
+    str | None, Header(description="W3C trace context: the job's spans join this trace (ignored if malformed).")
+]
 IdempotencyKey = Annotated[
     str | None, Header(alias="Idempotency-Key", description="Becomes the job id: the same key finds the same job.")
 ]
@@ -79,14 +83,22 @@ Client = Annotated[JobClient, Depends(_client)]
 AppSettings = Annotated[Settings, Depends(_settings)]
 
 
-async def submit_body(client: JobClient, body: SubmitBody, job_id: str | None) -> JobHandle:
-    """Submit ``body`` through the client (its validation, its batching), as ``job_id`` if given."""
+async def submit_body(
+    client: JobClient, body: SubmitBody, job_id: str | None, traceparent: str | None = None
+) -> JobHandle:
+    """Submit ``body`` through the client (its validation, its batching), as ``job_id`` if given.
+
+    ``traceparent``: the request's W3C trace context header, passed on so that the job's spans
+    join the caller's trace; one that is not well formed is ignored, as the W3C spec says.
+    """
     opts = body.options
     params: Params = body.params
+    trace = traceparent.strip().lower() if traceparent else None
     return await client.submit(
         body.plugin, body.action, params, job_id=job_id, timeout_s=opts.timeout_s, queue=opts.queue,
         defer_s=opts.defer_s, at=opts.at, result_ttl_s=opts.result_ttl_s, retry=opts.retry,
         expires_s=opts.expires_s, host=opts.host, watch=opts.watch, author=opts.author,
+        traceparent=trace if trace and _TRACEPARENT.match(trace) else None,
     )  # fmt: skip
 
 
@@ -101,9 +113,11 @@ def _location(job_id: str) -> str:
     response_model=SubmitReply,
     responses={200: {"model": SubmitReply, "description": "The Idempotency-Key named an existing job."}},
 )
-async def submit(body: SubmitBody, client: Client, key: IdempotencyKey = None) -> Response:
+async def submit(
+    body: SubmitBody, client: Client, key: IdempotencyKey = None, traceparent: Traceparent = None
+) -> Response:
     """Submit a job; 202 with its ``Location``, or 200 when the ``Idempotency-Key`` named an existing one."""
-    handle = await submit_body(client, body, key)
+    handle = await submit_body(client, body, key, traceparent)
     location = _location(handle.job_id)
     reply = SubmitReply.model_construct(job_id=handle.job_id, created=handle.created, location=location)
     # Encoded here (the model is documented as the response_model): FastAPI would validate it again.
@@ -118,18 +132,19 @@ async def submit_batch(
     items: Annotated[list[dict[str, Any]], Body(description="The jobs (each a submit body plus idempotency_key).")],
     client: Client,
     settings: AppSettings,
+    traceparent: Traceparent = None,
 ) -> Response:
     """Submit many jobs: each item gets its own result or error, at its index (the submits share round trips)."""
     if len(items) > settings.gateway.max_batch:
         raise ApiError(422, "BatchTooLargeError", f"{len(items)} jobs in one batch, over the limit of "
                        f"{settings.gateway.max_batch} (gateway.max_batch)")  # fmt: skip
-    results = await asyncio.gather(*(_submit_item(client, i, item) for i, item in enumerate(items)))
+    results = await asyncio.gather(*(_submit_item(client, i, item, traceparent) for i, item in enumerate(items)))
     # Encoded here: FastAPI would validate the reply it was handed again, item by item.
     body = BatchReply.model_construct(results=list(results)).model_dump_json()
     return Response(body, media_type="application/json")
 
 
-async def _submit_item(client: JobClient, index: int, raw: dict[str, Any]) -> BatchResult:
+async def _submit_item(client: JobClient, index: int, raw: dict[str, Any], traceparent: str | None) -> BatchResult:
     try:
         item = BatchItem.model_validate(raw)
     except ValidationError as exc:
@@ -138,7 +153,7 @@ async def _submit_item(client: JobClient, index: int, raw: dict[str, Any]) -> Ba
         return BatchResult(index=index, status=422, error=ErrorDetail(type="RequestValidationError", message=message,
                                                                       fields=fields))  # fmt: skip
     try:
-        handle = await submit_body(client, item, item.idempotency_key)
+        handle = await submit_body(client, item, item.idempotency_key, traceparent)
     except ActionQError as exc:
         detail = ErrorDetail.model_validate(error_body(type(exc).__name__, str(exc), fields_of(exc))["error"])
         return BatchResult(index=index, status=status_of(exc), error=detail)

@@ -209,3 +209,25 @@ async def test_results_long_poll_and_cancel(gateway: GatewayFactory) -> None:
         again = await gw.http.post(f"/v1/jobs/{job_id}/cancel")
         assert again.json()["outcome"] == "already_finished"
         assert (await gw.http.post("/v1/jobs/nope/cancel")).status_code == 404
+
+
+async def test_the_callers_traceparent_goes_with_the_job_and_a_malformed_one_is_ignored(
+    gateway: GatewayFactory,
+) -> None:
+    trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    body = {"plugin": "PluginB", "action": "calculate_square", "params": {"x": 2}}
+    async with gateway() as gw:
+        await register(gw.client, "PluginB")
+        traced = await gw.http.post("/v1/jobs", json=body, headers={"traceparent": trace})
+        garbled = await gw.http.post("/v1/jobs", json=body, headers={"traceparent": "00-not-a-trace"})
+        batch = await gw.http.post("/v1/jobs:batch", json=[body], headers={"traceparent": trace.upper()})
+        assert (traced.status_code, garbled.status_code, batch.status_code) == (202, 202, 200)
+        record = await gw.client.job(traced.json()["job_id"]).record()
+        assert record.request is not None
+        assert record.request.options.traceparent == trace
+        ignored = await gw.client.job(garbled.json()["job_id"]).record()
+        assert ignored.request is not None
+        assert ignored.request.options.traceparent is None
+        batched = await gw.client.job(batch.json()["results"][0]["job_id"]).record()
+        assert batched.request is not None
+        assert batched.request.options.traceparent == trace
