@@ -210,7 +210,12 @@ async def _serve(
         code = await _run_demo(client) if demo else 0
     if exit_after_demo:
         return code
-    api = f"  curl {gateway.url}/v1/plugins   (the HTTP API; OpenAPI docs: {gateway.url}/docs)\n" if gateway else ""
+    api = (
+        f"  open {gateway.url}/   (the live dashboard)\n"
+        f"  curl {gateway.url}/v1/plugins   (the HTTP API; OpenAPI docs: {gateway.url}/docs)\n"
+        if gateway
+        else ""
+    )
     console.print(
         f"\nactionq is running. In another terminal:\n"
         f"  export ACTIONQ_REDIS_URL={redact(str(settings.redis_url))} ACTIONQ_NAMESPACE={settings.namespace}\n"
