@@ -30,7 +30,8 @@ import asyncio
 import contextlib
 import json
 import weakref
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections import deque
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
 from typing import cast
 
@@ -63,15 +64,118 @@ def error_event(exc: ActionQError) -> ServerSentEvent:
 
 
 async def job_events(handle: JobHandle, after: int) -> AsyncGenerator[ServerSentEvent, None]:
-    """The job's snapshots past sequence number ``after`` (``-1``: all), as ``state``/``progress`` events."""
-    last_state: JobState | None = None
-    progress = cast(AsyncGenerator[ProgressSnapshot, None], handle.progress())  # an async generator
-    async with aclosing(progress) as snapshots:
-        async for snap in snapshots:
-            name = "state" if snap.state is not last_state else "progress"
-            last_state = snap.state
-            if snap.seq > after:
-                yield ServerSentEvent(event=name, id=str(snap.seq), raw_data=snap.model_dump_json())
+    """The job's snapshots past sequence number ``after`` (``-1``: all), as ``state``/``progress`` events.
+
+    Every follower of one job in this gateway shares one upstream (:class:`_JobHub`): the job is
+    followed, and each snapshot encoded, once, however many dashboards show it.
+    """
+    hub = _hub(handle)
+    async with aclosing(hub.follow(after)) as events:
+        async for event in events:
+            yield event
+
+
+_Entry = tuple[ProgressSnapshot, str]  # a snapshot and its JSON, encoded once for every follower
+
+
+_SLOT_DEPTH = 64  # snapshots one follower may be behind before the oldest are let go
+
+
+class _Slot:
+    """One follower's place at a hub: the snapshots it has not taken yet, in order, at most
+    :data:`_SLOT_DEPTH` (past that the oldest go: each snapshot is the whole state, so a follower
+    that far behind loses intermediate progress, not the outcome)."""
+
+    def __init__(self) -> None:
+        self.pending: deque[_Entry] = deque(maxlen=_SLOT_DEPTH)
+        self.ready = asyncio.Event()
+
+    def offer(self, entry: _Entry | None) -> None:
+        if entry is not None:
+            self.pending.append(entry)
+        self.ready.set()
+
+
+class _JobHub:
+    """One job's snapshots for every follower in this process: a single :meth:`JobHandle.progress`.
+
+    Each follower gets every snapshot in order (ids only increase, so ``Last-Event-ID``
+    resumption is as before); one far behind gets the newest (see :class:`_Slot`).
+    """
+
+    def __init__(self, handle: JobHandle, forget: Callable[[], None]) -> None:
+        self.handle = handle
+        self.forget = forget
+        self.current: _Entry | None = None
+        self.slots: set[_Slot] = set()
+        self.ended = False
+        self.error: BaseException | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        try:
+            progress = cast(AsyncGenerator[ProgressSnapshot, None], self.handle.progress())
+            async with aclosing(progress) as snapshots:
+                async for snap in snapshots:
+                    self.current = (snap, snap.model_dump_json())
+                    for slot in list(self.slots):
+                        slot.offer(self.current)
+        except Exception as exc:  # Redis gone for good, an unreadable record: every follower says so
+            self.error = exc
+        finally:
+            self.ended = True
+            self.forget()
+            for slot in list(self.slots):
+                slot.offer(None)
+
+    async def follow(self, after: int) -> AsyncGenerator[ServerSentEvent, None]:
+        slot = _Slot()
+        self.slots.add(slot)
+        slot.offer(self.current)
+        if self.task is None:
+            self.task = asyncio.create_task(self._run(), name=f"actionq-sse-job-{self.handle.job_id}")
+        last_state: JobState | None = None
+        try:
+            while True:
+                if not slot.pending:
+                    if self.ended:
+                        if self.error is not None:
+                            raise self.error
+                        return
+                    await slot.ready.wait()
+                    slot.ready.clear()
+                    continue
+                snap, data = slot.pending.popleft()
+                name = "state" if snap.state is not last_state else "progress"
+                last_state = snap.state
+                if snap.seq > after:
+                    after = snap.seq
+                    yield ServerSentEvent(event=name, id=str(snap.seq), raw_data=data)
+                if snap.state.is_terminal:
+                    return
+        finally:
+            self.slots.discard(slot)
+            if not self.slots and self.task is not None and not self.task.done():
+                self.ended = True  # a follower that comes now gets a hub of its own
+                self.task.cancel()  # nobody follows any more: stop following (and forget the hub)
+
+
+_hubs: weakref.WeakKeyDictionary[object, dict[str, _JobHub]] = weakref.WeakKeyDictionary()  # by client
+
+
+def _hub(handle: JobHandle) -> _JobHub:
+    """The hub of ``handle``'s job on its client, made on first use and forgotten when its upstream ends."""
+    hubs = _hubs.setdefault(handle.client, {})
+    job_id = handle.job_id
+    hub = hubs.get(job_id)
+    if hub is None or hub.ended:
+        hub = hubs[job_id] = _JobHub(handle, lambda: _drop(hubs, job_id, hub))
+    return hub
+
+
+def _drop(hubs: dict[str, _JobHub], job_id: str, hub: _JobHub | None) -> None:
+    if hubs.get(job_id) is hub:
+        del hubs[job_id]
 
 
 async def stream_items(client: JobClient, job_id: str, start: int) -> AsyncGenerator[ServerSentEvent, None]:

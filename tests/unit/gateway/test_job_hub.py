@@ -1,0 +1,81 @@
+"""Every follower of one job in a gateway shares one upstream: followed once, each snapshot encoded once."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from typing import Any, cast
+
+from service.client.handle import JobHandle
+from service.gateway.sse import job_events
+from service.models import JobState, ProgressSnapshot
+
+
+class FakeClient:
+    """Stands for the JobClient the hubs are kept by (weakly)."""
+
+
+class FakeHandle:
+    """A handle whose progress() yields what the test puts in, counting how often it is followed."""
+
+    def __init__(self) -> None:
+        self.client = FakeClient()
+        self.job_id = "j1"
+        self.followed = 0
+        self.feed: asyncio.Queue[ProgressSnapshot] = asyncio.Queue()
+
+    async def progress(self) -> AsyncIterator[ProgressSnapshot]:
+        self.followed += 1
+        while True:
+            snap = await self.feed.get()
+            yield snap
+            if snap.state.is_terminal:
+                return
+
+
+def snap(seq: int, state: JobState = JobState.RUNNING) -> ProgressSnapshot:
+    return ProgressSnapshot(job_id="j1", seq=seq, state=state)
+
+
+async def collect(handle: FakeHandle, after: int, into: list[tuple[str | None, str | None]]) -> None:
+    async with aclosing(job_events(cast(JobHandle, handle), after)) as events:
+        async for event in events:
+            into.append((event.event, event.id))
+
+
+async def test_followers_of_one_job_share_one_upstream_and_each_gets_what_is_new_to_it() -> None:
+    handle = FakeHandle()
+    first: list[tuple[str | None, str | None]] = []
+    late: list[tuple[str | None, str | None]] = []
+    resumed: list[tuple[str | None, str | None]] = []
+    one = asyncio.create_task(collect(handle, -1, first))
+    await asyncio.sleep(0)
+    await handle.feed.put(snap(1))
+    await handle.feed.put(snap(2))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    two = asyncio.create_task(collect(handle, -1, late))  # joins mid-job: gets the current snapshot first
+    three = asyncio.create_task(collect(handle, 3, resumed))  # Last-Event-ID 3: nothing at or before it
+    for _ in range(5):
+        await asyncio.sleep(0)
+    await handle.feed.put(snap(3))
+    await handle.feed.put(snap(4, JobState.SUCCEEDED))
+    await asyncio.wait_for(asyncio.gather(one, two, three), 5)
+    assert handle.followed == 1  # one upstream for the three followers
+    assert first == [("state", "1"), ("progress", "2"), ("progress", "3"), ("state", "4")]
+    assert late[0] == ("state", "2")
+    assert late[-1] == ("state", "4")
+    assert resumed == [("state", "4")]
+
+
+async def test_a_new_follower_after_the_end_follows_afresh() -> None:
+    handle = FakeHandle()
+    done: list[tuple[str | None, str | None]] = []
+    await handle.feed.put(snap(5, JobState.FAILED))
+    await asyncio.wait_for(collect(handle, -1, done), 5)
+    again: list[Any] = []
+    await handle.feed.put(snap(5, JobState.FAILED))
+    await asyncio.wait_for(collect(handle, -1, again), 5)
+    assert done == again == [("state", "5")]
+    assert handle.followed == 2
