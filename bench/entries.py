@@ -9,7 +9,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from bench import cancel, compare, gateway, memory, noop, progress, recovery
+from bench import cancel, compare, dashboard, gateway, memory, noop, progress, recovery
 from bench.options import RunOptions
 from bench.report import EntryResult
 
@@ -39,6 +39,7 @@ ENTRIES: dict[str, Entry] = {
         "the HTTP gateway beside the Python client: submit rate and added latency, :batch, 1,000 SSE followers",
         gateway.run,
     ),
+    "dashboard": Entry("dashboard pages with 100,000 jobs and 1,000 letters; 200 open job pages", dashboard.run),
     "memory": Entry("a worker running 5,000 concurrent sleeping jobs: peak RSS and its curve over a soak", memory.run),
     "recovery": Entry(
         "SIGKILL the worker running a job, two workers, default lease: kill -> the job starts on the other (<= 5 s)",

@@ -49,7 +49,7 @@ except ImportError:  # the `peers` extra has it; the other entries run without
 else:
     HAVE_AIOHTTP = True
 
-__all__ = ["run"]
+__all__ = ["HAVE_AIOHTTP", "run", "start_gateway"]
 
 READY_TIMEOUT_S = 30.0
 IN_FLIGHT = 64
@@ -70,7 +70,7 @@ async def run(options: RunOptions) -> EntryResult:
     async with BenchEnv() as env:
         plugins = [plugin_entry("benchnoop"), plugin_entry("benchprog")]
         await env.start_worker({"plugins": plugins, "concurrency": 200})
-        gateway = await _start_gateway(env)
+        gateway = await start_gateway(env)
         try:
             connector = aiohttp.TCPConnector(limit=FOLLOWED_JOBS * FOLLOWERS_PER_JOB + IN_FLIGHT)
             timeout = aiohttp.ClientTimeout(total=120)
@@ -147,7 +147,8 @@ def _tail(gateway: _Gateway) -> str:
     return gateway.log_path.read_text(errors="replace")[-2000:]
 
 
-async def _start_gateway(env: BenchEnv) -> _Gateway:
+async def start_gateway(env: BenchEnv) -> _Gateway:
+    """``python -m service gateway`` on a free port against ``env``'s Redis, once ready (``bench dashboard`` too)."""
     gateway = _spawn_gateway(env)
     deadline = time.monotonic() + READY_TIMEOUT_S
     async with aiohttp.ClientSession() as probe:

@@ -311,3 +311,63 @@ def _submit_with(gw: GatewayProc, token: str, plugin: str, action: str, params: 
                        headers={"Authorization": f"Bearer {token}"}, timeout=30)  # fmt: skip
     assert result.json()["state"] == "succeeded", result.text  # ended: its events are in the stream
     return job_id
+
+
+def test_the_jobs_list_shows_new_jobs_and_their_changes_live_with_the_filters_applied(
+    browser: WebDriver, gateway_process: Callable[..., GatewayProc], worker_process: WorkerFactory
+) -> None:
+    gw = started(gateway_process, worker_process)
+    earlier = _submit(gw, "PluginB", "calculate_square", {"x": 3})  # listed under "any plugin" only
+    httpx.get(f"{gw.url}/v1/jobs/{earlier}/result", params={"wait": 20}, timeout=30)
+    browser.get(f"{gw.url}/ui/jobs")
+    _wait(browser).until(_listed(earlier))  # its events reached the stream
+    Select(browser.find_element(By.ID, "jf-plugin")).select_by_visible_text("PluginB")
+    Select(browser.find_element(By.ID, "jf-since")).select_by_visible_text("last 5 min")
+    browser.find_element(By.CSS_SELECTOR, "form.filters button").click()
+    _wait(browser).until(ec.url_contains("since=5m"))
+    _wait(browser).until(ec.presence_of_element_located((By.CSS_SELECTOR, f'tr[data-job="{earlier}"]')))
+    browser.find_element(By.ID, "jf-plugin").find_element(By.CSS_SELECTOR, 'option[value=""]').click()
+    browser.find_element(By.CSS_SELECTOR, "form.filters button").click()
+    _wait(browser).until(lambda d: "plugin=PluginB" not in d.current_url)
+    _wait(browser).until(_text_is("#jobs-live", "live"))
+    browser.execute_script("window.__sameDocument = true")  # gone if the page were loaded again
+    slow = _submit(gw, "long_running", "count_slowly", {"steps": 4, "delay_s": 0.5})
+    row = f'tr[data-job="{slow}"] [data-state]'
+    _wait(browser).until(ec.text_to_be_present_in_element((By.CSS_SELECTOR, row), "running"))  # a new row, live
+    _wait(browser).until(ec.text_to_be_present_in_element((By.CSS_SELECTOR, row), "succeeded"))  # and its change
+    first = browser.find_element(By.CSS_SELECTOR, "#jobs tbody tr").get_attribute("data-job")
+    assert first == slow, "the new job is not on top"
+    assert browser.execute_script("return window.__sameDocument === true"), "the page was reloaded"
+    screenshot(browser, "jobs-live")
+
+    browser.get(f"{gw.url}/ui/jobs?plugin=long_running")  # the gateway filters the events, the row the rest
+    _wait(browser).until(_text_is("#jobs-live", "live"))
+    other = _submit(gw, "PluginB", "calculate_square", {"x": 4})
+    httpx.get(f"{gw.url}/v1/jobs/{other}/result", params={"wait": 20}, timeout=30)
+    mine = _submit(gw, "long_running", "count_slowly", {"steps": 1, "delay_s": 0.05})
+    mine_row = f'tr[data-job="{mine}"] [data-state]'
+    _wait(browser).until(ec.text_to_be_present_in_element((By.CSS_SELECTOR, mine_row), "succeeded"))
+    assert not browser.find_elements(By.CSS_SELECTOR, f'tr[data-job="{other}"]')  # its events came first
+
+    browser.get(f"{gw.url}/ui/jobs?state=running")  # a job leaves the list when it stops passing the filter
+    _wait(browser).until(_text_is("#jobs-live", "live"))
+    leaving = _submit(gw, "long_running", "count_slowly", {"steps": 3, "delay_s": 0.5})
+    _wait(browser).until(ec.presence_of_element_located((By.CSS_SELECTOR, f'tr[data-job="{leaving}"]')))
+    _wait(browser).until(lambda d: not d.find_elements(By.CSS_SELECTOR, f'tr[data-job="{leaving}"]'))
+    assert httpx.get(f"{gw.url}/v1/jobs/{leaving}", timeout=10).json()["state"] == "succeeded"
+    assert browser.find_element(By.ID, "no-jobs").is_displayed()
+
+
+def test_a_missing_job_is_a_readable_page_with_the_way_back(
+    browser: WebDriver, gateway_process: Callable[..., GatewayProc], worker_process: WorkerFactory
+) -> None:
+    gw = started(gateway_process, worker_process)
+    browser.get(f"{gw.url}/ui/jobs/no-such-job")
+    assert "There is no job 'no-such-job'." in browser.find_element(By.ID, "not-found").text
+    screenshot(browser, "not-found")
+    browser.find_element(By.ID, "back").click()
+    _wait(browser).until(ec.presence_of_element_located((By.ID, "jobs")))
+    browser.get(f"{gw.url}/ui/dead-letters/no-such-letter")
+    assert "There is no dead letter 'no-such-letter'." in browser.find_element(By.ID, "not-found").text
+    browser.find_element(By.ID, "back").click()
+    _wait(browser).until(ec.url_to_be(f"{gw.url}/ui/dead-letters"))

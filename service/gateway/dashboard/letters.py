@@ -11,6 +11,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse
 
+from service.errors import DeadLetterNotFoundError
 from service.gateway.dashboard.access import ViewerDep
 from service.gateway.dashboard.render import page
 from service.gateway.deadletters import JobIdPath
@@ -34,6 +35,11 @@ async def letters_page(
 
 @router.get("/ui/dead-letters/{job_id}", response_class=HTMLResponse)
 async def letter_page(job_id: JobIdPath, request: Request, client: Client, viewer: ViewerDep) -> HTMLResponse:
-    """One dead letter (404 ``DeadLetterNotFoundError``)."""
-    letter = await Redactor(client).letter(await client.dead.get(job_id))
+    """One dead letter; a readable 404 page (not the API's JSON problem) when there is none."""
+    try:
+        letter = await Redactor(client).letter(await client.dead.get(job_id))
+    except DeadLetterNotFoundError:
+        return page(request, "not_found.html", viewer, status=404, message=f"There is no dead letter {job_id!r}.",
+                    why="It may have been replayed, deleted or purged, or it expired.",
+                    back="/ui/dead-letters", back_label="Back to the dead letters")  # fmt: skip
     return page(request, "dead_letter.html", viewer, letter=letter)

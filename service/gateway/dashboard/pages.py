@@ -18,7 +18,7 @@ from service.gateway.dashboard.access import ViewerDep
 from service.gateway.dashboard.forms import form_fields
 from service.gateway.dashboard.recent import MAX_EVENTS
 from service.gateway.dashboard.render import page
-from service.gateway.dashboard.stats import last_hour
+from service.gateway.dashboard.stats import WAIT_SAMPLE, last_hour
 from service.gateway.jobs import Client
 from service.gateway.queues import queues
 
@@ -37,7 +37,7 @@ async def overview(request: Request, client: Client, viewer: ViewerDep) -> HTMLR
         "running": sum(q.running for q in depths),
     }
     return page(request, "overview.html", viewer, queues=depths, workers=workers, hour=hour, totals=totals,
-                cap=MAX_EVENTS)  # fmt: skip
+                cap=MAX_EVENTS, wait_sample=WAIT_SAMPLE)  # fmt: skip
 
 
 @router.get("/ui/plugins", response_class=HTMLResponse)

@@ -1,5 +1,6 @@
 """The dashboard's server side on fakeredis: login and the cookie, scopes and buttons, pages rendered
-from the stored state, the run form from JSON Schema, the jobs list, replay as new, the overview's numbers."""
+from the stored state, the run form from JSON Schema, the jobs list (its time filter, its live rows), replay as
+new, the 404 pages, the overview's numbers (with the wait times)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,11 @@ from service.client.client import JobClient
 from service.client.deadletters import DeadLetter
 from service.errors import ErrorInfo
 from service.events.bridge import FIELD
-from service.events.models import JobFailedEvent, JobReceivedEvent, JobSucceededEvent
+from service.events.models import JobFailedEvent, JobReceivedEvent, JobStartedEvent, JobSucceededEvent
 from service.gateway.auth import TOKEN_COOKIE
 from service.gateway.dashboard.forms import form_fields
-from service.gateway.dashboard.stats import last_hour, percentile
-from service.models import JobOptions, JobRequest, JobState, now_ms
+from service.gateway.dashboard.stats import last_hour, percentile, wait_ms
+from service.models import AttemptInfo, JobOptions, JobRecord, JobRequest, JobState, now_ms
 from service.redis.streams import ITEM, entry_id
 from service.wire import dumps
 from tests.unit.fakes import register
@@ -258,7 +259,8 @@ async def test_the_jobs_list_shows_recent_jobs_filters_them_and_an_exact_id_open
         assert two.job_id in only
         assert one.job_id not in only
         none = (await gw.http.get("/ui/jobs", params={"state": "succeeded"})).text
-        assert "No job matches." in none
+        assert '<p id="no-jobs">No job matches.</p>' in none  # shown (it is hidden when rows are)
+        assert '<p id="no-jobs" hidden>' in listed
         found = await gw.http.get("/ui/jobs", params={"q": one.job_id})
         assert found.status_code == 303
         assert found.headers["location"] == f"/ui/jobs/{one.job_id}"
@@ -308,3 +310,96 @@ async def test_the_last_hour_counts_job_ends_and_run_times_and_says_when_capped(
         capped = await last_hour(gw.client, cap=60)
         assert capped.capped  # it stopped at the cap, before the hour's start: a floor, and says so
         assert capped.finished < 124
+
+
+async def test_a_missing_job_or_dead_letter_is_a_readable_404_page_with_a_link_back(gateway: GatewayFactory) -> None:
+    async with gateway() as gw:
+        for path, back in [("/ui/jobs/nope", "/ui/jobs"), ("/ui/jobs/nope/outcome", "/ui/jobs"),
+                           ("/ui/dead-letters/nope", "/ui/dead-letters")]:  # fmt: skip
+            reply = await gw.http.get(path)
+            assert reply.status_code == 404, path
+            assert reply.headers["content-type"].startswith("text/html"), path  # not the API's JSON problem
+            assert "There is no " in reply.text, path
+            assert "&#39;nope&#39;" in reply.text, path
+            assert f'<a id="back" href="{back}">' in reply.text, path
+        api = await gw.http.get("/v1/jobs/nope")
+        assert api.status_code == 404
+        assert api.headers["content-type"].startswith("application/")  # the API's answer is unchanged
+
+
+def _started(job_id: str, ts_ms: int | None = None, attempt: int = 1) -> dict[str, Any]:
+    event = JobStartedEvent(worker_id="w1", job_id=job_id, plugin="long_running", action="count_slowly",
+                            attempt=attempt, queue="q", **({"ts_ms": ts_ms} if ts_ms else {}))  # fmt: skip
+    return event.model_dump(mode="json")
+
+
+async def test_the_time_filter_keeps_the_jobs_with_an_event_that_recent(gateway: GatewayFactory) -> None:
+    async with gateway() as gw:
+        await register(gw.client, "long_running")
+        old = await gw.client.submit("long_running", "count_slowly", {"steps": 1})
+        new = await gw.client.submit("long_running", "count_slowly", {"steps": 1})
+        two_hours_ago = now_ms() - 2 * 3600 * 1000
+        await _events(gw.client, _started(old.job_id, ts_ms=two_hours_ago), _received(new.job_id))
+        for since, listed, left_out in [("5m", [new], [old]), ("1h", [new], [old]), ("1d", [new, old], []),
+                                        ("", [new, old], [])]:  # fmt: skip
+            text = (await gw.http.get("/ui/jobs", params={"since": since} if since else {})).text
+            assert all(h.job_id in text for h in listed), since
+            assert not any(h.job_id in text for h in left_out), since
+        assert (await gw.http.get("/ui/jobs", params={"since": "2w"})).status_code == 422  # not a choice
+
+
+async def test_the_jobs_list_follows_job_events_and_a_row_is_rendered_with_the_filters(
+    gateway: GatewayFactory,
+) -> None:
+    async with gateway() as gw:
+        await register(gw.client, "long_running", "PluginB")
+        job = await gw.client.submit("long_running", "count_slowly", {"steps": 1})
+        listed = (await gw.http.get("/ui/jobs", params={"plugin": "long_running", "state": "queued"})).text
+        events = listed.split('data-events="')[1].split('"')[0].replace("&amp;", "&")
+        assert events.startswith("/v1/events?kind=job_received&kind=job_started&kind=job_succeeded")
+        assert "&plugin=long_running&since=" in events
+        assert events.endswith("-0")  # an entry id: from the page's read on, so no event is missed
+        assert 'data-row-query="state=queued&amp;plugin=long_running"' in listed
+        assert '<p id="no-jobs">No job matches.</p>' in listed  # the job has no event yet: not listed
+        row = await gw.http.get(f"/ui/jobs/{job.job_id}/row", params={"plugin": "long_running", "state": "queued"})
+        assert row.status_code == 200
+        assert row.text.strip().startswith(f'<tr data-job="{job.job_id}">')
+        assert ">queued</span>" in row.text
+        for params in ({"plugin": "PluginB"}, {"state": "running"}, {"q": "not-this-id"}):
+            gone = await gw.http.get(f"/ui/jobs/{job.job_id}/row", params=params)
+            assert gone.status_code == 204, params  # no longer passes the filters: the page removes the row
+        assert (await gw.http.get("/ui/jobs/nope/row")).status_code == 204
+
+
+async def test_wait_times_are_read_from_the_records_of_the_newest_first_starts(gateway: GatewayFactory) -> None:
+    async with gateway() as gw:
+        await register(gw.client, "long_running")
+        waits = [1_000, 2_000, 3_000, 40_000]
+        handles = [await gw.client.submit("long_running", "count_slowly", {"steps": 1}) for _ in waits]
+        for handle, wait in zip(handles, waits, strict=True):
+            scheduled = (await handle.record()).scheduled_at_ms
+            started = {"state": "running", "attempt": "1", "started_at_ms": scheduled + wait}
+            await gw.client.redis.hset(gw.client.keys.job(handle.job_id), mapping=started)  # type: ignore[misc]  # as a take writes it
+        retried = await gw.client.submit("long_running", "count_slowly", {"steps": 1})
+        await _events(gw.client, *(_started(h.job_id) for h in handles), _started(retried.job_id, attempt=2),
+                      _started("expired-job"))  # fmt: skip
+        hour = await last_hour(gw.client)
+        assert sorted(hour.started) == sorted([*(h.job_id for h in handles), "expired-job"])  # first starts only
+        assert sorted(hour.wait_ms) == waits  # the expired record is left out
+        assert (hour.wait_p(0.5), hour.wait_p(0.95)) == (2_000, 40_000)
+        overview = (await gw.http.get("/")).text
+        assert '<dd id="wait-times">2.00 s / 40 s' in overview
+        assert "the newest 4 first starts, at most 200" in overview
+
+
+def test_a_wait_is_from_the_scheduled_time_to_the_first_attempts_start() -> None:
+    request = JobRequest(plugin="p", action="a")
+    base = JobRecord(job_id="j", state=JobState.QUEUED, request=request, queue="q", enqueued_at_ms=100,
+                     scheduled_at_ms=5_000)  # fmt: skip
+    assert wait_ms(base) is None  # not started
+    started = base.model_copy(update={"attempt": 1, "started_at_ms": 5_250})
+    assert wait_ms(started) == 250  # from the defer's end, not the enqueue
+    first = AttemptInfo(attempt=1, started_at_ms=6_000, state=JobState.FAILED)
+    again = started.model_copy(update={"attempt": 2, "started_at_ms": 9_000, "attempts": [first]})
+    assert wait_ms(again) == 1_000  # the first attempt's start: a retry's delay is not queue wait
+    assert wait_ms(base.model_copy(update={"attempt": 2, "started_at_ms": 9_000})) is None  # no first start known

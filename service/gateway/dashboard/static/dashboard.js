@@ -8,6 +8,10 @@
 //    events at or before the rendered seq, and items before the rendered count, are dropped.
 // 2. Buttons with data-api call the /v1 API (JSON bodies; the login cookie authenticates them)
 //    and show the acknowledgement in the element named by data-ack.
+// 4. The jobs list follows /v1/events (the job kinds) and, for each event, fetches that job's row
+//    as the server renders it now, with the list's filters (/ui/jobs/{id}/row): it replaces the
+//    row, or is put on top as a new one; a 204 (no longer passes the filters) removes the row.
+//    Rendering on the server keeps one copy of the row and of the filters.
 // 3. Run forms turn their fields into JSON params, POST /v1/jobs, and put the 422's field
 //    messages next to their fields; on success they go to the job's page.
 "use strict";
@@ -137,6 +141,46 @@
     });
   }
 
+  function followJobs(table) {
+    const body = table.tBodies[0];
+    const status = document.getElementById("jobs-live");
+    const max = Number(table.dataset.maxRows);
+    const query = table.dataset.rowQuery;
+    const source = new EventSource(table.dataset.events);
+    const pending = new Map(); // job id -> a fetch in flight: a burst of events of one job asks once more at most
+    async function refresh(jobId) {
+      const reply = await fetch("/ui/jobs/" + encodeURIComponent(jobId) + "/row" + (query ? "?" + query : ""),
+        { credentials: "same-origin", headers: { Accept: "text/html" } });
+      const old = body.querySelector('tr[data-job="' + CSS.escape(jobId) + '"]');
+      if (reply.status === 204) {
+        if (old) old.remove();
+      } else if (reply.ok) {
+        const holder = document.createElement("tbody");
+        holder.innerHTML = (await reply.text()).trim();
+        const row = holder.querySelector("tr[data-job]"); // none: e.g. the login form, the token expired
+        if (row && old) old.replaceWith(row);
+        else if (row) body.prepend(row);
+        while (body.rows.length > max) body.rows[body.rows.length - 1].remove();
+      }
+      document.getElementById("no-jobs").hidden = body.rows.length > 0;
+    }
+    function onEvent(event) {
+      const jobId = JSON.parse(event.data).job_id;
+      if (typeof jobId !== "string") return;
+      if (pending.has(jobId)) { pending.set(jobId, true); return; }
+      pending.set(jobId, false);
+      const run = () => refresh(jobId).catch(() => {}).finally(() => {
+        if (pending.get(jobId)) { pending.set(jobId, false); run(); } else pending.delete(jobId);
+      });
+      run();
+    }
+    for (const kind of new URL(table.dataset.events, location.href).searchParams.getAll("kind")) {
+      source.addEventListener(kind, onEvent);
+    }
+    source.addEventListener("open", () => { status.textContent = "live"; });
+    source.addEventListener("error", () => { status.textContent = "reconnecting…"; });
+  }
+
   function describe(reply) {
     if (reply.error) return reply.error.type + ": " + reply.error.message;
     if (reply.answers) {
@@ -259,6 +303,8 @@
     if (form) { event.preventDefault(); submitRun(form); }
   });
   document.addEventListener("DOMContentLoaded", () => {
+    const jobs = document.getElementById("jobs");
+    if (jobs && jobs.dataset.events) followJobs(jobs);
     const live = document.getElementById("live");
     if (!live) return;
     if (live.dataset.terminal === "true") { // an ended job's page is complete as rendered, but for a long output
