@@ -24,11 +24,9 @@ Nothing is asserted: figures are reported with targets.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
-from typing import Any
 
-from bench.gateway import HAVE_AIOHTTP, start_gateway
+from bench.gateway import HAVE_AIOHTTP, Followers, start_gateway
 from bench.harness import BenchEnv, BenchError, plugin_entry
 from bench.options import RunOptions
 from bench.procstats import rss_mib
@@ -147,7 +145,7 @@ async def _open_pages(http: aiohttp.ClientSession, env: BenchEnv, gateway_pid: i
         for i in range(OPEN_PAGES)
     )
     handles = await asyncio.gather(*submits)
-    follow = _Followers()
+    follow = Followers(OPEN_PAGES, connect_within_s=CONNECT_LEAD_S + 30)
     started = time.time()
     await asyncio.gather(*(follow.one(http, h.job_id) for h in handles), follow.sample_rss(gateway_pid))
     connected = max(follow.first_events) if len(follow.first_events) == OPEN_PAGES else float("nan")
@@ -157,45 +155,3 @@ async def _open_pages(http: aiohttp.ClientSession, env: BenchEnv, gateway_pid: i
     metrics.add("job page publish->receive p99", percentile(steady, 99) if steady else float("nan"))
     metrics.add("job page updates received", 100 * follow.received / (OPEN_PAGES * UPDATES))
     metrics.add(f"gateway RSS, {OPEN_PAGES} streams open", follow.rss)
-
-
-class _Followers:
-    """The 200 streams' readers: first events, (published, latency) samples, updates received, RSS."""
-
-    def __init__(self) -> None:
-        self.samples: list[tuple[float, float]] = []
-        self.first_events: list[float] = []
-        self.received = 0
-        self.rss = float("nan")
-        self.all_open = asyncio.Event()
-
-    async def one(self, http: aiohttp.ClientSession, job_id: str) -> None:
-        """Follow one job's events to its terminal state, as its page does."""
-        seen: set[int] = set()
-        first = True
-        async with http.get(f"/v1/jobs/{job_id}/events") as answer:
-            async for raw in answer.content:
-                line = raw.decode()
-                if not line.startswith("data:"):
-                    continue
-                now = time.time()
-                if first:  # the snapshot a stream starts with: this page is live from now on
-                    self.first_events.append(now)
-                    first = False
-                    if len(self.first_events) == OPEN_PAGES:
-                        self.all_open.set()
-                snapshot: dict[str, Any] = json.loads(line[5:])
-                progress = snapshot.get("progress") or {}
-                step, stamp = progress.get("current_step"), (progress.get("details") or {}).get("t")
-                if isinstance(step, int) and isinstance(stamp, float) and step not in seen:
-                    seen.add(step)
-                    self.samples.append((stamp, (now - stamp) * 1000))
-        self.received += len(seen)
-
-    async def sample_rss(self, pid: int) -> None:
-        """The gateway's RSS once every stream has had its first event (all 200 are open)."""
-        try:
-            await asyncio.wait_for(self.all_open.wait(), CONNECT_LEAD_S + 30)
-        except TimeoutError:
-            return  # not all connected: the figure stays NaN (and the connect figure says so too)
-        self.rss = rss_mib(pid, "VmRSS")

@@ -49,7 +49,7 @@ except ImportError:  # the `peers` extra has it; the other entries run without
 else:
     HAVE_AIOHTTP = True
 
-__all__ = ["HAVE_AIOHTTP", "run", "start_gateway"]
+__all__ = ["HAVE_AIOHTTP", "Followers", "run", "start_gateway"]
 
 READY_TIMEOUT_S = 30.0
 IN_FLIGHT = 64
@@ -253,12 +253,32 @@ async def _sse(http: aiohttp.ClientSession, env: BenchEnv, metrics: Metrics) -> 
         for i in range(FOLLOWED_JOBS)
     )
     handles = await asyncio.gather(*submits)
-    samples: list[tuple[float, float]] = []  # (published at, latency ms)
-    first_events: list[float] = []
-    received = 0
+    follow = Followers(FOLLOWED_JOBS * FOLLOWERS_PER_JOB)
+    started = time.time()
+    await asyncio.gather(*(follow.one(http, h.job_id) for h in handles for _ in range(FOLLOWERS_PER_JOB)))
+    connected = max(follow.first_events) if follow.first_events else started
+    steady = [latency for published, latency in follow.samples if published >= connected]
+    metrics.add("SSE connect 1,000 followers", connected - started)
+    metrics.add("SSE publish->receive p50", percentile(steady, 50))
+    metrics.add("SSE publish->receive p99", percentile(steady, 99))
+    metrics.add("SSE updates received", 100 * follow.received / (FOLLOWED_JOBS * FOLLOWERS_PER_JOB * UPDATES))
 
-    async def follow(job_id: str) -> None:
-        nonlocal received
+
+class Followers:
+    """Readers of ``expected`` job event streams: first events, (published, latency) samples, updates
+    received, and the gateway's RSS once all are open (``bench gateway`` and ``bench dashboard``)."""
+
+    def __init__(self, expected: int, *, connect_within_s: float = 30.0) -> None:
+        self.expected = expected
+        self.connect_within_s = connect_within_s
+        self.samples: list[tuple[float, float]] = []
+        self.first_events: list[float] = []
+        self.received = 0
+        self.rss = float("nan")
+        self.all_open = asyncio.Event()
+
+    async def one(self, http: aiohttp.ClientSession, job_id: str) -> None:
+        """Follow one job's events to its terminal state, as a job page does."""
         seen: set[int] = set()
         first = True
         async with http.get(f"/v1/jobs/{job_id}/events") as answer:
@@ -267,22 +287,23 @@ async def _sse(http: aiohttp.ClientSession, env: BenchEnv, metrics: Metrics) -> 
                 if not line.startswith("data:"):
                     continue
                 now = time.time()
-                if first:  # the snapshot a follower gets on connecting: it is in place from now on
-                    first_events.append(now)
+                if first:  # the snapshot a stream starts with: this page is live from now on
+                    self.first_events.append(now)
                     first = False
+                    if len(self.first_events) == self.expected:
+                        self.all_open.set()
                 snapshot: dict[str, Any] = json.loads(line[5:])
                 progress = snapshot.get("progress") or {}
                 step, stamp = progress.get("current_step"), (progress.get("details") or {}).get("t")
                 if isinstance(step, int) and isinstance(stamp, float) and step not in seen:
                     seen.add(step)
-                    samples.append((stamp, (now - stamp) * 1000))
-        received += len(seen)
+                    self.samples.append((stamp, (now - stamp) * 1000))
+        self.received += len(seen)
 
-    started = time.time()
-    await asyncio.gather(*(follow(h.job_id) for h in handles for _ in range(FOLLOWERS_PER_JOB)))
-    connected = max(first_events) if first_events else started
-    steady = [latency for published, latency in samples if published >= connected]
-    metrics.add("SSE connect 1,000 followers", connected - started)
-    metrics.add("SSE publish->receive p50", percentile(steady, 50))
-    metrics.add("SSE publish->receive p99", percentile(steady, 99))
-    metrics.add("SSE updates received", 100 * received / (FOLLOWED_JOBS * FOLLOWERS_PER_JOB * UPDATES))
+    async def sample_rss(self, pid: int) -> None:
+        """The gateway's RSS once every stream has had its first event (all are open)."""
+        try:
+            await asyncio.wait_for(self.all_open.wait(), self.connect_within_s)
+        except TimeoutError:
+            return  # not all connected: the figure stays NaN (and the connect figure says so too)
+        self.rss = rss_mib(pid, "VmRSS")

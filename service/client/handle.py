@@ -16,6 +16,7 @@ from service.client.streams import follow
 from service.errors import (
     JobNotFoundError,
     PluginActionExecutionError,
+    RecordUnreadableError,
     ResultTimeoutError,
 )
 from service.keys import Keys
@@ -93,10 +94,20 @@ class JobHandle:
                 if message is None:
                     record = await self.record()
                 elif (end := _terminal_message(message)) is not None:
-                    # The end carries the final record (unless it is large): no read back.
-                    final = end.get("final")
-                    record = parse_final(self.job_id, final) if isinstance(final, dict) else await self.record()
+                    record = self._final_of(end) or await self.record()
         return record
+
+    def _final_of(self, end: dict[str, Any]) -> JobRecord | None:
+        """The final record a terminal message carries (unless it was large), or ``None``: then it is
+        read back, as it is when the one carried cannot be read (a message not written by actionq)."""
+        final = end.get("final")
+        if not isinstance(final, dict):
+            return None
+        try:
+            record = parse_final(self.job_id, final)
+        except RecordUnreadableError:
+            return None
+        return record if record.is_terminal else None
 
     async def progress(self) -> AsyncIterator[ProgressSnapshot]:
         """Follow the job: its state and latest progress, then every change, until it ends.

@@ -109,12 +109,12 @@ async def _counts(redis: Redis, queues: Sequence[str], now: int, window: int) ->
     return raws
 
 
-async def _leased(redis: Redis, keys: Keys, candidates: Sequence[Sequence[bytes]]) -> list[int]:
-    """How many of each queue's ``candidates`` (arq job ids) hold a lease."""
+async def _leased(redis: Redis, keys: Keys, candidates: Sequence[Sequence[str]]) -> list[int]:
+    """How many of each queue's ``candidates`` (job ids) hold a lease."""
     async with redis.pipeline(transaction=False) as pipe:
         for members in candidates:
-            for member in members:
-                pipe.exists(keys.arq_in_progress(keys.job_id_from_arq(_text(member))))
+            for job_id in members:
+                pipe.exists(keys.arq_in_progress(job_id))
         with broker_errors("reading job leases"):
             found = await pipe.execute() if any(candidates) else []
     counts, at = [], 0
@@ -124,9 +124,16 @@ async def _leased(redis: Redis, keys: Keys, candidates: Sequence[Sequence[bytes]
     return counts
 
 
-def _foreign(keys: Keys, member: bytes) -> bool:
-    """An entry that is not one of this namespace's arq job ids (never written by actionq)."""
-    return not _text(member).startswith(f"{keys.namespace}:")
+def _job_ids(keys: Keys, members: Sequence[bytes]) -> list[str]:
+    """The job ids of ``members``, less entries that are not this namespace's arq job ids (never
+    written by actionq: a hand-written entry is skipped, as the take script's callers skip it)."""
+    ids = []
+    for member in members:
+        try:
+            ids.append(keys.job_id_from_arq(_text(member)))
+        except ValueError:
+            continue
+    return ids
 
 
 async def queue_depths(
@@ -135,7 +142,7 @@ async def queue_depths(
     """The depth of each of ``queues`` (key -> last served ms) at ``now_ms``, two round trips in all."""
     names = list(queues)
     counts = await _counts(redis, names, now_ms, 2 * lease_ms)
-    samples = [[m for m in raw.window[:LEASE_SAMPLE] if not _foreign(keys, m)] for raw in counts]
+    samples = [_job_ids(keys, raw.window[:LEASE_SAMPLE]) for raw in counts]
     running = await _leased(redis, keys, samples)
     return [
         QueueDepth(

@@ -173,7 +173,7 @@ class WorkerRuntime:
         if supervisor and supervisor.isdigit():
             watch = _watch_supervisor(int(supervisor), self)
             self._listeners.append(asyncio.create_task(watch, name="actionq-supervisor"))
-        self.notify(WorkerStartedEvent(**self._me(), queues=self.info.queues, plugins=self.info.plugins))
+        self.notify(WorkerStartedEvent(**self.me(), queues=self.info.queues, plugins=self.info.plugins))
         log.info(
             "worker_started",
             worker_id=self.worker_id,
@@ -248,9 +248,6 @@ class WorkerRuntime:
 
     def me(self) -> dict[str, Any]:
         """The fields every worker event carries: worker id, host, pid."""
-        return self._me()
-
-    def _me(self) -> dict[str, Any]:
         return {"worker_id": self.worker_id, "hostname": self.settings.hostname, "pid": os.getpid()}
 
     def _plugin_events(self) -> None:
@@ -259,7 +256,7 @@ class WorkerRuntime:
 
     def worker_error(self, where: str, exc: BaseException) -> None:
         """Report an error of the worker itself (not of a job) as a ``worker_error`` event."""
-        self.notify(WorkerErrorEvent(**self._me(), where=where, error=ErrorInfo.from_exception(exc)))
+        self.notify(WorkerErrorEvent(**self.me(), where=where, error=ErrorInfo.from_exception(exc)))
 
     async def publish(self) -> None:
         """Send this worker's description and manifests to the registry."""
@@ -379,7 +376,7 @@ class WorkerRuntime:
                     await task
         with contextlib.suppress(ActionQError):
             await self.registry.withdraw(self.worker_id)
-        self.notify(WorkerStoppedEvent(**self._me(), reason=self.stop_reason))
+        self.notify(WorkerStoppedEvent(**self.me(), reason=self.stop_reason))
         for name, plugin in self.loader.loaded.items():
             self.notify(PluginDisabledEvent(worker_id=self.worker_id, plugin=name, version=plugin.manifest.version))
         await self.loader.unload_all()

@@ -40,11 +40,12 @@ async def test_a_child_knows_its_parent(worker_process: WorkerFactory, client: J
     handle = await client.submit("parent", "square_of", {"x": 7})
     since = "replay:1000"
     assert await handle.result(timeout=30) == 49
-    started = [
-        e.event
-        async for e in client.events(kinds=[EventKind.JOB_STARTED], since=since, follow=False)
-        if getattr(e.event, "parent_id", None) == handle.job_id
-    ]
+    started = []
+    async with asyncio.timeout(10):  # events go out with the worker's next batch: wait for the child's
+        async for e in client.events(kinds=[EventKind.JOB_STARTED], since=since, follow=True):
+            if getattr(e.event, "parent_id", None) == handle.job_id:
+                started.append(e.event)
+                break
     assert [(e.plugin, e.action) for e in started] == [("PluginB", "calculate_square")]  # type: ignore[union-attr]
     child = await client.job(str(getattr(started[0], "job_id", ""))).record()
     assert child.request.options.parent_id == handle.job_id

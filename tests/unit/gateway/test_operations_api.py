@@ -169,6 +169,22 @@ async def test_queue_depths_tell_ready_deferred_and_running_apart(gateway: Gatew
         assert mine["host"] == "here"
 
 
+async def test_entries_written_into_a_queue_by_hand_do_not_break_the_depths(gateway: GatewayFactory) -> None:
+    async with gateway() as gw:
+        await register(gw.client, "PluginB")
+        client, keys = gw.client, gw.client.keys
+        queue = keys.queue("PluginB")
+        now = now_ms()
+        # Not this namespace's arq ids, binary junk, a bare "ns:" and a taken job: only the last counts as running.
+        junk = {b"other:job": now + 1000, b"\xff\xfe": now + 1500, f"{keys.namespace}:".encode(): now + 1800}
+        await client.redis.zadd(queue, {**junk, keys.arq_job_id("run1"): now + 2000})
+        await client.redis.set(keys.arq_in_progress("run1"), "w1", px=5000)
+        reply = await gw.http.get("/v1/queues")
+        assert reply.status_code == 200, reply.text
+        view = {v["queue"]: v for v in reply.json()}["default:PluginB"]
+        assert (view["running"], view["deferred"]) == (1, 3)
+
+
 async def test_a_queue_no_live_worker_reads_is_listed_as_unserved(gateway: GatewayFactory) -> None:
     async with gateway() as gw:
         keys = gw.client.keys
