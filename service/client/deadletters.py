@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from redis.asyncio import Redis
+from redis.exceptions import WatchError
 
 from service.client.handle import JobHandle
 from service.errors import (
@@ -79,11 +80,34 @@ class DeadLetterStore:
 
     async def get(self, job_id: str) -> DeadLetter:
         """The dead letter of ``job_id``; :class:`DeadLetterNotFoundError` if there is none."""
+        return _letter(job_id, await self._raw(job_id))
+
+    async def _raw(self, job_id: str) -> bytes:
         with broker_errors(f"reading the dead letter of {job_id}"):
-            raw = await self.redis.get(self.keys.dead_letter(job_id))
+            raw: bytes | None = await self.redis.get(self.keys.dead_letter(job_id))
         if raw is None:
             raise DeadLetterNotFoundError(job_id)
-        return _letter(job_id, raw)
+        return raw
+
+    async def _remove_unless_replaced(self, job_id: str, raw: bytes) -> None:
+        """Remove the letter of ``job_id`` if it is still ``raw``.
+
+        A replayed job can fail again, and write a new letter, before the replay returns: that one
+        stays (a WATCHed transaction sees the change and leaves the key alone).
+        """
+        key = self.keys.dead_letter(job_id)
+        with broker_errors(f"removing the dead letter of {job_id}"):
+            async with self.redis.pipeline(transaction=True) as pipe:
+                try:
+                    await pipe.watch(key)
+                    if await pipe.get(key) != raw:
+                        return
+                    pipe.multi()  # type: ignore[no-untyped-call]  # redis-py 5 leaves it untyped
+                    pipe.delete(key)
+                    pipe.zrem(self.keys.dead_letters(), job_id)
+                    await pipe.execute()
+                except WatchError:
+                    return
 
     async def purge(self, job_ids: builtins.list[str] | None = None) -> int:
         """Delete the given dead letters (all of them when ``job_ids`` is None); returns how many."""
@@ -107,7 +131,8 @@ class DeadLetterStore:
         """
         if self._submit is None:
             raise RuntimeError("replay needs a store that can submit (client.dead)")
-        letter = await self.get(job_id)
+        raw = await self._raw(job_id)
+        letter = _letter(job_id, raw)
         if letter.request is None:
             raise SubmissionError(f"the dead letter of {job_id} holds no request to replay (its data was malformed)")
         options = letter.request.options.model_copy(update={"job_id": None if new_id else job_id})
@@ -116,7 +141,7 @@ class DeadLetterStore:
             with broker_errors(f"replacing the record of {job_id}"):
                 await self.redis.delete(self.keys.job(job_id), self.keys.arq_result(job_id))
         handle = await self._submit(request)
-        await self.purge([job_id])
+        await self._remove_unless_replaced(job_id, raw)
         return handle
 
 
