@@ -11,29 +11,109 @@ counter), so isolation takes two measures:
 Queues are chosen from the request so that a worker never takes a job for a plugin it does not
 have: ``<ns>:queue:<lane>:<plugin>`` for any worker serving the plugin, and
 ``<ns>:queue:<lane>:<plugin>@<host>`` for a job targeted at one host.
+
+**On Redis Cluster** (``partitions > 0``) every job belongs to one of ``partitions`` partitions,
+chosen from its id (:meth:`Keys.partition`), and each partition has a hash tag: a ``{...}`` that
+Redis Cluster hashes instead of the whole name, so every key with that tag lives in one slot. The
+job's keys (record, lease, result, stream, checkpoint, dead letter) carry its partition's tag after
+their prefix (``<ns>:job:{<tag>}<id>``), and each queue is ``partitions`` sorted sets, one per
+partition (``<ns>:queue:<lane>:<plugin>[@<host>]{<tag>}``), each with its own idle set and dead-letter
+index: so a job's whole life is in one slot, and every script call names keys of one slot. A
+worker takes from each partition with a call of its own. The tags are picked so that partition
+``p`` of ``P`` hashes into the ``p``-th ``P``-th of the slot range: a cluster whose slots are split
+evenly (what ``redis-cli --cluster create`` does) gets the partitions spread evenly over its masters.
+
+Why partitions by job id rather than one tag per queue (BullMQ's and streaq's layout): a job is
+then found from its id alone (every client call, the gateway's ``/v1/jobs/{id}``), and one busy
+queue is spread over the shards instead of being bound to one. A plain Redis (``partitions == 0``)
+keeps the names above, without tags.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+import zlib
+from dataclasses import dataclass, field
+
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 from service.arqformat import IN_PROGRESS_PREFIX, RESULT_PREFIX
 
-__all__ = ["DEFAULT_NAMESPACE", "Keys"]
+__all__ = ["DEFAULT_NAMESPACE", "Keys", "partition_tags"]
 
 DEFAULT_NAMESPACE = "actionq"
+
+_TAG_SUFFIX = re.compile(r"\{[^{}]*\}$")
+
+
+def partition_tags(namespace: str, partitions: int) -> tuple[str, ...]:
+    """The hash tags (with braces) of ``partitions`` partitions: tag ``p`` hashes into the ``p``-th
+    ``partitions``-th of the cluster's slot range (the first of ``<ns>.<p>``, ``<ns>.<p>.1``, ... that does)."""
+    tags = []
+    for p in range(partitions):
+        low, high = p * REDIS_CLUSTER_HASH_SLOTS // partitions, (p + 1) * REDIS_CLUSTER_HASH_SLOTS // partitions
+        salt = 0
+        while True:
+            body = f"{namespace}.{p}" + (f".{salt}" if salt else "")
+            if low <= key_slot(body.encode()) < high:
+                break
+            salt += 1
+        tags.append("{" + body + "}")
+    return tuple(tags)
 
 
 @dataclass(frozen=True, slots=True)
 class Keys:
-    """Key and channel names for one namespace."""
+    """Key and channel names for one namespace (``partitions``: the Redis Cluster layout; 0: one Redis)."""
 
     namespace: str = DEFAULT_NAMESPACE
+    partitions: int = 0
+    tags: tuple[str, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tags", partition_tags(self.namespace, self.partitions))
+
+    # -- partitions (Redis Cluster) -----------------------------------------------------------
+    def partition(self, job_id: str) -> int:
+        """The partition of ``job_id`` (0 on one Redis)."""
+        return zlib.crc32(job_id.encode()) % self.partitions if self.partitions else 0
+
+    def _tag(self, job_id: str) -> str:
+        return self.tags[zlib.crc32(job_id.encode()) % self.partitions] if self.partitions else ""
+
+    def queue_of(self, queue: str, job_id: str) -> str:
+        """The sorted set of (logical) ``queue`` holding ``job_id``: its partition's (``queue`` on one Redis)."""
+        return queue + self._tag(job_id)
+
+    def queue_sets(self, queue: str) -> list[str]:
+        """Every sorted set of (logical) ``queue``: one per partition (``[queue]`` on one Redis)."""
+        return [queue + tag for tag in self.tags] if self.partitions else [queue]
+
+    def every_queue_set(self, queues: list[str]) -> list[str]:
+        """The sorted sets of every queue of ``queues`` (partition by partition within each queue)."""
+        return [queue_set for queue in queues for queue_set in self.queue_sets(queue)]
+
+    def logical_queue(self, queue_set: str) -> str:
+        """The queue a sorted set of :meth:`queue_sets` belongs to (its name less the partition's tag)."""
+        return _TAG_SUFFIX.sub("", queue_set) if self.partitions else queue_set
+
+    @staticmethod
+    def logical_queue_name(queue_set: str) -> str:
+        """:meth:`logical_queue` for any layout (queue names hold no braces: a ``{...}`` at the end is a tag)."""
+        return _TAG_SUFFIX.sub("", queue_set)
+
+    def layout(self) -> str:
+        """String: on Redis Cluster, the namespace's partition count, set by the first process to use it."""
+        return f"{self.namespace}:layout"
+
+    def slot(self, key: str) -> int:
+        """The cluster slot of ``key``: keys of one script call share it (0 on one Redis)."""
+        return key_slot(key.encode()) if self.partitions else 0
 
     # -- jobs -------------------------------------------------------------------------------
     def job(self, job_id: str) -> str:
         """Hash: the service's ``JobRecord`` of a live job (an ended job's is in its arq result)."""
-        return f"{self.namespace}:job:{job_id}"
+        return f"{self.namespace}:job:{self._tag(job_id)}{job_id}"
 
     def job_channel(self, job_id: str) -> str:
         """Pub/sub channel: state changes and progress of one job."""
@@ -45,35 +125,44 @@ class Keys:
 
     def job_stream(self, job_id: str) -> str:
         """Stream: the items a generator action yielded, ended by a terminal marker entry."""
-        return f"{self.namespace}:stream:{job_id}"
+        return f"{self.namespace}:stream:{self._tag(job_id)}{job_id}"
 
     def checkpoint(self, job_id: str) -> str:
         """String: the JSON state a job saved with ``ctx.checkpoint.save``; gone when the job ends."""
-        return f"{self.namespace}:checkpoint:{job_id}"
+        return f"{self.namespace}:checkpoint:{self._tag(job_id)}{job_id}"
 
     def cancel_channel(self) -> str:
         """Pub/sub channel to every worker: ``{"job_id", "reason", "generation", "ts", "sig"}`` of a job to cancel."""
         return f"{self.namespace}:ch:cancel"
 
     # -- dead letters -----------------------------------------------------------------------
-    def dead_letters(self) -> str:
-        """ZSET: job id -> when it was dead-lettered (epoch ms)."""
-        return f"{self.namespace}:dead"
+    def dead_letters(self, job_id: str = "") -> str:
+        """ZSET: job id -> when it was dead-lettered (epoch ms); on Redis Cluster, ``job_id``'s partition's."""
+        return f"{self.namespace}:dead" + (self._tag(job_id) if job_id else "")
+
+    def dead_letter_indexes(self) -> list[str]:
+        """Every dead-letter index: one per partition (one on one Redis)."""
+        return [f"{self.namespace}:dead{tag}" for tag in self.tags] if self.partitions else [self.dead_letters()]
 
     def dead_letter(self, job_id: str) -> str:
         """String: a dead letter's JSON (request, attempt history, final error)."""
-        return f"{self.namespace}:dead:{job_id}"
+        return f"{self.namespace}:dead:{self._tag(job_id)}{job_id}"
 
     def arq_job_id(self, job_id: str) -> str:
         """The id arq knows the job by: namespaced, because arq's key prefixes are global."""
-        return f"{self.namespace}:{job_id}"
+        return f"{self.namespace}:{self._tag(job_id)}{job_id}"
 
     def job_id_from_arq(self, arq_job_id: str) -> str:
         """Inverse of :meth:`arq_job_id`."""
         prefix = f"{self.namespace}:"
         if not arq_job_id.startswith(prefix):
             raise ValueError(f"arq job id {arq_job_id!r} is not in namespace {self.namespace!r}")
-        return arq_job_id[len(prefix) :]
+        job_id = arq_job_id[len(prefix) :]
+        if self.partitions:
+            tag, closed, job_id = job_id.partition("}")
+            if not closed or tag + "}" != self._tag(job_id):
+                raise ValueError(f"arq job id {arq_job_id!r} does not carry its partition's tag")
+        return job_id
 
     def arq_result(self, job_id: str) -> str:
         """arq's result key (holding the final record once the job ended; :mod:`service.arqformat`)."""
@@ -126,7 +215,7 @@ class Keys:
 
     def queue_plugin(self, queue: str) -> str:
         """The plugin whose jobs :meth:`queue` ``queue`` holds (inverse of its naming; names have no ``:``)."""
-        return queue.removeprefix(self.queue_prefix()).partition(":")[2].partition("@")[0]
+        return self.logical_queue(queue).removeprefix(self.queue_prefix()).partition(":")[2].partition("@")[0]
 
     # -- concurrency limits -----------------------------------------------------------------
     def limit_slots(self, plugin: str, action: str | None = None) -> str:
@@ -162,8 +251,12 @@ class Keys:
         return f"{self.namespace}:registry:sweep"
 
     def worker(self, worker_id: str) -> str:
-        """String: a live worker's ``WorkerInfo`` JSON, with a TTL refreshed by its heartbeat."""
-        return f"{self.namespace}:worker:{worker_id}"
+        """String: a live worker's ``WorkerInfo`` JSON, with a TTL refreshed by its heartbeat.
+
+        On Redis Cluster every worker's key has one tag: the registry reads them with one ``MGET``.
+        """
+        tag = "{" + self.namespace + ".workers}" if self.partitions else ""
+        return f"{self.namespace}:worker:{tag}{worker_id}"
 
     def arq_health(self, worker_id: str) -> str:
         """String: arq's own health-check line for one worker (arq sets it with a TTL)."""

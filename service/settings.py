@@ -212,8 +212,16 @@ class Settings(BaseSettings):
 
     redis_url: str | None = Field(
         default=None,
-        description="Redis to use (redis://, rediss://, or redis+sentinel:// for the Sentinels of a master); unset "
-        "means `actionq up` starts a private server.",
+        description="Redis to use (redis://, rediss://, redis+sentinel:// for the Sentinels of a master, or "
+        "redis+cluster:// for some nodes of a Redis Cluster); unset means `actionq up` starts a private server.",
+    )
+    cluster_partitions: int = Field(
+        default=6,
+        ge=1,
+        le=1024,
+        description="On Redis Cluster: how many partitions (hash tags) the jobs are spread over, each queue "
+        "being one sorted set per partition. The same for every client and worker of a namespace (a worker "
+        "refuses to start otherwise); at least the number of masters, to use them all.",
     )
     namespace: str = Field(
         default=DEFAULT_NAMESPACE, pattern=NAME_PATTERN, description="Prefix of every key and channel."

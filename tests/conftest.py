@@ -23,7 +23,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import fakeredis
 import pytest
@@ -37,7 +37,9 @@ from service.errors import ConfigError
 from service.keys import Keys
 from service.processes.embedded import EmbeddedRedis, find_server_binary
 from service.processes.spawn import has_pid, spawn_worker
+from service.redis.connection import connect
 from service.worker.take import Claims, TakenJob
+from tests.clusterkit import ClusterSet
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 INTEGRATION_DIR = REPO_ROOT / "tests" / "integration"
@@ -59,7 +61,7 @@ async def take_job(client: JobClient, job_id: str, *, worker_id: str = "w-test")
     record = await client.job(job_id).record()
     claims = Claims(client.redis, client.keys, worker_id=worker_id, lease_s=client.settings.lease_s)
     for _ in range(100):
-        take = await claims.take([record.queue], int(time.time() * 1000), limit=100)
+        take = await claims.take([client.keys.queue_of(record.queue, job_id)], int(time.time() * 1000), limit=100)
         for job in take.jobs:
             if job.job_id == job_id:
                 return job
@@ -90,26 +92,35 @@ def _tail(text: str, lines: int = LOG_TAIL_LINES) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+def sync_client(url: str) -> redis_sync.Redis:
+    """A synchronous client of ``url``: a plain one, or for a ``redis+cluster://`` URL a cluster one
+    (typed as the plain one, as the product's :func:`service.redis.connection.connect` does)."""
+    if url.startswith("redis+cluster://"):
+        host, _, port = url.removeprefix("redis+cluster://").split(",")[0].split("/")[0].partition(":")
+        return cast(redis_sync.Redis, redis_sync.RedisCluster(host=host, port=int(port)))
+    return redis_sync.Redis.from_url(url)
+
+
 def _purge_sync(url: str, namespace: str) -> None:
-    """Delete the namespace's keys (ours and arq's) on our own server."""
-    client = redis_sync.Redis.from_url(url)
+    """Delete the namespace's keys (ours and arq's) on our own server (every node of a cluster)."""
+    client = sync_client(url)
     try:
         for pattern in (f"{namespace}:*", f"arq:*:{namespace}:*"):
             keys = list(client.scan_iter(match=pattern, count=1000))
-            if keys:
-                client.unlink(*keys)
+            for key in keys:
+                client.unlink(key)
     finally:
         client.close()
 
 
 async def _purge(url: str, namespace: str) -> None:
     """Async twin of :func:`_purge_sync`, with its own connection (the test may have closed its own)."""
-    client = aioredis.Redis.from_url(url)
+    client = connect(url)
     try:
         for pattern in (f"{namespace}:*", f"arq:*:{namespace}:*"):
             keys = [key async for key in client.scan_iter(match=pattern, count=1000)]
-            if keys:
-                await client.unlink(*keys)
+            for key in keys:
+                await client.unlink(key)
     finally:
         await client.aclose()
 
@@ -157,16 +168,41 @@ def namespace() -> str:
     return "t" + uuid.uuid4().hex[:12]
 
 
+@pytest.fixture(scope="session")
+def redis_cluster(server_binary: str) -> Iterator[ClusterSet]:
+    """A private 3-master Redis Cluster for the whole session (started by the first test that needs it)."""
+    cluster = ClusterSet(masters=3, binary=server_binary)
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test marked ``topologies`` runs twice: on one Redis, and on a 3-master Redis Cluster."""
+    if metafunc.definition.get_closest_marker("topologies") is not None and "topology" in metafunc.fixturenames:
+        metafunc.parametrize("topology", ["plain", "cluster"], indirect=True)
+
+
 @pytest.fixture
-def redis_url(redis_server: EmbeddedRedis) -> str:
-    """URL of the session's Redis server."""
-    return redis_server.url
+def topology(request: pytest.FixtureRequest) -> str:
+    """``plain`` (the session's Redis server) or ``cluster`` (the session's Redis Cluster)."""
+    return str(getattr(request, "param", "plain"))
+
+
+@pytest.fixture
+def redis_url(request: pytest.FixtureRequest, topology: str) -> str:
+    """URL of the session's Redis server, or for a ``topologies`` test's cluster run, of its cluster."""
+    if topology == "cluster":
+        cluster: ClusterSet = request.getfixturevalue("redis_cluster")
+        return cluster.url
+    server: EmbeddedRedis = request.getfixturevalue("redis_server")
+    return server.url
 
 
 @pytest_asyncio.fixture
 async def redis(redis_url: str, namespace: str) -> AsyncIterator[aioredis.Redis]:
     """An async client (bytes mode) to the session server; the namespace's keys are deleted afterwards."""
-    client = aioredis.Redis.from_url(redis_url)
+    client = connect(redis_url)
     try:
         yield client
     finally:
@@ -320,7 +356,7 @@ class _Workers:
     def wait_ready(self, worker: WorkerProc, timeout: float = WORKER_READY_TIMEOUT_S) -> None:
         """Wait until this worker (its id embeds its pid) is registered; fail with the log tail if not."""
         key = Keys(self.namespace).workers()
-        client = redis_sync.Redis.from_url(self.url)
+        client = sync_client(self.url)
         deadline = time.monotonic() + timeout
         try:
             # The sync client's return types are a union with Awaitable; this one is a list.
@@ -361,7 +397,7 @@ _WORKERS = pytest.StashKey[_Workers]()
 
 @pytest.fixture
 def worker_process(
-    request: pytest.FixtureRequest, redis_server: EmbeddedRedis, namespace: str, tmp_path: Path
+    request: pytest.FixtureRequest, redis_url: str, namespace: str, tmp_path: Path
 ) -> Generator[WorkerFactory, None, None]:
     """Factory: ``start(config, *, env=None, wait=True) -> WorkerProc`` runs ``python -m service worker``.
 
@@ -371,11 +407,11 @@ def worker_process(
     started. At teardown, running workers get SIGTERM and must exit 0; a failed test shows every
     worker's log tail.
     """
-    workers = _Workers(url=redis_server.url, namespace=namespace, tmp_path=tmp_path)
+    workers = _Workers(url=redis_url, namespace=namespace, tmp_path=tmp_path)
     request.node.stash[_WORKERS] = workers
     yield workers.start
     problems = workers.stop_all()
-    _purge_sync(redis_server.url, namespace)
+    _purge_sync(redis_url, namespace)
     if problems:
         pytest.fail("\n\n".join(problems), pytrace=False)
 

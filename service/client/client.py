@@ -45,6 +45,7 @@ from service.keys import Keys
 from service.models import JobOptions, JobRequest, now_ms
 from service.plugins.manifest import PluginManifest
 from service.plugins.registry import RegisteredPlugin, Registry, WorkerInfo
+from service.redis.cluster import check_layout, layout
 from service.redis.connection import broker_errors, connect, redact
 from service.redis.pubsub import PubSubMultiplexer
 from service.retry import RetryOverride
@@ -67,7 +68,7 @@ class JobClient:
     def __init__(self, redis: Redis, settings: Settings, *, owns_redis: bool = True) -> None:
         self.redis = redis
         self.settings = settings
-        self.keys = Keys(settings.namespace)
+        self.keys = layout(redis, settings.namespace, settings.cluster_partitions)
         self.signer = settings.signer()
         """Signs job requests, cancels and control commands when ``signing_keys`` are set."""
         self.store = JobStore(redis, self.keys, signer=self.signer)
@@ -101,9 +102,11 @@ class JobClient:
                 "(`actionq up` prints the URL of the server it starts)"
             )
         redis = connect(settings.redis_url)
+        client = cls(redis, settings)
         with broker_errors(f"connecting to {redact(settings.redis_url)}"):
             await redis.ping()
-        return cls(redis, settings)
+            await check_layout(redis, client.keys)
+        return client
 
     async def __aenter__(self) -> JobClient:
         return self

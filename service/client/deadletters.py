@@ -14,7 +14,6 @@ from collections.abc import Awaitable, Callable
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from redis.asyncio import Redis
-from redis.exceptions import WatchError
 
 from service.client.handle import JobHandle
 from service.errors import (
@@ -26,6 +25,8 @@ from service.errors import (
 )
 from service.keys import Keys
 from service.models import AttemptInfo, JobRequest, JobState, now_ms
+from service.redis import scripts
+from service.redis.cluster import is_cluster, per_slot
 from service.redis.connection import broker_errors
 
 __all__ = ["DeadLetter", "DeadLetterStore", "Submit"]
@@ -60,15 +61,23 @@ class DeadLetterStore:
         self.keys = keys
         self.ttl_s = ttl_s
         self._submit = submit
+        self._forget = scripts.register(redis, "forget")
 
     async def list(self, limit: int = 100) -> list[DeadLetter]:
-        """The newest ``limit`` dead letters, newest first (expired ones are dropped from the index)."""
-        index = self.keys.dead_letters()
+        """The newest ``limit`` dead letters, newest first (expired ones are dropped from the index).
+
+        On Redis Cluster each partition has its index: the newest of each are merged.
+        """
+        cutoff = now_ms() - self.ttl_s * 1000
+        newest: list[tuple[float, str]] = []
         with broker_errors("listing dead letters"):
-            await self.redis.zremrangebyscore(index, "-inf", now_ms() - self.ttl_s * 1000)
-            ids = await self.redis.zrevrange(index, 0, limit - 1)
-            names = [i.decode(errors="replace") for i in ids]
-            raws = await self.redis.mget([self.keys.dead_letter(name) for name in names]) if ids else []
+            for index in self.keys.dead_letter_indexes():
+                await self.redis.zremrangebyscore(index, "-inf", cutoff)
+                found = await self.redis.zrevrange(index, 0, limit - 1, withscores=True)
+                newest += [(score, member.decode(errors="replace")) for member, score in found]
+            newest.sort(reverse=True)
+            names = [name for _, name in newest[:limit]]
+            raws = await per_slot(names, self.keys.partition, self._read_many)
         letters = []
         for name, raw in zip(names, raws, strict=True):
             if raw:
@@ -77,6 +86,10 @@ class DeadLetterStore:
                 except RecordUnreadableError as exc:  # skipped and reported; the others still list
                     log.warning("dead_letter_unreadable", job_id=name[:200], error=exc.problem)
         return letters
+
+    async def _read_many(self, job_ids: builtins.list[str]) -> builtins.list[bytes | None]:
+        raws: builtins.list[bytes | None] = await self.redis.mget([self.keys.dead_letter(j) for j in job_ids])
+        return raws
 
     async def get(self, job_id: str) -> DeadLetter:
         """The dead letter of ``job_id``; :class:`DeadLetterNotFoundError` if there is none."""
@@ -90,38 +103,40 @@ class DeadLetterStore:
         return raw
 
     async def _remove_unless_replaced(self, job_id: str, raw: bytes) -> None:
-        """Remove the letter of ``job_id`` if it is still ``raw``.
+        """Remove the letter of ``job_id`` if it is still ``raw`` (``service/redis/lua/forget.lua``).
 
-        A replayed job can fail again, and write a new letter, before the replay returns: that one
-        stays (a WATCHed transaction sees the change and leaves the key alone).
+        A replayed job can fail again, and write a new letter, before the replay returns: that one stays.
         """
-        key = self.keys.dead_letter(job_id)
+        keys = [self.keys.dead_letter(job_id), self.keys.dead_letters(job_id)]
         with broker_errors(f"removing the dead letter of {job_id}"):
-            async with self.redis.pipeline(transaction=True) as pipe:
-                try:
-                    await pipe.watch(key)
-                    if await pipe.get(key) != raw:
-                        return
-                    pipe.multi()  # type: ignore[no-untyped-call]  # redis-py 5 leaves it untyped
-                    pipe.delete(key)
-                    pipe.zrem(self.keys.dead_letters(), job_id)
-                    await pipe.execute()
-                except WatchError:
-                    return
+            await self._forget(keys=keys, args=[raw, job_id])
 
     async def purge(self, job_ids: builtins.list[str] | None = None) -> int:
         """Delete the given dead letters (all of them when ``job_ids`` is None); returns how many."""
-        index = self.keys.dead_letters()
         with broker_errors("purging dead letters"):
             if job_ids is None:
-                job_ids = [i.decode() for i in await self.redis.zrange(index, 0, -1)]
+                job_ids = [
+                    i.decode()
+                    for index in self.keys.dead_letter_indexes()
+                    for i in await self.redis.zrange(index, 0, -1)
+                ]
             if not job_ids:
                 return 0
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.delete(*[self.keys.dead_letter(j) for j in job_ids])
-                pipe.zrem(index, *job_ids)
-                deleted, _ = await pipe.execute()
-        return int(deleted)
+            deleted = await per_slot(job_ids, self.keys.partition, self._purge_in_slot)
+        return sum(deleted)
+
+    async def _purge_in_slot(self, job_ids: builtins.list[str]) -> builtins.list[int]:
+        """Delete letters of one slot and their index entries: 1 for each letter deleted, else 0.
+
+        In one transaction on one Redis; Redis Cluster has none (a letter whose entry was left
+        behind by a crash in between is skipped by :meth:`list`).
+        """
+        async with self.redis.pipeline(transaction=not is_cluster(self.redis)) as pipe:
+            for job_id in job_ids:
+                pipe.delete(self.keys.dead_letter(job_id))
+            pipe.zrem(self.keys.dead_letters(job_ids[0]), *job_ids)
+            replies = await pipe.execute()
+        return [int(n) for n in replies[:-1]]
 
     async def replay(self, job_id: str, *, new_id: bool = False) -> JobHandle:
         """Submit the dead job again as a fresh attempt series; the letter is removed.

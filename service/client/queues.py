@@ -76,7 +76,10 @@ async def known_queues(redis: Redis, keys: Keys, live: Iterable[str]) -> dict[st
     """Every queue a worker served lately (-> its last heartbeat, ms) plus the ``live`` ones read now."""
     with broker_errors("listing the served queues"):
         served = await redis.zrange(keys.registry_queues(), 0, -1, withscores=True)
-    found: dict[str, int | None] = {_text(name): int(score) for name, score in served}
+    found: dict[str, int | None] = {}
+    for name, score in served:  # on Redis Cluster a queue's sets (one per partition) are one queue
+        queue = keys.logical_queue(_text(name))
+        found[queue] = max(int(score), found.get(queue) or 0)
     for name in live:
         found.setdefault(name, None)
     return dict(sorted(found.items()))
@@ -90,6 +93,19 @@ class _Raw:
     later: int
     oldest_score: float | None
     window: list[bytes]
+
+
+def _sum(raws: Sequence[_Raw]) -> _Raw:
+    """The counts of one queue's sets as one."""
+    if len(raws) == 1:
+        return raws[0]
+    oldest = [raw.oldest_score for raw in raws if raw.oldest_score is not None]
+    return _Raw(
+        ready=sum(raw.ready for raw in raws),
+        later=sum(raw.later for raw in raws),
+        oldest_score=min(oldest, default=None),
+        window=[member for raw in raws for member in raw.window],
+    )
 
 
 async def _counts(redis: Redis, queues: Sequence[str], now: int, window: int) -> list[_Raw]:
@@ -139,9 +155,17 @@ def _job_ids(keys: Keys, members: Sequence[bytes]) -> list[str]:
 async def queue_depths(
     redis: Redis, keys: Keys, queues: dict[str, int | None], *, now_ms: int, lease_ms: int
 ) -> list[QueueDepth]:
-    """The depth of each of ``queues`` (key -> last served ms) at ``now_ms``, two round trips in all."""
+    """The depth of each of ``queues`` (key -> last served ms) at ``now_ms``, two round trips in all.
+
+    On Redis Cluster a queue is one sorted set per partition: their counts are added up.
+    """
     names = list(queues)
-    counts = await _counts(redis, names, now_ms, 2 * lease_ms)
+    sets = [keys.queue_sets(name) for name in names]
+    flat = await _counts(redis, [queue_set for group in sets for queue_set in group], now_ms, 2 * lease_ms)
+    counts, at = [], 0
+    for group in sets:
+        counts.append(_sum(flat[at : at + len(group)]))
+        at += len(group)
     samples = [_job_ids(keys, raw.window[:LEASE_SAMPLE]) for raw in counts]
     running = await _leased(redis, keys, samples)
     return [

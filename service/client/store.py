@@ -29,6 +29,7 @@ from service.keys import Keys
 from service.models import FINAL_PROGRESS_STATUS, AttemptInfo, JobRecord, JobRequest, JobState, ProgressUpdate
 from service.redis import scripts
 from service.redis.batching import Batcher
+from service.redis.cluster import per_slot
 from service.redis.connection import broker_errors
 from service.signing import Signer
 from service.wire import WireError, loads
@@ -108,6 +109,7 @@ class JobStore:
         Concurrent calls share round trips: those made while one is in flight go out together next.
         """
         keys = self.keys
+        queue = keys.queue_of(queue, job_id)  # on Redis Cluster, the job's partition's set
         job = _NewJob(
             job_id,
             keys=(
@@ -146,9 +148,15 @@ class JobStore:
         return CreateResult(False, existing, state)
 
     async def _create_batch(self, jobs: list[_NewJob]) -> list[list[Any]]:
+        # On Redis Cluster one call per partition: a script's keys share a slot.
+        return await per_slot(jobs, lambda job: self.keys.partition(job.job_id), self._create_in_slot)
+
+    async def _create_in_slot(self, jobs: list[_NewJob]) -> list[list[Any]]:
         keys: list[str] = []
         names = self.keys
-        args: list[Any] = [names.wake_channel(), names.worker_channel_prefix(), names.job_channel_prefix()]
+        # No hand-offs on Redis Cluster: a PUBLISH there counts only its own node's receivers.
+        hand_over = "0" if names.partitions else "1"
+        args: list[Any] = [names.wake_channel(), names.worker_channel_prefix(), names.job_channel_prefix(), hand_over]
         for job in jobs:
             keys += job.keys
             args += job.args
@@ -240,6 +248,8 @@ def parse_record(job_id: str, raw: Mapping[bytes, bytes] | Mapping[str, str]) ->
 def _field(name: str, value: str) -> Any:
     if name in _INT_FIELDS:
         return int(value)
+    if name == "queue":  # on Redis Cluster its partition's sorted set: the record names the queue
+        return Keys.logical_queue_name(value)
     if name == "request":
         return JobRequest.model_validate_json(value)
     if name == "result":

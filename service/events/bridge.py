@@ -38,6 +38,7 @@ from redis.asyncio.client import Pipeline
 from service.events.delegates import DelegateManager
 from service.events.models import Event
 from service.keys import Keys
+from service.redis.cluster import is_cluster, publish
 
 log = structlog.get_logger("actionq.events")
 
@@ -76,6 +77,7 @@ class EventBridge:
         window_s: float = 0.0,
     ) -> None:
         self.redis = redis
+        self._cluster = is_cluster(redis)
         self.keys = keys
         self.max_len = max_len
         """Cap of the stream, in entries (batches of up to 500 events): ``MAXLEN ~``."""
@@ -112,8 +114,12 @@ class EventBridge:
         if self._flushing is None or self._flushing.done():
             self._flushing = asyncio.get_running_loop().create_task(self._flush(), name="actionq-events-bridge")
 
-    def _pipeline(self, batch: list[tuple[str, bytes]]) -> Pipeline:
-        """One XADD and one EXPIRE for the whole batch, and one PUBLISH per kind present in it."""
+    def _pipeline(self, batch: list[tuple[str, bytes]]) -> tuple[Pipeline, list[tuple[str, bytes]]]:
+        """One XADD and one EXPIRE for the whole batch, and one PUBLISH per kind present in it.
+
+        On Redis Cluster the PUBLISHes are returned to be sent after the pipeline (redis-py's cluster
+        pipeline refuses them: they have no key to route by).
+        """
         key = self.keys.events()
         pipe = self.redis.pipeline(transaction=False)
         entries = max(1, self.max_len // len(batch))  # about max_len events, whatever the batch size
@@ -125,9 +131,12 @@ class EventBridge:
         by_kind: dict[str, list[bytes]] = {}
         for kind, data in batch:
             by_kind.setdefault(kind, []).append(data)
-        for kind, items in by_kind.items():
-            pipe.publish(self.keys.event_channel(kind), _json_array(items))
-        return pipe
+        messages = [(self.keys.event_channel(kind), _json_array(items)) for kind, items in by_kind.items()]
+        if self._cluster:
+            return pipe, messages
+        for channel, body in messages:
+            pipe.publish(channel, body)
+        return pipe, []
 
     async def _flush(self) -> None:
         loop = asyncio.get_running_loop()
@@ -138,7 +147,10 @@ class EventBridge:
             self._last_flush = loop.time()
             batch = [self._buffer.popleft() for _ in range(min(len(self._buffer), _BATCH))]
             try:
-                await self._pipeline(batch).execute()
+                pipe, after = self._pipeline(batch)
+                await pipe.execute()
+                for channel, body in after:
+                    await publish(self.redis, channel, body)
             except Exception as exc:  # Redis down or failing: log, count, go on; never the job's problem
                 self.failed += len(batch)
                 if not self._failing:

@@ -21,6 +21,7 @@ from redis.asyncio import Redis
 
 from service.keys import Keys
 from service.models import now_ms
+from service.redis.cluster import publish
 from service.redis.connection import broker_errors
 from service.redis.pubsub import PubSubMultiplexer
 from service.signing import MAX_AGE_S, Signer
@@ -123,7 +124,7 @@ async def send_control(
     acks: dict[str, ControlAck] = {}
     async with pubsub.subscribe(keys.control_acks_channel()) as sub:
         with broker_errors(f"sending the {cmd.command} command"):
-            await redis.publish(keys.control_channel(), cmd.model_dump_json())
+            await publish(redis, keys.control_channel(), cmd.model_dump_json())
         deadline = time.monotonic() + timeout
         while not expected <= set(acks) and (left := deadline - time.monotonic()) > 0:
             message = await sub.get(left)

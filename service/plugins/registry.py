@@ -96,7 +96,7 @@ class Registry:
                 pipe.expire(keys.registry_manifests(), self._ttl_s)
                 pipe.expire(keys.registry_heartbeats(), self._ttl_s)
             if worker.queues:
-                pipe.zadd(keys.registry_queues(), dict.fromkeys(worker.queues, now))
+                pipe.zadd(keys.registry_queues(), dict.fromkeys(keys.every_queue_set(worker.queues), now))
                 pipe.expire(keys.registry_queues(), QUEUES_TTL_S)
             pipe.set(keys.worker(worker.worker_id), worker.model_dump_json(), px=self._window_ms)
             pipe.zadd(keys.workers(), {worker.worker_id: now})

@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
 
 from service.errors import BrokerError
+from service.redis.cluster import cluster_client, is_cluster_url, redact_cluster_url
 from service.redis.sentinel import MasterPool, is_sentinel_url, master_client, redact_sentinel_url
 
 __all__ = ["LeanPool", "LeanSentinelPool", "broker_errors", "connect", "redact", "while_unreachable"]
@@ -34,13 +35,16 @@ def connect(url: str, **kwargs: object) -> Redis:
 
     The connection is lazy: nothing is sent until the first command. A ``redis+sentinel://`` URL
     gives a client whose pool asks the Sentinels for the master at each connect
-    (:mod:`service.redis.sentinel`), so it follows a failover.
+    (:mod:`service.redis.sentinel`), so it follows a failover; a ``redis+cluster://`` URL gives a
+    Redis Cluster client (:mod:`service.redis.cluster`).
     """
     options: dict[str, object] = {"health_check_interval": 30, "socket_keepalive": True}
     options.update(kwargs)
     try:
         if is_sentinel_url(url):
             return master_client(url, options, LeanSentinelPool)
+        if is_cluster_url(url):
+            return cluster_client(url, options)
         pool = LeanPool.from_url(url, **options)
     except ValueError as exc:
         raise BrokerError(f"invalid Redis URL {redact(url)!r}: {exc}") from exc
@@ -54,6 +58,8 @@ def redact(url: str) -> str:
     """
     if is_sentinel_url(url):
         return redact_sentinel_url(url)
+    if is_cluster_url(url):
+        return redact_cluster_url(url)
     try:
         parts = urllib.parse.urlsplit(url)
         netloc, query = parts.netloc, parts.query

@@ -21,6 +21,7 @@ from redis import exceptions as redis_exc
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
+from service.redis.cluster import pubsub_client
 from service.redis.connection import broker_errors, while_unreachable
 
 __all__ = ["PubSubMultiplexer", "Subscription"]
@@ -92,7 +93,10 @@ class PubSubMultiplexer:
     """Shares one Redis pub/sub connection among all subscribers of a process."""
 
     def __init__(self, redis: Redis, *, reconnect_s: float = 0) -> None:
-        self._pubsub: PubSub = redis.pubsub()
+        # On Redis Cluster a plain connection to one node (any node hears every PUBLISH).
+        self._client = pubsub_client(redis)
+        self._own_client = self._client is not redis
+        self._pubsub: PubSub = self._client.pubsub()
         self.reconnect_s = reconnect_s
         """How long a subscribe keeps trying while Redis is unreachable."""
         self._subs: defaultdict[str, set[Subscription]] = defaultdict(set)
@@ -207,3 +211,5 @@ class PubSubMultiplexer:
                 await self._reader
         with contextlib.suppress(redis_exc.RedisError, RuntimeError):
             await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+            if self._own_client:
+                await self._client.aclose()

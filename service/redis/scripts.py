@@ -16,6 +16,7 @@ script         called by                              does
 ``take``       :class:`service.worker.take.Claims`     claim and start ready jobs; list the worker
 ``settle``     :class:`service.worker.settle.Settler`  record how attempts ended, in batches
 ``limit``      :class:`service.worker.limits.Limits`   concurrency limits: slots under leases, waiters
+``forget``     :class:`service.client.deadletters.DeadLetterStore`  remove a replayed letter unless replaced
 =============  =====================================  ==========================================
 """
 
@@ -30,8 +31,8 @@ from redis.commands.core import AsyncScript
 
 __all__ = ["SCRIPTS", "ScriptName", "register", "source"]
 
-ScriptName = Literal["submit", "read", "cancel", "progress", "take", "settle", "limit"]
-SCRIPTS: tuple[ScriptName, ...] = ("submit", "read", "cancel", "progress", "take", "settle", "limit")
+ScriptName = Literal["submit", "read", "cancel", "progress", "take", "settle", "limit", "forget"]
+SCRIPTS: tuple[ScriptName, ...] = ("submit", "read", "cancel", "progress", "take", "settle", "limit", "forget")
 _PRELUDE = "prelude"
 
 

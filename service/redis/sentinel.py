@@ -30,7 +30,7 @@ Only the parsing and the building live here; :func:`service.redis.connection.con
 from __future__ import annotations
 
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +38,17 @@ from redis import exceptions as redis_exc
 from redis.asyncio import Redis
 from redis.asyncio.connection import SSLConnection
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
+
+from service.redis.urls import (
+    TLS_OPTIONS,
+    OptionParser,
+    count,
+    host_list,
+    parse_options,
+    redact_multi_host,
+    split_url,
+    userinfo,
+)
 
 __all__ = [
     "FollowingConnection",
@@ -58,55 +69,10 @@ FORM = "redis+sentinel://[user:password@]host[:port][,host[:port]...]/<master na
 _SENTINEL_TIMEOUT_S = 2.0
 
 
-def _flag(value: str) -> bool:
-    lowered = value.lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise ValueError("not a boolean (true or false)")
-
-
-def _cert_reqs(value: str) -> str:
-    if value.lower() not in ("none", "optional", "required"):
-        raise ValueError("not one of none, optional, required")
-    return value.lower()
-
-
-def _count(value: str) -> int:
-    number = int(value)
-    if number < 0:
-        raise ValueError("negative")
-    return number
-
-
-def _seconds(value: str) -> float:
-    number = float(value)
-    if not number > 0:
-        raise ValueError("not a positive number of seconds")
-    return number
-
-
-# The options a URL may carry, each with its parser; the TLS ones only on rediss+sentinel.
-_NODE_OPTIONS: dict[str, Callable[[str], object]] = {
-    "socket_timeout": _seconds,
-    "socket_connect_timeout": _seconds,
-    "socket_keepalive": _flag,
-    "health_check_interval": _count,
-    "max_connections": _count,
-    "retry_on_timeout": _flag,
-}
-_TLS_OPTIONS: dict[str, Callable[[str], object]] = {
-    "ssl_cert_reqs": _cert_reqs,
-    "ssl_ca_certs": str,
-    "ssl_certfile": str,
-    "ssl_keyfile": str,
-    "ssl_check_hostname": _flag,
-}
-_SENTINEL_OPTIONS: dict[str, Callable[[str], object]] = {
+_SENTINEL_OPTIONS: dict[str, OptionParser] = {
     "sentinel_username": str,
     "sentinel_password": str,
-    "min_other_sentinels": _count,
+    "min_other_sentinels": count,
 }
 _SECRET_OPTIONS = frozenset({"sentinel_password"})
 _HINTS = {
@@ -159,7 +125,7 @@ class SentinelURL:
             kwargs["password"] = self.sentinel_password
         if self.tls:
             kwargs["ssl"] = True
-            kwargs.update({name: value for name, value in self.node_options.items() if name in _TLS_OPTIONS})
+            kwargs.update({name: value for name, value in self.node_options.items() if name in TLS_OPTIONS})
         return kwargs
 
 
@@ -174,19 +140,21 @@ def parse_sentinel_url(url: str) -> SentinelURL:
     Split by hand, not by :func:`urllib.parse.urlsplit`, which refuses a host list with an IPv6
     member and knows nothing of a list.
     """
-    scheme, userinfo, hosts, path, query = _split(url)
+    scheme, info, hosts, path, query = split_url(url)
     if scheme.lower() not in SCHEMES:
         raise ValueError(f"not a Sentinel URL (expected {FORM})")
     if "#" in query or "#" in path:
         raise ValueError("a Sentinel URL has no #fragment")
     tls = scheme.lower() == "rediss+sentinel"
-    username, password = _userinfo(userinfo)
+    username, password = userinfo(info)
     master, db = _path(path)
-    options = _options(query, tls=tls)
+    options = parse_options(
+        query, _SENTINEL_OPTIONS, tls=tls, tls_scheme="rediss+sentinel", hints=_HINTS, secret=_SECRET_OPTIONS
+    )
     sentinel_options = {name: options.pop(name) for name in list(options) if name in _SENTINEL_OPTIONS}
     others = sentinel_options.get("min_other_sentinels", 0)
     return SentinelURL(
-        sentinels=_hosts(hosts),
+        sentinels=host_list(hosts, what="Sentinel host", default_port=DEFAULT_PORT, form=FORM),
         master=master,
         db=db,
         username=username,
@@ -199,49 +167,8 @@ def parse_sentinel_url(url: str) -> SentinelURL:
     )
 
 
-def _split(url: str) -> tuple[str, str, str, str, str]:
-    """``(scheme, userinfo, hosts, path, query)``, the path with its leading ``/``. The userinfo ends at
-    the last ``@`` before the query, so a password with a ``/`` (it should be percent-encoded) is
-    still taken whole, and never shown as a host."""
-    scheme, _, rest = url.partition("://")
-    rest, _, query = rest.partition("?")
-    userinfo, _, rest = rest.rpartition("@")
-    hosts, slash, path = rest.partition("/")
-    return scheme, userinfo, hosts, slash + path, query
-
-
 def _str_or_none(value: object) -> str | None:
     return None if value is None else str(value)
-
-
-def _userinfo(userinfo: str) -> tuple[str | None, str | None]:
-    if not userinfo:
-        return None, None
-    user, has_password, password = userinfo.partition(":")
-    return (urllib.parse.unquote(user) or None, urllib.parse.unquote(password) if has_password else None)
-
-
-def _hosts(hosts: str) -> tuple[tuple[str, int], ...]:
-    if not hosts:
-        raise ValueError(f"no Sentinel host (expected {FORM})")
-    return tuple(_host(member) for member in hosts.split(","))
-
-
-def _host(member: str) -> tuple[str, int]:
-    if member.startswith("["):  # [IPv6]:port
-        host, bracket, port_part = member[1:].partition("]")
-        if not bracket or (port_part and not port_part.startswith(":")):
-            raise ValueError(f"Sentinel host {member!r}: an IPv6 address is written [address]:port")
-        port = port_part[1:]
-    else:
-        host, _, port = member.partition(":")
-    if not host:
-        raise ValueError(f"Sentinel host {member!r}: no host name (an empty entry in the list?)")
-    if not port:
-        return urllib.parse.unquote(host), DEFAULT_PORT
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"Sentinel host {member!r}: port {port!r} is not a number from 1 to 65535")
-    return urllib.parse.unquote(host), int(port)
 
 
 def _path(path: str) -> tuple[str, int]:
@@ -260,43 +187,9 @@ def _path(path: str) -> tuple[str, int]:
     return master, int(parts[1])
 
 
-def _options(query: str, *, tls: bool) -> dict[str, object]:
-    known = {**_NODE_OPTIONS, **_SENTINEL_OPTIONS, **(_TLS_OPTIONS if tls else {})}
-    options: dict[str, object] = {}
-    for name, value in urllib.parse.parse_qsl(query, keep_blank_values=True):
-        if name in options:
-            raise ValueError(f"option {name} is given twice")
-        parser = known.get(name)
-        if parser is None:
-            raise ValueError(_unknown(name, tls=tls))
-        try:
-            options[name] = parser(value)
-        except ValueError as exc:
-            shown = "***" if name in _SECRET_OPTIONS else repr(value)
-            raise ValueError(f"option {name}={shown}: {exc}") from None
-    return options
-
-
-def _unknown(name: str, *, tls: bool) -> str:
-    if name in _HINTS:
-        return f"unknown option {name} ({_HINTS[name]})"
-    if name in _TLS_OPTIONS and not tls:
-        return f"option {name} needs TLS: the rediss+sentinel:// scheme"
-    every = sorted({*_NODE_OPTIONS, *_SENTINEL_OPTIONS, *_TLS_OPTIONS})
-    return f"unknown option {name} (known: {', '.join(every)})"
-
-
 def redact_sentinel_url(url: str) -> str:
     """``url`` with the password before the hosts and any ``*password`` option replaced by ``***``."""
-    scheme, userinfo, hosts, path, query = _split(url)
-    user, has_password, _ = userinfo.partition(":")
-    shown = f"{user}:***@" if has_password else f"{userinfo}@" if userinfo else ""
-    if query:
-        pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
-        query = "?" + urllib.parse.urlencode(
-            [(name, "***" if name.lower().endswith("password") else value) for name, value in pairs], safe="*/"
-        )
-    return f"{scheme}://{shown}{hosts}{path}{query}"
+    return redact_multi_host(url)
 
 
 class FollowingConnection(SentinelManagedConnection):

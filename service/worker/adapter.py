@@ -24,7 +24,7 @@ import itertools
 import os
 import signal
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from arq.connections import ArqRedis
@@ -32,7 +32,7 @@ from arq.utils import timestamp_ms
 from arq.worker import Worker, func
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service import arqformat
@@ -41,6 +41,7 @@ from service.logs import configure_logging
 from service.models import JobState
 from service.plugins.calls import JobCaller
 from service.processes.parent import die_with_parent, expected_parent
+from service.redis.cluster import is_cluster, publish
 from service.redis.connection import connect
 from service.settings import Settings
 from service.worker import settle
@@ -71,7 +72,8 @@ class ActionWorker(Worker):
 
     def __init__(self, runtime: WorkerRuntime, redis_pool: ArqRedis, **kwargs: Any) -> None:
         self.runtime = runtime
-        self.queues = runtime.queues() or [runtime.keys.queue("_none_")]
+        # The queues' sorted sets: on Redis Cluster one per partition, taken from by a call each.
+        self.queues = runtime.keys.every_queue_set(runtime.queues()) or self._no_queue()
         settings = runtime.settings
         self.claims = Claims(redis_pool, runtime.keys, worker_id=runtime.worker_id, lease_s=settings.lease_s)
         self.limits = Limits(
@@ -90,10 +92,15 @@ class ActionWorker(Worker):
 
     def set_queues(self, queues: list[str]) -> None:
         """Read these queues from the next poll on (plugins were loaded or disabled at runtime)."""
-        old, self.queues = self.queues, queues or [self.runtime.keys.queue("_none_")]
+        old, self.queues = self.queues, queues or self._no_queue()
         self._rotation = itertools.cycle(range(len(self.queues)))
         # Leave the old queues' idle sets; the next take lists this worker in the new ones.
         self._background(self.claims.unregister(old), "actionq-unlist")
+
+    def _no_queue(self) -> list[str]:
+        """What a worker with no plugin reads: a queue no job is sent to (arq's shell needs one)."""
+        keys = self.runtime.keys
+        return keys.queue_sets(keys.queue("_none_"))[:1]
 
     async def main(self) -> None:
         """arq's main loop with its fixed-interval poll replaced by a wake-up and a batch take."""
@@ -164,14 +171,17 @@ class ActionWorker(Worker):
         await self.pool.delete(self.health_check_key)
         if self.on_shutdown:
             await self.on_shutdown(self.ctx)
-        await self.pool.close(close_connection_pool=True)
+        if is_cluster(self.pool):
+            await self.pool.aclose()
+        else:
+            await self.pool.close(close_connection_pool=True)
         self._pool = None
 
     async def _poll_iteration(self) -> None:
         """One round of the loop; a lost Redis connection is waited out with backoff, not fatal."""
         try:
             await self._poll_queues()
-        except RedisError as exc:  # a script error must not stop the loop either: logged, retried
+        except (RedisError, RedisClusterException) as exc:  # a script error must not stop the loop either
             if not isinstance(exc, RedisConnectionError | RedisTimeoutError):
                 log.error("poll_failed", error=str(exc))
             await self._back_off(exc)
@@ -252,7 +262,7 @@ class ActionWorker(Worker):
         back = settle.requeued(job, worker_id=self.runtime.worker_id, started=False)
         try:
             await self.runtime.executor.settler.settle(back)
-            await self.pool.publish(self.runtime.keys.wake_channel(), job.queue)
+            await publish(self.pool, self.runtime.keys.wake_channel(), job.queue)
         finally:
             self.claims.release(job.arq_job_id)
 
@@ -311,7 +321,13 @@ def build_worker(runtime: WorkerRuntime) -> ActionWorker:
     settings = runtime.settings
     # arq's pool shares the runtime's connections; arq never enqueues or reads a job body here,
     # so it gets no serializers (there is no pickle anywhere in actionq either way).
-    pool = ArqRedis(connection_pool=runtime.redis.connection_pool)
+    # On Redis Cluster, the cluster client itself: arq's shell sends it only single-key commands (its
+    # health line), and takes and settles go through actionq's own calls, one slot each.
+    pool = (
+        cast(ArqRedis, runtime.redis)
+        if is_cluster(runtime.redis)
+        else ArqRedis(connection_pool=runtime.redis.connection_pool)
+    )
     return ActionWorker(
         runtime,
         pool,

@@ -21,6 +21,7 @@ from service.errors import ActionQError
 from service.events.control import ACK_TTL_S, ControlAck, ControlCommand
 from service.events.models import WorkerPausedEvent, WorkerResumedEvent
 from service.keys import Keys
+from service.redis.cluster import is_cluster, publish
 from service.worker.runtime import Puller, WorkerRuntime
 
 __all__ = ["ControlHandler", "Puller", "record_ack", "wait_idle"]
@@ -164,8 +165,11 @@ async def record_ack(redis: Redis, keys: Keys, ack: ControlAck) -> None:
     async with redis.pipeline(transaction=False) as pipe:
         pipe.rpush(keys.control_acks(ack.command_id), body)
         pipe.expire(keys.control_acks(ack.command_id), ACK_TTL_S)
-        pipe.publish(keys.control_acks_channel(), body)
+        if not is_cluster(redis):  # redis-py's cluster pipeline refuses a PUBLISH (no key to route by)
+            pipe.publish(keys.control_acks_channel(), body)
         await pipe.execute()
+    if is_cluster(redis):
+        await publish(redis, keys.control_acks_channel(), body)
 
 
 async def wait_idle(tasks: dict[str, asyncio.Task[Any]]) -> None:

@@ -41,7 +41,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
-from service.errors import ActionQError
+from service.errors import ActionQError, ConfigError
 from service.keys import Keys
 from service.models import now_ms
 from service.plugins.loader import LoadedPlugin
@@ -262,6 +262,13 @@ class Limits:
         table = limit_table(manifest, entry.limits if entry is not None else None)
         for problem in table.problems:
             log.error("limits_misconfigured", plugin=plugin, problem=problem, reason="that entry is ignored")
+        if self.keys.partitions and (table.plugin is not None or table.actions):
+            # A promotion moves waiters of one limit into queues of every partition: a call that
+            # would span slots. Refused, not ignored: a limit that does not hold is worse than none.
+            raise ConfigError(
+                f"plugin {plugin!r} declares concurrency limits (max_concurrent), which do not work on "
+                "Redis Cluster yet: remove them from its manifest or its limits: entry, or use one Redis"
+            )
         self._tables[plugin] = (manifest, table)
         return table
 

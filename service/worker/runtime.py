@@ -34,12 +34,13 @@ from service.events.models import (
     WorkerStartedEvent,
     WorkerStoppedEvent,
 )
-from service.keys import Keys
 from service.models import ErrorInfo, now_ms
 from service.plugins.calls import JobCaller
 from service.plugins.config import PluginEnvironment
 from service.plugins.loader import PluginLoader
 from service.plugins.registry import Registry, WorkerInfo
+from service.redis.cluster import check_layout, layout
+from service.redis.connection import broker_errors
 from service.redis.pubsub import PubSubMultiplexer
 from service.settings import SUPERVISOR_ENV, Settings
 from service.signing import MAX_AGE_S
@@ -84,7 +85,7 @@ class WorkerRuntime:
     def __init__(self, settings: Settings, redis: Redis, *, caller: JobCaller | None = None) -> None:
         self.settings = settings
         self.redis = redis
-        self.keys = Keys(settings.namespace)
+        self.keys = layout(redis, settings.namespace, settings.cluster_partitions)
         self.worker_id = new_worker_id(settings.hostname)
         self.registry = Registry(redis, self.keys, heartbeat_s=settings.heartbeat_s)
         # Created on the running loop: delegates are dispatched there (see service.events.delegates).
@@ -150,13 +151,15 @@ class WorkerRuntime:
 
         ``on_control`` handles the messages of the control channel (:class:`service.worker.control.ControlHandler`).
         """
+        with broker_errors("reading the namespace's layout"):
+            await check_layout(self.redis, self.keys)
         entries = [(e.name, self.settings.plugin_path(e)) for e in self.settings.plugins if e.enabled]
         await self.loader.load_all(entries)
         self._plugin_events()
         if not self.loader.loaded:
             log.warning("no_plugins_loaded", configured=[name for name, _ in entries])
         self.info.queues = self.queues()
-        self._queue_set = frozenset(self.info.queues)
+        self._queue_set = frozenset(self.keys.every_queue_set(self.info.queues))
         # Listen before announcing: a command sent as soon as this worker shows in the registry
         # (the tests', an operator's script's) must find it subscribed.
         await self._listen(self.keys.cancel_channel(), self._on_cancel)
@@ -209,9 +212,9 @@ class WorkerRuntime:
 
     async def _plugins_changed(self) -> None:
         self.info.queues = self.queues()
-        self._queue_set = frozenset(self.info.queues)
+        self._queue_set = frozenset(self.keys.every_queue_set(self.info.queues))
         if self.puller is not None:
-            self.puller.set_queues(self.info.queues)
+            self.puller.set_queues(self.keys.every_queue_set(self.info.queues))
         await self.publish()
         self.wake.set()
 

@@ -46,6 +46,7 @@ from service.keys import Keys
 from service.models import FINAL_PROGRESS_STATUS, JobState, now_ms
 from service.redis import scripts
 from service.redis.batching import Batcher
+from service.redis.cluster import per_slot
 from service.redis.connection import broker_errors, while_unreachable
 from service.redis.streams import StreamEnd, entry_id
 from service.worker.take import TakenJob
@@ -148,6 +149,10 @@ def _never() -> bool:
     return False
 
 
+_Op = tuple[str, tuple[str, ...], str]
+"""One settlement as the script takes it: the job id, its declared keys, the operation's JSON."""
+
+
 class Settler:
     """Sends settlements in batches: one script call per batch, each caller awaiting its own."""
 
@@ -167,7 +172,7 @@ class Settler:
         job is another attempt's anyway). A batch sent twice writes once: the second finds the
         records ended (-1 or -2)."""
         self._script = scripts.register(redis, "settle")
-        self._batcher: Batcher[tuple[tuple[str, ...], str], int] = Batcher(
+        self._batcher: Batcher[_Op, int] = Batcher(
             self._send, max_batch=_BATCH, name="actionq-settle", same_turn=True, window_s=window_s, busy=busy or _never
         )
         """``window_s``, ``busy``: see :class:`service.redis.batching.Batcher` (``busy``: other jobs still run)."""
@@ -179,7 +184,7 @@ class Settler:
         """
         return await self._batcher.submit(self._encode(settlement))
 
-    def _encode(self, s: Settlement) -> tuple[tuple[str, ...], str]:
+    def _encode(self, s: Settlement) -> _Op:
         keys = self.keys
         job_id = s.job_id
         declared = (
@@ -222,13 +227,17 @@ class Settler:
             written, end = s.stream_end
             fields = [part.decode() for pair in end.fields().items() for part in pair]
             op["stream_end"] = {"id": entry_id(written), "fields": fields, "ttl_s": s.result_ttl_s}
-        return declared, json.dumps(op, separators=(",", ":"))
+        return job_id, declared, json.dumps(op, separators=(",", ":"))
 
-    async def _send(self, ops: list[tuple[tuple[str, ...], str]]) -> list[int]:
-        keys = [self.keys.dead_letters()]
-        for declared, _ in ops:
+    async def _send(self, ops: list[_Op]) -> list[int]:
+        # On Redis Cluster one call per partition: a script's keys share a slot.
+        return await per_slot(ops, lambda op: self.keys.partition(op[0]), self._send_in_slot)
+
+    async def _send_in_slot(self, ops: list[_Op]) -> list[int]:
+        keys = [self.keys.dead_letters(ops[0][0])]  # the partition's index (the only one on one Redis)
+        for _, declared, _ in ops:
             keys += declared
-        args = [op for _, op in ops]
+        args = [op for _, _, op in ops]
         with broker_errors(f"settling {len(ops)} job(s)"):
             seqs = await while_unreachable(lambda: self._script(keys=keys, args=args), for_s=self.retry_s)
         return [int(seq) for seq in seqs]

@@ -14,6 +14,7 @@ With no worker at all, nothing sweeps: the jobs wait for the first one.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable
 
 import structlog
@@ -69,23 +70,25 @@ class Sweeper:
 
     async def _sweep_queue(self, queue: str, cutoff: int) -> int:
         arq_ids = await self.redis.zrangebyscore(queue, "-inf", cutoff, start=0, num=_BATCH)
-        prefix = self.keys.arq_job_id("").encode()
-        jobs = [arq_id.decode(errors="replace") for arq_id in arq_ids if arq_id.startswith(prefix)]
+        jobs: dict[str, str] = {}  # arq id -> job id, of this namespace's entries only
+        for member in arq_ids:
+            arq_id = member.decode(errors="replace")
+            with contextlib.suppress(ValueError):
+                jobs[arq_id] = self.keys.job_id_from_arq(arq_id)
         if not jobs:
             return 0
         async with self.redis.pipeline(transaction=False) as pipe:
-            for arq_id in jobs:
-                pipe.hmget(self.keys.job(self.keys.job_id_from_arq(arq_id)), ["state", "attempt", "request"])
+            for job_id in jobs.values():
+                pipe.hmget(self.keys.job(job_id), ["state", "attempt", "request"])
             records = await pipe.execute()
         reason = (
             f"no worker has served its queue {queue!r} for {self.unserved_ms / 1000:g} s (unserved_expire_s): "
             "it never ran"
         )
         ended = 0
-        for arq_id, (state, attempt, request) in zip(jobs, records, strict=True):
+        for (arq_id, job_id), (state, attempt, request) in zip(jobs.items(), records, strict=True):
             if state not in (*_WAITING, _RUNNING):
                 continue  # gone or ended: a take of the queue, if one comes, removes the entry
-            job_id = self.keys.job_id_from_arq(arq_id)
             tries = int(attempt) if attempt and attempt.isdigit() else 0
             ended += await self._expire(TakenJob(job_id, arq_id, queue, "expired", tries, request or b""), reason)
         if ended:

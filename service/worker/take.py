@@ -145,13 +145,41 @@ class Claims:
         of remain and slots are free, a second call takes them at once.
         """
         limit = max(limit, 0)
-        first = await self._call(queues, now_ms, limit, advertise=advertise, idle=idle)
+        groups = self._by_slot(queues)
+        first = await self._round(groups, now_ms, limit, advertise=advertise, idle=idle)
         left = limit - sum(1 for job in first.jobs if job.claimed)
-        if left <= 0 or not self._candidates(queues, left):
+        if left <= 0 or not any(self._candidates(group, left) for group in groups):
             return first
-        second = await self._call(queues, now_ms, left, advertise=advertise, idle=idle and not first.jobs)
-        due = min((d for d in (first.next_due_ms, second.next_due_ms) if d is not None), default=None)
-        return Take(first.jobs + second.jobs, due)
+        second = await self._round(groups, now_ms, left, advertise=advertise, idle=idle and not first.jobs)
+        return _merged([first, second])
+
+    def _by_slot(self, queues: list[str]) -> list[list[str]]:
+        """``queues`` in groups that one script call may name together: one group on one Redis, one
+        per partition on a cluster (each group keeps the order of ``queues``)."""
+        if not self.keys.partitions:
+            return [queues]
+        groups: dict[int, list[str]] = {}
+        for queue in queues:
+            groups.setdefault(self.keys.slot(queue), []).append(queue)
+        return list(groups.values())
+
+    async def _round(self, groups: list[list[str]], now_ms: int, limit: int, *, advertise: bool, idle: bool) -> Take:
+        """One call per group, at once. Only named candidates can be claimed, so the free slots are
+        shared out over the groups' candidates in order (a group with none only lists the worker and
+        reports its ready jobs): together the calls never claim more than ``limit``."""
+        if len(groups) == 1:
+            return await self._call(groups[0], now_ms, limit, advertise=advertise, idle=idle)
+        room, shares = limit, []
+        for group in groups:
+            share = min(limit, len(self._candidates(group, limit))) if limit else 0
+            shares.append(share)
+            limit -= share
+        # Each call lists the worker, and reports ready jobs, by every free slot (room), not by its share.
+        calls = [
+            self._call(group, now_ms, share, room=room, advertise=advertise, idle=idle)
+            for group, share in zip(groups, shares, strict=True)
+        ]
+        return _merged(await asyncio.gather(*calls))
 
     def _candidates(self, queues: list[str], limit: int) -> list[_Candidate]:
         """The hinted jobs of ``queues`` to try, in queue order (at most ``2 * limit``)."""
@@ -163,7 +191,9 @@ class Claims:
                 found.append(_Candidate(index, arq_id, job_id))
         return found
 
-    async def _call(self, queues: list[str], now_ms: int, limit: int, *, advertise: bool, idle: bool) -> Take:
+    async def _call(
+        self, queues: list[str], now_ms: int, limit: int, *, room: int | None = None, advertise: bool, idle: bool
+    ) -> Take:
         """One call of the take script: the hinted candidates, the listing, and the next hints."""
         candidates = self._candidates(queues, limit) if limit else []
         used = [i for i, queue in enumerate(queues, 1) if queue in self._used]
@@ -178,6 +208,7 @@ class Claims:
         header = {
             "now": str(now_ms),
             "limit": limit,
+            "room": limit if room is None else room,
             "ahead": self.ahead,
             "lease_ms": self.lease_ms,
             "worker": self.worker_id,
@@ -204,7 +235,8 @@ class Claims:
 
     async def _keep_hints(self, queues: list[str], flat: list[Any]) -> None:
         """The ready jobs the script saw become the next candidates; foreign members leave the queue."""
-        self._hints = {queue: {} for queue in queues}
+        for queue in queues:
+            self._hints[queue] = {}
         foreign: list[tuple[str, bytes]] = []
         for qi, member in zip(flat[::2], flat[1::2], strict=True):
             queue = queues[int(qi) - 1]
@@ -375,6 +407,12 @@ class Claims:
         renewer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await renewer
+
+
+def _merged(takes: list[Take]) -> Take:
+    """Several takes as one: their jobs, and the earliest due time."""
+    due = min((t.next_due_ms for t in takes if t.next_due_ms is not None), default=None)
+    return Take([job for t in takes for job in t.jobs], due)
 
 
 def _text(raw: bytes | str | int) -> str:

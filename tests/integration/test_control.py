@@ -13,6 +13,9 @@ from service import JobClient, JobState, UnservableJobError
 from service.events.models import EventKind
 from tests.conftest import FAST, REPO_ROOT, WorkerFactory, bundled_plugins_config, fixture_plugin
 
+# On one Redis and on a 3-master Redis Cluster (DESIGN.md section 11).
+pytestmark = pytest.mark.topologies
+
 OBSERVER = fixture_plugin("observer")
 
 

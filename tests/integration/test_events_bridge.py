@@ -31,8 +31,12 @@ from service.events.reader import read_events
 from service.keys import Keys
 from service.models import ErrorInfo
 from service.processes.embedded import EmbeddedRedis
+from service.redis.cluster import pubsub_client
 from service.settings import Settings
 from tests.conftest import REPO_ROOT
+
+# On one Redis and on a 3-master Redis Cluster (DESIGN.md section 11).
+pytestmark = pytest.mark.topologies
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -85,7 +89,7 @@ async def entry_ids(redis: Redis, keys: Keys) -> list[str]:
 
 async def test_bridge_writes_the_stream_and_publishes_per_kind(redis: Redis, namespace: str) -> None:
     keys = Keys(namespace)
-    pubsub = redis.pubsub()
+    pubsub = pubsub_client(redis).pubsub()  # on a cluster, a plain connection to one node
     await pubsub.subscribe(keys.event_channel("job_failed"))
     await pubsub.psubscribe(keys.event_channel_pattern())
     manager = DelegateManager()
@@ -137,7 +141,7 @@ async def test_a_flush_costs_one_xadd_one_expire_and_one_publish_per_kind(
 
 
 async def _check_flush_commands(redis: Redis, keys: Keys) -> None:
-    pubsub = redis.pubsub()
+    pubsub = pubsub_client(redis).pubsub()  # on a cluster, a plain connection to one node
     await pubsub.psubscribe(keys.event_channel_pattern())
     events: list[Event] = [ok(0), failed(1), ok(2), WorkerStartedEvent(worker_id="w1", hostname="h", pid=1), ok(3)]
     events += [failed(i) for i in range(4, 12)]

@@ -5,10 +5,15 @@ from __future__ import annotations
 import asyncio
 import json
 
+import pytest
 import redis.asyncio as aioredis
 
 from service import JobClient, JobHandle, JobState, ProgressSnapshot
+from service.redis.cluster import pubsub_client
 from tests.conftest import FAST, WorkerFactory, bundled_plugins_config
+
+# On one Redis and on a 3-master Redis Cluster (DESIGN.md section 11).
+pytestmark = pytest.mark.topologies
 
 
 async def _follow(handle: JobHandle, timeout_s: float = 30) -> list[ProgressSnapshot]:
@@ -107,7 +112,7 @@ async def test_the_channel_speaks_documented_json(
     """What a non-Python subscriber (redis-cli SUBSCRIBE) sees."""
     worker_process(bundled_plugins_config(**FAST))
     job_id = "raw-json-1"
-    pubsub = redis.pubsub()
+    pubsub = pubsub_client(redis).pubsub()  # on a cluster, a plain connection to one node
     await pubsub.subscribe(client.keys.job_channel(job_id))
     # Subscribed before the job exists: the submit asks for its changes to be published from the start.
     await client.submit("long_running", "count_slowly", {"steps": 2, "delay_s": 0.05}, job_id=job_id, watch=True)

@@ -23,6 +23,9 @@ from service.models import now_ms
 from service.processes.spawn import has_pid
 from tests.conftest import FAST, WorkerFactory, WorkerProc, bundled_plugins_config, fixture_plugin
 
+# On one Redis and on a 3-master Redis Cluster (DESIGN.md section 11).
+pytestmark = pytest.mark.topologies
+
 RELIABILITY = fixture_plugin("reliability")
 
 
@@ -41,8 +44,9 @@ async def _running(handle: JobHandle, timeout_s: float = 20) -> None:
 async def _listed_idle(client: JobClient, worker: WorkerProc, queue: str, timeout_s: float = 20) -> None:
     """Wait until ``worker`` lists itself as idle in ``queue``: a take of that queue found nothing to run."""
     async with asyncio.timeout(timeout_s):
-        while not has_pid(await client.redis.zrange(client.keys.idle_workers(queue), 0, -1), worker.pid):
-            await asyncio.sleep(0.02)
+        for queue_set in client.keys.queue_sets(queue):  # on a cluster, each partition's
+            while not has_pid(await client.redis.zrange(client.keys.idle_workers(queue_set), 0, -1), worker.pid):
+                await asyncio.sleep(0.02)
 
 
 # -- cancellation ---------------------------------------------------------------------------------
@@ -61,7 +65,9 @@ async def test_cancel_while_queued_never_starts(worker_process: WorkerFactory, c
     error = (await handle.record()).error
     assert error is not None
     assert "changed my mind" in error.message
-    assert await client.redis.zcard(client.keys.queue("reliability")) == 0
+    assert [await client.redis.zcard(q) for q in client.keys.queue_sets(client.keys.queue("reliability"))] == [0] * len(
+        client.keys.queue_sets(client.keys.queue("reliability"))
+    )
     with pytest.raises(JobCancelledError):
         await handle.result(timeout=1)
     assert await handle.cancel() is CancelOutcome.ALREADY_FINISHED

@@ -23,6 +23,9 @@ from service import (
 )
 from tests.conftest import FAST, REPO_ROOT, WorkerFactory, bundled_plugins_config, fixture_plugin
 
+# On one Redis and on a 3-master Redis Cluster (DESIGN.md section 11).
+pytestmark = pytest.mark.topologies
+
 SEED_APP = REPO_ROOT / "tests" / "fixtures" / "seed_app"
 PLUGIN_B = {"name": "PluginB", "path": str(REPO_ROOT / "plugins" / "PluginB")}
 

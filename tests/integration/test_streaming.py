@@ -19,6 +19,9 @@ from service import (
 )
 from tests.conftest import FAST, WorkerFactory, bundled_plugins_config
 
+# On one Redis and on a 3-master Redis Cluster (DESIGN.md section 11).
+pytestmark = pytest.mark.topologies
+
 STREAMER = Path(__file__).resolve().parents[1] / "fixtures" / "plugins" / "streamer"
 
 

@@ -21,14 +21,17 @@ from service.processes.spawn import WorkerStartError, has_pid, spawn_worker, wai
 from service.worker.take import Claims
 from tests.conftest import FAST, REPO_ROOT, WorkerFactory, bundled_plugins_config, fixture_plugin
 
+# On one Redis and on a 3-master Redis Cluster (DESIGN.md section 11).
+pytestmark = pytest.mark.topologies
+
 RELIABILITY = fixture_plugin("reliability")
 
 
 async def test_a_submit_wakes_an_idle_worker(worker_process: WorkerFactory, client: JobClient) -> None:
     # With a 30 s fallback poll, only the wake-up (or the deferred-job timer) can start these in time.
     worker_process(bundled_plugins_config(**{**FAST, "poll_delay_s": 30}))
-    idle = client.keys.idle_workers(client.keys.queue("PluginB"))
-    await _until(lambda: client.redis.zcard(idle), "the worker to go idle and list itself")
+    idle = _idle_sets(client, "PluginB")
+    await _until(lambda: _listed(client, idle), "the worker to go idle and list itself")
     now = await client.submit("PluginB", "calculate_square", {"x": 3})
     assert await now.result(timeout=10) == 9
     deferred = await client.submit("PluginB", "calculate_square", {"x": 4}, defer_s=0.5)
@@ -127,26 +130,40 @@ async def test_running_jobs_do_not_crowd_new_ones_out_of_free_slots(
 
 
 async def test_an_idle_worker_is_handed_jobs_and_a_paused_one_gives_them_back(
-    worker_process: WorkerFactory, client: JobClient
+    worker_process: WorkerFactory, client: JobClient, topology: str
 ) -> None:
+    if topology == "cluster":
+        pytest.skip("no hand-offs on Redis Cluster: an idle worker is woken instead (docs/topology.md)")
     # A 30 s fallback poll: only a handoff or a wake-up can start these in time.
     worker_process(bundled_plugins_config(**{**FAST, "poll_delay_s": 30}))
-    idle = client.keys.idle_workers(client.keys.queue("PluginB"))
-    await _until(lambda: client.redis.zcard(idle), "the idle worker to list itself")
+    idle = _idle_sets(client, "PluginB")
+    await _until(lambda: _listed(client, idle), "the idle worker to list itself")
     handle = await client.submit("PluginB", "calculate_square", {"x": 5})
     assert await handle.result(timeout=10) == 25
     record = await handle.record()
     assert record.started_at_ms == record.enqueued_at_ms  # started by the submit itself: handed over
     # Paused, it leaves the idle sets; a listing that outlived the pause gets its job given back.
     assert (await client.control("pause")).acted
-    await _until(lambda: _not(client.redis.zcard(idle)), "the paused worker to leave the idle set")
+    await _until(lambda: _not(_listed(client, idle, every=False)), "the paused worker to leave the idle set")
     assert record.worker is not None
-    await client.redis.zadd(idle, {record.worker: now_ms() + 5_000})
+    for idle_set in idle:
+        await client.redis.zadd(idle_set, {record.worker: now_ms() + 5_000})
     back = await client.submit("PluginB", "calculate_square", {"x": 6})
     await _until(lambda: _given_back(back), "the job to be given back")
     assert (await client.control("resume")).acted
     assert await back.result(timeout=10) == 36
     assert (await back.record()).attempt == 1
+
+
+def _idle_sets(client: JobClient, plugin: str) -> list[str]:
+    """The idle sets of a plugin's queue: one, or on a cluster one per partition (each of its sets)."""
+    return [client.keys.idle_workers(queue_set) for queue_set in client.keys.queue_sets(client.keys.queue(plugin))]
+
+
+async def _listed(client: JobClient, idle: list[str], *, every: bool = True) -> bool:
+    """True when the worker is listed in every one of ``idle`` (or, not ``every``, in any)."""
+    found = [await client.redis.zcard(idle_set) for idle_set in idle]
+    return all(found) if every else any(found)
 
 
 async def _until(check: Callable[[], Awaitable[object]], what: str) -> None:
@@ -193,7 +210,9 @@ async def test_busy_workers_with_room_are_woken_and_lose_no_job(
     assert len(workers) == 2  # both took work
 
 
-async def test_one_take_of_thousands_of_jobs(client: JobClient) -> None:
+async def test_one_take_of_thousands_of_jobs(client: JobClient, topology: str) -> None:
+    if topology == "cluster":
+        pytest.skip("writes one queue's entries by hand, in one Redis's layout (the point: Lua's unpack limit)")
     # Real Redis (Lua 5.1): a take's writes of 4,500 jobs once overran Lua's unpack() limit,
     # leaving jobs marked running that no worker ran (the memory bench's 5,000-job waves).
     async with client.redis.pipeline(transaction=False) as pipe:

@@ -55,3 +55,36 @@ def test_size_limit() -> None:
     assert check_size("x", b"12", 2) == b"12"
     with pytest.raises(PayloadTooLargeError, match="3 bytes, over the limit of 2"):
         check_size("x", b"123", 2)
+
+
+def test_on_a_cluster_every_key_of_a_job_shares_its_queue_sets_slot() -> None:
+    from redis.crc import key_slot
+
+    keys = Keys("ns", 6)
+    queue = keys.queue("PluginB", "default", "vm")
+    for job_id in ("a", "b", "order-17", "x" * 64):
+        queue_set = keys.queue_of(queue, job_id)
+        named = [
+            keys.job(job_id), keys.job_stream(job_id), keys.checkpoint(job_id), keys.dead_letter(job_id),
+            keys.dead_letters(job_id), keys.arq_result(job_id), keys.arq_in_progress(job_id),
+            keys.idle_workers(queue_set), queue_set,
+        ]  # fmt: skip
+        assert len({key_slot(name.encode()) for name in named}) == 1, named
+        assert keys.job_id_from_arq(keys.arq_job_id(job_id)) == job_id
+        assert keys.logical_queue(queue_set) == queue
+        assert keys.queue_plugin(queue_set) == "PluginB"
+    assert len(set(keys.queue_sets(queue))) == 6
+    assert keys.every_queue_set([queue]) == keys.queue_sets(queue)
+    # partition p hashes into the p-th sixth of the slots: an evenly split cluster gets them spread
+    assert [key_slot(tag.encode()) * 6 // 16384 for tag in keys.tags] == list(range(6))
+    with pytest.raises(ValueError, match="partition's tag"):
+        keys.job_id_from_arq("ns:a")  # a plain-layout id in a cluster namespace
+
+
+def test_on_one_redis_the_names_have_no_tags() -> None:
+    keys = Keys("ns")
+    assert keys.job("a") == "ns:job:a"
+    assert keys.queue_of("ns:queue:default:P", "a") == "ns:queue:default:P"
+    assert keys.queue_sets("q") == ["q"]
+    assert keys.dead_letter_indexes() == ["ns:dead"] == [keys.dead_letters("a")]
+    assert keys.partition("a") == 0

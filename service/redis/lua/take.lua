@@ -14,7 +14,9 @@
 -- KEYS[2Q + 2c - 1]      record of candidate c (c = 1, 2, ...): <ns>:job:<id>
 -- KEYS[2Q + 2c]          lease of candidate c: arq:in-progress:<ns>:<id>
 -- ARGV[1]  the take, JSON:
---   {"now": "<ms>", "limit": <jobs to take at most>, "ahead": <ready jobs to report for the next take>,
+--   {"now": "<ms>", "limit": <jobs to take at most>, "room": <the worker's free slots: limit unless
+--    given; a call per partition on Redis Cluster is given a share of them to take>,
+--    "ahead": <ready jobs to report for the next take>,
 --    "lease_ms": <ms>, "worker": "<worker id>", "queues": Q, "job_channel": "<ns>:ch:job:",
 --    "listing": {"current": "none" | "idle" | "wake", "ttl_ms": <0: do not list>, "fresh": <bool>,
 --                "idle": <bool: nothing runs on this worker>, "used": [<queue index>, ...]}}
@@ -49,6 +51,7 @@
 
 local take = cjson.decode(ARGV[1])
 local now, limit, worker, lease_ms = tonumber(take.now), take.limit, take.worker, take.lease_ms
+local room = take.room or limit
 local nq = take.queues
 local replies, due, taken, hints, jobs = {-1, 'none', {}}, -1, 0, {}, {}
 
@@ -138,7 +141,7 @@ end
 -- The head of queue `qi` after the take: its ready jobs become hints (as many as there are free
 -- slots left, plus `ahead` for the next take), its first score ahead a due time.
 local function look(qi)
-  local wanted = limit - taken + take.ahead
+  local wanted = room - taken + take.ahead
   local head = redis.call('ZRANGEBYSCORE', KEYS[qi], '-inf', '+inf', 'WITHSCORES', 'LIMIT', 0, wanted + 1)
   for i = 1, #head, 2 do
     local score = tonumber(head[i + 1])
@@ -167,7 +170,7 @@ end
 
 local listing = take.listing
 local current, want = listing.current, 'none'
-if listing.ttl_ms > 0 and taken < limit then want = (taken == 0 and listing.idle) and 'idle' or 'wake' end
+if listing.ttl_ms > 0 and taken < room then want = (taken == 0 and listing.idle) and 'idle' or 'wake' end
 if want ~= 'none' and #hints > 0 then want = current end  -- more is ready: the caller takes it next
 local renew, used = want ~= current or not listing.fresh, {}
 for _, qi in ipairs(listing.used) do used[qi] = true end

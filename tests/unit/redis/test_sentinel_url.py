@@ -207,9 +207,3 @@ def test_min_other_sentinels_reaches_redis_py() -> None:
     pool = connect("redis+sentinel://s1,s2,s3/m?min_other_sentinels=1").connection_pool
     assert isinstance(pool, LeanSentinelPool)
     assert pool.sentinel_manager.min_other_sentinels == 1
-
-
-def test_a_cluster_url_is_refused_for_now() -> None:
-    """docs/topology.md says Cluster is not supported yet: its URL must fail, not connect to one node."""
-    with pytest.raises(BrokerError, match="invalid Redis URL 'redis\\+cluster://:\\*\\*\\*@n1:7000/0'"):
-        connect("redis+cluster://:s3cr3t@n1:7000/0")

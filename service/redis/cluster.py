@@ -1,0 +1,241 @@
+"""Redis Cluster: the ``redis+cluster://`` URL, the client, and its pub/sub connection.
+
+::
+
+    redis+cluster://[user:password@]host[:port][,host[:port]...][/0][?option=value&...]
+    rediss+cluster://...   (TLS to every node)
+
+The hosts are some of the cluster's nodes (port 6379 unless given): redis-py's asyncio
+``RedisCluster`` asks the first that answers for the slot map, then sends each command to the node
+owning its keys' slot, following ``MOVED`` and ``ASK`` redirections (a resharding) and reloading the
+map when a node fails. A script call goes where its keys' slot is: every call actionq makes names
+keys of one slot (:mod:`service.keys`, the partitions). Options: the nodes' ``socket_timeout``,
+``socket_connect_timeout``, ``socket_keepalive``, ``health_check_interval``, ``max_connections`` (per
+node), and with ``rediss+cluster`` the TLS ones. A cluster has database 0 only.
+
+redis-py 5.3's ``RedisCluster`` has no ``pubsub()``. A classic ``PUBLISH`` on any node reaches the
+subscribers of every node (the cluster bus carries it), so the process's one subscription
+connection (:class:`service.redis.pubsub.PubSubMultiplexer`) is a plain connection to one node:
+:func:`pubsub_client` gives one that connects to the URL's nodes in turn, so a reconnect after that
+node failed goes to the next one (and subscribes every channel again there).
+
+Only this module knows ``RedisCluster``. The rest of actionq holds it as a ``Redis``: the commands
+it sends are the same, and the few places where a cluster differs — no ``MULTI``, ``MGET`` within one
+slot, scripts per slot, no ``pubsub()`` — ask :func:`is_cluster`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar, cast
+
+from redis.asyncio import Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import Connection, ConnectionPool, SSLConnection
+
+from service.errors import ConfigError
+from service.keys import Keys
+from service.redis.urls import host_list, parse_options, redact_multi_host, split_url, userinfo
+
+__all__ = [
+    "ClusterURL",
+    "check_layout",
+    "cluster_client",
+    "is_cluster",
+    "is_cluster_url",
+    "layout",
+    "parse_cluster_url",
+    "per_slot",
+    "publish",
+    "pubsub_client",
+    "redact_cluster_url",
+]
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+SCHEMES = ("redis+cluster", "rediss+cluster")
+DEFAULT_PORT = 6379
+FORM = "redis+cluster://[user:password@]host[:port][,host[:port]...][/0][?option=value&...]"
+_HINTS = {
+    "ssl": "TLS is the scheme: rediss+cluster://",
+    "db": "a cluster has database 0 only",
+    "password": "the password goes before the hosts (user:password@)",
+    "retry_on_timeout": "a cluster client retries on timeouts and failed nodes by itself",
+}
+# Options of a redis:// URL the cluster client does not take (it retries by itself).
+_NOT_FOR_CLUSTER = frozenset({"retry_on_timeout"})
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterURL:
+    """A parsed ``redis+cluster://`` URL (the password left out of its ``repr``)."""
+
+    nodes: tuple[tuple[str, int], ...]
+    """The startup nodes' ``(host, port)``, in the URL's order."""
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    tls: bool = False
+    options: Mapping[str, object] = field(default_factory=dict)
+
+    def node_kwargs(self) -> dict[str, object]:
+        """redis-py's keyword arguments for the node connections."""
+        kwargs: dict[str, object] = dict(self.options)
+        if self.username is not None:
+            kwargs["username"] = self.username
+        if self.password is not None:
+            kwargs["password"] = self.password
+        if self.tls:
+            kwargs["ssl"] = True
+        return kwargs
+
+
+def is_cluster_url(url: str) -> bool:
+    """True for a ``redis+cluster://`` or ``rediss+cluster://`` URL (the scheme alone is looked at)."""
+    return url.partition("://")[0].lower() in SCHEMES and "://" in url
+
+
+def parse_cluster_url(url: str) -> ClusterURL:
+    """``url`` parsed; ``ValueError`` naming what is wrong (never a password) when it is malformed."""
+    scheme, info, hosts, path, query = split_url(url)
+    if scheme.lower() not in SCHEMES:
+        raise ValueError(f"not a Cluster URL (expected {FORM})")
+    if "#" in query or "#" in path:
+        raise ValueError("a Cluster URL has no #fragment")
+    if path.strip("/") not in ("", "0"):
+        raise ValueError(f"the path is {path!r}: a cluster has database 0 only (/0 or nothing)")
+    tls = scheme.lower() == "rediss+cluster"
+    username, password = userinfo(info)
+    options = parse_options(query, {}, tls=tls, tls_scheme="rediss+cluster", hints=_HINTS)
+    for name in _NOT_FOR_CLUSTER & set(options):
+        raise ValueError(f"unknown option {name} ({_HINTS[name]})")
+    nodes = host_list(hosts, what="cluster node", default_port=DEFAULT_PORT, form=FORM)
+    return ClusterURL(nodes=nodes, username=username, password=password, tls=tls, options=options)
+
+
+def redact_cluster_url(url: str) -> str:
+    """``url`` with its password (and any ``*password`` option) replaced by ``***``."""
+    return redact_multi_host(url)
+
+
+def cluster_client(url: str, options: Mapping[str, object]) -> Redis:
+    """A redis-py asyncio ``RedisCluster`` for ``url``, typed as the ``Redis`` the rest of actionq holds.
+
+    ``options`` are the caller's connection options; the URL's own win, as in ``from_url``. Lazy:
+    the slot map is read by the first command. ``ValueError`` for a malformed URL.
+    """
+    target = parse_cluster_url(url)
+    kwargs: dict[str, Any] = {
+        name: value for name, value in options.items() if name not in _NOT_FOR_CLUSTER and name != "db"
+    }
+    kwargs.update(target.node_kwargs())
+    nodes = [ClusterNode(host, port) for host, port in target.nodes]
+    return cast(Redis, _Cluster(url, startup_nodes=nodes, **kwargs))  # type: ignore[abstract]  # redis-py types a mixin as abstract
+
+
+class _Cluster(RedisCluster):
+    """redis-py's cluster client, remembering the URL it was made from (:func:`pubsub_client` needs it)."""
+
+    def __init__(self, url: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.actionq_url = url
+
+
+def is_cluster(redis: object) -> bool:
+    """True if ``redis`` is a cluster client (:func:`cluster_client`)."""
+    return isinstance(redis, RedisCluster)
+
+
+class _NodesConnection(Connection):
+    """A plain connection to one of several nodes: each connect tries them in turn from the last good one."""
+
+    def __init__(self, *, nodes: tuple[tuple[str, int], ...], **kwargs: Any) -> None:
+        self._nodes = nodes
+        self._next = 0
+        super().__init__(host=nodes[0][0], port=nodes[0][1], **kwargs)
+
+    async def _connect(self) -> None:
+        last: BaseException | None = None
+        for _ in self._nodes:
+            self.host, self.port = self._nodes[self._next]
+            try:
+                await super()._connect()  # type: ignore[no-untyped-call]
+            except (OSError, TimeoutError) as exc:
+                last = exc
+                self._next = (self._next + 1) % len(self._nodes)
+            else:
+                return
+        assert last is not None
+        raise last
+
+
+class _NodesSSLConnection(_NodesConnection, SSLConnection):
+    """:class:`_NodesConnection` over TLS."""
+
+
+def pubsub_client(redis: Redis) -> Redis:
+    """The client whose ``pubsub()`` a process subscribes with: ``redis`` itself, or for a cluster
+    client a plain one on its URL's nodes (any node hears every classic ``PUBLISH``)."""
+    if not isinstance(redis, _Cluster):
+        return redis
+    cluster = redis
+    target = parse_cluster_url(cluster.actionq_url)
+    kwargs = {
+        name: value
+        for name, value in cluster.get_connection_kwargs().items()
+        if name not in ("host", "port", "connection_class", "response_callbacks", "retry")
+        and not (name.startswith("ssl") and not target.tls)
+    }
+    connection_class = _NodesSSLConnection if target.tls else _NodesConnection
+    pool = ConnectionPool(connection_class=connection_class, nodes=target.nodes, **kwargs)
+    return Redis.from_pool(pool)
+
+
+def layout(redis: Redis, namespace: str, partitions: int) -> Keys:
+    """The key names for ``namespace`` on ``redis``: with ``partitions`` on a cluster, none on one Redis."""
+    return Keys(namespace, partitions if is_cluster(redis) else 0)
+
+
+async def per_slot(
+    items: Sequence[T], slot_of: Callable[[T], int], call: Callable[[list[T]], Awaitable[list[R]]]
+) -> list[R]:
+    """``call`` once per group of ``items`` that share a slot (at once, concurrently), the replies put
+    back in the items' order. One group, and so one call, on one Redis (every slot is 0 there)."""
+    groups: dict[int, list[int]] = {}
+    for index, item in enumerate(items):
+        groups.setdefault(slot_of(item), []).append(index)
+    if len(groups) == 1:
+        return await call(list(items))
+    replies = await asyncio.gather(*(call([items[i] for i in indexes]) for indexes in groups.values()))
+    out: list[R | None] = [None] * len(items)
+    for indexes, reply in zip(groups.values(), replies, strict=True):
+        for index, value in zip(indexes, reply, strict=True):
+            out[index] = value
+    return cast(list[R], out)
+
+
+async def publish(redis: Redis, channel: str, message: str | bytes) -> int:
+    """``PUBLISH``, on one Redis and on a cluster alike (redis-py 5.3's cluster client has no ``publish()``;
+    the command itself reaches every node's subscribers); the number of receivers on that node."""
+    receivers: int = await redis.execute_command("PUBLISH", channel, message)  # type: ignore[no-untyped-call]
+    return receivers
+
+
+async def check_layout(redis: Redis, keys: Keys) -> None:
+    """On a cluster, record the namespace's partition count, or refuse a different one (``ConfigError``).
+
+    Every client and worker of a namespace must agree on it: a job's keys and queue set are chosen
+    from it, so a worker counting otherwise would never see some jobs. Nothing to check on one Redis.
+    """
+    if not keys.partitions:
+        return
+    mine = str(keys.partitions).encode()
+    await redis.set(keys.layout(), mine, nx=True)
+    recorded = await redis.get(keys.layout())
+    if recorded is not None and recorded != mine:
+        raise ConfigError(
+            f"namespace {keys.namespace!r} on this cluster has {recorded.decode(errors='replace')} partitions "
+            f"(cluster_partitions), and this process was given {keys.partitions}: use the same value everywhere"
+        )
