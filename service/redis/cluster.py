@@ -34,8 +34,9 @@ from typing import Any, TypeVar, cast
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import Connection, ConnectionPool, SSLConnection
+from redis.exceptions import ClusterError, SlotNotCoveredError, TryAgainError
 
-from service.errors import ConfigError
+from service.errors import BrokerError, ConfigError
 from service.keys import Keys
 from service.redis.urls import host_list, parse_options, redact_multi_host, split_url, userinfo
 
@@ -51,6 +52,7 @@ __all__ = [
     "publish",
     "pubsub_client",
     "redact_cluster_url",
+    "while_slots_move",
 ]
 
 T = TypeVar("T")
@@ -136,11 +138,38 @@ def cluster_client(url: str, options: Mapping[str, object]) -> Redis:
 
 
 class _Cluster(RedisCluster):
-    """redis-py's cluster client, remembering the URL it was made from (:func:`pubsub_client` needs it)."""
+    """redis-py's cluster client, remembering the URL it was made from (:func:`pubsub_client` needs
+    it), and made to survive a resharding and a failed node.
+
+    redis-py 5.3 answers a connection error or a timeout on one node by dropping that node from its
+    startup nodes and closing *every* connection of the client, in-flight ones of other tasks
+    included — which then fail the same way and drop their nodes, until none is left and the client
+    says "cannot be connected" for good (redis-py#3693, #2555). And every fifth ``MOVED`` it closes
+    everything again to reload the slot map, which during a resharding is often. Here the URL's own
+    nodes are never dropped (a reload can always start from them), and a ``MOVED`` only corrects
+    the slot it names (``reinitialize_steps=0``); a failed node still reloads the whole map.
+    """
 
     def __init__(self, url: str, **kwargs: Any) -> None:
+        kwargs.setdefault("reinitialize_steps", 0)
         super().__init__(**kwargs)
         self.actionq_url = url
+        manager = self.nodes_manager
+        manager.startup_nodes = _KeptNodes(manager.startup_nodes, keep=frozenset(manager.startup_nodes))
+
+
+class _KeptNodes(dict[str, ClusterNode]):
+    """The startup nodes, less the ability to lose the ones the URL named."""
+
+    def __init__(self, nodes: Mapping[str, ClusterNode], *, keep: frozenset[str]) -> None:
+        super().__init__(nodes)
+        self._keep = keep
+
+    def pop(self, name: str, default: Any = None) -> Any:
+        """Drop a discovered node; keep one the URL named (it is what a reload starts from)."""
+        if name in self._keep:
+            return self.get(name, default)
+        return super().pop(name, default)
 
 
 def is_cluster(redis: object) -> bool:
@@ -198,17 +227,52 @@ def layout(redis: Redis, namespace: str, partitions: int) -> Keys:
     return Keys(namespace, partitions if is_cluster(redis) else 0)
 
 
+# Errors of a call a cluster did not run: its slot was moving (TRYAGAIN while a script's keys were
+# split between two nodes, redirections past redis-py's limit: "TTL exhausted") or had no master.
+_NOT_RUN = (TryAgainError, ClusterError, SlotNotCoveredError)
+# How long a call keeps trying while its slot moves: the keys of one slot migrate in well under a
+# second in the tests; a resharding of a big slot can take longer, and a failover a few seconds.
+_SLOT_MOVE_S = 10.0
+_SLOT_MOVE_PAUSE_S = 0.05
+
+
+async def while_slots_move(call: Callable[[], Awaitable[R]], *, for_s: float = _SLOT_MOVE_S) -> R:
+    """``call()``, tried again while the cluster says it did not run it because its slot is moving.
+
+    Safe for any call, writes included: TRYAGAIN, an exhausted redirection and a slot without a
+    master all mean the command was not executed. (redis-py retries these itself, for about half a
+    second; a slot whose keys migrate a few at a time is split for longer.) On one Redis none occurs.
+    """
+    loop = asyncio.get_running_loop()
+    deadline, pause = loop.time() + for_s, _SLOT_MOVE_PAUSE_S
+    while True:
+        try:
+            return await call()
+        except (BrokerError, *_NOT_RUN) as exc:
+            cause = exc.__cause__ if isinstance(exc, BrokerError) else exc
+            if not isinstance(cause, _NOT_RUN) or loop.time() + pause > deadline:
+                raise
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, 0.5)
+
+
 async def per_slot(
     items: Sequence[T], slot_of: Callable[[T], int], call: Callable[[list[T]], Awaitable[list[R]]]
 ) -> list[R]:
     """``call`` once per group of ``items`` that share a slot (at once, concurrently), the replies put
-    back in the items' order. One group, and so one call, on one Redis (every slot is 0 there)."""
+    back in the items' order. One group, and so one call, on one Redis (every slot is 0 there). Each
+    call is tried again while its slot moves (:func:`while_slots_move`)."""
     groups: dict[int, list[int]] = {}
     for index, item in enumerate(items):
         groups.setdefault(slot_of(item), []).append(index)
     if len(groups) == 1:
-        return await call(list(items))
-    replies = await asyncio.gather(*(call([items[i] for i in indexes]) for indexes in groups.values()))
+        return await while_slots_move(lambda: call(list(items)))
+
+    async def one(indexes: list[int]) -> list[R]:
+        group = [items[i] for i in indexes]
+        return await while_slots_move(lambda: call(group))
+
+    replies = await asyncio.gather(*(one(indexes) for indexes in groups.values()))
     out: list[R | None] = [None] * len(items)
     for indexes, reply in zip(groups.values(), replies, strict=True):
         for index, value in zip(indexes, reply, strict=True):

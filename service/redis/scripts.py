@@ -22,14 +22,19 @@ script         called by                              does
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Awaitable, Sequence
 from functools import cache
 from importlib import resources
-from typing import Literal
+from typing import Any, Literal, Protocol
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
 
-__all__ = ["SCRIPTS", "ScriptName", "register", "source"]
+from service.redis.cluster import is_cluster
+
+__all__ = ["SCRIPTS", "Script", "ScriptName", "register", "source"]
 
 ScriptName = Literal["submit", "read", "cancel", "progress", "take", "settle", "limit", "forget"]
 SCRIPTS: tuple[ScriptName, ...] = ("submit", "read", "cancel", "progress", "take", "settle", "limit", "forget")
@@ -46,10 +51,42 @@ def source(name: ScriptName) -> str:
     return f"{_text(_PRELUDE)}\n{_text(name)}"
 
 
-def register(redis: Redis, name: ScriptName) -> AsyncScript:
+class Script(Protocol):
+    """A registered script: ``await script(keys=[...], args=[...])``."""
+
+    def __call__(self, keys: Sequence[Any] = ..., args: Sequence[Any] = ...) -> Awaitable[Any]:
+        """Run it with these keys and arguments; its reply."""
+        ...
+
+
+def register(redis: Redis, name: ScriptName) -> Script:
     """Script ``name`` bound to ``redis``: called with ``keys=`` and ``args=``, by ``EVALSHA``.
 
     redis-py loads it on the first call that finds it missing (``NOSCRIPT``), so a restarted or
-    flushed server costs one extra round trip, not an error.
+    flushed server costs one extra round trip, not an error. On Redis Cluster, :class:`_ClusterScript`.
     """
-    return redis.register_script(source(name))
+    if is_cluster(redis):
+        return _ClusterScript(redis, source(name))
+    script: AsyncScript = redis.register_script(source(name))
+    return script
+
+
+class _ClusterScript:
+    """``EVALSHA``, and on ``NOSCRIPT`` an ``EVAL`` of the text, which loads it where it ran.
+
+    redis-py's script loads a missing script with ``SCRIPT LOAD`` on the primaries it knows and
+    sends ``EVALSHA`` again; during a resharding that second call can still land on a node
+    without it (seen in the resharding test). An ``EVAL`` goes where the keys are and always runs.
+    """
+
+    def __init__(self, redis: Redis, text: str) -> None:
+        self.redis = redis
+        self.text = text
+        self.sha = hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()
+
+    async def __call__(self, keys: Sequence[Any] = (), args: Sequence[Any] = ()) -> Any:
+        """Run the script on the node owning its keys' slot; its reply."""
+        try:
+            return await self.redis.evalsha(self.sha, len(keys), *keys, *args)  # type: ignore[misc]
+        except NoScriptError:
+            return await self.redis.eval(self.text, len(keys), *keys, *args)  # type: ignore[misc]

@@ -85,6 +85,7 @@ class ActionWorker(Worker):
         self._next_due_ms: int | None = None
         self._saturated = False
         self._chores: set[asyncio.Task[None]] = set()
+        self._begun: set[str] = set()  # arq ids of the launched jobs whose task has started running
         self._closing = False
         self._stop_requested = False
         super().__init__(queue_name=self.queues[0], redis_pool=redis_pool, **kwargs)
@@ -168,6 +169,7 @@ class ActionWorker(Worker):
         if not self._pool:
             return
         await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        await asyncio.gather(*self._chores, return_exceptions=True)  # jobs given back as their tasks ended
         await self.pool.delete(self.health_check_key)
         if self.on_shutdown:
             await self.on_shutdown(self.ctx)
@@ -277,14 +279,24 @@ class ActionWorker(Worker):
             return
         self.job_counter += 1
         # Its concurrency limits' slots first (service.worker.limits): refused, it goes back to its queue.
-        task = self.loop.create_task(self.limits.guard(job, self._run), name=f"actionq-job-{job.job_id}")
-        task.add_done_callback(lambda done: self._done(job.arq_job_id, done))
+        task = self.loop.create_task(self._begin(job), name=f"actionq-job-{job.job_id}")
+        task.add_done_callback(lambda done: self._done(job, done))
         self.tasks[job.arq_job_id] = task
 
-    def _done(self, arq_job_id: str, task: asyncio.Task[None]) -> None:
+    async def _begin(self, job: TakenJob) -> None:
+        self._begun.add(job.arq_job_id)
+        await self.limits.guard(job, self._run)
+
+    def _done(self, job: TakenJob, task: asyncio.Task[None]) -> None:
+        arq_job_id = job.arq_job_id
         # Out of arq's task list at once: its shutdown waits while the list is not empty.
         if self.tasks.get(arq_job_id) is task:
             del self.tasks[arq_job_id]
+        if arq_job_id not in self._begun:
+            # Cancelled before it ran a step (a shutdown right after the take): nothing of it ran,
+            # so nothing put it back; it goes back now rather than when its lease lapses.
+            self._background(self._give_back(job), f"actionq-give-back-{job.job_id}")
+        self._begun.discard(arq_job_id)
         self._release_sem_dec_counter_on_complete()
         if self.job_counter == 0 and not self.claims.listed:
             self.runtime.wake.set()  # idle now: look for work, and list this worker if there is none

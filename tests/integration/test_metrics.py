@@ -122,7 +122,9 @@ async def test_a_worker_serves_its_job_counts(worker_process: WorkerFactory, cli
         assert _count(samples, "actionq_job_wait_seconds_count", action) == FIRST_ATTEMPTS[action]
     timeouts = _count(samples, "actionq_job_run_seconds_sum", "times_out")
     assert timeouts is not None
-    assert timeouts >= 3 * 0.3  # each attempt ran at least its timeout
+    # Each attempt ran its timeout, give or take the clocks: the deadline is the loop's timer, the
+    # measure another clock's reading a few µs around it (0.898 was seen for 3 x 0.3).
+    assert timeouts >= 3 * 0.3 * 0.95
     assert samples[("actionq_worker_jobs_active", ())] == 0
 
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
+from redis.asyncio.cluster import RedisCluster
 
 from service import (
     JobClient,
@@ -17,6 +18,7 @@ from service import (
     StreamTrimmedError,
     StreamUnavailableError,
 )
+from service.redis.cluster import is_cluster
 from tests.conftest import FAST, WorkerFactory, bundled_plugins_config
 
 # On one Redis and on a 3-master Redis Cluster (DESIGN.md section 11).
@@ -138,11 +140,22 @@ async def test_a_value_action_has_no_stream(worker_process: WorkerFactory, clien
         await collect(handle)
 
 
+async def _clients_of(client: JobClient, job_id: str) -> list[dict[str, str]]:
+    """CLIENT LIST of the node holding the job's stream (on a cluster, the one owning its slot)."""
+    if not is_cluster(client.redis):
+        listed: list[dict[str, str]] = await client.redis.client_list()
+        return listed
+    cluster = cast(RedisCluster, client.redis)
+    node = cluster.get_node_from_key(client.keys.job_stream(job_id))
+    found: list[dict[str, str]] = await cluster.client_list(target_nodes=node)
+    return found
+
+
 async def test_a_queued_job_is_waited_for(worker_process: WorkerFactory, client: JobClient) -> None:
     handle = await client.submit("InteropTarget", "it_async_gen", {"n": 2}, validate=False)
     reader = asyncio.create_task(collect(handle))
     async with asyncio.timeout(10):  # until the reader blocks on the stream (its job is not over)
-        while not any(c["cmd"] == "xread" and "b" in c["flags"] for c in await client.redis.client_list()):
+        while not any(c["cmd"] == "xread" and "b" in c["flags"] for c in await _clients_of(client, handle.job_id)):
             await asyncio.sleep(0.02)
     assert not reader.done()  # no worker yet: the reader waits
     worker_process(config())
