@@ -9,7 +9,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from bench import cancel, compare, dashboard, gateway, memory, noop, progress, recovery
+from bench import cancel, cluster, compare, dashboard, gateway, memory, noop, progress, recovery
 from bench.options import RunOptions
 from bench.report import EntryResult
 
@@ -44,5 +44,10 @@ ENTRIES: dict[str, Entry] = {
     "recovery": Entry(
         "SIGKILL the worker running a job, two workers, default lease: kill -> the job starts on the other (<= 5 s)",
         recovery.run,
+    ),
+    "cluster": Entry(
+        "incr drain on one Redis vs a 3-master cluster (1 and 3 workers): jobs/s, Redis commands per job per node, "
+        "worker CPU; the shards a rate needs",
+        cluster.run,
     ),
 }

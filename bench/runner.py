@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import time
 from datetime import datetime
@@ -31,6 +32,8 @@ def run_entries(names: list[str], options: RunOptions, json_path: Path | None = 
             result = asyncio.run(ENTRIES[name].run(options))
         except Exception as exc:  # one failing entry must not hide the others' figures
             console.print(f"[red]bench {name} failed:[/] {type(exc).__name__}: {exc}")
+            if os.environ.get("BENCH_TRACEBACK"):
+                console.print_exception()
             status = 1
             continue
         duration_s = time.monotonic() - t0

@@ -12,6 +12,7 @@ from collections import Counter
 
 import pytest
 
+from bench.cluster import EVENTS, NO_KEY, PARTITIONED, PUBLISH, WORKER_KEYS, classify, command_key, shards_needed
 from bench.compare import Sizes
 from bench.drain import DrainSample, expected_count, remaining
 from bench.jobs import Workload
@@ -29,6 +30,7 @@ from bench.table import (
     noop_table,
     ratios_to_fastest_peer,
 )
+from service.keys import Keys
 
 # -- the completion check -------------------------------------------------------------------
 
@@ -211,3 +213,22 @@ async def test_gather_window_makes_every_call_with_at_most_window_in_flight() ->
 
     await gather_window(call, 250, window=7)
     assert (calls, peak) == (250, 7)
+
+
+def test_the_cluster_bench_sorts_commands_by_the_key_they_name() -> None:
+    keys = Keys("ns", 6)
+    job = keys.job("a")
+    assert command_key(["EVALSHA", "abc", "2", job, keys.arq_result("a"), "arg"]) == job
+    assert command_key(["EVALSHA", "abc", "0", "arg"]) is None
+    assert command_key(["XREAD", "COUNT", "10", "STREAMS", keys.events(), "0"]) == keys.events()
+    assert classify(["HSET", job, "state", "queued"], keys) == PARTITIONED
+    assert classify(["XADD", keys.events(), "*", "events", "[]"], keys) == EVENTS
+    assert classify(["SET", keys.worker("w1"), "{}"], keys) == WORKER_KEYS
+    assert classify(["PUBLISH", keys.wake_channel(), "q"], keys) == PUBLISH
+    assert classify(["PING"], keys) == NO_KEY
+
+
+def test_the_shards_a_rate_needs() -> None:
+    assert shards_needed(10_000, 9.0, 0.1, capacity=100_000) == 1
+    assert shards_needed(50_000, 9.0, 0.1, capacity=100_000) == 5  # 450,000 / 95,000
+    assert shards_needed(2_000_000, 9.0, 0.1, capacity=100_000) is None  # the single keys' node is full
