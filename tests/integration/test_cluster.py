@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from redis.crc import key_slot
@@ -18,6 +19,7 @@ from redis.crc import key_slot
 from service.client.client import JobClient
 from service.client.handle import JobHandle
 from service.models import JobState
+from tests import faultkit
 from tests.clusterkit import ClusterSet
 from tests.conftest import FAST, WorkerFactory, bundled_plugins_config
 
@@ -95,3 +97,41 @@ async def test_slots_resharded_under_load_lose_no_job_and_run_none_twice(
     squares = [await h.result(timeout=1) for h in handles if (await h.record()).request.plugin == "PluginB"]
     assert squares == [i * i for i in range(_JOBS)]
     assert worker.logged("job_not_settled") == 0, worker.log_tail()
+
+
+@pytest.fixture
+def replicated_cluster(server_binary: str) -> Iterator[ClusterSet]:
+    """Three masters with a replica each (the replica takes over when its master is killed)."""
+    cluster = ClusterSet(masters=3, replicas=1, binary=server_binary)
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+async def test_a_master_killed_under_load_loses_no_acknowledged_job(
+    replicated_cluster: ClusterSet, tmp_path: Path
+) -> None:
+    """SIGKILL a master mid-run: its replica takes its slots; every acknowledged submit ends, none
+    lost and none run again after its success (tests/faultkit.py's journal), as on Sentinel."""
+    cluster = replicated_cluster
+    run = faultkit.Run(cluster.url, cluster.url, tmp_path)
+    jobs, rate = 300, 60.0
+
+    async def kill_a_master(client: JobClient) -> int:
+        async with asyncio.timeout(30):  # a third of the jobs submitted, some done, some running
+            while len(run.accepted) < jobs // 3 or not run.journal.exists():
+                await asyncio.sleep(0.02)
+        victim = cluster.master_ports[0]
+        start = faultkit.now_ms()
+        cluster.node(victim).kill()
+        await asyncio.to_thread(cluster.wait_failover, victim)
+        run.outages.append((start, faultkit.now_ms()))
+        return 1
+
+    figures = await faultkit._run_with(run, [cluster.url], jobs, rate, kill_a_master, "a master killed")
+    assert figures.jobs == jobs
+    assert figures.clean, "\n".join([figures.row(), *figures.problems[:20], run.log_tail()])
+    assert not figures.problems, "\n".join(figures.problems)
+    journal = faultkit.read_journal(run.journal)
+    for job_id, entries in journal.items():  # each finished (clean, above) and started at most twice
+        assert len([e for e in entries if e.mark == "S"]) <= 2, f"{job_id} started more than twice: {entries}"
