@@ -8,6 +8,7 @@ where params and settings are validated), so callers never have to catch ``redis
     ActionQError
     ├── ConfigError                    bad config.yml, settings or ACTIONQ_* variable
     ├── BrokerError                    Redis unreachable or failing (translated from redis-py)
+    │   └── ReplicationTimeoutError    a write fewer replicas acknowledged than wait_replicas asks
     ├── PluginError
     │   ├── PluginLoadError            a plugin's manifest or code could not be loaded
     │   │   └── ManifestError          the manifest is malformed (names the field)
@@ -63,6 +64,7 @@ __all__ = [
     "JobSignatureError",
     "Retry",
     "BrokerError",
+    "ReplicationTimeoutError",
     "ConfigError",
     "FieldError",
     "InvalidEventError",
@@ -120,6 +122,22 @@ class ConfigError(ActionQError):
 
 class BrokerError(ActionQError):
     """Redis could not be reached or failed a command; the original error is ``__cause__``."""
+
+
+class ReplicationTimeoutError(BrokerError):
+    """A write reached the master but fewer replicas than ``wait_replicas`` acknowledged it in time.
+
+    It is on the master: a failover now could lose it. A submit can be sent again with the same
+    ``job_id`` (it is idempotent), which waits again.
+    """
+
+    def __init__(self, doing: str, acknowledged: int, wanted: int, timeout_s: float) -> None:
+        super().__init__(
+            f"{doing}: written on the master, but {acknowledged} of {wanted} replica(s) acknowledged it within "
+            f"{timeout_s:g}s (wait_replicas): a failover now could lose it"
+        )
+        self.acknowledged = acknowledged
+        self.wanted = wanted
 
 
 class PluginError(ActionQError):

@@ -303,6 +303,18 @@ class Settings(BaseSettings):
         description="How long a client's reads (waiting for a result, following progress or a stream) keep trying "
         "while Redis is unreachable, before they raise BrokerError.",
     )
+    wait_replicas: int = Field(
+        default=0,
+        ge=0,
+        le=16,
+        description="With Sentinel or a replicated Redis: every submit and every settlement waits (WAIT) until this "
+        "many replicas have it, so a failover right after cannot lose it; a submit not acknowledged in time raises "
+        "ReplicationTimeoutError (send it again with the same job_id). 0: Redis's asynchronous replication alone. "
+        "Not on Redis Cluster.",
+    )
+    wait_replicas_timeout_s: float = Field(
+        default=1.0, gt=0, le=60, description="How long a write waits for its wait_replicas acknowledgements."
+    )
     heartbeat_s: float = Field(default=5, gt=0, le=300, description="Worker and registry heartbeat interval.")
     retry: RetryPolicy = Field(
         default_factory=RetryPolicy, description="Retry policy of actions that declare none (a mapping)."

@@ -45,7 +45,7 @@ from service.keys import Keys
 from service.models import JobOptions, JobRequest, now_ms
 from service.plugins.manifest import PluginManifest
 from service.plugins.registry import RegisteredPlugin, Registry, WorkerInfo
-from service.redis.cluster import check_layout, layout
+from service.redis.cluster import check_layout, check_settings, layout
 from service.redis.connection import broker_errors, connect, redact
 from service.redis.pubsub import PubSubMultiplexer
 from service.retry import RetryOverride
@@ -71,7 +71,14 @@ class JobClient:
         self.keys = layout(redis, settings.namespace, settings.cluster_partitions)
         self.signer = settings.signer()
         """Signs job requests, cancels and control commands when ``signing_keys`` are set."""
-        self.store = JobStore(redis, self.keys, signer=self.signer)
+        check_settings(redis, settings)
+        self.store = JobStore(
+            redis,
+            self.keys,
+            signer=self.signer,
+            wait_replicas=settings.wait_replicas,
+            wait_timeout_s=settings.wait_replicas_timeout_s,
+        )
         self.registry = Registry(redis, self.keys, heartbeat_s=settings.heartbeat_s)
         self._owns_redis = owns_redis
         self._mux: PubSubMultiplexer | None = None

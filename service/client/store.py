@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from redis.asyncio import Redis
 
 from service import arqformat
-from service.errors import BrokerError, ErrorInfo, RecordUnreadableError, describe_validation
+from service.errors import BrokerError, ErrorInfo, RecordUnreadableError, ReplicationTimeoutError, describe_validation
 from service.keys import Keys
 from service.models import FINAL_PROGRESS_STATUS, AttemptInfo, JobRecord, JobRequest, JobState, ProgressUpdate
 from service.redis import scripts
@@ -74,9 +74,20 @@ class _NewJob:
 class JobStore:
     """Creates, reads and cancels job records for one namespace."""
 
-    def __init__(self, redis: Redis, keys: Keys, *, signer: Signer | None = None) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        keys: Keys,
+        *,
+        signer: Signer | None = None,
+        wait_replicas: int = 0,
+        wait_timeout_s: float = 1.0,
+    ) -> None:
         self.redis = redis
         self.keys = keys
+        self.wait_replicas = wait_replicas
+        """Replicas every submit waits for (``WAIT``; the ``wait_replicas`` setting)."""
+        self.wait_timeout_s = wait_timeout_s
         self.signer = signer or Signer([])
         self._submit = scripts.register(redis, "submit")
         self._creator: Batcher[_NewJob, list[Any]] = Batcher(
@@ -162,8 +173,12 @@ class JobStore:
             args += job.args
         doing = f"submitting job {jobs[0].job_id}" if len(jobs) == 1 else f"submitting {len(jobs)} jobs"
         with broker_errors(doing):
-            replies: list[list[Any]] = await self._submit(keys=keys, args=args)
-        return replies
+            replies, acknowledged = await scripts.run_replicated(
+                self.redis, self._submit, keys, args, replicas=self.wait_replicas, timeout_s=self.wait_timeout_s
+            )
+        if acknowledged < self.wait_replicas:
+            raise ReplicationTimeoutError(doing, acknowledged, self.wait_replicas, self.wait_timeout_s)
+        return list(replies)
 
     async def get(self, job_id: str, *, watch: bool = False) -> JobRecord | None:
         """The record of ``job_id`` (live or final), or ``None`` if there is none (never existed or expired).

@@ -39,10 +39,12 @@ from redis.exceptions import ClusterError, SlotNotCoveredError, TryAgainError
 from service.errors import BrokerError, ConfigError
 from service.keys import Keys
 from service.redis.urls import host_list, parse_options, redact_multi_host, split_url, userinfo
+from service.settings import Settings
 
 __all__ = [
     "ClusterURL",
     "check_layout",
+    "check_settings",
     "cluster_client",
     "is_cluster",
     "is_cluster_url",
@@ -302,4 +304,14 @@ async def check_layout(redis: Redis, keys: Keys) -> None:
         raise ConfigError(
             f"namespace {keys.namespace!r} on this cluster has {recorded.decode(errors='replace')} partitions "
             f"(cluster_partitions), and this process was given {keys.partitions}: use the same value everywhere"
+        )
+
+
+def check_settings(redis: Redis, settings: Settings) -> None:
+    """Refuse what a cluster client cannot do (``ConfigError``): ``wait_replicas`` (``WAIT`` answers for
+    one node's replicas, and a batch spans nodes)."""
+    if settings.wait_replicas and is_cluster(redis):
+        raise ConfigError(
+            "wait_replicas is not supported on Redis Cluster (WAIT counts one node's replicas): "
+            "set it to 0, or use one Redis or Sentinel"
         )

@@ -34,7 +34,7 @@ from redis.exceptions import NoScriptError
 
 from service.redis.cluster import is_cluster
 
-__all__ = ["SCRIPTS", "Script", "ScriptName", "register", "source"]
+__all__ = ["SCRIPTS", "Script", "ScriptName", "register", "run_replicated", "source"]
 
 ScriptName = Literal["submit", "read", "cancel", "progress", "take", "settle", "limit", "forget"]
 SCRIPTS: tuple[ScriptName, ...] = ("submit", "read", "cancel", "progress", "take", "settle", "limit", "forget")
@@ -52,11 +52,26 @@ def source(name: ScriptName) -> str:
 
 
 class Script(Protocol):
-    """A registered script: ``await script(keys=[...], args=[...])``."""
+    """A registered script: ``await script(keys=[...], args=[...])`` (``client=``: on a pipeline)."""
 
-    def __call__(self, keys: Sequence[Any] = ..., args: Sequence[Any] = ...) -> Awaitable[Any]:
+    def __call__(self, keys: Sequence[Any] = ..., args: Sequence[Any] = ..., client: Any = ...) -> Awaitable[Any]:
         """Run it with these keys and arguments; its reply."""
         ...
+
+
+async def run_replicated(
+    redis: Redis, script: Script, keys: Sequence[Any], args: Sequence[Any], *, replicas: int, timeout_s: float
+) -> tuple[Any, int]:
+    """Run ``script``, then ``WAIT`` for ``replicas`` replicas (on the same connection, as ``WAIT``
+    needs: one pipeline); the reply and how many replicas acknowledged. ``replicas == 0``: no wait
+    (and the count is 0)."""
+    if not replicas:
+        return await script(keys=keys, args=args), 0
+    async with redis.pipeline(transaction=False) as pipe:
+        await script(keys=keys, args=args, client=pipe)  # queued: a pipeline runs nothing until execute()
+        pipe.execute_command("WAIT", replicas, int(timeout_s * 1000))
+        reply, acknowledged = await pipe.execute()
+    return reply, int(acknowledged)
 
 
 def register(redis: Redis, name: ScriptName) -> Script:
@@ -84,8 +99,8 @@ class _ClusterScript:
         self.text = text
         self.sha = hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()
 
-    async def __call__(self, keys: Sequence[Any] = (), args: Sequence[Any] = ()) -> Any:
-        """Run the script on the node owning its keys' slot; its reply."""
+    async def __call__(self, keys: Sequence[Any] = (), args: Sequence[Any] = (), client: Any = None) -> Any:
+        """Run the script on the node owning its keys' slot; its reply (``client``: unused, no pipelines here)."""
         try:
             return await self.redis.evalsha(self.sha, len(keys), *keys, *args)  # type: ignore[misc]
         except NoScriptError:

@@ -110,8 +110,9 @@ class Executor:
         self.cancels = Cancels()
         # Under load (other attempts still run here), settlements wait up to the window for company.
         self.settler = Settler(
-            redis, keys, retry_s=settings.lease_s, window_s=settings.batch_window_ms / 1000, busy=self._others_run
-        )
+            redis, keys, retry_s=settings.lease_s, window_s=settings.batch_window_ms / 1000, busy=self._others_run,
+            wait_replicas=settings.wait_replicas, wait_timeout_s=settings.wait_replicas_timeout_s,
+        )  # fmt: skip
         self.progress = ProgressWriter(redis, keys)
         self.events = JobEvents(notify, worker_id)
         self.signer = settings.signer()

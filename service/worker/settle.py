@@ -40,6 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import structlog
 from redis.asyncio import Redis
 
 from service.keys import Keys
@@ -52,6 +53,8 @@ from service.redis.streams import StreamEnd, entry_id
 from service.worker.take import TakenJob
 
 __all__ = ["NOT_KEPT", "Settlement", "Settler", "ended", "requeued", "retrying"]
+
+log = structlog.get_logger("actionq.worker")
 
 _BATCH = 500
 
@@ -164,9 +167,15 @@ class Settler:
         retry_s: float = 0,
         window_s: float = 0,
         busy: Callable[[], bool] | None = None,
+        wait_replicas: int = 0,
+        wait_timeout_s: float = 1.0,
     ) -> None:
         self.redis = redis
         self.keys = keys
+        self.wait_replicas = wait_replicas
+        """Replicas every batch waits for (``WAIT``; the ``wait_replicas`` setting). Fewer in time is
+        logged, not raised: the settlement is written, and doing it again would change nothing."""
+        self.wait_timeout_s = wait_timeout_s
         self.retry_s = retry_s
         """How long a batch keeps trying while Redis is unreachable (the worker's lease: past it, the
         job is another attempt's anyway). A batch sent twice writes once: the second finds the
@@ -239,5 +248,15 @@ class Settler:
             keys += declared
         args = [op for _, _, op in ops]
         with broker_errors(f"settling {len(ops)} job(s)"):
-            seqs = await while_unreachable(lambda: self._script(keys=keys, args=args), for_s=self.retry_s)
+            seqs, acknowledged = await while_unreachable(
+                lambda: scripts.run_replicated(
+                    self.redis, self._script, keys, args, replicas=self.wait_replicas, timeout_s=self.wait_timeout_s
+                ),
+                for_s=self.retry_s,
+            )
+        if acknowledged < self.wait_replicas:
+            log.warning(
+                "settlement_not_replicated", jobs=len(ops), replicas=acknowledged, wanted=self.wait_replicas,
+                reason="a failover now could lose these outcomes: those jobs would run again",
+            )  # fmt: skip
         return [int(seq) for seq in seqs]

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -25,7 +27,7 @@ import redis.asyncio as aioredis
 import redis.exceptions
 import yaml
 
-from service import BrokerError, CancelOutcome, JobClient, JobState, UnservableJobError
+from service import BrokerError, CancelOutcome, JobClient, JobState, ReplicationTimeoutError, UnservableJobError
 from service.gateway.app import create_app
 from service.keys import Keys
 from service.processes.spawn import has_pid, spawn_worker
@@ -62,9 +64,9 @@ async def client(sentinel_set: SentinelSet, namespace: str) -> AsyncIterator[Job
         yield c
 
 
-def _spawn_worker(url: str, namespace: str, tmp_path: Path) -> subprocess.Popen[bytes]:
+def _spawn_worker(url: str, namespace: str, tmp_path: Path, **extra: Any) -> subprocess.Popen[bytes]:
     config = tmp_path / "worker.yml"
-    config.write_text(yaml.safe_dump(bundled_plugins_config(**FAST), sort_keys=False))
+    config.write_text(yaml.safe_dump(bundled_plugins_config(**FAST, **extra), sort_keys=False))
     env = {k: v for k, v in os.environ.items() if not k.startswith("ACTIONQ_")}
     env |= {"ACTIONQ_REDIS_URL": url, "ACTIONQ_NAMESPACE": namespace, "ACTIONQ_LOG_FORMAT": "json"}
     env |= {"PYTHONUNBUFFERED": "1"}
@@ -246,3 +248,32 @@ def _running_at(entries: list[faultkit.Entry], ms: int) -> bool:
     """True if an attempt had started by ``ms`` and not ended (done or stopped) by then."""
     before = [e for e in entries if e.ms <= ms]
     return bool(before) and before[-1].mark == "S"
+
+
+async def test_wait_replicas_holds_each_write_until_the_replica_has_it(
+    sentinel_set: SentinelSet, namespace: str, tmp_path: Path
+) -> None:
+    """With wait_replicas 1, a submit returns once the replica has the job; with the replica frozen
+    (SIGSTOP) it raises ReplicationTimeoutError, and the same job_id sent again once it is back
+    finds the job that was written. The worker settles through WAIT as well."""
+    settings = Settings(
+        redis_url=sentinel_set.url, namespace=namespace, reconnect_s=30, wait_replicas=1, wait_replicas_timeout_s=0.5
+    )
+    proc = _spawn_worker(sentinel_set.url, namespace, tmp_path, wait_replicas=1)
+    log = tmp_path / "worker.log"
+    try:
+        async with await JobClient.connect(settings=settings) as client:
+            await _registered(client, proc, log)
+            assert await (await client.submit("PluginB", "calculate_square", {"x": 3})).result(timeout=20) == 9
+            replica = sentinel_set.replica.pid
+            assert replica is not None
+            os.kill(replica, signal.SIGSTOP)
+            try:
+                with pytest.raises(ReplicationTimeoutError, match="0 of 1 replica"):
+                    await client.submit("PluginB", "calculate_square", {"x": 4}, job_id="held")
+            finally:
+                os.kill(replica, signal.SIGCONT)
+            again = await client.submit("PluginB", "calculate_square", {"x": 4}, job_id="held")
+            assert await again.result(timeout=20) == 16
+    finally:
+        _stop(proc, log)
