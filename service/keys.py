@@ -224,14 +224,18 @@ class Keys:
 
         :mod:`service.worker.limits`; names cannot contain ``:``, so the two kinds never collide.
         """
-        base = f"{self.namespace}:limit:{plugin}"
+        base = f"{self.namespace}:limit:{self._limit_tag(plugin)}{plugin}"
         return base if action is None else f"{base}:{action}"
 
     def limit_waiting(self, plugin: str, action: str | None = None) -> str:
         """ZSET: the jobs a limit refused (``<queue>\\n<arq job id>``) -> when submitted (epoch ms):
         promoted, oldest first, when its slots come free (:mod:`service.worker.limits`)."""
-        base = f"{self.namespace}:limit-waiting:{plugin}"
+        base = f"{self.namespace}:limit-waiting:{self._limit_tag(plugin)}{plugin}"
         return base if action is None else f"{base}:{action}"
+
+    def _limit_tag(self, plugin: str) -> str:
+        """On Redis Cluster one tag per plugin: its limits' slot and waiting sets are taken in one call."""
+        return "{" + f"{self.namespace}.limit.{plugin}" + "}" if self.partitions else ""
 
     # -- registry and workers ---------------------------------------------------------------
     def registry_manifests(self) -> str:

@@ -41,7 +41,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
-from service.errors import ActionQError, ConfigError
+from service.errors import ActionQError
 from service.keys import Keys
 from service.models import now_ms
 from service.plugins.loader import LoadedPlugin
@@ -172,10 +172,12 @@ class SlotStore:
         for member, limits in held.items():
             for limit in limits:
                 by_set.setdefault(limit.slots(self.keys), []).append(member)
-        if not by_set:
-            return
-        op = {"op": "renew", "lease_ms": self.lease_ms, "members": list(by_set.values())}
-        pipe.eval(self._source, len(by_set), *by_set, _json(op))
+        groups: dict[int, dict[str, list[str]]] = {}  # one call per slot: per plugin on a cluster
+        for key, members in by_set.items():
+            groups.setdefault(self.keys.slot(key), {})[key] = members
+        for sets in groups.values():
+            op = {"op": "renew", "lease_ms": self.lease_ms, "members": list(sets.values())}
+            pipe.eval(self._source, len(sets), *sets, _json(op))
 
     async def release(self, member: str, limits: tuple[Limit, ...]) -> list[tuple[int, list[str]]]:
         """Give back the slots of ``member`` (``""``: none, only look); per limit, its free slots and
@@ -207,7 +209,30 @@ class SlotStore:
             log.warning("limit_waiters_dropped", limit=limit.name, count=len(foreign), reason="not waiting jobs")
             await self.redis.zrem(limit.waiting(self.keys), *foreign)
         op = {"op": "promote", "free": free, "now": str(now_ms()), "wake_channel": self.keys.wake_channel()}
+        if self.keys.partitions:
+            return await self._promote_apart(limit, free, keys[1:], members, op)
         return int(await self._script(keys=keys, args=[_json(op), *members]))
+
+    async def _promote_apart(
+        self, limit: Limit, free: int, keys: list[str], members: list[str], op: dict[str, Any]
+    ) -> int:
+        """Redis Cluster: the waiting set and each candidate's job are in different slots, so each
+        candidate is looked at with a call of its own, in order, until ``free`` are counted; those
+        gone leave the waiting set after."""
+        promoted, counted, gone = 0, 0, []
+        for index, member in enumerate(members):
+            if counted >= free:
+                break
+            one = {**op, "free": 1, "waiting": False}
+            (outcome,) = await self._script(keys=keys[2 * index : 2 * index + 2], args=[_json(one), member])
+            if int(outcome) == 0:
+                gone.append(member)
+                continue
+            counted += 1
+            promoted += int(outcome) == 2
+        if gone:
+            await self.redis.zrem(limit.waiting(self.keys), *gone)
+        return promoted
 
     def _sets(self, limits: tuple[Limit, ...]) -> list[str]:
         return [limit.slots(self.keys) for limit in limits] + [limit.waiting(self.keys) for limit in limits]
@@ -262,13 +287,6 @@ class Limits:
         table = limit_table(manifest, entry.limits if entry is not None else None)
         for problem in table.problems:
             log.error("limits_misconfigured", plugin=plugin, problem=problem, reason="that entry is ignored")
-        if self.keys.partitions and (table.plugin is not None or table.actions):
-            # A promotion moves waiters of one limit into queues of every partition: a call that
-            # would span slots. Refused, not ignored: a limit that does not hold is worse than none.
-            raise ConfigError(
-                f"plugin {plugin!r} declares concurrency limits (max_concurrent), which do not work on "
-                "Redis Cluster yet: remove them from its manifest or its limits: entry, or use one Redis"
-            )
         self._tables[plugin] = (manifest, table)
         return table
 

@@ -13,10 +13,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from service import JobClient, JobHandle, JobState
 from service.processes.spawn import has_pid
 from tests.conftest import FAST, WorkerFactory, WorkerProc, fixture_plugin
 from tests.faultkit import Entry, read_journal
+
+# On one Redis and on a 3-master Redis Cluster (DESIGN.md section 11).
+pytestmark = pytest.mark.topologies
 
 
 def _config(*, limits: dict[str, Any] | None = None, **settings: Any) -> dict[str, Any]:
@@ -183,7 +188,8 @@ async def test_a_slot_whose_worker_died_goes_to_a_waiting_job(
 async def _parked(client: JobClient, handle: JobHandle) -> int:
     """Wait until ``handle``'s job was refused a slot and parked; when its parking runs out (epoch ms)."""
     keys = client.keys
-    queue, waiting = keys.queue("limited"), keys.limit_waiting("limited", "render")
+    # The job's queue set: on a cluster, its partition's.
+    queue, waiting = keys.queue_of(keys.queue("limited"), handle.job_id), keys.limit_waiting("limited", "render")
     async with asyncio.timeout(20):
         while True:
             score = await client.redis.zscore(queue, keys.arq_job_id(handle.job_id))

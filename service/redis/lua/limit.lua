@@ -46,6 +46,9 @@
 --     queued and ready       → counted (promoted already, not taken yet);
 --     running                → counted (being given its slots, or being parked, at this moment);
 --     gone, ended, retrying, not in its queue → leaves the waiting set (not counted).
+--   With "waiting": false (Redis Cluster: the waiting set is in another slot than the jobs), KEYS
+--   are the candidates' queue and record only (KEYS[2c - 1], KEYS[2c]), nothing leaves the set, and
+--   the reply is per candidate: 2 promoted, 1 counted, 0 gone (the caller removes it), -1 not looked at.
 
 local call = cjson.decode(ARGV[1])
 
@@ -117,29 +120,41 @@ local function release()
 end
 
 local function promote()
-  local waiting, now, counted, promoted, woken = KEYS[1], tonumber(call.now), 0, 0, {}
+  -- Without the waiting set (call.waiting == false: Redis Cluster, where it is in another slot than
+  -- the jobs) KEYS are only the candidates' queue and record, and the reply says, per candidate, 2
+  -- promoted, 1 counted, 0 gone (the caller takes it out of the waiting set), -1 not looked at.
+  local with_set = call.waiting ~= false
+  local first = with_set and 1 or 0
+  local waiting, now, counted, promoted, woken, outcomes = KEYS[1], tonumber(call.now), 0, 0, {}, {}
   for c = 1, #ARGV - 1 do
-    if counted >= call.free then break end
-    local waiter = ARGV[1 + c]
-    local queue, record = KEYS[2 * c], KEYS[2 * c + 1]
-    local arq_id = string.sub(waiter, string.find(waiter, '\n', 1, true) + 1)
-    local state = redis.call('HGET', record, 'state')
-    local score = tonumber(redis.call('ZSCORE', queue, arq_id))
-    if state == 'running' then
-      counted = counted + 1
-    elseif state == 'queued' and score then
-      counted = counted + 1
-      if score > now then
-        redis.call('ZADD', queue, 'XX', now, arq_id)
-        promoted = promoted + 1
-        woken[queue] = true
-      end
+    if counted >= call.free then
+      outcomes[c] = -1
     else
-      redis.call('ZREM', waiting, waiter)
+      local waiter = ARGV[1 + c]
+      local queue, record = KEYS[first + 2 * c - 1], KEYS[first + 2 * c]
+      local arq_id = string.sub(waiter, string.find(waiter, '\n', 1, true) + 1)
+      local state = redis.call('HGET', record, 'state')
+      local score = tonumber(redis.call('ZSCORE', queue, arq_id))
+      outcomes[c] = 1
+      if state == 'running' then
+        counted = counted + 1
+      elseif state == 'queued' and score then
+        counted = counted + 1
+        if score > now then
+          redis.call('ZADD', queue, 'XX', now, arq_id)
+          promoted = promoted + 1
+          woken[queue] = true
+          outcomes[c] = 2
+        end
+      else
+        outcomes[c] = 0
+        if with_set then redis.call('ZREM', waiting, waiter) end
+      end
     end
   end
   for queue in pairs(woken) do redis.call('PUBLISH', call.wake_channel, queue) end
-  return promoted
+  if with_set then return promoted end
+  return outcomes
 end
 
 local ops = {acquire = acquire, renew = renew, release = release, promote = promote}

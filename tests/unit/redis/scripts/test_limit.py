@@ -141,3 +141,29 @@ async def test_promote_counts_running_waiters_and_drops_the_gone(
     assert (await r.zscore(queue, keys.arq_job_id("retrying")) or 0) > now()  # its retry delay is its own
     left = {m.decode() for m in await r.zrange(keys.limit_waiting("P", "render"), 0, -1)}
     assert left == {waiter(keys, "running"), waiter(keys, "parked")}
+
+
+async def test_on_a_cluster_layout_promote_looks_at_each_candidate_in_its_own_call(
+    r: aioredis.Redis, keys: Keys
+) -> None:
+    # The partitioned names on a plain server: the calls are those a cluster gets (one slot each).
+    tagged = Keys(keys.namespace, 6)
+    store, slots = JobStore(r, tagged), store_of(r, tagged)
+    names = ["running", "deleted", "parked", "later"]
+    for job_id in names:
+        await create(store, job_id)
+        queue_set = tagged.queue_of(tagged.queue("P"), job_id)
+        await r.zadd(queue_set, {tagged.arq_job_id(job_id): now() + 60_000}, xx=True)
+        await r.zadd(tagged.limit_waiting("P", "render"), {f"{queue_set}\n{tagged.arq_job_id(job_id)}": 1})
+    await r.hset(tagged.job("running"), "state", "running")  # type: ignore[misc]
+    await r.delete(tagged.job("deleted"))
+    members = [m.decode() for m in await r.zrange(tagged.limit_waiting("P", "render"), 0, -1)]
+    ordered = sorted(members, key=lambda m: names.index(tagged.job_id_from_arq(m.partition("\n")[2])))
+    assert await slots.promote(RENDER, 2, ordered) == 1  # running counts, deleted is gone, parked is promoted
+    assert (await r.zscore(tagged.queue_of(tagged.queue("P"), "parked"), tagged.arq_job_id("parked")) or 0) <= now()
+    assert (await r.zscore(tagged.queue_of(tagged.queue("P"), "later"), tagged.arq_job_id("later")) or 0) > now()
+    left = {
+        tagged.job_id_from_arq(m.decode().partition("\n")[2])
+        for m in await r.zrange(tagged.limit_waiting("P", "render"), 0, -1)
+    }
+    assert left == {"running", "parked", "later"}  # the gone one left; the others wait for their slots
