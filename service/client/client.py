@@ -294,13 +294,18 @@ class JobClient:
         return checked
 
     async def _manifest(self, plugin: str) -> PluginManifest:
-        entry = await self._entries.get(plugin, lambda: self.registry.plugin(plugin))
+        kept, entry = self._entries.fresh(plugin)
+        if not kept:
+            entry = await self._entries.get(plugin, lambda: self.registry.plugin(plugin))
         if entry is None or not entry.live:
             live = [p.name for p in await self.registry.plugins() if p.live]
             raise UnknownPluginError(plugin, live)
         return entry.manifest
 
     async def _live_workers(self) -> list[WorkerInfo]:
+        kept, workers = self._workers.fresh(None)
+        if kept and workers is not None:
+            return workers
         return await self._workers.get(None, self.registry.workers)
 
     async def _queue_of(self, request: JobRequest) -> str:

@@ -32,6 +32,17 @@ class SharedReads(Generic[K, V]):
         self._values: dict[K, tuple[float, V]] = {}
         self._reads: dict[K, asyncio.Future[V]] = {}
 
+    def fresh(self, key: K) -> tuple[bool, V | None]:
+        """``(True, value)`` if ``key``'s kept value is younger than ``ttl_s``, else ``(False, None)``.
+
+        No coroutine: a gateway's batch of 500 submits reads the same entries 500 times, and the
+        ``await`` of :meth:`get` was a tenth of its time.
+        """
+        kept = self._values.get(key)
+        if kept is not None and self._clock() - kept[0] < self.ttl_s:
+            return True, kept[1]
+        return False, None
+
     async def get(self, key: K, read: Callable[[], Awaitable[V]]) -> V:
         """The value of ``key``: kept, or read by ``read()`` (once for every caller waiting)."""
         kept = self._values.get(key)
