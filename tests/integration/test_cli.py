@@ -18,7 +18,12 @@ import redis.asyncio as aioredis
 
 from service.keys import Keys
 from service.processes.embedded import free_port
+from service.redis.cluster import layout
+from service.settings import Settings
 from tests.conftest import BUNDLED_PLUGINS, FAST, REPO_ROOT, WorkerFactory, bundled_plugins_config
+
+# On one Redis and on a 3-master Redis Cluster (DESIGN.md section 11).
+pytestmark = pytest.mark.topologies
 
 
 def _env(redis_url: str, namespace: str) -> dict[str, str]:
@@ -222,7 +227,7 @@ async def test_submit_publish_marks_the_job_followed_from_the_start(
     for job_id, extra in (("cli-pub", ["--publish"]), ("cli-quiet", [])):
         args = ["submit", "PluginB", "calculate_square", "x=1", "--job-id", job_id, "--defer", "60", "--no-validate"]
         assert actionq(*args, *extra, env=env).returncode == 0
-    keys = Keys(namespace)
+    keys = layout(redis, namespace, Settings().cluster_partitions)  # on a cluster, the partitioned names
     assert await redis.hget(keys.job("cli-pub"), "watched") == b"1"  # type: ignore[misc]
     assert await redis.hget(keys.job("cli-quiet"), "watched") is None  # type: ignore[misc]
 

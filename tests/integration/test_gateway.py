@@ -24,6 +24,9 @@ from service.models import TERMINAL_STATES, JobState
 from tests.conftest import FAST, REPO_ROOT, WorkerFactory, bundled_plugins_config
 from tests.unit.gateway.sse_text import Event, follow
 
+# On one Redis and on a 3-master Redis Cluster (DESIGN.md section 11).
+pytestmark = pytest.mark.topologies
+
 # A cold interpreter importing FastAPI on a busy 2-core machine takes a few seconds.
 GATEWAY_READY_TIMEOUT_S = 30.0
 SUBMIT_TOKEN = "submit-token-0123456789"

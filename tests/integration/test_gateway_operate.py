@@ -10,12 +10,16 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
+import pytest
 import redis.asyncio as aioredis
 
 from service.keys import Keys
 from tests.conftest import FAST, WorkerFactory, bundled_plugins_config
 from tests.integration.test_gateway import GatewayProc, gateway_process  # noqa: F401 - the fixture
 from tests.unit.gateway.sse_text import Event, events_of, follow
+
+# On one Redis and on a 3-master Redis Cluster (DESIGN.md section 11).
+pytestmark = pytest.mark.topologies
 
 GatewayStarter = Callable[..., GatewayProc]
 FAST_SSE = {"ACTIONQ_GATEWAY__KEEPALIVE_S": "0.2"}
