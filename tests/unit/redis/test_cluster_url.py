@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.exceptions import ClusterError, ResponseError, TryAgainError
 
 from service.errors import BrokerError
 from service.keys import Keys
-from service.redis.cluster import is_cluster, layout, parse_cluster_url, pubsub_client
+from service.redis.cluster import is_cluster, layout, parse_cluster_url, pubsub_client, while_slots_move
 from service.redis.connection import connect, redact
 
 
@@ -69,3 +70,45 @@ async def test_a_cluster_client_gets_the_partitioned_layout_and_a_plain_pubsub_c
     assert layout(plain, "ns", 6) == Keys("ns")
     assert pubsub_client(plain) is plain
     await plain.aclose()
+
+
+def _try_again() -> TryAgainError:
+    error: TryAgainError = TryAgainError("TRYAGAIN")  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+    return error
+
+
+async def test_a_call_the_cluster_did_not_run_is_tried_again_and_others_are_not() -> None:
+    calls: list[int] = []
+
+    async def moving_then_ok() -> str:
+        calls.append(1)
+        if len(calls) < 3:  # TRYAGAIN, then redis-py's exhausted redirections, as broker_errors wraps them
+            cause = _try_again() if len(calls) == 1 else ClusterError("TTL exhausted.")
+            raise BrokerError("submitting") from cause
+        return "done"
+
+    assert await while_slots_move(moving_then_ok) == "done"
+    assert len(calls) == 3
+
+    async def refused() -> str:
+        raise BrokerError("submitting") from ResponseError("WRONGTYPE")
+
+    with pytest.raises(BrokerError, match="submitting"):
+        await while_slots_move(refused)  # a command Redis ran and refused is not sent again
+
+    async def always_moving() -> str:
+        raise _try_again()
+
+    with pytest.raises(TryAgainError):
+        await while_slots_move(always_moving, for_s=0.2)
+
+
+def test_the_url_nodes_are_never_dropped_from_the_startup_nodes() -> None:
+    client = connect("redis+cluster://127.0.0.1:7000,127.0.0.1:7001")
+    assert isinstance(client, RedisCluster)
+    nodes = client.nodes_manager.startup_nodes
+    nodes["127.0.0.1:7009"] = ClusterNode("127.0.0.1", 7009)  # one found later
+    nodes.pop("127.0.0.1:7000", None)  # what redis-py does on a connection error
+    nodes.pop("127.0.0.1:7009", None)
+    assert sorted(nodes) == ["127.0.0.1:7000", "127.0.0.1:7001"]
+    assert client.reinitialize_steps == 0
