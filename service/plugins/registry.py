@@ -14,11 +14,13 @@ from typing import Any
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from service.errors import describe_validation
 from service.keys import Keys
 from service.models import now_ms
 from service.plugins.manifest import PluginManifest
+from service.redis.cluster import is_cluster
 from service.redis.connection import broker_errors
 
 __all__ = ["LIVENESS_FACTOR", "RegisteredPlugin", "Registry", "WorkerInfo"]
@@ -87,23 +89,36 @@ class Registry:
         """Announce ``worker`` and the manifests it serves; called at start and every heartbeat."""
         keys, now = self.keys, now_ms()
         worker.heartbeat_ms = now
+        # A cluster pipeline sends to each node at once: there, what the worker serves is written
+        # first, on its own, so that no submit sees the worker listed and its plugin unknown (one
+        # Redis runs a pipeline in order).
+        apart = is_cluster(self.redis)
+        if apart:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                self._served(pipe, worker, manifests, now)
+                with broker_errors("publishing the registry"):
+                    await pipe.execute()
         async with self.redis.pipeline(transaction=False) as pipe:
-            if manifests:
-                pipe.hset(
-                    keys.registry_manifests(), mapping={m.name: m.model_dump_json(by_alias=True) for m in manifests}
-                )
-                pipe.zadd(keys.registry_heartbeats(), {m.name: now for m in manifests})
-                pipe.expire(keys.registry_manifests(), self._ttl_s)
-                pipe.expire(keys.registry_heartbeats(), self._ttl_s)
-            if worker.queues:
-                pipe.zadd(keys.registry_queues(), dict.fromkeys(keys.every_queue_set(worker.queues), now))
-                pipe.expire(keys.registry_queues(), QUEUES_TTL_S)
+            if not apart:
+                self._served(pipe, worker, manifests, now)
             pipe.set(keys.worker(worker.worker_id), worker.model_dump_json(), px=self._window_ms)
             pipe.zadd(keys.workers(), {worker.worker_id: now})
             pipe.zremrangebyscore(keys.workers(), "-inf", now - self._window_ms)
             pipe.expire(keys.workers(), self._ttl_s)
             with broker_errors("publishing the registry"):
                 await pipe.execute()
+
+    def _served(self, pipe: Pipeline, worker: WorkerInfo, manifests: list[PluginManifest], now: int) -> None:
+        """Add the manifests, their heartbeats and the worker's queue sets to ``pipe``."""
+        keys = self.keys
+        if manifests:
+            pipe.hset(keys.registry_manifests(), mapping={m.name: m.model_dump_json(by_alias=True) for m in manifests})
+            pipe.zadd(keys.registry_heartbeats(), {m.name: now for m in manifests})
+            pipe.expire(keys.registry_manifests(), self._ttl_s)
+            pipe.expire(keys.registry_heartbeats(), self._ttl_s)
+        if worker.queues:
+            pipe.zadd(keys.registry_queues(), dict.fromkeys(keys.every_queue_set(worker.queues), now))
+            pipe.expire(keys.registry_queues(), QUEUES_TTL_S)
 
     async def withdraw(self, worker_id: str) -> None:
         """Remove a stopping worker (its plugins stay listed while other workers serve them)."""
