@@ -31,6 +31,7 @@ import pytest_asyncio
 import redis as redis_sync
 import redis.asyncio as aioredis
 import yaml
+from redis.sentinel import Sentinel as SyncSentinel
 
 from service.client.client import JobClient
 from service.errors import ConfigError
@@ -38,8 +39,10 @@ from service.keys import Keys
 from service.processes.embedded import EmbeddedRedis, find_server_binary
 from service.processes.spawn import has_pid, spawn_worker
 from service.redis.connection import connect
+from service.redis.sentinel import parse_sentinel_url
 from service.worker.take import Claims, TakenJob
 from tests.clusterkit import ClusterSet
+from tests.sentinelkit import SentinelSet
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 INTEGRATION_DIR = REPO_ROOT / "tests" / "integration"
@@ -98,6 +101,11 @@ def sync_client(url: str) -> redis_sync.Redis:
     if url.startswith("redis+cluster://"):
         host, _, port = url.removeprefix("redis+cluster://").split(",")[0].split("/")[0].partition(":")
         return cast(redis_sync.Redis, redis_sync.RedisCluster(host=host, port=int(port)))
+    if url.startswith("redis+sentinel://"):
+        target = parse_sentinel_url(url)
+        manager = SyncSentinel(list(target.sentinels))  # type: ignore[no-untyped-call]
+        master: redis_sync.Redis = manager.master_for(target.master, db=target.db)  # type: ignore[no-untyped-call]
+        return master
     return redis_sync.Redis.from_url(url)
 
 
@@ -177,24 +185,39 @@ def redis_cluster(server_binary: str) -> Iterator[ClusterSet]:
     cluster.stop()
 
 
+@pytest.fixture(scope="session")
+def redis_sentinels(server_binary: str) -> Iterator[SentinelSet]:
+    """A master, a replica and three Sentinels for the whole session (started by the first test that
+    needs it; never failed over: tests/integration/test_sentinel.py starts sets of its own for that).
+    No append-only file on the master: the fault tests need it, these do not."""
+    sentinels = SentinelSet(server_binary, master_args=["--appendonly", "no"])
+    sentinels.start()
+    yield sentinels
+    sentinels.stop()
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """A test marked ``topologies`` runs twice: on one Redis, and on a 3-master Redis Cluster."""
+    """A test marked ``topologies`` runs three times: on one Redis, on a 3-master Redis Cluster and
+    through a Sentinel set."""
     if metafunc.definition.get_closest_marker("topologies") is not None and "topology" in metafunc.fixturenames:
-        metafunc.parametrize("topology", ["plain", "cluster"], indirect=True)
+        metafunc.parametrize("topology", ["plain", "cluster", "sentinel"], indirect=True)
 
 
 @pytest.fixture
 def topology(request: pytest.FixtureRequest) -> str:
-    """``plain`` (the session's Redis server) or ``cluster`` (the session's Redis Cluster)."""
+    """``plain`` (the session's Redis server), ``cluster`` (its Redis Cluster) or ``sentinel`` (its Sentinel set)."""
     return str(getattr(request, "param", "plain"))
 
 
 @pytest.fixture
 def redis_url(request: pytest.FixtureRequest, topology: str) -> str:
-    """URL of the session's Redis server, or for a ``topologies`` test's cluster run, of its cluster."""
+    """URL of the session's Redis server, or for a ``topologies`` test's other runs, of its cluster or Sentinels."""
     if topology == "cluster":
         cluster: ClusterSet = request.getfixturevalue("redis_cluster")
         return cluster.url
+    if topology == "sentinel":
+        sentinels: SentinelSet = request.getfixturevalue("redis_sentinels")
+        return sentinels.url
     server: EmbeddedRedis = request.getfixturevalue("redis_server")
     return server.url
 
