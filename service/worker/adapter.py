@@ -170,7 +170,9 @@ class ActionWorker(Worker):
             return
         await asyncio.gather(*self.tasks.values(), return_exceptions=True)
         await asyncio.gather(*self._chores, return_exceptions=True)  # jobs given back as their tasks ended
-        await self.pool.delete(self.health_check_key)
+        with contextlib.suppress(TimeoutError):  # arq's health line expires by itself: best effort, bounded
+            async with asyncio.timeout(_TIDY_S):
+                await self.pool.delete(self.health_check_key)
         if self.on_shutdown:
             await self.on_shutdown(self.ctx)
         if is_cluster(self.pool):
@@ -355,6 +357,7 @@ def build_worker(runtime: WorkerRuntime) -> ActionWorker:
 
 
 _MIN_SOCKET_TIMEOUT_S = 5.0
+_TIDY_S = 3.0  # a shutdown's deletion of the health line: best effort
 
 
 def _orphaned() -> bool:

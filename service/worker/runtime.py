@@ -371,14 +371,19 @@ class WorkerRuntime:
         if self._stopped:
             return
         self._stopped = True
-        await self._mux.close()  # first: the listeners then leave without an UNSUBSCRIBE each
-        for task in (self._heartbeat, *self._listeners):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        with contextlib.suppress(ActionQError):
-            await self.registry.withdraw(self.worker_id)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_STOP_STEP_S):
+                await self._mux.close()  # first: the listeners then leave without an UNSUBSCRIBE each
+        tasks = [task for task in (self._heartbeat, *self._listeners) if task is not None]
+        for task in tasks:
+            task.cancel()
+        if tasks:  # each ends at its next await; one stuck in a dead connection is not waited for long
+            await asyncio.wait(tasks, timeout=_STOP_STEP_S)
+        # Best effort, and bounded: the entry expires by itself, and a connection left odd by a
+        # heartbeat cancelled mid-pipeline must not hold the exit for its socket timeouts.
+        with contextlib.suppress(ActionQError, TimeoutError):
+            async with asyncio.timeout(_STOP_STEP_S):
+                await self.registry.withdraw(self.worker_id)
         self.notify(WorkerStoppedEvent(**self.me(), reason=self.stop_reason))
         for name, plugin in self.loader.loaded.items():
             self.notify(PluginDisabledEvent(worker_id=self.worker_id, plugin=name, version=plugin.manifest.version))
@@ -388,6 +393,10 @@ class WorkerRuntime:
         if self._metrics_server is not None:
             await asyncio.to_thread(self._metrics_server.close)  # its shutdown waits for the server's poll
         log.info("worker_stopped", worker_id=self.worker_id)
+
+
+_STOP_STEP_S = 3.0
+"""How long a shutdown step that only tidies Redis may take (the worker's registry entry)."""
 
 
 async def _watch_supervisor(pid: int, runtime: WorkerRuntime) -> None:
