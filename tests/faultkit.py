@@ -422,6 +422,41 @@ async def _run_with(
     return figures
 
 
+async def failover_under_load(url: str, tmp: Path, kill: Callable[[], None], scenario: str) -> None:
+    """A worker and a producer on ``url`` (300 short jobs at 60/s); once a third are accepted,
+    ``kill()`` (blocking: kill the master, wait for its successor), then the checks every failover
+    test makes: every acknowledged job ended, none lost, none run again after its success, a job
+    was running at the kill, none started more than twice (Sentinel's test and the Cluster's)."""
+    run = Run(url, url, tmp)
+    jobs, rate = 300, 60.0
+
+    async def fault(client: JobClient) -> int:
+        async with asyncio.timeout(30):  # a third of the jobs submitted, some done, some running
+            while len(run.accepted) < jobs // 3 or not run.journal.exists():
+                await asyncio.sleep(0.02)
+        start = now_ms()
+        await asyncio.to_thread(kill)
+        run.outages.append((start, now_ms()))
+        return 1
+
+    figures = await _run_with(run, [url], jobs, rate, fault, scenario)
+    assert figures.jobs == jobs
+    assert figures.clean, "\n".join([figures.row(), *figures.problems[:20], run.log_tail()])
+    assert not figures.problems, "\n".join(figures.problems)  # the worker drained and exited 0 at the end
+    assert figures.resubmits > 0  # the producer did meet the failover
+    journal = read_journal(run.journal)
+    killed_at = run.outages[0][0]
+    assert any(_running_at(entries, killed_at) for entries in journal.values()), "no job ran at the kill"
+    for job_id, entries in journal.items():  # each finished (clean, above) and started at most twice
+        assert len([e for e in entries if e.mark == "S"]) <= 2, f"{job_id} started more than twice: {entries}"
+
+
+def _running_at(entries: list[Entry], ms: int) -> bool:
+    """True if an attempt had started by ``ms`` and not ended (done or stopped) by then."""
+    before = [e for e in entries if e.ms <= ms]
+    return bool(before) and before[-1].mark == "S"
+
+
 async def crash_loop(
     url: str, tmp: Path, *, jobs: int, kills: int, workers: int = 3, rate: float = 150, seed: int = 0
 ) -> Figures:

@@ -143,20 +143,7 @@ class JobStore:
                 signature,
             ),
         )
-        reply = await self._creator.submit(job)
-        if int(reply[0]) == 1:
-            return CreateResult(True)
-        if reply[3]:  # the job ended: its final record is in arq's result
-            final = parse_final(job_id, reply[3])
-            return CreateResult(False, final.request, final.state)
-        try:
-            existing = JobRequest.model_validate_json(reply[1]) if reply[1] else None
-            state = JobState(reply[2].decode()) if reply[2] else None
-        except ValidationError as exc:
-            raise RecordUnreadableError(job_id, f"request: {describe_validation(exc)}") from exc
-        except ValueError as exc:
-            raise RecordUnreadableError(job_id, f"state: {exc}") from exc
-        return CreateResult(False, existing, state)
+        return _created(job_id, await self._creator.submit(job))
 
     async def _create_batch(self, jobs: list[_NewJob]) -> list[list[Any]]:
         # On Redis Cluster one call per partition: a script's keys share a slot.
@@ -228,6 +215,23 @@ class JobStore:
 # A waiting job's cancel learns its queue from the first call; a replay under the same id that
 # moves it meanwhile costs one more.
 _CANCEL_TRIES = 3
+
+
+def _created(job_id: str, reply: list[Any]) -> CreateResult:
+    """The submit script's reply for one job: created, or the live or ended job that has the id."""
+    if int(reply[0]) == 1:
+        return CreateResult(True)
+    if reply[3]:  # the job ended: its final record is in arq's result
+        final = parse_final(job_id, reply[3])
+        return CreateResult(False, final.request, final.state)
+    try:
+        existing = JobRequest.model_validate_json(reply[1]) if reply[1] else None
+        state = JobState(reply[2].decode()) if reply[2] else None
+    except ValidationError as exc:
+        raise RecordUnreadableError(job_id, f"request: {describe_validation(exc)}") from exc
+    except ValueError as exc:
+        raise RecordUnreadableError(job_id, f"state: {exc}") from exc
+    return CreateResult(False, existing, state)
 
 
 def parse_record(job_id: str, raw: Mapping[bytes, bytes] | Mapping[str, str]) -> JobRecord:

@@ -302,7 +302,7 @@ async def check_layout(redis: Redis, keys: Keys) -> None:
     recorded = await redis.get(keys.layout())
     if recorded is not None and recorded != mine:
         raise ConfigError(
-            f"namespace {keys.namespace!r} on this cluster has {recorded.decode(errors='replace')} partitions "
+            f"namespace {keys.namespace!r} on this cluster has {recorded[:40].decode(errors='replace')!r} partitions "
             f"(cluster_partitions), and this process was given {keys.partitions}: use the same value everywhere"
         )
 

@@ -114,24 +114,10 @@ async def test_a_master_killed_under_load_loses_no_acknowledged_job(
     """SIGKILL a master mid-run: its replica takes its slots; every acknowledged submit ends, none
     lost and none run again after its success (tests/faultkit.py's journal), as on Sentinel."""
     cluster = replicated_cluster
-    run = faultkit.Run(cluster.url, cluster.url, tmp_path)
-    jobs, rate = 300, 60.0
+    victim = cluster.master_ports[0]
 
-    async def kill_a_master(client: JobClient) -> int:
-        async with asyncio.timeout(30):  # a third of the jobs submitted, some done, some running
-            while len(run.accepted) < jobs // 3 or not run.journal.exists():
-                await asyncio.sleep(0.02)
-        victim = cluster.master_ports[0]
-        start = faultkit.now_ms()
+    def kill() -> None:
         cluster.node(victim).kill()
-        await asyncio.to_thread(cluster.wait_failover, victim)
-        run.outages.append((start, faultkit.now_ms()))
-        return 1
+        cluster.wait_failover(victim)
 
-    figures = await faultkit._run_with(run, [cluster.url], jobs, rate, kill_a_master, "a master killed")
-    assert figures.jobs == jobs
-    assert figures.clean, "\n".join([figures.row(), *figures.problems[:20], run.log_tail()])
-    assert not figures.problems, "\n".join(figures.problems)
-    journal = faultkit.read_journal(run.journal)
-    for job_id, entries in journal.items():  # each finished (clean, above) and started at most twice
-        assert len([e for e in entries if e.mark == "S"]) <= 2, f"{job_id} started more than twice: {entries}"
+    await faultkit.failover_under_load(cluster.url, tmp_path, kill, "a master killed")

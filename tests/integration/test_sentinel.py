@@ -218,36 +218,12 @@ async def test_a_planned_switchover_is_followed_at_once_by_the_worker_and_the_cl
 
 async def test_a_failover_under_load_loses_no_acknowledged_job(sentinel_set: SentinelSet, tmp_path: Path) -> None:
     """Kill -9 the master mid-run: every acknowledged submit ends, none lost, none run after its success."""
-    run = faultkit.Run(sentinel_set.url, sentinel_set.url, tmp_path)
-    jobs, rate = 300, 60.0
 
-    async def kill_master(client: JobClient) -> int:
-        async with asyncio.timeout(30):  # a third of the jobs submitted, some done, some running
-            while len(run.accepted) < jobs // 3 or not run.journal.exists():
-                await asyncio.sleep(0.02)
-        start = faultkit.now_ms()
-        await asyncio.to_thread(sentinel_set.kill_master)
-        await asyncio.to_thread(sentinel_set.wait_failover)
-        run.outages.append((start, faultkit.now_ms()))
-        return 1
+    def kill() -> None:
+        sentinel_set.kill_master()
+        sentinel_set.wait_failover()
 
-    figures = await faultkit._run_with(run, [sentinel_set.url], jobs, rate, kill_master, "master killed, failover")
-    assert figures.jobs == jobs
-    assert figures.clean, "\n".join([figures.row(), *figures.problems[:20], run.log_tail()])
-    assert not figures.problems, "\n".join(figures.problems)  # the worker drained and exited 0 at the end
-    assert figures.resubmits > 0  # the producer did meet the failover
-    journal = faultkit.read_journal(run.journal)
-    killed_at = run.outages[0][0]
-    across = [job_id for job_id, entries in journal.items() if _running_at(entries, killed_at)]
-    assert across, "no job was running when the master was killed"  # the scenario itself
-    for job_id, entries in journal.items():  # each finished (clean, above) and started at most twice
-        assert len([e for e in entries if e.mark == "S"]) <= 2, f"{job_id} started more than twice: {entries}"
-
-
-def _running_at(entries: list[faultkit.Entry], ms: int) -> bool:
-    """True if an attempt had started by ``ms`` and not ended (done or stopped) by then."""
-    before = [e for e in entries if e.ms <= ms]
-    return bool(before) and before[-1].mark == "S"
+    await faultkit.failover_under_load(sentinel_set.url, tmp_path, kill, "master killed, failover")
 
 
 async def test_wait_replicas_holds_each_write_until_the_replica_has_it(

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import pytest
+from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.exceptions import ClusterError, ResponseError, TryAgainError
 
-from service.errors import BrokerError
+from service.errors import BrokerError, ConfigError
 from service.keys import Keys
-from service.redis.cluster import is_cluster, layout, parse_cluster_url, pubsub_client, while_slots_move
+from service.redis.cluster import check_layout, is_cluster, layout, parse_cluster_url, pubsub_client, while_slots_move
 from service.redis.connection import connect, redact
 
 
@@ -112,3 +113,16 @@ def test_the_url_nodes_are_never_dropped_from_the_startup_nodes() -> None:
     nodes.pop("127.0.0.1:7009", None)
     assert sorted(nodes) == ["127.0.0.1:7000", "127.0.0.1:7001"]
     assert client.reinitialize_steps == 0
+
+
+async def test_a_namespace_recorded_with_another_partition_count_is_refused_by_name(fake_redis: Redis) -> None:
+    await check_layout(fake_redis, Keys("ns", 6))  # the first one records it
+    assert await fake_redis.get("ns:layout") == b"6"
+    await check_layout(fake_redis, Keys("ns", 6))  # the same: fine
+    with pytest.raises(ConfigError, match=r"has .6. partitions .* given 4"):
+        await check_layout(fake_redis, Keys("ns", 4))
+    await fake_redis.set("ns:layout", b"\xff" * 1000)  # junk written by hand: named, cut short
+    with pytest.raises(ConfigError) as refused:
+        await check_layout(fake_redis, Keys("ns", 6))
+    assert len(str(refused.value)) < 300
+    await check_layout(fake_redis, Keys("ns"))  # one Redis: nothing to check
