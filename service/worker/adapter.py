@@ -48,7 +48,7 @@ from service.worker import settle
 from service.worker.control import ControlHandler
 from service.worker.limits import Limits
 from service.worker.runtime import WorkerRuntime
-from service.worker.take import Claims, TakenJob
+from service.worker.take import Claims, Take, TakenJob
 
 __all__ = ["ActionWorker", "build_worker", "run_worker"]
 
@@ -211,7 +211,7 @@ class ActionWorker(Worker):
         elif free > 0:
             start = next(self._rotation)  # rotate which queue goes first, for fairness
             queues = self.queues[start:] + self.queues[:start]
-            take = await self.claims.take(queues, timestamp_ms(), free, advertise=True, idle=self.job_counter == 0)
+            take = await self._take(queues, free)
             self._next_due_ms = take.next_due_ms
             started = [job for job in take.jobs if job.claimed]
             if len(started) == free:
@@ -221,6 +221,31 @@ class ActionWorker(Worker):
         else:
             self._saturated = True  # full (a handoff filled the last slot): look again when one frees up
         await self.heart_beat()
+
+    async def _take(self, queues: list[str], free: int) -> Take:
+        """A take that a shutdown does not cut in half: its scripts may have claimed jobs (their
+        records already say running) when the cancel arrives, and those go back to their queues at
+        once, not when their leases lapse (on a cluster a take is a call per partition, in flight
+        longer)."""
+        taking = asyncio.ensure_future(
+            self.claims.take(queues, timestamp_ms(), free, advertise=True, idle=self.job_counter == 0)
+        )
+        try:
+            return await asyncio.shield(taking)
+        except asyncio.CancelledError:
+            self._background(self._give_back_take(taking), "actionq-give-back-take")
+            raise
+
+    async def _give_back_take(self, taking: asyncio.Future[Take]) -> None:
+        try:
+            async with asyncio.timeout(_TIDY_S):
+                take = await taking
+        except (TimeoutError, RedisError, RedisClusterException, OSError) as exc:
+            reason = "its jobs' leases will lapse"
+            log.warning("take_not_given_back", error=str(exc) or type(exc).__name__, reason=reason)
+            return
+        claimed = [job for job in take.jobs if job.claimed]
+        await asyncio.gather(*(self._give_back(job) for job in claimed), return_exceptions=True)
 
     def adopt(self, job: TakenJob) -> None:
         """Run a job a submit handed straight to this worker (``service/redis/lua/submit.lua``).
