@@ -10,7 +10,9 @@ httpx client measured httpx.
   client's gathered ``submit`` in the same run. Jobs/s for both, and their ratio.
 * **added latency**: one submit at a time, alternating HTTP and Python: p50/p99 of each, and the
   difference of the p99s (what going through the gateway adds).
-* **batch**: ``POST /v1/jobs:batch`` of 500 jobs each, 4 requests in flight.
+* **batch**: ``POST /v1/jobs:batch`` of 500 jobs each, 4 requests in flight: once with the worker
+  draining them (the target's figure), once with it paused (what the gateway ingests when the two
+  cores are shared by Redis, the gateway and this client only).
 * **SSE**: 1,000 ``GET /v1/jobs/{id}/events`` connections at once, 10 per job on 100 jobs that
   report 20 progress updates 100 ms apart (each job at its own phase of the 100 ms: not all at
   once), each stamped with the worker's wall clock when it was reported: publish → received by
@@ -81,6 +83,10 @@ async def run(options: RunOptions) -> EntryResult:
                 await _added_latency(http, env, options.pick(full=300, quick=100), metrics)
                 await _batch_rate(http, batched, metrics)
                 await _drained(env)
+                await env.client.control("pause")
+                await _batch_rate(http, batched, metrics, "HTTP batch submit, worker paused")
+                await env.client.control("resume")
+                await _drained(env)
                 await _sse(http, env, metrics)
             metrics.add("gateway peak RSS", rss_mib(gateway.proc.pid, "VmHWM"))
         finally:
@@ -105,6 +111,7 @@ def _declare(metrics: Metrics) -> Metrics:
             metrics.declare(f"{side} submit latency {q}", "ms", "one submit at a time")
     metrics.declare("added p99", "ms", "HTTP p99 - Python p99", Target("<=", 2.0))
     metrics.declare("HTTP batch submit", "jobs/s", f"POST /v1/jobs:batch, {BATCH} a request", Target(">=", 20_000))
+    metrics.declare("HTTP batch submit, worker paused", "jobs/s", "as above, no worker draining them meanwhile")
     metrics.declare("SSE connect 1,000 followers", "s", "from the first request to the last first event")
     for q in ("p50", "p99"):
         target = Target("<=", 10.0) if q == "p99" else None
@@ -225,7 +232,7 @@ async def _added_latency(http: aiohttp.ClientSession, env: BenchEnv, samples: in
     metrics.add("added p99", percentile(timings["HTTP"], 99) - percentile(timings["Python"], 99))
 
 
-async def _batch_rate(http: aiohttp.ClientSession, n: int, metrics: Metrics) -> None:
+async def _batch_rate(http: aiohttp.ClientSession, n: int, metrics: Metrics, name: str = "HTTP batch submit") -> None:
     requests = [[_NOOP] * BATCH for _ in range(n // BATCH)]
 
     async def lane() -> None:
@@ -238,7 +245,7 @@ async def _batch_rate(http: aiohttp.ClientSession, n: int, metrics: Metrics) -> 
 
     started = time.perf_counter()
     await asyncio.gather(*(lane() for _ in range(4)))
-    metrics.add("HTTP batch submit", (n // BATCH) * BATCH / (time.perf_counter() - started))
+    metrics.add(name, (n // BATCH) * BATCH / (time.perf_counter() - started))
 
 
 async def _sse(http: aiohttp.ClientSession, env: BenchEnv, metrics: Metrics) -> None:

@@ -5,7 +5,7 @@ built on arq run the plugin's action under a timeout; :class:`JobHandle` follows
 result. Plugin authors derive from :class:`Plugin` and may take a :class:`JobContext`.
 """
 
-from service.client.client import JobClient
+from service.client.client import JobClient, JobSpec
 from service.client.core import PluginCore, PluginsNotReadyError
 from service.client.deadletters import DeadLetter, DeadLetterStore
 from service.client.handle import JobHandle
@@ -108,6 +108,7 @@ __all__ = [
     # producers
     "JobClient",
     "JobHandle",
+    "JobSpec",
     "SyncJobClient",
     "SyncJobHandle",
     # code written for seed 004's PluginCore

@@ -24,7 +24,14 @@ from pydantic import ValidationError
 from redis.asyncio import Redis
 
 from service import arqformat
-from service.errors import BrokerError, ErrorInfo, RecordUnreadableError, ReplicationTimeoutError, describe_validation
+from service.errors import (
+    ActionQError,
+    BrokerError,
+    ErrorInfo,
+    RecordUnreadableError,
+    ReplicationTimeoutError,
+    describe_validation,
+)
 from service.keys import Keys
 from service.models import FINAL_PROGRESS_STATUS, AttemptInfo, JobRecord, JobRequest, JobState, ProgressUpdate
 from service.redis import scripts
@@ -63,7 +70,7 @@ class CreateResult:
 
 
 @dataclass(frozen=True, slots=True)
-class _NewJob:
+class NewJob:
     """One submit's keys and arguments for the submit script."""
 
     job_id: str
@@ -90,13 +97,11 @@ class JobStore:
         self.wait_timeout_s = wait_timeout_s
         self.signer = signer or Signer([])
         self._submit = scripts.register(redis, "submit")
-        self._creator: Batcher[_NewJob, list[Any]] = Batcher(
-            self._create_batch, max_batch=_BATCH, name="actionq-submit"
-        )
+        self._creator: Batcher[NewJob, list[Any]] = Batcher(self._create_batch, max_batch=_BATCH, name="actionq-submit")
         self._cancel = scripts.register(redis, "cancel")
         self._read = scripts.register(redis, "read")
 
-    async def create(
+    def new_job(
         self,
         job_id: str,
         request_json: str,
@@ -109,19 +114,18 @@ class JobStore:
         lease_ms: int = 3000,
         watch: bool = False,
         signature: str = "",
-    ) -> CreateResult:
-        """Write the record and the queue entry atomically, unless the job id is taken.
+    ) -> NewJob:
+        """A job to write with :meth:`create` or :meth:`create_many` (nothing is sent yet).
 
         ``expires_at_ms``: the queue-wait limit; a worker that takes the job later fails it instead.
-        ``fresh_id``: the id was just generated (a uuid4), so it cannot be taken; not checked.
+        ``fresh_id``: the id was just generated (128 random bits), so it cannot be taken; not checked.
         ``lease_ms``: the claim of a job handed straight to an idle worker (the workers' ``lease_s``).
         ``watch``: the job is followed from the start (its changes are published; see :meth:`get`).
         ``signature``: the request's signature (:mod:`service.signing`), kept with the record.
-        Concurrent calls share round trips: those made while one is in flight go out together next.
         """
         keys = self.keys
         queue = keys.queue_of(queue, job_id)  # on Redis Cluster, the job's partition's set
-        job = _NewJob(
+        return NewJob(
             job_id,
             keys=(
                 keys.job(job_id),
@@ -143,13 +147,41 @@ class JobStore:
                 signature,
             ),
         )
-        return _created(job_id, await self._creator.submit(job))
 
-    async def _create_batch(self, jobs: list[_NewJob]) -> list[list[Any]]:
+    async def create(self, job_id: str, request_json: str, **fields: Any) -> CreateResult:
+        """Write the record and the queue entry atomically, unless the job id is taken (``fields``:
+        those of :meth:`new_job`).
+
+        Concurrent calls share round trips: those made while one is in flight go out together next.
+        """
+        return await self.write(self.new_job(job_id, request_json, **fields))
+
+    async def write(self, job: NewJob) -> CreateResult:
+        """:meth:`create` for a job :meth:`new_job` built."""
+        return _created(job.job_id, await self._creator.submit(job))
+
+    async def create_many(self, jobs: list[NewJob]) -> list[CreateResult | ActionQError]:
+        """:meth:`create` for each of ``jobs``, in as few round trips as the batch size allows, with
+        no task per job; each gets its result, or the error of its round trip, in order."""
+        replies = await self._creator.submit_many(jobs)
+        results: list[CreateResult | ActionQError] = []
+        for job, reply in zip(jobs, replies, strict=True):
+            if isinstance(reply, ActionQError):
+                results.append(reply)
+            elif isinstance(reply, BaseException):
+                raise reply
+            else:
+                try:
+                    results.append(_created(job.job_id, reply))
+                except ActionQError as exc:
+                    results.append(exc)
+        return results
+
+    async def _create_batch(self, jobs: list[NewJob]) -> list[list[Any]]:
         # On Redis Cluster one call per partition: a script's keys share a slot.
         return await per_slot(jobs, lambda job: self.keys.partition(job.job_id), self._create_in_slot)
 
-    async def _create_in_slot(self, jobs: list[_NewJob]) -> list[list[Any]]:
+    async def _create_in_slot(self, jobs: list[NewJob]) -> list[list[Any]]:
         keys: list[str] = []
         names = self.keys
         # No hand-offs on Redis Cluster: a PUBLISH there counts only its own node's receivers.

@@ -230,7 +230,7 @@ class PluginManifest(_Frozen):
 
     # Per action name: the spec the params model was built from (identity-checked, since
     # model_copy shares private attributes) and the model.
-    _params_models: dict[str, tuple[ActionSpec, type[BaseModel]]] = PrivateAttr(default_factory=dict)
+    _params_models: dict[str, tuple[ActionSpec, type[BaseModel], tuple[str, ...]]] = PrivateAttr(default_factory=dict)
 
     @field_validator("version", mode="before")
     @classmethod
@@ -257,12 +257,13 @@ class PluginManifest(_Frozen):
         unknown ones and values of the wrong type.
         """
         spec = self.action(action)
-        model = self._params_model(spec)
+        model, names = self._params_model(spec)
         try:
-            validated = model.model_validate(params)
+            validated = model.__pydantic_validator__.validate_python(params)
         except ValidationError as exc:
             raise InvalidParamsError(self.name, action, _field_errors(exc)) from exc
-        return {arg.name: getattr(validated, f"arg_{i}") for i, arg in enumerate(spec.arguments)}
+        # The fields arg_0, arg_1, ... in order: their values under the arguments' names.
+        return dict(zip(names, validated.__dict__.values(), strict=True))
 
     def bind_positional(self, action: str, args: Sequence[Any]) -> dict[str, Any]:
         """Map positional ``args`` onto the declared argument order (the seed's call style)."""
@@ -272,10 +273,12 @@ class PluginManifest(_Frozen):
             raise InvalidParamsError(self.name, action, [FieldError(field="args", message=message)])
         return dict(zip(names, args, strict=False))
 
-    def _params_model(self, spec: ActionSpec) -> type[BaseModel]:
-        cached = self._params_models.get(spec.name)
+    def _params_model(self, spec: ActionSpec) -> tuple[type[BaseModel], tuple[str, ...]]:
+        """The action's params model (built once), and its arguments' names in field order."""
+        kept = (self.__pydantic_private__ or {}).get("_params_models", {})  # read per submit: no __getattr__
+        cached = kept.get(spec.name)
         if cached is not None and cached[0] is spec:
-            return cached[1]
+            return cached[1], cached[2]
         # Field names are positional placeholders, the argument names are aliases: an argument may be
         # called `a-b` or `model_config`, which are not usable as pydantic field names.
         fields: dict[str, Any] = {
@@ -285,8 +288,9 @@ class PluginManifest(_Frozen):
         model: type[BaseModel] = create_model(
             f"{self.name}.{spec.name}.params", __config__=ConfigDict(extra="forbid"), **fields
         )
-        self._params_models[spec.name] = (spec, model)
-        return model
+        names = tuple(arg.name for arg in spec.arguments)
+        self._params_models[spec.name] = (spec, model, names)
+        return model, names
 
 
 def _field_errors(exc: ValidationError) -> list[FieldError]:

@@ -75,6 +75,18 @@ class Batcher(Generic[T, R]):
         finally:
             self._drain()
 
+    async def submit_many(self, items: Sequence[T]) -> list[R | BaseException]:
+        """Send ``items`` with the next batches (no task each) and return their results in order;
+        an item whose call failed gets that call's error in its place."""
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in items]
+        self._pending.extend(zip(items, futures, strict=True))
+        if not self._busy:
+            self._busy = True
+            self._flushing = asyncio.create_task(self._flush(), name=self._name)
+        results: list[R | BaseException] = await asyncio.gather(*futures, return_exceptions=True)
+        return results
+
     def _wait_s(self) -> float:
         """How long the next batch waits for company (0: it goes now)."""
         if not self._window_s or len(self._pending) >= self._max_batch or not self._more_coming():

@@ -10,9 +10,10 @@ import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
 
-from service.client.client import JobClient
+from service.client.client import JobClient, JobSpec, fresh_ids
 from service.client.handle import JobHandle
 from service.errors import (
+    BrokerError,
     InvalidParamsError,
     JobConflictError,
     JobNotFoundError,
@@ -142,6 +143,66 @@ async def test_concurrent_submits_share_round_trips(client: JobClient) -> None:
     assert isinstance(clash[0], JobHandle)
     assert isinstance(clash[1], JobConflictError)
     assert await client.redis.zcard(client.keys.queue("PluginB")) == 50 + 1 + 1
+
+
+async def test_submit_many_gives_each_job_its_handle_or_its_error_in_order(client: JobClient) -> None:
+    await register(client, "PluginB")
+    sizes: list[int] = []
+    send = client.store._create_batch
+
+    async def counting(jobs: list[Any]) -> list[list[Any]]:
+        sizes.append(len(jobs))
+        return await send(jobs)
+
+    client.store._creator._send = counting
+    square = "calculate_square"
+    specs = [JobSpec("PluginB", square, {"x": i}) for i in range(300)]
+    specs[3] = JobSpec("PluginB", square, {"x": "three"})  # invalid params: refuses only itself
+    specs[5] = JobSpec("Nope", "x")
+    specs[7] = JobSpec("PluginB", square, {"x": 7}, {"queue": "lane-b"})  # no worker reads that lane
+    specs[9] = JobSpec("PluginB", square, {"x": 9}, {"colour": "red"})
+    specs[11] = JobSpec("PluginB", square, {"x": 11}, {"job_id": "m-1", "defer_s": 60})
+    specs[12] = JobSpec("PluginB", square, {"x": 11}, {"job_id": "m-1", "defer_s": 60})  # the same job again
+    specs[13] = JobSpec("PluginB", square, {"x": 12}, {"job_id": "m-1"})  # another under its id
+    results = await client.submit_many(specs)
+    assert len(results) == 300
+    assert isinstance(results[3], InvalidParamsError)
+    assert isinstance(results[5], UnknownPluginError)
+    assert "lane-b" in str(results[7])
+    assert isinstance(results[9], SubmissionError) and "colour: not an option of submit" in str(results[9])
+    first, again, clash = results[11], results[12], results[13]
+    assert isinstance(first, JobHandle) and first.created and first.job_id == "m-1"
+    assert isinstance(again, JobHandle) and not again.created
+    assert isinstance(clash, JobConflictError)
+    handles = [r for r in results if isinstance(r, JobHandle)]
+    assert len(handles) == 300 - 5
+    assert sum(sizes) == 300 - 4 and len(sizes) < 10  # shared round trips (the batch holds up to 200)
+    records = [await h.record() for h in handles]
+    refused = (3, 5, 7, 9, 13)
+    assert [r.request.params for r in records] == [spec.params for i, spec in enumerate(specs) if i not in refused]
+    deferred = await first.record()
+    assert deferred.state is JobState.QUEUED and deferred.request.options.defer_s == 60
+    assert await client.redis.zcard(client.keys.queue("PluginB")) == 300 - 5 - 1
+    assert len({h.job_id for h in handles}) == 300 - 5 - 1
+
+
+async def test_submit_many_on_a_broken_connection_gives_each_job_the_broker_error(
+    client: JobClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await register(client, "PluginB")
+
+    async def unreachable(jobs: list[Any]) -> list[list[Any]]:
+        raise BrokerError("submitting: Redis unreachable")
+
+    monkeypatch.setattr(client.store._creator, "_send", unreachable)
+    results = await client.submit_many([JobSpec("PluginB", "calculate_square", {"x": i}) for i in range(3)])
+    assert [type(r) for r in results] == [BrokerError] * 3
+
+
+def test_fresh_ids_are_distinct_128_bit_hex() -> None:
+    ids = fresh_ids(1000)
+    assert len(set(ids)) == 1000
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
 
 
 async def test_gathered_submits_on_a_cold_cache_read_the_registry_once(
