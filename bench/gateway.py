@@ -7,7 +7,8 @@ on this machine httpx spent 1.5-1.9 ms of the client's own CPU per request (aioh
 httpx client measured httpx.
 
 * **submit**: ``N`` no-op jobs, 64 requests in flight, ``POST /v1/jobs`` each; against the Python
-  client's gathered ``submit`` in the same run. Jobs/s for both, and their ratio.
+  client's gathered ``submit`` in the same run. Jobs/s for both, and their ratio; and the Python
+  client's ``submit_many`` of ``N`` jobs at once (issue 14's fan-out figure).
 * **added latency**: one submit at a time, alternating HTTP and Python: p50/p99 of each, and the
   difference of the p99s (what going through the gateway adds).
 * **batch**: ``POST /v1/jobs:batch`` of 500 jobs each, 4 requests in flight: once with the worker
@@ -42,6 +43,7 @@ from bench.options import RunOptions
 from bench.procstats import rss_mib
 from bench.report import EntryResult
 from bench.stats import Metrics, Target, percentile
+from service.client.client import JobSpec
 from service.processes.embedded import free_port
 
 try:
@@ -105,6 +107,7 @@ async def run(options: RunOptions) -> EntryResult:
 def _declare(metrics: Metrics) -> Metrics:
     metrics.declare("HTTP submit", "jobs/s", f"POST /v1/jobs, {IN_FLIGHT} in flight", Target(">=", 3000))
     metrics.declare("Python submit", "jobs/s", "JobClient.submit, gathered (coalesced)")
+    metrics.declare("Python submit_many", "jobs/s", "JobClient.submit_many of them all at once", Target(">=", 10_000))
     metrics.declare("HTTP / Python submit", "ratio", "same run")
     for side in ("HTTP", "Python"):
         for q in ("p50", "p99"):
@@ -211,8 +214,14 @@ async def _submit_rates(http: aiohttp.ClientSession, env: BenchEnv, n: int, metr
     started = time.perf_counter()
     await asyncio.gather(*(env.client.submit("benchnoop", "noop") for _ in range(n)))
     python_rate = n / (time.perf_counter() - started)
+    started = time.perf_counter()
+    written = await env.client.submit_many([JobSpec("benchnoop", "noop")] * n)
+    many_rate = n / (time.perf_counter() - started)
+    if any(isinstance(result, Exception) for result in written):
+        raise BenchError(f"submit_many: {next(r for r in written if isinstance(r, Exception))}")
     metrics.add("HTTP submit", http_rate)
     metrics.add("Python submit", python_rate)
+    metrics.add("Python submit_many", many_rate)
     metrics.add("HTTP / Python submit", http_rate / python_rate)
 
 

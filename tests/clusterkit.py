@@ -47,6 +47,7 @@ CLUSTER_NODE_ARGS = (
 )  # fmt: skip
 # Keys per MIGRATE: redis-cli's default pipeline is 10; larger batches cost fewer round trips and
 # still keep each MIGRATE (which blocks the source while it runs) short for the tests' small values.
+MIGRATION_AGREED_S = 20.0  # how long a moved slot's nodes may take to agree on its new owner
 MIGRATE_BATCH = 100
 MIGRATE_TIMEOUT_MS = 5000
 _ADMIN_TIMEOUT_S = 10.0
@@ -293,6 +294,31 @@ class ClusterSet:
         Replicas learn the new owner from their masters by gossip (:meth:`wait_settled`).
         """
         self._set_owner(slot, [target_port, source_port, *self._other_masters(source_port, target_port)])
+        what = f"every node naming the master on {target_port} the owner of slot {slot}"
+        self._wait(lambda: self._owner_agreed(slot, target_port), MIGRATION_AGREED_S, what)
+
+    def _owner_agreed(self, slot: int, owner_port: int) -> bool:
+        """Whether every answering node names ``owner_port``'s node the owner of ``slot``; a node
+        that does not is told again (``SETSLOT NODE``).
+
+        Seen with Redis 7.0.15 on a loaded 2-core machine, a slot moved there and back within
+        ~50 ms: the node it came back to named the other one its owner while every other node named
+        it, and never converged (each node answered MOVED to the other, every command on the slot
+        failed with ``TTL exhausted``). Telling the disagreeing node again, as ``redis-cli --cluster
+        fix`` would, makes the owner claim the slot with a new config epoch, which then wins.
+        """
+        owner = self.node_id(owner_port)
+        agreed = True
+        with self._clients() as clients:
+            for client in clients.values():
+                reply = _run_quietly(client, "CLUSTER", "NODES")
+                if isinstance(reply, Exception):
+                    continue
+                named = [n.node_id for n in _parse_nodes(_text(reply)) if any(lo <= slot <= hi for lo, hi in n.slots)]
+                if named != [owner]:
+                    agreed = False
+                    _run_quietly(client, "CLUSTER", "SETSLOT", str(slot), "NODE", owner)
+        return agreed
 
     def _set_owner(self, slot: int, masters: Sequence[int]) -> None:
         """``SETSLOT NODE`` on ``masters``, in that order, the new owner first."""

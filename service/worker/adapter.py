@@ -218,6 +218,8 @@ class ActionWorker(Worker):
                 self._saturated = True  # maybe more were ready: look again when a slot frees up
             for job in take.jobs:
                 self._launch(job)
+            if take.failed is not None:  # a partition's call failed: back off, its jobs' claims stand
+                raise take.failed
         else:
             self._saturated = True  # full (a handoff filled the last slot): look again when one frees up
         await self.heart_beat()

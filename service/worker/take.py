@@ -93,10 +93,16 @@ class TakenJob:
 
 @dataclass(frozen=True, slots=True)
 class Take:
-    """What one take returned: the jobs, and when the earliest deferred job falls due (epoch ms)."""
+    """What one take returned: the jobs, and when the earliest deferred job falls due (epoch ms).
+
+    ``failed``: on Redis Cluster, the error of a partition's call that failed while others claimed
+    jobs: those are here all the same (they must run, or their leases would be renewed for ever
+    with nothing running them); the caller raises it once they are launched.
+    """
 
     jobs: list[TakenJob]
     next_due_ms: int | None
+    failed: BaseException | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +154,7 @@ class Claims:
         groups = self._by_slot(queues)
         first = await self._round(groups, now_ms, limit, advertise=advertise, idle=idle)
         left = limit - sum(1 for job in first.jobs if job.claimed)
-        if left <= 0 or not any(self._candidates(group, left) for group in groups):
+        if first.failed is not None or left <= 0 or not any(self._candidates(group, left) for group in groups):
             return first
         second = await self._round(groups, now_ms, left, advertise=advertise, idle=idle and not first.jobs)
         return _merged([first, second])
@@ -179,7 +185,11 @@ class Claims:
             self._call(group, now_ms, share, room=room, advertise=advertise, idle=idle)
             for group, share in zip(groups, shares, strict=True)
         ]
-        return _merged(await asyncio.gather(*calls))
+        # Each call's claims stand whatever the others do: a failed one must not hide them.
+        replies = await asyncio.gather(*calls, return_exceptions=True)
+        merged = _merged([reply for reply in replies if isinstance(reply, Take)])
+        failed = next((reply for reply in replies if isinstance(reply, BaseException)), None)
+        return merged if failed is None else Take(merged.jobs, merged.next_due_ms, failed)
 
     def _candidates(self, queues: list[str], limit: int) -> list[_Candidate]:
         """The hinted jobs of ``queues`` to try, in queue order (at most ``2 * limit``)."""
@@ -412,7 +422,8 @@ class Claims:
 def _merged(takes: list[Take]) -> Take:
     """Several takes as one: their jobs, and the earliest due time."""
     due = min((t.next_due_ms for t in takes if t.next_due_ms is not None), default=None)
-    return Take([job for t in takes for job in t.jobs], due)
+    failed = next((t.failed for t in takes if t.failed is not None), None)
+    return Take([job for t in takes for job in t.jobs], due, failed)
 
 
 def _text(raw: bytes | str | int) -> str:

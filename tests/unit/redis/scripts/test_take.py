@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import ClusterError
 
 from service.client.store import JobStore
 from service.keys import Keys
@@ -201,3 +203,36 @@ async def test_a_lost_attempt_is_recorded_once_and_for_an_expired_job_too(
     assert (expired.status, expired.attempt) == ("expired", 1)
     entry = json.loads(await r.hget(keys.job("late"), "attempt:1") or b"{}")  # type: ignore[misc]
     assert (entry["state"], entry["worker"]) == ("lost", "w1")
+
+
+async def test_a_partition_whose_call_fails_does_not_hide_what_the_others_claimed(
+    r: aioredis.Redis, namespace: str
+) -> None:
+    """On Redis Cluster a take is a call per partition: one that fails (a slot moving, ``TTL
+    exhausted``) must not drop the jobs the others claimed, or their leases would be renewed for
+    ever with nothing running them. The key layout of a cluster is used on one server here."""
+    keys = Keys(namespace, partitions=3)
+    store = JobStore(r, keys)
+    queue = keys.queue("P")
+    at = now()
+    for i in range(12):
+        await store.create(f"p{i}", request_json("P"), queue=queue, now_ms=at, score_ms=at)
+    taker = claims(r, keys)
+    broken = keys.queue_sets(queue)[0]
+    script = taker._take
+
+    async def one_partition_fails(**call: Any) -> Any:
+        if broken in call["keys"]:
+            raise ClusterError("TTL exhausted.")
+        return await script(**call)
+
+    taker._take = one_partition_fails  # type: ignore[assignment]
+    sets = keys.queue_sets(queue)
+    await taker.take(sets, now(), limit=0)  # the look: every partition's ready jobs become hints
+    take = await taker.take(sets, now(), limit=12)
+    assert isinstance(take.failed, ClusterError)
+    claimed = [job for job in take.jobs if job.claimed]
+    stuck = {f"p{i}" for i in range(12) if keys.queue_of(queue, f"p{i}") == broken}
+    assert claimed
+    assert {job.job_id for job in claimed} == {f"p{i}" for i in range(12)} - stuck
+    assert taker.held == {job.arq_job_id for job in claimed}
