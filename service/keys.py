@@ -43,7 +43,7 @@ __all__ = ["DEFAULT_NAMESPACE", "Keys", "partition_tags"]
 
 DEFAULT_NAMESPACE = "actionq"
 
-_TAG_SUFFIX = re.compile(r"\{[^{}]*\}$")
+_TAG_SUFFIX = re.compile(r"(?<=.)\{[^{}]+\}$")  # a partition tag ends a queue set, after its name
 
 
 def partition_tags(namespace: str, partitions: int) -> tuple[str, ...]:

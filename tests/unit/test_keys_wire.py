@@ -88,3 +88,10 @@ def test_on_one_redis_the_names_have_no_tags() -> None:
     assert keys.queue_sets("q") == ["q"]
     assert keys.dead_letter_indexes() == ["ns:dead"] == [keys.dead_letters("a")]
     assert keys.partition("a") == 0
+
+
+def test_only_a_partition_tag_after_a_name_is_taken_off_a_queue_set() -> None:
+    assert Keys.logical_queue_name("ns:queue:default:P{ns.3}") == "ns:queue:default:P"
+    assert Keys.logical_queue_name("{}") == "{}"  # a hand-written record's queue: kept as it is
+    assert Keys.logical_queue_name("{ns.3}") == "{ns.3}"
+    assert Keys.logical_queue_name("ns:queue:default:P") == "ns:queue:default:P"

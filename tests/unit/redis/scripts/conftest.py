@@ -64,6 +64,6 @@ async def create(store: JobStore, job_id: str, *, score_delay_ms: int = 0, plugi
     """Submit ``job_id`` to the queue of ``plugin`` (ready now, or ``score_delay_ms`` later); its queue."""
     queue = store.keys.queue(plugin)
     at = now()
-    result = await store.create(job_id, request_json(), queue=queue, now_ms=at, score_ms=at + score_delay_ms, **kwargs)  # type: ignore[arg-type]
+    result = await store.create(job_id, request_json(), queue=queue, now_ms=at, score_ms=at + score_delay_ms, **kwargs)
     assert result.created
     return queue
