@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
+
+from service.errors import BrokerError
 
 __all__ = ["Batcher"]
 
@@ -30,6 +32,16 @@ R = TypeVar("R")
 
 def _always() -> bool:
     return True
+
+
+class PartlyFailed(BrokerError):
+    """A batch's call failed for some of its items only (on Redis Cluster, one call per slot):
+    ``replies`` in the items' order, ``None`` where the item's part failed, with ``error``."""
+
+    def __init__(self, replies: Sequence[Any], error: BaseException) -> None:
+        super().__init__(str(error))
+        self.replies = replies
+        self.error = error
 
 
 class Batcher(Generic[T, R]):
@@ -122,16 +134,20 @@ class Batcher(Generic[T, R]):
 
     async def _send_batch(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
         try:
-            results = await self._call([item for item, _ in batch])
+            results: Sequence[Any] = await self._call([item for item, _ in batch])
+            error: BaseException | None = None
         except asyncio.CancelledError:
             for _, future in batch:
                 future.cancel()
             raise
+        except PartlyFailed as exc:  # the callers whose part went through get their replies
+            results, error = exc.replies, exc.error
         except Exception as exc:  # every caller of the batch gets the error
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
-            return
+            results, error = [None] * len(batch), exc
         for (_, future), result in zip(batch, results, strict=True):
-            if not future.done():
+            if future.done():
+                continue
+            if result is None and error is not None:
+                future.set_exception(error)
+            else:
                 future.set_result(result)

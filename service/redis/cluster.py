@@ -38,6 +38,7 @@ from redis.exceptions import ClusterError, SlotNotCoveredError, TryAgainError
 
 from service.errors import BrokerError, ConfigError
 from service.keys import Keys
+from service.redis.batching import PartlyFailed
 from service.redis.urls import host_list, parse_options, redact_multi_host, split_url, userinfo
 from service.settings import Settings
 
@@ -263,7 +264,9 @@ async def per_slot(
 ) -> list[R]:
     """``call`` once per group of ``items`` that share a slot (at once, concurrently), the replies put
     back in the items' order. One group, and so one call, on one Redis (every slot is 0 there). Each
-    call is tried again while its slot moves (:func:`while_slots_move`)."""
+    call is tried again while its slot moves (:func:`while_slots_move`). If some calls fail and
+    others do not, :class:`~service.redis.batching.PartlyFailed` carries the replies there are
+    (a :class:`~service.redis.batching.Batcher` gives each caller its own outcome)."""
     groups: dict[int, list[int]] = {}
     for index, item in enumerate(items):
         groups.setdefault(slot_of(item), []).append(index)
@@ -274,11 +277,17 @@ async def per_slot(
         group = [items[i] for i in indexes]
         return await while_slots_move(lambda: call(group))
 
-    replies = await asyncio.gather(*(one(indexes) for indexes in groups.values()))
+    replies = await asyncio.gather(*(one(indexes) for indexes in groups.values()), return_exceptions=True)
+    errors = [reply for reply in replies if isinstance(reply, BaseException)]
+    if errors and len(errors) == len(replies):
+        raise errors[0]
     out: list[R | None] = [None] * len(items)
     for indexes, reply in zip(groups.values(), replies, strict=True):
-        for index, value in zip(indexes, reply, strict=True):
-            out[index] = value
+        if not isinstance(reply, BaseException):
+            for index, value in zip(indexes, reply, strict=True):
+                out[index] = value
+    if errors:  # the calls that went through wrote: their callers must hear so (a submit told it
+        raise PartlyFailed(out, errors[0]) from errors[0]  # failed would be sent again, a second job)
     return cast(list[R], out)
 
 

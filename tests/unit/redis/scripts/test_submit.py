@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 import redis.asyncio as aioredis
 
-from service.client.store import JobStore
+from service.client.store import CreateResult, JobStore
+from service.errors import BrokerError
 from service.keys import Keys
 from service.models import JobState
 from service.redis.pubsub import PubSubMultiplexer
@@ -190,3 +192,42 @@ async def test_a_followed_submit_says_queued_and_an_unfollowed_one_nothing(
     assert queued == {"type": "state", "job_id": "told", "state": "queued", "attempt": 0, "seq": 0}
     assert heard == b"marker"  # nobody follows it: nothing was published for it
     assert await r.hget(keys.job("told"), "seq") == b"0"  # type: ignore[misc]  # the message's seq is the record's
+
+
+async def test_submits_whose_partition_failed_get_the_error_and_the_others_their_jobs(
+    r: aioredis.Redis, namespace: str
+) -> None:
+    """On Redis Cluster a batch of submits is a call per partition: when one fails, the jobs of the
+    others are written, and their callers must be told so (told "failed", a caller sends its job
+    again: a second job). The key layout of a cluster is used on one server here."""
+    keys = Keys(namespace, partitions=3)
+    store = JobStore(r, keys)
+    send = store._create_in_slot
+    broken = keys.partition("j0")
+
+    async def one_partition_fails(jobs: list[Any]) -> list[list[Any]]:
+        if keys.partition(jobs[0].job_id) == broken:
+            raise BrokerError("submitting: the partition's master is gone")
+        return await send(jobs)
+
+    store._create_in_slot = one_partition_fails  # type: ignore[method-assign]
+    at = now()
+    ids = [f"j{i}" for i in range(12)]
+    queue = keys.queue("P")
+    first = next(f"f{i}" for i in range(99) if keys.partition(f"f{i}") != broken)
+    await store.create(first, request_json(), queue=queue, now_ms=at, score_ms=at)
+    outcomes = await asyncio.gather(  # the first alone, the rest in one batch behind it
+        *(store.create(job_id, request_json(), queue=queue, now_ms=at, score_ms=at) for job_id in ids),
+        return_exceptions=True,
+    )
+    failed = {job_id for job_id in ids if keys.partition(job_id) == broken}
+    assert failed
+    assert failed != set(ids)
+    for job_id, outcome in zip(ids, outcomes, strict=True):
+        if job_id in failed:
+            assert isinstance(outcome, BrokerError)
+            assert not await r.exists(keys.job(job_id))
+        else:
+            assert isinstance(outcome, CreateResult)
+            assert outcome.created
+            assert await r.exists(keys.job(job_id))
