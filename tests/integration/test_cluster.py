@@ -10,7 +10,6 @@ end once, with its result.
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -59,10 +58,6 @@ async def _move_slot(cluster: ClusterSet, slot: int, source: int, target: int) -
     return moved
 
 
-@pytest.mark.skipif(
-    not os.environ.get("RESHARD_TEST"),
-    reason="quarantined until steady: its two known failures are fixed (docs/topology.md); RESHARD_TEST=1 runs it",
-)
 async def test_slots_resharded_under_load_lose_no_job_and_run_none_twice(
     own_cluster: ClusterSet, worker_process: WorkerFactory, client: JobClient
 ) -> None:
