@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncGenerator, Coroutine, Iterator
+from collections.abc import AsyncGenerator, Coroutine, Iterable, Iterator
 from types import TracebackType
 from typing import Any, TypeVar
 
-from service.client.client import JobClient, Params
+from service.client.client import JobClient, JobSpec, Params
 from service.client.handle import JobHandle
+from service.errors import ActionQError
 from service.models import JobRecord, JobState
 from service.settings import Settings
 
@@ -47,6 +48,11 @@ class SyncJobClient:
         """Submit a job (same arguments as :meth:`JobClient.submit`)."""
         handle = self._call(self._client.submit(plugin, action, params, **options))
         return SyncJobHandle(self, handle)
+
+    def submit_many(self, jobs: Iterable[JobSpec], *, validate: bool = True) -> list[SyncJobHandle | ActionQError]:
+        """Submit many jobs at once (as :meth:`JobClient.submit_many`): a handle or an error each, in order."""
+        written = self._call(self._client.submit_many(jobs, validate=validate))
+        return [SyncJobHandle(self, result) if isinstance(result, JobHandle) else result for result in written]
 
     def execute_sync(
         self, plugin: str, action: str, params: Params = None, *, timeout: float | None = None, **options: Any

@@ -15,11 +15,13 @@ from service import (
     JobClient,
     JobConflictError,
     JobHandle,
+    JobSpec,
     JobState,
     PluginActionExecutionError,
     PluginActionTimeoutError,
     ResultTimeoutError,
     SyncJobClient,
+    SyncJobHandle,
     UnknownActionError,
     UnknownPluginError,
     UnservableJobError,
@@ -278,6 +280,17 @@ def test_sync_facade(worker_process: WorkerFactory, redis_url: str, namespace: s
         assert handle.state() is JobState.SUCCEEDED
         with pytest.raises(PluginActionExecutionError):
             sync_client.execute_sync("long_running", "fail", {}, timeout=20)
+        many = sync_client.submit_many(
+            [JobSpec("PluginB", "calculate_square", {"x": 4}), JobSpec("PluginB", "calculate_square", {"x": "four"}),
+             JobSpec("InteropTarget", "it_sync_add", {"a": 2, "b": 5}, {"job_id": "sync-many-1"})]
+        )  # fmt: skip
+        first, bad, third = many
+        assert isinstance(first, SyncJobHandle)
+        assert first.result(timeout=20) == 16
+        assert isinstance(bad, InvalidParamsError)
+        assert isinstance(third, SyncJobHandle)
+        assert third.job_id == "sync-many-1"
+        assert third.result(timeout=20) == 7
 
 
 async def test_waiting_for_a_result_that_is_already_there(worker_process: WorkerFactory, client: JobClient) -> None:
