@@ -229,7 +229,7 @@ class PluginManifest(_Frozen):
     tags: list[str] = Field(default_factory=list)
 
     # Per action name: the spec the params model was built from (identity-checked, since
-    # model_copy shares private attributes) and the model.
+    # model_copy shares private attributes), the model, and the arguments' names in field order.
     _params_models: dict[str, tuple[ActionSpec, type[BaseModel], tuple[str, ...]]] = PrivateAttr(default_factory=dict)
 
     @field_validator("version", mode="before")
@@ -275,8 +275,7 @@ class PluginManifest(_Frozen):
 
     def _params_model(self, spec: ActionSpec) -> tuple[type[BaseModel], tuple[str, ...]]:
         """The action's params model (built once), and its arguments' names in field order."""
-        kept = (self.__pydantic_private__ or {}).get("_params_models", {})  # read per submit: no __getattr__
-        cached = kept.get(spec.name)
+        cached = self._params_models.get(spec.name)
         if cached is not None and cached[0] is spec:
             return cached[1], cached[2]
         # Field names are positional placeholders, the argument names are aliases: an argument may be

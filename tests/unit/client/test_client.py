@@ -114,8 +114,8 @@ async def test_unknown_job(client: JobClient) -> None:
         await client.job("nope").state()
 
 
-async def test_concurrent_submits_share_round_trips(client: JobClient) -> None:
-    await register(client, "PluginB")
+def _count_batches(client: JobClient) -> list[int]:
+    """The sizes of the submit script's calls from now on, as they are made."""
     sizes: list[int] = []
     send = client.store._create_batch
 
@@ -124,6 +124,12 @@ async def test_concurrent_submits_share_round_trips(client: JobClient) -> None:
         return await send(jobs)
 
     client.store._creator._send = counting
+    return sizes
+
+
+async def test_concurrent_submits_share_round_trips(client: JobClient) -> None:
+    await register(client, "PluginB")
+    sizes = _count_batches(client)
     handles = await asyncio.gather(*(client.submit("PluginB", "calculate_square", {"x": i}) for i in range(50)))
     assert sum(sizes) == 50
     assert sizes[0] == 1  # the first alone, at once
@@ -147,14 +153,7 @@ async def test_concurrent_submits_share_round_trips(client: JobClient) -> None:
 
 async def test_submit_many_gives_each_job_its_handle_or_its_error_in_order(client: JobClient) -> None:
     await register(client, "PluginB")
-    sizes: list[int] = []
-    send = client.store._create_batch
-
-    async def counting(jobs: list[Any]) -> list[list[Any]]:
-        sizes.append(len(jobs))
-        return await send(jobs)
-
-    client.store._creator._send = counting
+    sizes = _count_batches(client)
     square = "calculate_square"
     specs = [JobSpec("PluginB", square, {"x": i}) for i in range(300)]
     specs[3] = JobSpec("PluginB", square, {"x": "three"})  # invalid params: refuses only itself
