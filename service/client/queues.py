@@ -14,8 +14,9 @@ entry share it, told apart without reading any job record:
 The work is bounded whatever the queue holds: two ``ZCOUNT`` and one ``ZRANGEBYSCORE ... LIMIT 0
 1`` per queue, then the leases of at most :data:`LEASE_SAMPLE` entries scored within
 ``2 x lease`` of now (the only ones that can be running: a lease ahead, with as much again for
-the clocks of workers and gateway to differ). Past that many, ``running`` counts those checked
-and ``exact`` is false.
+the clocks of workers and gateway to differ), each with its score again: an entry that moved
+between the two round trips (a hand-off given back, a job ended) counts where it went. Past that
+many, ``running`` counts those checked and ``exact`` is false.
 
 The queues are those the workers' heartbeats recorded (``Keys.registry_queues``) and those live
 workers read now; never a ``SCAN`` of the keyspace.
@@ -87,12 +88,13 @@ async def known_queues(redis: Redis, keys: Keys, live: Iterable[str]) -> dict[st
 
 @dataclass(frozen=True, slots=True)
 class _Raw:
-    """One queue's replies: ready and later counts, the oldest ready score, the entries that may be running."""
+    """One queue's replies: ready and later counts, the oldest ready score, the entries that may be
+    running (each as its sorted set and member)."""
 
     ready: int
     later: int
     oldest_score: float | None
-    window: list[bytes]
+    window: list[tuple[str, bytes]]
 
 
 def _sum(raws: Sequence[_Raw]) -> _Raw:
@@ -104,7 +106,7 @@ def _sum(raws: Sequence[_Raw]) -> _Raw:
         ready=sum(raw.ready for raw in raws),
         later=sum(raw.later for raw in raws),
         oldest_score=min(oldest, default=None),
-        window=[member for raw in raws for member in raw.window],
+        window=[entry for raw in raws for entry in raw.window],
     )
 
 
@@ -119,37 +121,62 @@ async def _counts(redis: Redis, queues: Sequence[str], now: int, window: int) ->
         with broker_errors("reading queue depths"):
             replies = await pipe.execute()
     raws = []
-    for i in range(0, len(replies), 4):
+    for queue, i in zip(queues, range(0, len(replies), 4), strict=True):
         ready, later, oldest, candidates = replies[i : i + 4]
-        raws.append(_Raw(int(ready), int(later), float(oldest[0][1]) if oldest else None, list(candidates)))
+        entries = [(queue, member) for member in candidates]
+        raws.append(_Raw(int(ready), int(later), float(oldest[0][1]) if oldest else None, entries))
     return raws
 
 
-async def _leased(redis: Redis, keys: Keys, candidates: Sequence[Sequence[str]]) -> list[int]:
-    """How many of each queue's ``candidates`` (job ids) hold a lease."""
+@dataclass(frozen=True, slots=True)
+class _Checked:
+    """What one queue's sampled entries were at the second look: running, due now, or gone."""
+
+    running: int = 0
+    due: int = 0
+    gone: int = 0
+
+
+async def _leased(
+    redis: Redis, keys: Keys, samples: Sequence[Sequence[tuple[str, str, bytes]]], now: int
+) -> list[_Checked]:
+    """Each queue's sampled entries (set, job id, member) looked at again: those holding a lease and
+    still scored ahead (running), those scored due by now (given back since the first look: a
+    hand-off its worker could not run, say) and those gone from their set (ended since)."""
     async with redis.pipeline(transaction=False) as pipe:
-        for members in candidates:
-            for job_id in members:
+        for entries in samples:
+            for queue_set, job_id, member in entries:
                 pipe.exists(keys.arq_in_progress(job_id))
+                pipe.zscore(queue_set, member)
         with broker_errors("reading job leases"):
-            found = await pipe.execute() if any(candidates) else []
-    counts, at = [], 0
-    for members in candidates:
-        counts.append(sum(int(flag) for flag in found[at : at + len(members)]))
-        at += len(members)
-    return counts
+            found = await pipe.execute() if any(samples) else []
+    checked, at = [], 0
+    for entries in samples:
+        running = due = gone = 0
+        replies = found[at : at + 2 * len(entries)]
+        for leased, score in zip(replies[::2], replies[1::2], strict=True):
+            if score is None:
+                gone += 1
+            elif float(score) <= now:
+                due += 1
+            elif leased:
+                running += 1
+        checked.append(_Checked(running, due, gone))
+        at += 2 * len(entries)
+    return checked
 
 
-def _job_ids(keys: Keys, members: Sequence[bytes]) -> list[str]:
-    """The job ids of ``members``, less entries that are not this namespace's arq job ids (never
-    written by actionq: a hand-written entry is skipped, as the take script's callers skip it)."""
-    ids = []
-    for member in members:
+def _sampled(keys: Keys, window: Sequence[tuple[str, bytes]]) -> list[tuple[str, str, bytes]]:
+    """The entries of ``window`` (set, member) with their job ids, less entries that are not this
+    namespace's arq job ids (never written by actionq: a hand-written entry is skipped, as the take
+    script's callers skip it)."""
+    sampled = []
+    for queue_set, member in window:
         try:
-            ids.append(keys.job_id_from_arq(_text(member)))
+            sampled.append((queue_set, keys.job_id_from_arq(_text(member)), member))
         except ValueError:
             continue
-    return ids
+    return sampled
 
 
 async def queue_depths(
@@ -157,7 +184,9 @@ async def queue_depths(
 ) -> list[QueueDepth]:
     """The depth of each of ``queues`` (key -> last served ms) at ``now_ms``, two round trips in all.
 
-    On Redis Cluster a queue is one sorted set per partition: their counts are added up.
+    The second round trip looks again at the entries that may be running: one that moved meanwhile
+    (given back, ended) is counted where it went, never as deferred. On Redis Cluster a queue is
+    one sorted set per partition: their counts are added up.
     """
     names = list(queues)
     sets = [keys.queue_sets(name) for name in names]
@@ -166,13 +195,18 @@ async def queue_depths(
     for group in sets:
         counts.append(_sum(flat[at : at + len(group)]))
         at += len(group)
-    samples = [_job_ids(keys, raw.window[:LEASE_SAMPLE]) for raw in counts]
-    running = await _leased(redis, keys, samples)
+    checks = await _leased(redis, keys, [_sampled(keys, raw.window[:LEASE_SAMPLE]) for raw in counts], now_ms)
     return [
-        QueueDepth(
-            queue=parse_queue(keys, name), ready=raw.ready, deferred=raw.later - busy, running=busy,
-            oldest_ready_age_s=None if raw.oldest_score is None else max(0.0, (now_ms - raw.oldest_score) / 1000),
-            exact=len(raw.window) <= LEASE_SAMPLE, last_served_ms=queues[name],
-        )
-        for name, raw, busy in zip(names, counts, running, strict=True)
-    ]  # fmt: skip
+        _depth(keys, name, raw, check, now_ms, queues[name])
+        for name, raw, check in zip(names, counts, checks, strict=True)
+    ]
+
+
+def _depth(keys: Keys, name: str, raw: _Raw, check: _Checked, now_ms: int, served_ms: int | None) -> QueueDepth:
+    oldest = raw.oldest_score if raw.oldest_score is not None or not check.due else float(now_ms)
+    return QueueDepth(
+        queue=parse_queue(keys, name), ready=raw.ready + check.due,
+        deferred=raw.later - check.running - check.due - check.gone, running=check.running,
+        oldest_ready_age_s=None if oldest is None else max(0.0, (now_ms - oldest) / 1000),
+        exact=len(raw.window) <= LEASE_SAMPLE, last_served_ms=served_ms,
+    )  # fmt: skip

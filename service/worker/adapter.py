@@ -84,6 +84,8 @@ class ActionWorker(Worker):
         self._backoff_s = 0.0
         self._next_due_ms: int | None = None
         self._saturated = False
+        self._taking: asyncio.Future[Take] | None = None  # the take in flight, and the launch of its jobs
+        self._delisting: asyncio.Task[None] | None = None  # leaving the idle sets: the next take waits for it
         self._chores: set[asyncio.Task[None]] = set()
         self._begun: set[str] = set()  # arq ids of the launched jobs whose task has started running
         self._closing = False
@@ -205,6 +207,9 @@ class ActionWorker(Worker):
         await asyncio.sleep(self._backoff_s)
 
     async def _poll_queues(self) -> None:
+        if self._delisting is not None:  # its ZREMs must not land after the listings this take writes
+            await self._delisting
+            self._delisting = None
         free = self.max_jobs - self.job_counter
         if not self.allow_pick_jobs:
             await self.claims.unregister(self.queues)  # paused or draining: submits must not hand jobs here
@@ -213,11 +218,8 @@ class ActionWorker(Worker):
             queues = self.queues[start:] + self.queues[:start]
             take = await self._take(queues, free)
             self._next_due_ms = take.next_due_ms
-            started = [job for job in take.jobs if job.claimed]
-            if len(started) == free:
+            if len([job for job in take.jobs if job.claimed]) == free:
                 self._saturated = True  # maybe more were ready: look again when a slot frees up
-            for job in take.jobs:
-                self._launch(job)
             if take.failed is not None:  # a partition's call failed: back off, its jobs' claims stand
                 raise take.failed
         else:
@@ -226,28 +228,32 @@ class ActionWorker(Worker):
 
     async def _take(self, queues: list[str], free: int) -> Take:
         """A take that a shutdown does not cut in half: its scripts may have claimed jobs (their
-        records already say running) when the cancel arrives, and those go back to their queues at
-        once, not when their leases lapse (on a cluster a take is a call per partition, in flight
-        longer)."""
-        taking = asyncio.ensure_future(
-            self.claims.take(queues, timestamp_ms(), free, advertise=True, idle=self.job_counter == 0)
-        )
-        try:
-            return await asyncio.shield(taking)
-        except asyncio.CancelledError:
-            self._background(self._give_back_take(taking), "actionq-give-back-take")
-            raise
+        records already say running) when the stop arrives. The take and the launch of its jobs go
+        on in a task of their own (:attr:`_taking`): with a grace period the stop waits for it, and
+        the jobs run as any other running job does (:meth:`_sleep_until_tasks_complete`); without
+        one they go back to their queues at once, not when their leases lapse (on a cluster a take
+        is a call per partition, in flight longer)."""
+        self._taking = asyncio.ensure_future(self._take_and_launch(queues, free))
+        self._taking.add_done_callback(_consumed)  # failed after its caller was cancelled: not "never retrieved"
+        return await asyncio.shield(self._taking)
 
-    async def _give_back_take(self, taking: asyncio.Future[Take]) -> None:
-        try:
-            async with asyncio.timeout(_TIDY_S):
-                take = await taking
-        except (TimeoutError, RedisError, RedisClusterException, OSError) as exc:
-            reason = "its jobs' leases will lapse"
-            log.warning("take_not_given_back", error=str(exc) or type(exc).__name__, reason=reason)
-            return
-        claimed = [job for job in take.jobs if job.claimed]
-        await asyncio.gather(*(self._give_back(job) for job in claimed), return_exceptions=True)
+    async def _take_and_launch(self, queues: list[str], free: int) -> Take:
+        take = await self.claims.take(queues, timestamp_ms(), free, advertise=True, idle=self.job_counter == 0)
+        main = self.main_task
+        if self._closing or self._stop_requested or (main is not None and main.cancelling()):
+            claimed = [job for job in take.jobs if job.claimed]  # stopping now: nothing more starts
+            await asyncio.gather(*(self._give_back(job) for job in claimed), return_exceptions=True)
+            return Take([], take.next_due_ms, take.failed)
+        for job in take.jobs:
+            self._launch(job)
+        return take
+
+    async def _sleep_until_tasks_complete(self) -> None:
+        """arq's wait for the running jobs in a graceful stop, after the take in flight if there is
+        one: the jobs it claimed are launched, and waited for with the others."""
+        if self._taking is not None and not self._taking.done():
+            await asyncio.wait({self._taking})
+        await super()._sleep_until_tasks_complete()
 
     def adopt(self, job: TakenJob) -> None:
         """Run a job a submit handed straight to this worker (``service/redis/lua/submit.lua``).
@@ -281,8 +287,24 @@ class ActionWorker(Worker):
             # No look now: the submit listed this worker as one to wake in that queue, so the next
             # job there wakes it, naming the job; it lists itself again when a take runs.
             self._launch(job)
+            if self.job_counter >= self.max_jobs:
+                self._filled_by_handoff()
         else:  # paused, stopping, full, or the plugin just went: back to its queue, ready, for another worker
             self._background(self._give_back(job), f"actionq-give-back-{job.job_id}")
+
+    def _filled_by_handoff(self) -> None:
+        """The last slot is taken: leave the idle sets of the other queues, where this worker is still
+        listed as idle, so that their submits hand their jobs to a worker that can run them rather
+        than to this one, which would only give them back. The take after a slot frees lists it again."""
+        self._saturated = True
+        if self._delisting is None:
+            self._delisting = asyncio.create_task(self._unlist(), name="actionq-unlist-full")
+
+    async def _unlist(self) -> None:
+        try:
+            await self.claims.unregister(self.queues)
+        except (RedisError, RedisClusterException, OSError) as exc:  # the listings lapse on their own
+            log.warning("unlist_failed", error=str(exc) or type(exc).__name__)
 
     def woken(self, queue: str, arq_job_id: str = "") -> None:
         """A submit to ``queue`` found this worker listed as one to wake: look now (for that job first)."""
@@ -464,3 +486,9 @@ def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
             raise ConfigError("event_loop is uvloop, but uvloop is not installed (pip install uvloop)") from None
         return None
     return uvloop.new_event_loop
+
+
+def _consumed(done: asyncio.Future[Any]) -> None:
+    """Mark a finished future's outcome as read (the caller that would have read it was cancelled)."""
+    if not done.cancelled():
+        done.exception()

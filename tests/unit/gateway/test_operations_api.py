@@ -185,6 +185,35 @@ async def test_entries_written_into_a_queue_by_hand_do_not_break_the_depths(gate
         assert (view["running"], view["deferred"]) == (1, 3)
 
 
+async def test_entries_that_move_between_the_two_looks_count_where_they_went(
+    gateway: GatewayFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hand-off given back (its lease gone, due now) and a job ended (gone from its queue) after the
+    counts were read are not counted as deferred: the second look at them says where they went."""
+    real_counts = queues._counts
+
+    async with gateway() as gw:
+        await register(gw.client, "PluginB")
+        redis, keys, now = gw.client.redis, gw.client.keys, now_ms()
+        queue = keys.queue("PluginB")
+        await redis.zadd(queue, {keys.arq_job_id(j): now + 2000 for j in ("handed", "ended", "running")})
+        await redis.zadd(queue, {keys.arq_job_id("deferred"): now + 1500})
+        for job in ("handed", "ended", "running"):
+            await redis.set(keys.arq_in_progress(job), "w1", px=5000)
+
+        async def counts_then_moved(*args: Any) -> Any:
+            raws = await real_counts(*args)
+            await redis.zadd(queue, {keys.arq_job_id("handed"): now - 1})  # given back, ready
+            await redis.zrem(queue, keys.arq_job_id("ended"))
+            await redis.delete(keys.arq_in_progress("handed"), keys.arq_in_progress("ended"))
+            return raws
+
+        monkeypatch.setattr(queues, "_counts", counts_then_moved)
+        view = next(v for v in (await gw.http.get("/v1/queues")).json() if v["queue"] == "default:PluginB")
+        assert (view["ready"], view["deferred"], view["running"]) == (1, 1, 1)
+        assert view["oldest_ready_age_s"] is not None
+
+
 async def test_a_queue_no_live_worker_reads_is_listed_as_unserved(gateway: GatewayFactory) -> None:
     async with gateway() as gw:
         keys = gw.client.keys
