@@ -73,7 +73,8 @@ async def test_a_handoff_that_fills_the_last_slot_takes_the_worker_off_its_other
     await hand_offs.get_message(timeout=1)  # the subscribe confirmation
     handle = await client.submit("long_running", "count_slowly", {"steps": 1, "delay_s": 0})
     message = await hand_offs.get_message(timeout=1)
-    assert message is not None and message["type"] == "message"
+    assert message is not None
+    assert message["type"] == "message"
     worker.adopt(handed_job(message["data"], keys))
     assert worker.job_counter == 1  # launched (its plugin is not loaded here: it fails at once)
     assert worker._delisting is not None
