@@ -18,6 +18,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from service.client.client import JobClient
 from service.errors import ConfigError
 from service.gateway import catalog, dashboard, deadletters, firehose, jobs, metrics, operate, queues, seed
+from service.gateway.fastlane import FastLane
 from service.gateway.limits import BodyLimit
 from service.gateway.problems import install_handlers
 from service.redis.connection import connect
@@ -79,4 +80,6 @@ def create_app(settings: Settings, *, client_factory: ClientFactory = open_clien
             expose_headers=["Location", "Retry-After"],
         )
     app.add_middleware(BodyLimit, limit=gateway.max_body_bytes)
+    if not gateway.cors_origins:  # the common submit, answered before the routing (service.gateway.fastlane)
+        app.add_middleware(FastLane, gateway=app, limit=gateway.max_body_bytes)
     return app

@@ -26,7 +26,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from service.gateway.problems import ApiError
 from service.settings import GatewayToken
 
-__all__ = ["TOKEN_COOKIE", "Scope", "from_cookie", "needs", "same_origin", "scoped", "token_for"]
+__all__ = ["TOKEN_COOKIE", "Scope", "from_cookie", "granted", "needs", "same_origin", "scoped", "token_for"]
 
 Scope = Literal["read", "submit", "control", "admin"]
 
@@ -79,18 +79,23 @@ def needs(scope: Scope) -> Callable[..., Awaitable[str | None]]:
         if not tokens:
             return None
         presented = credentials.credentials.strip() if credentials is not None else ""
-        presented = presented or from_cookie(request)
-        if not presented:
-            raise _unauthorized("this gateway needs a bearer token (Authorization: Bearer <token>)")
-        token = token_for(tokens, presented)
-        if token is None:
-            raise _unauthorized("the bearer token is not one this gateway accepts")
-        if scope not in token.scopes and "admin" not in token.scopes:
-            granted = ", ".join(token.scopes)
-            raise ApiError(403, "Forbidden", f"this needs the {scope!r} scope; token {token.name!r} has {granted}")
-        return token.name
+        return granted(tokens, presented or from_cookie(request), scope)
 
     return check
+
+
+def granted(tokens: Sequence[GatewayToken], presented: str, scope: Scope) -> str:
+    """The name of the token ``presented``, if it is one of ``tokens`` and grants ``scope``; else the
+    401 (no token, or not one of ours) or 403 (a token without the scope) as an :class:`ApiError`."""
+    if not presented:
+        raise _unauthorized("this gateway needs a bearer token (Authorization: Bearer <token>)")
+    token = token_for(tokens, presented)
+    if token is None:
+        raise _unauthorized("the bearer token is not one this gateway accepts")
+    if scope not in token.scopes and "admin" not in token.scopes:
+        raise ApiError(403, "Forbidden", f"this needs the {scope!r} scope; token {token.name!r} has "
+                       f"{', '.join(token.scopes)}")  # fmt: skip
+    return token.name
 
 
 def scoped(scope: Scope) -> list[Any]:

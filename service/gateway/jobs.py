@@ -40,7 +40,7 @@ from service.redis.connection import broker_errors
 from service.redis.streams import END, entry_index
 from service.settings import Settings
 
-__all__ = ["client_of", "router", "submit_body"]
+__all__ = ["client_of", "router", "submit_body", "submitted"]
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -123,7 +123,11 @@ async def submit(
     body: SubmitBody, client: Client, key: IdempotencyKey = None, traceparent: Traceparent = None
 ) -> Response:
     """Submit a job; 202 with its ``Location``, or 200 when the ``Idempotency-Key`` named an existing one."""
-    handle = await submit_body(client, body, key, traceparent)
+    return submitted(await submit_body(client, body, key, traceparent))
+
+
+def submitted(handle: JobHandle) -> Response:
+    """``POST /v1/jobs``'s reply for the job submitted (also :mod:`service.gateway.fastlane`'s)."""
     location = _location(handle.job_id)
     reply = SubmitReply.model_construct(job_id=handle.job_id, created=handle.created, location=location)
     # Encoded here (the model is documented as the response_model): FastAPI would validate it again.

@@ -77,6 +77,7 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None) 
         host=host,
         port=port,
         log_config=None,
+        access_log=settings.gateway.access_log,
         lifespan="on",
         server_header=False,
         timeout_graceful_shutdown=_SHUTDOWN_GRACE_S,

@@ -1,0 +1,125 @@
+"""The submit fast lane (service.gateway.fastlane) on fakeredis: the well-formed ``POST /v1/jobs`` is
+answered by it, everything else by the declared route with the body replayed, in the same shape."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from service.gateway import fastlane, jobs
+from tests.unit.fakes import register
+from tests.unit.gateway.conftest import READ, SUBMIT, TOKENS, GatewayFactory
+
+TRACE = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+GOOD = {"plugin": "PluginB", "action": "calculate_square", "params": {"x": 3}}
+
+
+@pytest.fixture
+def lane_submits(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """The submits the fast lane made (the route's own go through service.gateway.jobs, not counted)."""
+    calls: list[Any] = []
+    real = jobs.submit_body
+
+    async def spy(*args: Any) -> Any:
+        calls.append(args)
+        return await real(*args)
+
+    monkeypatch.setattr(fastlane, "submit_body", spy)
+    return calls
+
+
+async def test_a_well_formed_submit_is_answered_by_the_fast_lane(
+    gateway: GatewayFactory, lane_submits: list[Any]
+) -> None:
+    async with gateway() as gw:
+        await register(gw.client, "PluginB")
+        headers = {"Idempotency-Key": "lane-1", "traceparent": TRACE}
+        first = await gw.http.post("/v1/jobs", json=GOOD, headers=headers)
+        assert first.status_code == 202, first.text
+        assert first.json() == {"job_id": "lane-1", "created": True, "location": "/v1/jobs/lane-1"}
+        assert first.headers["location"] == "/v1/jobs/lane-1"
+        again = await gw.http.post("/v1/jobs", json=GOOD, headers=headers)
+        assert (again.status_code, again.json()["created"]) == (200, False)
+        assert len(lane_submits) == 2
+        request = (await gw.client.job("lane-1").record()).request
+        assert (request.params, request.options.traceparent) == ({"x": 3}, TRACE)
+
+
+@pytest.mark.parametrize(
+    ("content", "content_type", "status", "error"),
+    [
+        (b'{"plugin": "PluginB", "action": ', "application/json", 400, "MalformedJSONError"),
+        (b'{"plugin": "PluginB", "action": "calculate_square", "extra": 1}', "application/json", 422,
+         "RequestValidationError"),
+        (b'{"plugin": "PluginB"}', "application/json", 422, "RequestValidationError"),
+        (b"[]", "application/json", 422, "RequestValidationError"),
+    ],
+)  # fmt: skip
+async def test_a_body_the_fast_lane_cannot_take_gets_the_routes_answer(
+    gateway: GatewayFactory, lane_submits: list[Any], content: bytes, content_type: str, status: int, error: str
+) -> None:
+    async with gateway() as gw:
+        await register(gw.client, "PluginB")
+        reply = await gw.http.post("/v1/jobs", content=content, headers={"Content-Type": content_type})
+        assert reply.status_code == status, reply.text
+        assert reply.json()["error"]["type"] == error
+        assert lane_submits == []
+
+
+async def test_a_body_that_is_not_declared_json_goes_to_the_route(
+    gateway: GatewayFactory, lane_submits: list[Any]
+) -> None:
+    async with gateway() as gw:
+        await register(gw.client, "PluginB")
+        reply = await gw.http.post("/v1/jobs", content=b'{"plugin": "PluginB", "action": "calculate_square"}',
+                                   headers={"Content-Type": "text/plain"})  # fmt: skip
+        assert reply.status_code == 422, reply.text
+        assert lane_submits == []
+
+
+async def test_an_error_of_the_submit_is_answered_once_in_the_one_shape(
+    gateway: GatewayFactory, lane_submits: list[Any]
+) -> None:
+    async with gateway() as gw:
+        await register(gw.client, "PluginB")
+        bad = await gw.http.post("/v1/jobs", json={**GOOD, "params": {"x": "three"}})
+        assert bad.status_code == 422
+        assert bad.json()["error"]["type"] == "InvalidParamsError"
+        assert [f["field"] for f in bad.json()["error"]["fields"]] == ["x"]
+        unknown = await gw.http.post("/v1/jobs", json={"plugin": "Nope", "action": "a"})
+        assert (unknown.status_code, unknown.json()["error"]["type"]) == (422, "UnknownPluginError")
+        assert len(lane_submits) == 2  # answered by the lane, not passed on to submit again
+
+
+async def test_tokens_the_fast_lane_does_not_grant_on_get_the_routes_401_and_403(
+    gateway: GatewayFactory, lane_submits: list[Any]
+) -> None:
+    async with gateway(tokens=TOKENS) as gw:
+        await register(gw.client, "PluginB")
+        missing = await gw.http.post("/v1/jobs", json=GOOD)
+        assert (missing.status_code, missing.json()["error"]["type"]) == (401, "Unauthorized")
+        wrong = await gw.http.post("/v1/jobs", json=GOOD, headers={"Authorization": "Bearer not-a-token"})
+        assert wrong.status_code == 401
+        reader = await gw.http.post("/v1/jobs", json=GOOD, headers={"Authorization": f"Bearer {READ}"})
+        assert (reader.status_code, reader.json()["error"]["type"]) == (403, "Forbidden")
+        assert lane_submits == []
+        producer = await gw.http.post("/v1/jobs", json=GOOD, headers={"Authorization": f"bearer {SUBMIT}"})
+        assert producer.status_code == 202, producer.text
+        assert len(lane_submits) == 1
+
+
+async def test_an_oversized_body_gets_the_limits_413(gateway: GatewayFactory, lane_submits: list[Any]) -> None:
+    async with gateway(max_body_bytes=1024) as gw:
+        reply = await gw.http.post("/v1/jobs", json={**GOOD, "params": {"x": "9" * 2000}})
+        assert (reply.status_code, reply.json()["error"]["type"]) == (413, "BodyTooLarge")
+        assert lane_submits == []
+
+
+async def test_with_cors_every_submit_goes_through_the_route(gateway: GatewayFactory, lane_submits: list[Any]) -> None:
+    async with gateway(cors_origins=["https://ui.example"]) as gw:
+        await register(gw.client, "PluginB")
+        reply = await gw.http.post("/v1/jobs", json=GOOD, headers={"Origin": "https://ui.example"})
+        assert reply.status_code == 202, reply.text
+        assert reply.headers["access-control-allow-origin"] == "https://ui.example"
+        assert lane_submits == []
