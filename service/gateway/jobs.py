@@ -40,7 +40,7 @@ from service.redis.connection import broker_errors
 from service.redis.streams import END, entry_index
 from service.settings import Settings
 
-__all__ = ["client_of", "router", "submit_body", "submitted"]
+__all__ = ["BATCH_ITEMS", "client_of", "router", "submit_body", "submitted", "submitted_batch"]
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -148,7 +148,14 @@ async def submit_batch(
     if len(items) > settings.gateway.max_batch:
         raise ApiError(422, "BatchTooLargeError", f"{len(items)} jobs in one batch, over the limit of "
                        f"{settings.gateway.max_batch} (gateway.max_batch)")  # fmt: skip
-    parsed = _batch_items(items)
+    return await submitted_batch(client, _batch_items(items), traceparent)
+
+
+async def submitted_batch(
+    client: JobClient, parsed: list[BatchItem | dict[str, Any]], traceparent: str | None
+) -> Response:
+    """Submit the valid items of ``parsed`` (an invalid one is its 422 result already) and reply with
+    every item's result at its index (also :mod:`service.gateway.fastlane`'s)."""
     trace = _trace(traceparent)
     valid = [(i, item) for i, item in enumerate(parsed) if isinstance(item, BatchItem)]
     specs = [JobSpec(item.plugin, item.action, item.params, _spec_options(item, trace)) for _, item in valid]
@@ -159,14 +166,15 @@ async def submit_batch(
     return Response(json.dumps({"results": results}, separators=(",", ":")), media_type="application/json")
 
 
-_BATCH_ITEMS = TypeAdapter(list[BatchItem])
+BATCH_ITEMS = TypeAdapter(list[BatchItem])
+"""A whole batch's items, validated in one call."""
 
 
 def _batch_items(raw: list[dict[str, Any]]) -> list[BatchItem | dict[str, Any]]:
     """The items, validated in one call; if any is invalid, each on its own: an invalid one
     becomes its 422 result (a ``BatchResult`` as JSON values), at its index."""
     try:
-        return list(_BATCH_ITEMS.validate_python(raw))
+        return list(BATCH_ITEMS.validate_python(raw))
     except ValidationError:
         pass
     parsed: list[BatchItem | dict[str, Any]] = []

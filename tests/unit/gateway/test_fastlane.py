@@ -123,3 +123,53 @@ async def test_with_cors_every_submit_goes_through_the_route(gateway: GatewayFac
         assert reply.status_code == 202, reply.text
         assert reply.headers["access-control-allow-origin"] == "https://ui.example"
         assert lane_submits == []
+
+
+@pytest.fixture
+def lane_batches(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """The batches the fast lane submitted."""
+    calls: list[Any] = []
+    real = jobs.submitted_batch
+
+    async def spy(*args: Any) -> Any:
+        calls.append(args)
+        return await real(*args)
+
+    monkeypatch.setattr(fastlane, "submitted_batch", spy)
+    return calls
+
+
+async def test_a_batch_of_valid_items_is_answered_by_the_fast_lane(
+    gateway: GatewayFactory, lane_batches: list[Any]
+) -> None:
+    async with gateway() as gw:
+        await register(gw.client, "PluginB")
+        items = [
+            {**GOOD, "idempotency_key": "b-1"},
+            {**GOOD, "params": {"x": "three"}},
+            {"plugin": "Nope", "action": "a"},
+        ]
+        reply = await gw.http.post("/v1/jobs:batch", json=items, headers={"traceparent": TRACE})
+        assert reply.status_code == 200, reply.text
+        results = reply.json()["results"]
+        assert [(r["index"], r["status"]) for r in results] == [(0, 202), (1, 422), (2, 422)]
+        assert results[0]["job_id"] == "b-1"
+        assert [r["error"]["type"] for r in results[1:]] == ["InvalidParamsError", "UnknownPluginError"]
+        assert len(lane_batches) == 1
+        assert (await gw.client.job("b-1").record()).request.options.traceparent == TRACE
+
+
+async def test_a_batch_with_an_invalid_item_or_too_many_gets_the_routes_answer(
+    gateway: GatewayFactory, lane_batches: list[Any]
+) -> None:
+    async with gateway(max_batch=2) as gw:
+        await register(gw.client, "PluginB")
+        mixed = await gw.http.post("/v1/jobs:batch", json=[GOOD, {"plugin": "PluginB"}])
+        assert mixed.status_code == 200, mixed.text
+        assert [r["status"] for r in mixed.json()["results"]] == [202, 422]
+        assert mixed.json()["results"][1]["error"]["type"] == "RequestValidationError"
+        too_many = await gw.http.post("/v1/jobs:batch", json=[GOOD] * 3)
+        assert (too_many.status_code, too_many.json()["error"]["type"]) == (422, "BatchTooLargeError")
+        not_a_list = await gw.http.post("/v1/jobs:batch", json={"plugin": "PluginB"})
+        assert not_a_list.status_code == 422
+        assert lane_batches == []
