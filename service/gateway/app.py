@@ -58,6 +58,10 @@ def create_app(settings: Settings, *, client_factory: ClientFactory = open_clien
         version=_VERSION,
         description="Submit, follow and cancel actionq jobs over HTTP; job events and stream items as SSE.",
         lifespan=lifespan,
+        # FastAPI's own OpenTelemetry: its HTTP spans join actionq's traces when tracing is on; its OTel
+        # metrics and logs are off (the gateway's metrics are Prometheus'), which also spares every
+        # request two provider lookups.
+        telemetry={"metrics": False, "logs": False},
     )
     app.state.settings = settings
     install_handlers(app)
