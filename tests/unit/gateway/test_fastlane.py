@@ -173,3 +173,47 @@ async def test_a_batch_with_an_invalid_item_or_too_many_gets_the_routes_answer(
         not_a_list = await gw.http.post("/v1/jobs:batch", json={"plugin": "PluginB"})
         assert not_a_list.status_code == 422
         assert lane_batches == []
+
+
+async def _passed_on(self: fastlane.FastLane, scope: Any, receive: Any, send: Any) -> None:
+    await self.app(scope, receive, send)
+
+
+_BODIES: list[Any] = [
+    GOOD,
+    {**GOOD, "params": [3]},
+    {**GOOD, "params": 3},
+    {**GOOD, "options": {"defer_s": 60, "result_ttl_s": 100, "timeout_s": 5, "author": "me", "watch": True}},
+    {**GOOD, "options": {"at": "2099-01-01T00:00:00Z", "expires_s": 30}},
+    {**GOOD, "options": {"host": "remote"}},
+    {**GOOD, "options": {"defer_s": -1}},
+    {**GOOD, "options": {"nope": 1}},
+    {**GOOD, "params": {"x": "three"}},
+    {**GOOD, "params": {"x": 3, "y": 4}},
+    {"plugin": "PluginB", "action": "nope"},
+    {"plugin": "PluginB", "action": "calculate_square", "params": {"x": 3}, "extra": True},
+]
+
+
+@pytest.mark.parametrize("index", range(len(_BODIES)))
+async def test_the_fast_lane_answers_as_the_route_does(
+    gateway: GatewayFactory, monkeypatch: pytest.MonkeyPatch, index: int
+) -> None:
+    """The same body through the lane and through the route (the lane switched off): the same status,
+    the same reply (less the job id), the same job written."""
+    body = _BODIES[index]
+    answers: list[Any] = []
+    async with gateway() as gw:
+        await register(gw.client, "PluginB")
+        for path in ("lane", "route"):
+            if path == "route":
+                monkeypatch.setattr(fastlane.FastLane, "__call__", _passed_on)
+            key = f"{path}-{index}"
+            reply = await gw.http.post("/v1/jobs", json=body, headers={"Idempotency-Key": key})
+            written = await gw.client.redis.exists(gw.client.keys.job(key))
+            answers.append((reply.status_code, reply.text.replace(key, "<id>"), written))
+            if written:
+                request = (await gw.client.job(key).record()).request
+                answers.append(request.model_dump(exclude={"options": {"job_id", "at_ms"}}))
+    lane, route = answers[: len(answers) // 2], answers[len(answers) // 2 :]
+    assert lane == route
