@@ -217,3 +217,20 @@ async def test_the_fast_lane_answers_as_the_route_does(
                 answers.append(request.model_dump(exclude={"options": {"job_id", "at_ms"}}))
     lane, route = answers[: len(answers) // 2], answers[len(answers) // 2 :]
     assert lane == route
+
+
+async def test_a_batch_through_the_fast_lane_answers_as_the_route_does(
+    gateway: GatewayFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    valid = [body for body in _BODIES if "extra" not in body and "nope" not in body.get("options", {})]
+    answers: list[Any] = []
+    async with gateway() as gw:
+        await register(gw.client, "PluginB")
+        for path in ("lane", "route"):
+            if path == "route":
+                monkeypatch.setattr(fastlane.FastLane, "__call__", _passed_on)
+            items = [{**body, "idempotency_key": f"{path}-{i}"} for i, body in enumerate(valid)]
+            reply = await gw.http.post("/v1/jobs:batch", json=items)
+            answers.append((reply.status_code, reply.text.replace(f"{path}-", "<id>-")))
+    assert answers[0] == answers[1]
+    assert answers[0][0] == 200
