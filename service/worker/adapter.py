@@ -170,6 +170,8 @@ class ActionWorker(Worker):
             self.handle_sig(signal.SIGUSR1)
         if not self._pool:
             return
+        if self._taking is not None:  # a take the stop cut short gives its jobs back (bounded: leases lapse)
+            await asyncio.wait({self._taking}, timeout=_TIDY_S)
         await asyncio.gather(*self.tasks.values(), return_exceptions=True)
         await asyncio.gather(*self._chores, return_exceptions=True)  # jobs given back as their tasks ended
         with contextlib.suppress(TimeoutError):  # arq's health line expires by itself: best effort, bounded

@@ -15,6 +15,19 @@ from service.worker.take import handed_job
 from tests.unit.fakes import fake_client, register
 
 
+class _Unclosed:
+    """The worker's pool, less its closing (the test reads the fake Redis afterwards)."""
+
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self._redis = redis
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._redis, name)
+
+    async def close(self, **_: Any) -> None:
+        return None
+
+
 async def test_jobs_a_take_claimed_as_the_shutdown_cut_it_short_go_back_to_their_queue(
     fake_redis: aioredis.Redis,
 ) -> None:
@@ -42,10 +55,14 @@ async def test_jobs_a_take_claimed_as_the_shutdown_cut_it_short_go_back_to_their
     await ran.wait()
     assert (await handle.record()).state is JobState.RUNNING
     poll.cancel()
-    reply.set()
     await asyncio.gather(poll, return_exceptions=True)
-    assert worker._taking is not None
-    await worker._taking  # the take finishes, and gives its jobs back
+    worker.on_shutdown = None  # this test started no runtime
+    worker._pool = _Unclosed(fake_redis)  # type: ignore[assignment]
+    closing = asyncio.create_task(worker.close())  # arq's close, after the main task ended
+    for _ in range(5):
+        await asyncio.sleep(0)
+    reply.set()  # the reply arrives while the worker closes: its jobs go back before the pool closes
+    await closing
     record = await handle.record()
     assert (record.state, record.attempt, record.worker) == (JobState.QUEUED, 0, "")
     assert await fake_redis.get(client.keys.arq_in_progress(handle.job_id)) is None  # no lease left behind
