@@ -7,7 +7,10 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any, cast
 
+import pytest
+
 from service.client.handle import JobHandle
+from service.gateway import sse
 from service.gateway.sse import job_events
 from service.models import JobState, ProgressSnapshot
 
@@ -79,3 +82,31 @@ async def test_a_new_follower_after_the_end_follows_afresh() -> None:
     await asyncio.wait_for(collect(handle, -1, again), 5)
     assert done == again == [("state", "5")]
     assert handle.followed == 2
+
+
+async def test_each_snapshot_is_encoded_once_for_all_its_followers(monkeypatch: pytest.MonkeyPatch) -> None:
+    formatted: list[bytes] = []
+    real = sse._format
+
+    def counting(event: Any) -> bytes:
+        formatted.append(real(event))
+        return formatted[-1]
+
+    monkeypatch.setattr(sse, "_format", counting)
+    handle = FakeHandle()
+    received: list[list[bytes]] = [[], [], []]
+
+    async def one(into: list[bytes]) -> None:
+        async with aclosing(sse._encoded(job_events(cast(JobHandle, handle), -1))) as chunks:
+            async for chunk in chunks:
+                into.append(chunk)
+
+    followers = [asyncio.create_task(one(into)) for into in received]
+    for _ in range(5):
+        await asyncio.sleep(0)
+    for seq, state in ((1, JobState.RUNNING), (2, JobState.RUNNING), (3, JobState.SUCCEEDED)):
+        await handle.feed.put(snap(seq, state))
+    await asyncio.wait_for(asyncio.gather(*followers), 5)
+    assert received[0] == received[1] == received[2]
+    assert [chunk.split(b"\n")[0] for chunk in received[0]] == [b"event: state", b"event: progress", b"event: state"]
+    assert formatted == received[0]  # once per snapshot, not once per follower
