@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import random
 import urllib.parse
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -90,12 +90,18 @@ class LeanPool(ConnectionPool):
     take several keys per job (they declare every key they touch), so a batch of settlements is
     hundreds of arguments. hiredis (redis-py's ``hiredis`` extra, a dependency of ours) does it in
     C, as redis-py's own synchronous connections do.
+
+    A write to a connection whose transport was closed under it (a reset that lands between the
+    lending and the write) raises ``RuntimeError`` on uvloop, where asyncio's own loop drops the
+    write: redis-py has already disconnected it then, and it is raised as the ``ConnectionError``
+    it is, which every caller handles (a worker backs off and reconnects, rather than dying).
     """
 
     def make_connection(self) -> AbstractConnection:
         """redis-py's connection, packing its commands with hiredis."""
         connection: AbstractConnection = super().make_connection()  # type: ignore[no-untyped-call]
         connection.pack_command = _packer(connection.pack_command)  # type: ignore[method-assign]
+        connection.send_packed_command = _closed_is_lost(connection.send_packed_command)  # type: ignore[method-assign]
         return connection
 
     async def ensure_connection(self, connection: AbstractConnection) -> None:
@@ -115,6 +121,18 @@ class LeanPool(ConnectionPool):
 class LeanSentinelPool(LeanPool, MasterPool):
     """:class:`LeanPool`'s savings on the pool of a ``redis+sentinel://`` URL, which finds the master
     through the Sentinels (:class:`service.redis.sentinel.MasterPool`)."""
+
+
+def _closed_is_lost(send: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., Coroutine[Any, Any, None]]:
+    """``send_packed_command``, with uvloop's closed-transport ``RuntimeError`` as a ``ConnectionError``."""
+
+    async def sent(*args: Any, **kwargs: Any) -> None:
+        try:
+            await send(*args, **kwargs)
+        except RuntimeError as exc:  # redis-py disconnected the connection before re-raising
+            raise redis_exc.ConnectionError(f"Error while writing to socket: {exc}") from exc
+
+    return sent
 
 
 def _packer(python_pack: Callable[..., list[bytes]]) -> Callable[..., list[bytes]]:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
+import pytest
 from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from service import JobClient
 from service.processes.embedded import EmbeddedRedis
@@ -32,6 +35,30 @@ async def _worker_on(server: EmbeddedRedis, worker_process: WorkerFactory, clien
     worker = worker_process(bundled_plugins_config(**FAST), env={"ACTIONQ_REDIS_URL": server.url}, wait=False)
     await _until_live(client, "PluginB")
     return worker
+
+
+async def test_a_write_to_a_transport_closed_under_it_is_a_connection_error(redis_url: str) -> None:
+    """uvloop raises RuntimeError when a reset closes the transport between the lending and the
+    write (the fault suite's proxy did it to a worker's take): it must come out as redis-py's
+    ConnectionError, which every caller backs off on, with the connection dropped for a fresh one."""
+    pool = LeanPool.from_url(redis_url)
+    connection = pool.make_connection()
+    await connection.connect()  # type: ignore[no-untyped-call]
+    writer = connection._writer
+    assert writer is not None
+
+    def closed(_: Any) -> None:
+        raise RuntimeError("unable to perform operation on <TCPTransport closed=True>; the handler is closed")
+
+    writer.writelines = closed  # type: ignore[method-assign,assignment]
+    with pytest.raises(RedisConnectionError, match="the handler is closed"):
+        await connection.send_command("PING")
+    assert not connection.is_connected
+    await connection.connect()  # type: ignore[no-untyped-call]  # a fresh transport works
+    await connection.send_command("PING")
+    assert await connection.read_response() == b"PONG"
+    await connection.disconnect()
+    await pool.disconnect()
 
 
 # fresh_redis_server is requested before worker_process so that it is torn down after the worker.
