@@ -75,8 +75,10 @@ async def test_a_partitioned_worker_stops_its_attempt_before_another_worker_take
             async with asyncio.timeout(20):
                 while await handle.state() is not JobState.RUNNING:
                     await asyncio.sleep(0.02)
-            await run.ready(client, run.spawn(fresh_redis_server.url))  # the other worker, not cut off
+            # Cut off at once: the attempt must stop within its lease, well inside its 4 s of work,
+            # whatever the other worker's start-up takes (on a slow machine, seconds).
             proxy.blackhole()
+            await run.ready(client, run.spawn(fresh_redis_server.url))  # the other worker, not cut off
             assert await handle.result(timeout=30) == 42
             proxy.heal()
             record = await handle.record()
