@@ -39,6 +39,7 @@ from redis.exceptions import ClusterError, SlotNotCoveredError, TryAgainError
 from service.errors import BrokerError, ConfigError
 from service.keys import Keys
 from service.redis.batching import PartlyFailed
+from service.redis.transport import closed_is_lost
 from service.redis.urls import host_list, parse_options, redact_multi_host, split_url, userinfo
 from service.settings import Settings
 
@@ -159,6 +160,23 @@ class _Cluster(RedisCluster):
         self.actionq_url = url
         manager = self.nodes_manager
         manager.startup_nodes = _KeptNodes(manager.startup_nodes, keep=frozenset(manager.startup_nodes))
+        # Every node's connections send through closed_is_lost (service.redis.transport): the nodes
+        # made from now on get the class from these kwargs, the startup nodes (no connection yet) here.
+        lost_aware = _lost_aware(self.connection_kwargs["connection_class"])
+        for held in (self.connection_kwargs, manager.connection_kwargs):
+            held["connection_class"] = lost_aware
+        for node in manager.startup_nodes.values():
+            node.connection_class = lost_aware
+
+
+def _lost_aware(base: type[Connection]) -> type[Connection]:
+    """``base`` with its sends through :func:`~service.redis.transport.closed_is_lost`."""
+
+    def __init__(self: Connection, *args: Any, **kwargs: Any) -> None:
+        base.__init__(self, *args, **kwargs)
+        self.send_packed_command = closed_is_lost(self.send_packed_command)  # type: ignore[method-assign]
+
+    return type(f"LostAware{base.__name__}", (base,), {"__init__": __init__})
 
 
 class _KeptNodes(dict[str, ClusterNode]):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import random
 import urllib.parse
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -20,6 +20,7 @@ from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from service.errors import BrokerError
 from service.redis.cluster import cluster_client, is_cluster_url, redact_cluster_url
 from service.redis.sentinel import MasterPool, is_sentinel_url, master_client, redact_sentinel_url
+from service.redis.transport import closed_is_lost
 
 __all__ = ["LeanPool", "LeanSentinelPool", "broker_errors", "connect", "redact", "while_unreachable"]
 
@@ -91,17 +92,15 @@ class LeanPool(ConnectionPool):
     hundreds of arguments. hiredis (redis-py's ``hiredis`` extra, a dependency of ours) does it in
     C, as redis-py's own synchronous connections do.
 
-    A write to a connection whose transport was closed under it (a reset that lands between the
-    lending and the write) raises ``RuntimeError`` on uvloop, where asyncio's own loop drops the
-    write: redis-py has already disconnected it then, and it is raised as the ``ConnectionError``
-    it is, which every caller handles (a worker backs off and reconnects, rather than dying).
+    A write to a connection whose transport was closed under it is a ``ConnectionError``, as on
+    asyncio's own loop (:mod:`service.redis.transport`).
     """
 
     def make_connection(self) -> AbstractConnection:
         """redis-py's connection, packing its commands with hiredis."""
         connection: AbstractConnection = super().make_connection()  # type: ignore[no-untyped-call]
         connection.pack_command = _packer(connection.pack_command)  # type: ignore[method-assign]
-        connection.send_packed_command = _closed_is_lost(connection.send_packed_command)  # type: ignore[method-assign]
+        connection.send_packed_command = closed_is_lost(connection.send_packed_command)  # type: ignore[method-assign]
         return connection
 
     async def ensure_connection(self, connection: AbstractConnection) -> None:
@@ -121,18 +120,6 @@ class LeanPool(ConnectionPool):
 class LeanSentinelPool(LeanPool, MasterPool):
     """:class:`LeanPool`'s savings on the pool of a ``redis+sentinel://`` URL, which finds the master
     through the Sentinels (:class:`service.redis.sentinel.MasterPool`)."""
-
-
-def _closed_is_lost(send: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., Coroutine[Any, Any, None]]:
-    """``send_packed_command``, with uvloop's closed-transport ``RuntimeError`` as a ``ConnectionError``."""
-
-    async def sent(*args: Any, **kwargs: Any) -> None:
-        try:
-            await send(*args, **kwargs)
-        except RuntimeError as exc:  # redis-py disconnected the connection before re-raising
-            raise redis_exc.ConnectionError(f"Error while writing to socket: {exc}") from exc
-
-    return sent
 
 
 def _packer(python_pack: Callable[..., list[bytes]]) -> Callable[..., list[bytes]]:

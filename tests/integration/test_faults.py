@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, cast
 
 import pytest
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from service import JobClient
 from service.processes.embedded import EmbeddedRedis
-from service.redis.connection import LeanPool
+from service.redis.connection import LeanPool, connect
+from tests.clusterkit import ClusterSet
 from tests.conftest import FAST as BASE_FAST
 from tests.conftest import WorkerFactory, WorkerProc, bundled_plugins_config, until_logged
 
@@ -47,10 +49,7 @@ async def test_a_write_to_a_transport_closed_under_it_is_a_connection_error(redi
     writer = connection._writer
     assert writer is not None
 
-    def closed(_: Any) -> None:
-        raise RuntimeError("unable to perform operation on <TCPTransport closed=True>; the handler is closed")
-
-    writer.writelines = closed  # type: ignore[method-assign,assignment]
+    writer.writelines = _closed  # type: ignore[method-assign,assignment]
     with pytest.raises(RedisConnectionError, match="the handler is closed"):
         await connection.send_command("PING")
     assert not connection.is_connected
@@ -59,6 +58,35 @@ async def test_a_write_to_a_transport_closed_under_it_is_a_connection_error(redi
     assert await connection.read_response() == b"PONG"
     await connection.disconnect()
     await pool.disconnect()
+
+
+async def test_on_a_cluster_too_a_write_to_a_closed_transport_is_a_connection_error(
+    redis_cluster: ClusterSet,
+) -> None:
+    """redis-py's cluster client makes its own connections (its connection class is fixed): every
+    node's, discovered or named in the URL, sends through the same mapping."""
+    cluster = connect(redis_cluster.url)
+    try:
+        assert await cluster.ping()
+        nodes = cast(RedisCluster, cluster).get_nodes()
+        assert nodes
+        for node in nodes:
+            connection = node.acquire_connection()
+            await connection.connect()  # type: ignore[no-untyped-call]
+            writer = connection._writer
+            assert writer is not None
+            writer.writelines = _closed  # type: ignore[method-assign,assignment]
+            with pytest.raises(RedisConnectionError, match="the handler is closed"):
+                await connection.send_command("PING")
+            assert not connection.is_connected
+            node._free.append(connection)
+        assert await cluster.ping()  # fresh connections work
+    finally:
+        await cluster.aclose()
+
+
+def _closed(_: Any) -> None:
+    raise RuntimeError("unable to perform operation on <TCPTransport closed=True>; the handler is closed")
 
 
 # fresh_redis_server is requested before worker_process so that it is torn down after the worker.
