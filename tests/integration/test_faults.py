@@ -45,14 +45,7 @@ async def test_a_write_to_a_transport_closed_under_it_is_a_connection_error(redi
     ConnectionError, which every caller backs off on, with the connection dropped for a fresh one."""
     pool = LeanPool.from_url(redis_url)
     connection = pool.make_connection()
-    await connection.connect()  # type: ignore[no-untyped-call]
-    writer = connection._writer
-    assert writer is not None
-
-    writer.writelines = _closed  # type: ignore[method-assign,assignment]
-    with pytest.raises(RedisConnectionError, match="the handler is closed"):
-        await connection.send_command("PING")
-    assert not connection.is_connected
+    await _lost_on_a_closed_transport(connection)
     await connection.connect()  # type: ignore[no-untyped-call]  # a fresh transport works
     await connection.send_command("PING")
     assert await connection.read_response() == b"PONG"
@@ -72,17 +65,23 @@ async def test_on_a_cluster_too_a_write_to_a_closed_transport_is_a_connection_er
         assert nodes
         for node in nodes:
             connection = node.acquire_connection()
-            await connection.connect()  # type: ignore[no-untyped-call]
-            writer = connection._writer
-            assert writer is not None
-            writer.writelines = _closed  # type: ignore[method-assign,assignment]
-            with pytest.raises(RedisConnectionError, match="the handler is closed"):
-                await connection.send_command("PING")
-            assert not connection.is_connected
+            await _lost_on_a_closed_transport(connection)
             node._free.append(connection)
         assert await cluster.ping()  # fresh connections work
     finally:
         await cluster.aclose()
+
+
+async def _lost_on_a_closed_transport(connection: AbstractConnection) -> None:
+    """Connect ``connection``, close its transport under it the way uvloop reports it, and check that
+    the next write is a ConnectionError that leaves it disconnected."""
+    await connection.connect()  # type: ignore[no-untyped-call]
+    writer = connection._writer
+    assert writer is not None
+    writer.writelines = _closed  # type: ignore[method-assign,assignment]
+    with pytest.raises(RedisConnectionError, match="the handler is closed"):
+        await connection.send_command("PING")
+    assert not connection.is_connected
 
 
 def _closed(_: Any) -> None:

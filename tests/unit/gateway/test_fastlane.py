@@ -15,18 +15,24 @@ TRACE = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 GOOD = {"plugin": "PluginB", "action": "calculate_square", "params": {"x": 3}}
 
 
-@pytest.fixture
-def lane_submits(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
-    """The submits the fast lane made (the route's own go through service.gateway.jobs, not counted)."""
+def _spied(monkeypatch: pytest.MonkeyPatch, name: str) -> list[Any]:
+    """The calls the fast lane makes to ``name`` (the route's own go through service.gateway.jobs,
+    not counted)."""
     calls: list[Any] = []
-    real = jobs.submit_body
+    real = getattr(jobs, name)
 
     async def spy(*args: Any) -> Any:
         calls.append(args)
         return await real(*args)
 
-    monkeypatch.setattr(fastlane, "submit_body", spy)
+    monkeypatch.setattr(fastlane, name, spy)
     return calls
+
+
+@pytest.fixture
+def lane_submits(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """The submits the fast lane made."""
+    return _spied(monkeypatch, "submit_body")
 
 
 async def test_a_well_formed_submit_is_answered_by_the_fast_lane(
@@ -128,15 +134,7 @@ async def test_with_cors_every_submit_goes_through_the_route(gateway: GatewayFac
 @pytest.fixture
 def lane_batches(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     """The batches the fast lane submitted."""
-    calls: list[Any] = []
-    real = jobs.submitted_batch
-
-    async def spy(*args: Any) -> Any:
-        calls.append(args)
-        return await real(*args)
-
-    monkeypatch.setattr(fastlane, "submitted_batch", spy)
-    return calls
+    return _spied(monkeypatch, "submitted_batch")
 
 
 async def test_a_batch_of_valid_items_is_answered_by_the_fast_lane(

@@ -7,9 +7,11 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from service.client.client import JobClient
+from service.client.handle import JobHandle
 from service.models import JobState
 from service.settings import Settings
-from service.worker.adapter import build_worker
+from service.worker.adapter import ActionWorker, build_worker
 from service.worker.runtime import WorkerRuntime
 from service.worker.take import handed_job
 from tests.unit.fakes import fake_client, register
@@ -28,17 +30,17 @@ class _Unclosed:
         return None
 
 
-async def test_jobs_a_take_claimed_as_the_shutdown_cut_it_short_go_back_to_their_queue(
+async def _taking_with_the_reply_held(
     fake_redis: aioredis.Redis,
-) -> None:
+) -> tuple[JobClient, JobHandle, ActionWorker, asyncio.Task[None], asyncio.Event]:
+    """A worker polling (as arq's main task) whose take script has run in Redis (the job's record
+    says running) while its reply is held until the returned event is set."""
     client = fake_client(fake_redis)
     await register(client, "PluginB")
     handle = await client.submit("PluginB", "calculate_square", {"x": 2})
     runtime = WorkerRuntime(Settings(redis_url="redis://fake", namespace="ut", hostname="here"), fake_redis)
     worker = build_worker(runtime)
     worker.queues = client.keys.every_queue_set([client.keys.queue("PluginB")])
-    # The script runs in Redis (the job's record says running), and its reply is still on its way
-    # when the cancel of the shutdown arrives.
     ran, reply = asyncio.Event(), asyncio.Event()
     script = worker.claims._take
 
@@ -53,6 +55,13 @@ async def test_jobs_a_take_claimed_as_the_shutdown_cut_it_short_go_back_to_their
     poll = asyncio.create_task(worker._poll_queues())
     worker.main_task = poll  # as arq runs it: its stop cancels the main task
     await ran.wait()
+    return client, handle, worker, poll, reply
+
+
+async def test_jobs_a_take_claimed_as_the_shutdown_cut_it_short_go_back_to_their_queue(
+    fake_redis: aioredis.Redis,
+) -> None:
+    client, handle, worker, poll, reply = await _taking_with_the_reply_held(fake_redis)
     assert (await handle.record()).state is JobState.RUNNING
     poll.cancel()
     await asyncio.gather(poll, return_exceptions=True)
@@ -110,26 +119,7 @@ async def test_a_handoff_that_fills_the_last_slot_takes_the_worker_off_its_other
 async def test_a_graceful_stop_waits_for_the_take_in_flight_and_runs_its_jobs(fake_redis: aioredis.Redis) -> None:
     """SIGTERM with a grace period while a take's reply is on its way: the job it claimed (its
     record says running) is launched and waited for like any running job, not handed back."""
-    client = fake_client(fake_redis)
-    await register(client, "PluginB")
-    handle = await client.submit("PluginB", "calculate_square", {"x": 2})
-    runtime = WorkerRuntime(Settings(redis_url="redis://fake", namespace="ut", hostname="here"), fake_redis)
-    worker = build_worker(runtime)
-    worker.queues = client.keys.every_queue_set([client.keys.queue("PluginB")])
-    ran, reply = asyncio.Event(), asyncio.Event()
-    script = worker.claims._take
-
-    async def slow_reply(**call: Any) -> Any:
-        answer = await script(**call)
-        if len(answer) > 3:
-            ran.set()
-            await reply.wait()
-        return answer
-
-    worker.claims._take = slow_reply  # type: ignore[assignment]
-    poll = asyncio.create_task(worker._poll_queues())
-    worker.main_task = poll
-    await ran.wait()
+    client, handle, worker, poll, reply = await _taking_with_the_reply_held(fake_redis)
     worker.allow_pick_jobs = False  # what arq's graceful signal handler does first
     waiting = asyncio.create_task(worker._sleep_until_tasks_complete())
     for _ in range(3):
@@ -138,6 +128,6 @@ async def test_a_graceful_stop_waits_for_the_take_in_flight_and_runs_its_jobs(fa
     await waiting
     record = await handle.record()
     assert record.state.is_terminal, record  # it ran here (and failed: no plugin is loaded in this test)
-    assert record.worker == runtime.worker_id
+    assert record.worker == worker.runtime.worker_id
     await poll
     await client.close()
