@@ -26,14 +26,19 @@ broker nothing). :func:`bench.drain.drain` itself cannot be used: it reads comma
 Figures per set-up (medians over repetitions): drain jobs/s; broker commands per job in total and
 per node (commands run inside scripts count, as ``INFO commandstats`` counts them); the busiest
 node's share; the busiest node's redis-server CPU per job; worker CPU per job (every worker summed).
+With one worker, after each drain, ``LATENCY_JOBS`` jobs one at a time to the idle worker: submit ->
+result p50 / p99 (``JobHandle.result`` waits on the job's channel, sharded on a cluster), and how
+many the submit handed straight over (the worker's hand-off channel, sharded on a cluster too).
 
 **Where the commands go.** After the timed repetitions, one more drain on the cluster (one worker,
 not timed) runs with ``MONITOR`` on every master and sorts each command by the key it names: the
 job partitions (the six ``{<ns>.p}`` tags, spread over the masters), the events stream
 (``<ns>:events``, one key, so one node: ``CLUSTER KEYSLOT``, here :func:`redis.crc.key_slot`), the
 worker keys (``{<ns>.workers}`` and the ``<ns>:workers`` ZSET), the registry (``<ns>:registry:*``,
-single keys), ``PUBLISH`` (a channel, no key: the node that runs it forwards it to every other over
-the cluster bus, which costs each of them too, but counts only there), and commands with no key.
+single keys), ``PUBLISH`` (a classic channel, no key: the node that runs it forwards it to every
+other over the cluster bus, which costs each of them too, but counts only there), ``SPUBLISH`` (a
+sharded channel: it stays on the node of its partition, so it is spread like the partitions' keys),
+and commands with no key.
 
 **The arithmetic** (printed in the notes with this run's figures). Take ``CAP`` ~100,000 simple
 commands/s per Redis core (one node is one core), ``c_part`` the commands per job on partitioned
@@ -80,7 +85,7 @@ from bench.peers.base import JOB_TIMEOUT_S, PeerError
 from bench.procstats import cpu_seconds
 from bench.redisstats import command_calls, commands_delta, top_commands
 from bench.report import EntryResult
-from bench.stats import Metrics, median
+from bench.stats import Metrics, median, percentile
 from bench.table import fmt_rate, markdown_table
 from service.keys import Keys
 from service.processes.embedded import EmbeddedRedis
@@ -95,6 +100,8 @@ CAPACITY = 100_000
 TARGET_RATES = (10_000, 25_000, 50_000, 100_000)
 DRAIN_TIMEOUT_S = 300.0
 ATTRIBUTION_MAX_JOBS = 2_000
+LATENCY_JOBS = 200
+LATENCY_GAP_S = 0.02
 _MONITOR_END = "bench-cluster-monitor-end"
 _ONE = "one:redis"  # the node name of set-up A's server (a new port each repetition)
 _SCRIPT_CALLS = frozenset({"eval", "evalsha", "eval_ro", "evalsha_ro", "fcall", "fcall_ro"})
@@ -147,6 +154,10 @@ class Sample:
     """Broker node (``host:port``) -> commands of the window."""
     redis_cpu_s: dict[str, float]
     worker_cpu_s: float
+    latency_ms: list[float] = field(default_factory=list)
+    """Submit -> result of each job of the latency phase (one-worker set-ups)."""
+    handed: int = 0
+    """Of those, the jobs a submit handed straight to the idle worker (started when enqueued)."""
 
     @property
     def rate(self) -> float:
@@ -216,7 +227,8 @@ PARTITIONED = "job partitions"
 EVENTS = "events stream"
 WORKER_KEYS = "worker keys"
 REGISTRY = "registry"
-PUBLISH = "PUBLISH (channels)"
+PUBLISH = "PUBLISH (classic channels)"
+SPUBLISH = "SPUBLISH (sharded channels)"
 NO_KEY = "no key"
 OTHER = "other keys"
 SINGLE_KEY_GROUPS = (EVENTS, WORKER_KEYS, REGISTRY, OTHER)
@@ -240,7 +252,9 @@ def command_key(tokens: Sequence[str]) -> str | None:
 
 def classify(tokens: Sequence[str], keys: Keys) -> str:
     """The group of one command (``keys``: the namespace's cluster layout)."""
-    if tokens and tokens[0].lower() in ("publish", "spublish"):
+    if tokens and tokens[0].lower() == "spublish":  # on the node of its channel's partition
+        return SPUBLISH
+    if tokens and tokens[0].lower() == "publish":
         return PUBLISH
     key = command_key(tokens)
     if key is None:
@@ -299,9 +313,28 @@ async def _one(setup: Setup, cluster: ClusterSet, counter: Redis, counter_url: s
         workers = await _start_workers(env, setup.workers, counter_url)
         nodes = _broker_nodes(env, cluster if setup.cluster else None)
         try:
-            return await _drain(env, workers, nodes, counter, jobs)
+            sample = await _drain(env, workers, nodes, counter, jobs)
         finally:
             await _close_all(nodes.values())
+        if setup.workers == 1:
+            sample.latency_ms, sample.handed = await _latency(env)
+        return sample
+
+
+async def _latency(env: BenchEnv) -> tuple[list[float], int]:
+    """``LATENCY_JOBS`` jobs one at a time, ``LATENCY_GAP_S`` apart, to the idle worker: each one's
+    submit -> result (``JobHandle.result``, which waits on the job's channel), and how many the
+    submit handed over (the record's start is its enqueue: the submit script started it)."""
+    took, handed = [], 0
+    for _ in range(LATENCY_JOBS):
+        started = time.perf_counter()
+        handle = await env.client.submit(PLUGIN, "stamp")
+        await handle.result(timeout=JOB_TIMEOUT_S)
+        took.append(1000 * (time.perf_counter() - started))
+        record = await handle.record()
+        handed += record.started_at_ms == record.enqueued_at_ms
+        await asyncio.sleep(LATENCY_GAP_S)
+    return took, handed
 
 
 async def _start_workers(env: BenchEnv, count: int, counter_url: str) -> list[Worker]:
@@ -494,7 +527,17 @@ def _result(samples: dict[str, list[Sample]], attribution: Attribution, jobs: in
         metrics.declare(f"{name}: busiest node share", "%", "the busiest node's part of the commands")
         metrics.declare(f"{name}: busiest node Redis CPU", "us/job", "the redis-server with the most user+system CPU")
         metrics.declare(f"{name}: worker CPU", "ms/job", f"{setup.workers} worker process(es), summed")
+        if setup.workers == 1:
+            metrics.declare(
+                f"{name}: result latency p50",
+                "ms",
+                f"{LATENCY_JOBS} jobs one at a time to the idle worker: submit -> JobHandle.result",
+            )
+            metrics.declare(f"{name}: result latency p99", "ms", "the same jobs")
         for sample in runs:
+            if sample.latency_ms:
+                metrics.add(f"{name}: result latency p50", percentile(sample.latency_ms, 50))
+                metrics.add(f"{name}: result latency p99", percentile(sample.latency_ms, 99))
             metrics.add(f"{name}: drain", sample.rate)
             metrics.add(f"{name}: Redis cmds/job", sample.per_job)
             metrics.add(f"{name}: busiest node share", 100 * sample.busiest_share)
@@ -541,10 +584,19 @@ def _setups_table(samples: dict[str, list[Sample]]) -> str:
         "busiest node",
         "busiest node Redis CPU us/job",
         "worker CPU ms/job",
+        "result p50 / p99 ms (handed over)",
     ]
     rows = []
     for setup in SETUPS:
         runs = samples[setup.key]
+        timed = [s for s in runs if s.latency_ms]
+        latency = (
+            f"{median([percentile(s.latency_ms, 50) for s in timed]):.2f} / "
+            f"{median([percentile(s.latency_ms, 99) for s in timed]):.2f} "
+            f"({sum(s.handed for s in timed)}/{sum(len(s.latency_ms) for s in timed)})"
+            if timed
+            else "-"
+        )
         nodes = sorted({node for s in runs for node in s.per_node})
         per_node = " / ".join(f"{median([s.node_per_job()[n] for s in runs]):.1f}" for n in nodes)
         rows.append(
@@ -556,6 +608,7 @@ def _setups_table(samples: dict[str, list[Sample]]) -> str:
                 f"{100 * median([s.busiest_share for s in runs]):.0f}%",
                 f"{median([s.busiest_redis_cpu_us for s in runs]):.0f}",
                 f"{median([1000 * s.worker_cpu_s / s.jobs for s in runs]):.2f}",
+                latency,
             ]
         )
     return markdown_table(headers, rows)
@@ -576,7 +629,7 @@ def _attribution_table(attribution: Attribution) -> str:
 
 def _arithmetic(samples: dict[str, list[Sample]], attribution: Attribution) -> list[str]:
     """The notes: shards for a rate, and where the single keys stop it (see the module docstring)."""
-    c_part = attribution.per_job(PARTITIONED) + attribution.per_job(NO_KEY)
+    c_part = attribution.per_job(PARTITIONED) + attribution.per_job(NO_KEY) + attribution.per_job(SPUBLISH)
     hot_by_node: dict[str, float] = defaultdict(float)
     for group in (*SINGLE_KEY_GROUPS, PUBLISH):
         for node, value in attribution.per_node_job(group).items():
@@ -586,7 +639,8 @@ def _arithmetic(samples: dict[str, list[Sample]], attribution: Attribution) -> l
     events_nodes = ", ".join(attribution.per_node_job(EVENTS)) or "-"
     worker_keys = attribution.per_job(WORKER_KEYS)
     notes = [
-        f"{attribution.jobs:,}-job MONITOR drain: {c_part:.2f} cmds/job on partitioned keys (and keyless), "
+        f"{attribution.jobs:,}-job MONITOR drain: {c_part:.2f} cmds/job on partitioned keys (and keyless, and "
+        f"SPUBLISH {attribution.per_job(SPUBLISH):.3f}), "
         f"spread over the masters; single keys: events stream {events:.3f} (node {events_nodes}), "
         f"worker keys {worker_keys:.3f}, registry {attribution.per_job(REGISTRY):.3f}, "
         f"other {attribution.per_job(OTHER):.3f}, PUBLISH {attribution.per_job(PUBLISH):.3f} cmds/job; "

@@ -23,6 +23,14 @@ worker takes from each partition with a call of its own. The tags are picked so 
 ``p`` of ``P`` hashes into the ``p``-th ``P``-th of the slot range: a cluster whose slots are split
 evenly (what ``redis-cli --cluster create`` does) gets the partitions spread evenly over its masters.
 
+Channels: on one Redis every channel is classic (``PUBLISH``/``SUBSCRIBE``). On a cluster a
+classic ``PUBLISH`` is carried by the cluster bus to every node, so the channels that carry a
+message per job or per batch of jobs are **sharded** instead (``SPUBLISH``/``SSUBSCRIBE``, Redis 7):
+a job's channel, each partition's hand-off and wake-up channels, and the events' channels (one tag
+of their own). Their names *begin* with their tag (``{<tag>}<ns>:ch:job:<id>``), which is how the
+scripts and :mod:`service.redis.pubsub` tell them apart (:func:`is_sharded_channel`); the rare
+broadcasts (cancel, control, the queue-wide wake) stay classic.
+
 Why partitions by job id rather than one tag per queue (BullMQ's and streaq's layout): a job is
 then found from its id alone (every client call, the gateway's ``/v1/jobs/{id}``), and one busy
 queue is spread over the shards instead of being bound to one. A plain Redis (``partitions == 0``)
@@ -39,11 +47,17 @@ from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 from service.arqformat import IN_PROGRESS_PREFIX, RESULT_PREFIX
 
-__all__ = ["DEFAULT_NAMESPACE", "Keys", "partition_tags"]
+__all__ = ["DEFAULT_NAMESPACE", "Keys", "is_sharded_channel", "partition_tags"]
 
 DEFAULT_NAMESPACE = "actionq"
 
 _TAG_SUFFIX = re.compile(r"(?<=.)\{[^{}]+\}$")  # a partition tag ends a queue set, after its name
+
+
+def is_sharded_channel(channel: str) -> bool:
+    """True for a sharded channel (``SPUBLISH``/``SSUBSCRIBE``): on a cluster, one whose name begins
+    with a partition's tag. A namespace cannot begin with ``{``, so on one Redis none is."""
+    return channel.startswith("{")
 
 
 def partition_tags(namespace: str, partitions: int) -> tuple[str, ...]:
@@ -81,6 +95,16 @@ class Keys:
     def _tag(self, job_id: str) -> str:
         return self.tags[zlib.crc32(job_id.encode()) % self.partitions] if self.partitions else ""
 
+    def job_tag(self, job_id: str) -> str:
+        """The hash tag (with braces) of ``job_id``'s partition; ``""`` on one Redis."""
+        return self._tag(job_id)
+
+    @staticmethod
+    def set_tag(queue_set: str) -> str:
+        """The partition's tag that ends ``queue_set`` (one of :meth:`queue_sets`); ``""`` on one Redis."""
+        found = _TAG_SUFFIX.search(queue_set)
+        return found.group() if found else ""
+
     def queue_of(self, queue: str, job_id: str) -> str:
         """The sorted set of (logical) ``queue`` holding ``job_id``: its partition's (``queue`` on one Redis)."""
         return queue + self._tag(job_id)
@@ -116,12 +140,13 @@ class Keys:
         return f"{self.namespace}:job:{self._tag(job_id)}{job_id}"
 
     def job_channel(self, job_id: str) -> str:
-        """Pub/sub channel: state changes and progress of one job."""
-        return self.job_channel_prefix() + job_id
+        """Pub/sub channel: state changes and progress of one job (sharded on a cluster)."""
+        return self.job_channel_prefix(self._tag(job_id)) + job_id
 
-    def job_channel_prefix(self) -> str:
-        """What :meth:`job_channel` puts before the job id (the submit script names the channels of its jobs)."""
-        return f"{self.namespace}:ch:job:"
+    def job_channel_prefix(self, tag: str = "") -> str:
+        """What :meth:`job_channel` puts before the id of a job of partition ``tag`` (:meth:`job_tag`;
+        the submit and take scripts, each called for one partition, name their jobs' channels so)."""
+        return f"{tag}{self.namespace}:ch:job:"
 
     def job_stream(self, job_id: str) -> str:
         """Stream: the items a generator action yielded, ended by a terminal marker entry."""
@@ -190,9 +215,18 @@ class Keys:
         """List: the acknowledgements of one command, kept a few minutes."""
         return f"{self.namespace}:control:{command_id}"
 
-    def wake_channel(self) -> str:
-        """Pub/sub channel: a submit announces its queue's name here, so idle workers wake at once."""
-        return f"{self.namespace}:ch:wake"
+    def wake_channel(self, tag: str = "") -> str:
+        """Pub/sub channel: a queue's name announced here wakes the workers reading it at once.
+
+        ``tag``: on a cluster, a partition's (sharded) channel, where a submit to that partition
+        announces a deferred job; without, the classic one every worker hears (given-back jobs,
+        promoted waiters of a concurrency limit).
+        """
+        return f"{tag}{self.namespace}:ch:wake"
+
+    def wake_channels(self) -> list[str]:
+        """Every wake channel a worker listens to: the classic one, and on a cluster each partition's."""
+        return [self.wake_channel(), *(self.wake_channel(tag) for tag in self.tags)]
 
     def idle_workers(self, queue: str) -> str:
         """ZSET: id of each worker waiting for ``queue``'s jobs -> until when (epoch ms) it says so.
@@ -201,13 +235,20 @@ class Keys:
         """
         return f"{self.namespace}:idle:" + queue.removeprefix(self.queue_prefix())
 
-    def worker_channel(self, worker_id: str) -> str:
-        """Pub/sub channel: jobs handed straight to one worker by a submit (it is idle)."""
-        return self.worker_channel_prefix() + worker_id
+    def worker_channel(self, worker_id: str, tag: str = "") -> str:
+        """The channel of jobs handed to (or waking) ``worker_id`` from partition ``tag`` (``""`` on one Redis)."""
+        return self.worker_channel_prefix(tag) + worker_id
 
-    def worker_channel_prefix(self) -> str:
-        """What :meth:`worker_channel` puts before the worker id (the submit script names a listed worker's channel)."""
-        return f"{self.namespace}:ch:worker:"
+    def worker_channels(self, worker_id: str) -> list[str]:
+        """Pub/sub channels of jobs handed straight to one (idle) worker by a submit, or of the job
+        that woke it: one on one Redis, one per partition (sharded) on a cluster, where a submit's
+        ``SPUBLISH`` counts the receivers on the partition's own node, exactly."""
+        return [self.worker_channel(worker_id, tag) for tag in self.tags or ("",)]
+
+    def worker_channel_prefix(self, tag: str = "") -> str:
+        """What a worker channel of partition ``tag`` puts before the worker id (the submit script
+        names a listed worker's channel)."""
+        return f"{tag}{self.namespace}:ch:worker:"
 
     def queue_prefix(self) -> str:
         """Prefix shared by every queue of the namespace (for listing them)."""
@@ -284,9 +325,15 @@ class Keys:
         return f"{self.namespace}:events"
 
     def event_channel(self, kind: str) -> str:
-        """Pub/sub channel: per flushed batch, a JSON array of its events of ``kind`` (e.g. ``job_failed``)."""
-        return f"{self.namespace}:ch:events:{kind}"
+        """Pub/sub channel: per flushed batch, a JSON array of its events of ``kind`` (e.g. ``job_failed``).
+
+        On a cluster sharded, every kind with one tag of its own: a batch's messages go to one node,
+        not over the cluster bus to all of them.
+        """
+        tag = "{" + self.namespace + ".events}" if self.partitions else ""
+        return f"{tag}{self.namespace}:ch:events:{kind}"
 
     def event_channel_pattern(self) -> str:
-        """``PSUBSCRIBE`` pattern matching every event channel of the namespace."""
+        """``PSUBSCRIBE`` pattern matching every event channel of the namespace (one Redis: sharded
+        channels have no patterns)."""
         return f"{self.namespace}:ch:events:*"

@@ -184,9 +184,8 @@ class JobStore:
     async def _create_in_slot(self, jobs: list[NewJob]) -> list[list[Any]]:
         keys: list[str] = []
         names = self.keys
-        # No hand-offs on Redis Cluster: a PUBLISH there counts only its own node's receivers.
-        hand_over = "0" if names.partitions else "1"
-        args: list[Any] = [names.wake_channel(), names.worker_channel_prefix(), names.job_channel_prefix(), hand_over]
+        tag = names.job_tag(jobs[0].job_id)  # on Redis Cluster the partition's sharded channels
+        args: list[Any] = [names.wake_channel(tag), names.worker_channel_prefix(tag), names.job_channel_prefix(tag)]
         for job in jobs:
             keys += job.keys
             args += job.args

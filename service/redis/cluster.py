@@ -14,10 +14,12 @@ keys of one slot (:mod:`service.keys`, the partitions). Options: the nodes' ``so
 node), and with ``rediss+cluster`` the TLS ones. A cluster has database 0 only.
 
 redis-py 5.3's ``RedisCluster`` has no ``pubsub()``. A classic ``PUBLISH`` on any node reaches the
-subscribers of every node (the cluster bus carries it), so the process's one subscription
+subscribers of every node (the cluster bus carries it), so the process's one classic subscription
 connection (:class:`service.redis.pubsub.PubSubMultiplexer`) is a plain connection to one node:
 :func:`pubsub_client` gives one that connects to the URL's nodes in turn, so a reconnect after that
-node failed goes to the next one (and subscribes every channel again there).
+node failed goes to the next one (and subscribes every channel again there). The sharded channels
+(``SPUBLISH``, :mod:`service.redis.sharded`) are subscribed on their slot's master instead:
+:func:`channel_nodes` says where to try, :func:`node_connection` connects there.
 
 Only this module knows ``RedisCluster``. The rest of actionq holds it as a ``Redis``: the commands
 it sends are the same, and the few places where a cluster differs — no ``MULTI``, ``MGET`` within one
@@ -27,6 +29,7 @@ slot, scripts per slot, no ``pubsub()`` — ask :func:`is_cluster`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
@@ -34,10 +37,11 @@ from typing import Any, TypeVar, cast
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import Connection, ConnectionPool, SSLConnection
-from redis.exceptions import ClusterError, SlotNotCoveredError, TryAgainError
+from redis.exceptions import ClusterError, RedisClusterException, SlotNotCoveredError, TryAgainError
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from service.errors import BrokerError, ConfigError
-from service.keys import Keys
+from service.keys import Keys, is_sharded_channel
 from service.redis.batching import PartlyFailed
 from service.redis.transport import closed_is_lost
 from service.redis.urls import host_list, parse_options, redact_multi_host, split_url, userinfo
@@ -45,6 +49,7 @@ from service.settings import Settings
 
 __all__ = [
     "ClusterURL",
+    "channel_nodes",
     "check_layout",
     "check_settings",
     "cluster_client",
@@ -52,9 +57,11 @@ __all__ = [
     "is_cluster_url",
     "layout",
     "parse_cluster_url",
+    "node_connection",
     "per_slot",
     "publish",
     "pubsub_client",
+    "ready",
     "redact_cluster_url",
     "while_slots_move",
 ]
@@ -243,6 +250,40 @@ def pubsub_client(redis: Redis) -> Redis:
     return Redis.from_pool(pool)
 
 
+async def ready(redis: Redis) -> None:
+    """Read the slot map of cluster ``redis`` if it has not been read yet (``redis.ConnectionError``
+    when no node answers: redis-py raises an exception of its own there, not a ``RedisError``)."""
+    try:
+        await cast(RedisCluster, redis).initialize()
+    except RedisClusterException as exc:
+        raise RedisConnectionError(f"the cluster cannot be reached: {exc}") from exc
+
+
+def channel_nodes(redis: Redis, channel: str) -> list[tuple[str, int]]:
+    """Where to subscribe to sharded ``channel`` of cluster ``redis``, best first: the master of its slot
+    in the client's slot map, every other master it knows, the URL's nodes (any node answers
+    ``MOVED`` with the owner, :mod:`service.redis.sharded`)."""
+    cluster = cast(_Cluster, redis)
+    found: list[tuple[str, int]] = []
+    with contextlib.suppress(SlotNotCoveredError, KeyError, IndexError):
+        owner = cluster.get_node_from_key(channel)
+        if owner is not None:
+            found.append((str(owner.host), int(owner.port)))
+    found += [(str(node.host), int(node.port)) for node in cluster.get_primaries()]
+    found += list(parse_cluster_url(cluster.actionq_url).nodes)
+    return list(dict.fromkeys(found))
+
+
+def node_connection(redis: Redis, host: str, port: int) -> Connection:
+    """A connection of its own to node ``host:port`` of cluster ``redis``, with the nodes' options (auth,
+    TLS, timeouts) and the cluster's reply parser (``MOVED`` is a ``MovedError``); not connected yet."""
+    kwargs: dict[str, Any] = dict(cast(RedisCluster, redis).get_connection_kwargs())
+    connection_class = cast(type[Connection], kwargs.pop("connection_class"))
+    for name in ("max_connections", "response_callbacks", "host", "port"):
+        kwargs.pop(name, None)
+    return connection_class(host=host, port=port, **kwargs)
+
+
 def layout(redis: Redis, namespace: str, partitions: int) -> Keys:
     """The key names for ``namespace`` on ``redis``: with ``partitions`` on a cluster, none on one Redis."""
     return Keys(namespace, partitions if is_cluster(redis) else 0)
@@ -311,8 +352,10 @@ async def per_slot(
 
 async def publish(redis: Redis, channel: str, message: str | bytes) -> int:
     """``PUBLISH``, on one Redis and on a cluster alike (redis-py 5.3's cluster client has no ``publish()``;
-    the command itself reaches every node's subscribers); the number of receivers on that node."""
-    receivers: int = await redis.execute_command("PUBLISH", channel, message)  # type: ignore[no-untyped-call]
+    the command itself reaches every node's subscribers), or ``SPUBLISH`` for a sharded channel (sent to
+    the node of its slot); the number of receivers on that node."""
+    command = "SPUBLISH" if is_sharded_channel(channel) else "PUBLISH"
+    receivers: int = await redis.execute_command(command, channel, message)  # type: ignore[no-untyped-call]
     return receivers
 
 

@@ -5,6 +5,10 @@ would hold 5,000 connections), so — like SAQ's ``PubSubMultiplexer`` — a pro
 ``PubSub`` and a reader task that hands each message to the queues of the local subscribers of
 its channel. :meth:`PubSubMultiplexer.subscribe` returns only once Redis has confirmed the
 subscription, so a caller can then read durable state knowing that no later publish is missed.
+
+On Redis Cluster the sharded channels (:func:`service.keys.is_sharded_channel`: a job's, a
+partition's hand-offs and wake-ups) are subscribed with ``SSUBSCRIBE`` on their slot's master
+instead (:class:`service.redis.sharded.ShardedSubscriber`); the others on the one classic connection.
 """
 
 from __future__ import annotations
@@ -21,8 +25,10 @@ from redis import exceptions as redis_exc
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
-from service.redis.cluster import pubsub_client
+from service.keys import is_sharded_channel
+from service.redis.cluster import is_cluster, pubsub_client
 from service.redis.connection import broker_errors, while_unreachable
+from service.redis.sharded import ShardedSubscriber
 
 __all__ = ["PubSubMultiplexer", "Subscription"]
 
@@ -97,6 +103,7 @@ class PubSubMultiplexer:
         self._client = pubsub_client(redis)
         self._own_client = self._client is not redis
         self._pubsub: PubSub = self._client.pubsub()
+        self._sharded = ShardedSubscriber(redis, self._deliver, self._confirm) if is_cluster(redis) else None
         self.reconnect_s = reconnect_s
         """How long a subscribe keeps trying while Redis is unreachable."""
         self._subs: defaultdict[str, set[Subscription]] = defaultdict(set)
@@ -130,8 +137,11 @@ class PubSubMultiplexer:
                     await while_unreachable(lambda: self._subscribe(sub.channel), for_s=self.reconnect_s)
                 except BaseException:
                     self._subs[sub.channel].discard(sub)
+                    if self._sharded is not None:
+                        await self._sharded.unsubscribe(sub.channel)
                     raise
-                self._ensure_reader()
+                if self._sharded is None or not is_sharded_channel(sub.channel):
+                    self._ensure_reader()
             event = self._confirmed[sub.channel]
         try:
             async with asyncio.timeout(_SUBSCRIBE_TIMEOUT_S):
@@ -142,6 +152,9 @@ class PubSubMultiplexer:
 
     async def _subscribe(self, channel: str) -> None:
         with broker_errors(f"subscribing to {channel}"):
+            if self._sharded is not None and is_sharded_channel(channel):
+                await self._sharded.subscribe(channel)
+                return
             try:
                 await self._pubsub.subscribe(channel)
             except RuntimeError as exc:  # the reader is reconnecting this connection: try again
@@ -157,6 +170,9 @@ class PubSubMultiplexer:
                 return
             del self._subs[sub.channel]
             self._confirmed.pop(sub.channel, None)
+            if self._sharded is not None and is_sharded_channel(sub.channel):
+                await self._sharded.unsubscribe(sub.channel)
+                return
             # RuntimeError: the reader is reconnecting this connection (redis-py reads its handshake
             # on both); the reconnect subscribes only the channels still wanted.
             with contextlib.suppress(redis_exc.RedisError, RuntimeError):
@@ -187,24 +203,31 @@ class PubSubMultiplexer:
         raw_channel = message.get("channel", b"")
         channel = raw_channel.decode() if isinstance(raw_channel, bytes) else str(raw_channel)
         if kind == "subscribe":
-            event = self._confirmed.get(channel)
-            if event is not None:
-                event.set()
+            self._confirm(channel)
         elif kind == "message":
             data = message["data"]
-            payload = data if isinstance(data, bytes) else str(data).encode()
-            for sub in tuple(self._subs.get(channel, ())):
-                if sub.callback is None:
-                    sub.put(payload)
-                    continue
-                try:
-                    sub.callback(payload)
-                except Exception:  # one bad handler must not stop the reader
-                    log.exception("pubsub_callback_failed", channel=channel)
+            self._deliver(channel, data if isinstance(data, bytes) else str(data).encode())
+
+    def _confirm(self, channel: str) -> None:
+        event = self._confirmed.get(channel)
+        if event is not None:
+            event.set()
+
+    def _deliver(self, channel: str, payload: bytes) -> None:
+        for sub in tuple(self._subs.get(channel, ())):
+            if sub.callback is None:
+                sub.put(payload)
+                continue
+            try:
+                sub.callback(payload)
+            except Exception:  # one bad handler must not stop the reader
+                log.exception("pubsub_callback_failed", channel=channel)
 
     async def close(self) -> None:
         """Stop the reader and close the connection; pending subscriptions get nothing more."""
         self._closed = True
+        if self._sharded is not None:
+            await self._sharded.close()
         if self._reader is not None:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, redis_exc.RedisError):

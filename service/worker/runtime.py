@@ -163,8 +163,10 @@ class WorkerRuntime:
         # Listen before announcing: a command sent as soon as this worker shows in the registry
         # (the tests', an operator's script's) must find it subscribed.
         await self._listen(self.keys.cancel_channel(), self._on_cancel)
-        await self._listen(self.keys.wake_channel(), self._on_wake)
-        await self._listen(self.keys.worker_channel(self.worker_id), self._on_handoff)
+        for channel in self.keys.wake_channels():
+            await self._listen(channel, self._on_wake)
+        for channel in self.keys.worker_channels(self.worker_id):
+            await self._listen(channel, self._on_handoff)
         await self._listen(self.keys.control_channel(), on_control)
         if self.metrics is not None:  # before announcing: a listed worker's endpoint answers
             from service.worker.metrics import metrics_port, serve

@@ -223,7 +223,7 @@ class Claims:
             "lease_ms": self.lease_ms,
             "worker": self.worker_id,
             "queues": len(queues),
-            "job_channel": self.keys.job_channel_prefix(),
+            "job_channel": self.keys.job_channel_prefix(self.keys.set_tag(queues[0]) if queues else ""),
             "listing": listing,
         }
         keys = [*queues, *(self.keys.idle_workers(queue) for queue in queues)]

@@ -9,7 +9,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from service import JobClient, JobHandle, JobState, ProgressSnapshot
-from service.redis.cluster import pubsub_client
+from service.redis.cluster import channel_nodes, is_cluster, ready
 from tests.conftest import FAST, WorkerFactory, bundled_plugins_config
 
 # On one Redis and on a 3-master Redis Cluster (DESIGN.md section 11).
@@ -112,17 +112,27 @@ async def test_the_channel_speaks_documented_json(
     """What a non-Python subscriber (redis-cli SUBSCRIBE) sees."""
     worker_process(bundled_plugins_config(**FAST))
     job_id = "raw-json-1"
-    pubsub = pubsub_client(redis).pubsub()  # on a cluster, a plain connection to one node
-    await pubsub.subscribe(client.keys.job_channel(job_id))
+    channel = client.keys.job_channel(job_id)
+    if is_cluster(redis):  # a sharded channel: SSUBSCRIBE on its slot's master (redis-cli -c SSUBSCRIBE)
+        await ready(redis)
+        host, port = channel_nodes(redis, channel)[0]
+        node = aioredis.Redis(host=host, port=port)
+        pubsub = node.pubsub()
+        await pubsub.execute_command("SSUBSCRIBE", channel)
+    else:
+        node, pubsub = redis, redis.pubsub()
+        await pubsub.subscribe(channel)
     # Subscribed before the job exists: the submit asks for its changes to be published from the start.
     await client.submit("long_running", "count_slowly", {"steps": 2, "delay_s": 0.05}, job_id=job_id, watch=True)
     messages: list[dict[str, object]] = []
     async with asyncio.timeout(20):
         while not messages or messages[-1].get("state") not in ("succeeded", "failed"):
-            raw = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
-            if raw is not None:
+            raw = await pubsub.get_message(timeout=1)
+            if raw is not None and raw["type"] in ("message", "smessage"):
                 messages.append(json.loads(raw["data"]))
     await pubsub.aclose()  # type: ignore[no-untyped-call]
+    if node is not redis:
+        await node.aclose()
     assert [m["seq"] for m in messages] == list(range(len(messages)))  # from the submit's `queued`, seq 0
     assert {m["type"] for m in messages} == {"state", "progress"}
     progress = next(m for m in messages if m["type"] == "progress")

@@ -130,11 +130,11 @@ async def test_running_jobs_do_not_crowd_new_ones_out_of_free_slots(
 
 
 async def test_an_idle_worker_is_handed_jobs_and_a_paused_one_gives_them_back(
-    worker_process: WorkerFactory, client: JobClient, topology: str
+    worker_process: WorkerFactory, client: JobClient
 ) -> None:
-    if topology == "cluster":
-        pytest.skip("no hand-offs on Redis Cluster: an idle worker is woken instead (docs/topology.md)")
-    # A 30 s fallback poll: only a handoff or a wake-up can start these in time.
+    # On a cluster too: the hand-off is SPUBLISHed on the partition's master, where the worker holds
+    # its sharded subscription, so the submit knows it was heard. A 30 s fallback poll: only a
+    # handoff or a wake-up can start these in time.
     worker_process(bundled_plugins_config(**{**FAST, "poll_delay_s": 30}))
     idle = _idle_sets(client, "PluginB")
     await _until(lambda: _listed(client, idle), "the idle worker to list itself")

@@ -12,7 +12,17 @@ from collections import Counter
 
 import pytest
 
-from bench.cluster import EVENTS, NO_KEY, PARTITIONED, PUBLISH, WORKER_KEYS, classify, command_key, shards_needed
+from bench.cluster import (
+    EVENTS,
+    NO_KEY,
+    PARTITIONED,
+    PUBLISH,
+    SPUBLISH,
+    WORKER_KEYS,
+    classify,
+    command_key,
+    shards_needed,
+)
 from bench.compare import Sizes
 from bench.drain import DrainSample, expected_count, remaining
 from bench.jobs import Workload
@@ -225,6 +235,7 @@ def test_the_cluster_bench_sorts_commands_by_the_key_they_name() -> None:
     assert classify(["XADD", keys.events(), "*", "events", "[]"], keys) == EVENTS
     assert classify(["SET", keys.worker("w1"), "{}"], keys) == WORKER_KEYS
     assert classify(["PUBLISH", keys.wake_channel(), "q"], keys) == PUBLISH
+    assert classify(["SPUBLISH", keys.wake_channel(keys.tags[0]), "q"], keys) == SPUBLISH
     assert classify(["PING"], keys) == NO_KEY
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from service.arqformat import IN_PROGRESS_PREFIX, RESULT_PREFIX
 from service.errors import PayloadTooLargeError
-from service.keys import Keys
+from service.keys import Keys, is_sharded_channel
 from service.wire import WireError, check_size, dumps, loads
 
 
@@ -69,7 +69,13 @@ def test_on_a_cluster_every_key_of_a_job_shares_its_queue_sets_slot() -> None:
             keys.dead_letters(job_id), keys.arq_result(job_id), keys.arq_in_progress(job_id),
             keys.idle_workers(queue_set), queue_set,
         ]  # fmt: skip
-        assert len({key_slot(name.encode()) for name in named}) == 1, named
+        tag = keys.job_tag(job_id)
+        channels = [  # sharded: a script called with the job's keys SPUBLISHes them on that node
+            keys.job_channel(job_id), keys.worker_channel("w1", tag), keys.wake_channel(tag),
+            keys.job_channel_prefix(keys.set_tag(queue_set)) + job_id,
+        ]  # fmt: skip
+        assert all(is_sharded_channel(channel) for channel in channels)
+        assert len({key_slot(name.encode()) for name in named + channels}) == 1, named + channels
         assert keys.job_id_from_arq(keys.arq_job_id(job_id)) == job_id
         assert keys.logical_queue(queue_set) == queue
         assert keys.queue_plugin(queue_set) == "PluginB"
@@ -81,8 +87,24 @@ def test_on_a_cluster_every_key_of_a_job_shares_its_queue_sets_slot() -> None:
         keys.job_id_from_arq("ns:a")  # a plain-layout id in a cluster namespace
 
 
+def test_on_a_cluster_only_the_broadcasts_are_classic_channels() -> None:
+    keys = Keys("ns", 3)
+    classic = [keys.cancel_channel(), keys.control_channel(), keys.control_acks_channel(), keys.wake_channel()]
+    assert not any(is_sharded_channel(channel) for channel in classic)
+    assert keys.wake_channels() == [keys.wake_channel(), *(keys.wake_channel(tag) for tag in keys.tags)]
+    assert keys.worker_channels("w1") == [keys.worker_channel("w1", tag) for tag in keys.tags]
+    events = {keys.event_channel(kind) for kind in ("job_failed", "worker_started")}
+    assert all(is_sharded_channel(channel) for channel in events)
+    assert len({keys.slot(channel) for channel in events}) == 1  # every kind on one node
+
+
 def test_on_one_redis_the_names_have_no_tags() -> None:
     keys = Keys("ns")
+    every = [keys.job_channel("a"), *keys.wake_channels(), *keys.worker_channels("w1"), keys.event_channel("k")]
+    assert not any(is_sharded_channel(channel) for channel in every)
+    assert keys.wake_channels() == ["ns:ch:wake"]
+    assert keys.worker_channels("w1") == ["ns:ch:worker:w1"]
+    assert keys.set_tag("ns:queue:default:P") == ""
     assert keys.job("a") == "ns:job:a"
     assert keys.queue_of("ns:queue:default:P", "a") == "ns:queue:default:P"
     assert keys.queue_sets("q") == ["q"]

@@ -48,7 +48,7 @@ if state == 'running' then
   -- The push names the job's generation (when it was submitted), so that a worker that remembers
   -- it for a job it has not started yet never applies it to a later job reusing the id.
   local generation = to_int(live[6], 0)
-  redis.call('PUBLISH', ARGV[7], '{"job_id":' .. cjson.encode(ARGV[8]) .. ',"reason":' .. cjson.encode(ARGV[1]) ..
+  publish(ARGV[7], '{"job_id":' .. cjson.encode(ARGV[8]) .. ',"reason":' .. cjson.encode(ARGV[1]) ..
     ',"generation":' .. string.format('%d', generation) .. ',"ts":' .. ARGV[9] .. ',"sig":' .. cjson.encode(ARGV[10]) ..
     '}')
   return {'running', state}
@@ -82,7 +82,7 @@ local progress = with_status(rec.progress, ARGV[13])
 if progress then
   rec.progress = progress
   if live[2] then
-    redis.call('PUBLISH', ARGV[6], '{"type":"progress","job_id":' .. cjson.encode(ARGV[8]) .. ',"progress":' ..
+    publish(ARGV[6], '{"type":"progress","job_id":' .. cjson.encode(ARGV[8]) .. ',"progress":' ..
       progress .. ',"seq":' .. seq .. '}')
   end
   seq = seq + 1

@@ -152,7 +152,7 @@ local function promote()
       end
     end
   end
-  for queue in pairs(woken) do redis.call('PUBLISH', call.wake_channel, queue) end
+  for queue in pairs(woken) do publish(call.wake_channel, queue) end
   if with_set then return promoted end
   return outcomes
 end

@@ -1,8 +1,15 @@
 -- prelude.lua: what several scripts share. service/redis/scripts.py puts it before each script.
 --
--- Scripts touch only the keys their caller declares in KEYS; channel names are not keys (a
--- PUBLISH reaches every subscriber whatever the node), so they come in ARGV, built by
--- service/keys.py like every other name.
+-- Scripts touch only the keys their caller declares in KEYS; channel names are not keys, so they
+-- come in ARGV, built by service/keys.py like every other name.
+
+-- Publishes `message` on `channel`: with SPUBLISH if the channel is sharded (on Redis Cluster, a
+-- name that begins with its partition's hash tag, the slot of the keys the script was called
+-- with: service.keys.is_sharded_channel), else with PUBLISH. The number of receivers: exact for a
+-- sharded channel, whose subscribers hold a connection to this node.
+local function publish(channel, message)
+  return redis.call(string.byte(channel, 1) == 123 and 'SPUBLISH' or 'PUBLISH', channel, message)
+end
 
 -- The states a job never leaves (service.models.TERMINAL_STATES).
 local TERMINAL = {succeeded = true, failed = true, timed_out = true, cancelled = true}
@@ -25,7 +32,7 @@ end
 -- Publishes a job's state change on its channel if someone follows the job (the record's
 -- `watched`); the message is built only then.
 local function publish_state(watched, channel, job_id, state, attempt, seq)
-  if watched then redis.call('PUBLISH', channel, state_message(job_id, state, attempt, seq)) end
+  if watched then publish(channel, state_message(job_id, state, attempt, seq)) end
 end
 
 -- The states a live job can be in (service.models.ACTIVE_STATES).

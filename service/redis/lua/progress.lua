@@ -14,7 +14,7 @@ if current[1] ~= 'running' then return -1 end
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 redis.call('HSET', KEYS[1], 'progress', ARGV[1])
 if current[2] then
-  redis.call('PUBLISH', ARGV[2],
+  publish(ARGV[2],
     '{"type":"progress","job_id":' .. cjson.encode(ARGV[3]) .. ',"progress":' .. ARGV[1] .. ',"seq":' .. seq .. '}')
 end
 return seq

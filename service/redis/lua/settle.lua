@@ -96,7 +96,7 @@ local function ended(op, k)
   if progress then  -- one change more, published before the final state
     rec.progress = progress
     if rec.watched then
-      redis.call('PUBLISH', op.channel, '{"type":"progress","job_id":' .. cjson.encode(op.job_id) .. ',"progress":' ..
+      publish(op.channel, '{"type":"progress","job_id":' .. cjson.encode(op.job_id) .. ',"progress":' ..
         progress .. ',"seq":' .. seq .. '}')
     end
     seq = seq + 1
@@ -137,7 +137,7 @@ for i = 1, #ARGV do
   if op.result then seq, watched, final = ended(op, k) else seq, watched = stepped(op, k) end
   if watched and final and #final <= INLINE_FINAL_BYTES then
     -- The end, with the final record: a follower has the outcome without reading it back.
-    redis.call('PUBLISH', op.channel,
+    publish(op.channel,
       string.sub(state_message(op.job_id, op.state, op.attempt, seq), 1, -2) .. ',"final":' .. final .. '}')
   else
     publish_state(watched, op.channel, op.job_id, op.state, op.attempt, seq)

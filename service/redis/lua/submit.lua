@@ -9,9 +9,10 @@
 -- ARGV[1]  the wake channel (<ns>:ch:wake)
 -- ARGV[2]  the worker channel prefix (<ns>:ch:worker:, + a worker id)
 -- ARGV[3]  the job channel prefix (<ns>:ch:job:, + a job id)
--- ARGV[4]  '1': hand jobs to idle workers; '0': wake them instead (Redis Cluster, where PUBLISH
---          counts only the receivers on its own node, so a hand-off cannot know it was heard)
--- then ten per job (ARGV[4 + 10j + 1 ..]): request JSON, now ms, score ms (run-at), arq job id,
+--          (on Redis Cluster the three are the jobs' partition's sharded channels,
+--          {<tag>}<ns>:ch:..., whose SPUBLISH counts the receivers on this node: exactly the
+--          workers that hear it)
+-- then ten per job (ARGV[3 + 10j + 1 ..]): request JSON, now ms, score ms (run-at), arq job id,
 --   check ('1': the id may exist, look; '0': a fresh uuid, skip the look), watch ('1': publish
 --   its changes from the start, beginning with a 'queued' state message of seq 0), job id,
 --   queue-wait limit ms ('' for none), lease ms (of a job handed over), the request's signature
@@ -32,7 +33,7 @@
 -- its queue (once per call), so that each one waits for the right time. A live record has no TTL: it goes with
 -- the job.
 
-local wake_channel, worker_channel, job_channel, hand_over = ARGV[1], ARGV[2], ARGV[3], ARGV[4] == '1'
+local wake_channel, worker_channel, job_channel = ARGV[1], ARGV[2], ARGV[3]
 local woke = {}
 local nobody = {}  -- idle sets found empty in this call: no later job of the call looks again
 
@@ -59,12 +60,12 @@ local function create(k, a)
     if not worker then nobody[idle] = true end
   end
   local handed = 0
-  if worker and hand_over and string.sub(worker, 1, 1) ~= '~' then  -- an idle worker: hand the job over...
+  if worker and string.sub(worker, 1, 1) ~= '~' then  -- an idle worker: hand the job over...
     redis.call('ZREM', idle, worker)
     -- ...if it hears it: a worker whose subscription has not come back (Redis restarted, say)
     -- would leave the job claimed and unrun until its lease lapsed. Nothing it receives can run
     -- before this script has written the record below.
-    handed = redis.call('PUBLISH', worker_channel .. worker,
+    handed = publish(worker_channel .. worker,
       arq_id .. '\n' .. queue .. '\n' .. now .. '\n' .. sig .. '\n' .. request)
     if handed == 0 then worker = nil end  -- not listening: its stale listing is gone, the job waits
   end
@@ -83,18 +84,18 @@ local function create(k, a)
   redis.call('HSET', record, 'state', 'queued', 'request', request, 'queue', queue, 'attempt', 0,
     'enqueued_at_ms', now, 'scheduled_at_ms', score, 'seq', 0, unpack(optional))
   redis.call('ZADD', queue, score, arq_id)
-  if worker then  -- a busy worker with room (or an idle one, without hand-offs): woken once, it takes
+  if worker then  -- a busy worker with room: woken once, it takes
     -- this job (and what follows) in a batch
     redis.call('ZREM', idle, worker)
     local name = string.sub(worker, 1, 1) == '~' and string.sub(worker, 2) or worker
-    redis.call('PUBLISH', worker_channel .. name, queue .. ' ' .. arq_id)
+    publish(worker_channel .. name, queue .. ' ' .. arq_id)
   elseif not ready and not woke[queue] then  -- deferred: every worker of the queue looks again, to wait for it
     woke[queue] = true
-    redis.call('PUBLISH', wake_channel, queue)
+    publish(wake_channel, queue)
   end
   return {1}
 end
 
 local replies = {}
-for j = 0, #KEYS / 5 - 1 do replies[j + 1] = create(j * 5, 4 + j * 10) end
+for j = 0, #KEYS / 5 - 1 do replies[j + 1] = create(j * 5, 3 + j * 10) end
 return replies
