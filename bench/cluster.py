@@ -666,7 +666,7 @@ def _arithmetic(samples: dict[str, list[Sample]], attribution: Attribution) -> l
         measured = ", ".join(f"{key} {us:.1f} us ({1e6 / us:,.0f} cmds/s)" for key, us in per_command.items() if us > 0)
         notes.append(
             f"measured redis-server CPU per command, every node: {measured}, against the {CAPACITY:,} cmds/s "
-            "assumed; a cluster node pays more per command (cluster bookkeeping, PUBLISH forwarded over the bus, "
+            "assumed; a cluster node pays more per command (cluster bookkeeping, classic PUBLISHes over the bus, "
             "more processes on 2 cores); CPU ticks are 10 ms, so a quick run's figure is rough"
         )
     one = samples["A"]

@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterParser
 
 from service.keys import Keys
+from service.redis import sharded
 from service.redis.cluster import cluster_client
 from service.redis.sharded import Address, ShardedSubscriber, _Node
 
@@ -179,3 +180,30 @@ async def test_a_node_that_cannot_be_reached_is_not_tried_again_at_once(unused_t
     finally:
         await subscriber.close()
         await redis.aclose()
+
+
+class _Silent(_Wire):
+    """A connection that answers nothing (blackholed): every read times out empty."""
+
+    async def read_response(self, timeout: float | None = None, **_: object) -> None:
+        await asyncio.sleep(timeout or 0)
+
+
+async def test_a_silent_node_is_pinged_then_given_up_and_its_channels_placed_again(
+    sub: _Recorded, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sharded, "_READ_S", 0.01)
+    monkeypatch.setattr(sharded, "_PING_S", 0.05)
+    wire = _Silent()
+    node = _Node(HERE, wire)  # type: ignore[arg-type]
+    sub._nodes[HERE] = node
+    sub._wanted.add(JOB)
+    sub._home[JOB] = node
+    node.channels.add(JOB)
+    async with asyncio.timeout(5):
+        await sub._read(node)  # returns once it gives the node up
+    await _settled(sub)
+    assert wire.sent == [("PING",)]
+    assert wire.closed
+    assert HERE not in sub._nodes
+    assert [channel for channel, _ in sub.placed] == [JOB]
