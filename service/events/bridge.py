@@ -9,6 +9,8 @@ of a constant number of commands, however many events it holds::
     EXPIRE <ns>:events <EVENTS_TTL_S>      (no key without a TTL: with the first batch, then once a minute)
     PUBLISH <ns>:ch:events:<kind> <JSON array of the batch's events of that kind>   (per kind)
 
+(on Redis Cluster ``SPUBLISH {<ns>.events}<ns>:ch:events:<kind> ...``: sharded, in the same pipeline).
+
 Under load the batches go out at most once per ``window_s`` (the worker's ``batch_window_ms``): an
 event after a quiet spell goes at once, the next ones within the window wait for it to close, so
 a busy worker sends a few pipelines a second however its jobs are timed.
@@ -37,7 +39,7 @@ from redis.asyncio.client import Pipeline
 
 from service.events.delegates import DelegateManager
 from service.events.models import Event
-from service.keys import Keys
+from service.keys import Keys, is_sharded_channel
 from service.redis.cluster import is_cluster, publish
 
 log = structlog.get_logger("actionq.events")
@@ -117,8 +119,10 @@ class EventBridge:
     def _pipeline(self, batch: list[tuple[str, bytes]]) -> tuple[Pipeline, list[tuple[str, bytes]]]:
         """One XADD and one EXPIRE for the whole batch, and one PUBLISH per kind present in it.
 
-        On Redis Cluster the PUBLISHes are returned to be sent after the pipeline (redis-py's cluster
-        pipeline refuses them: they have no key to route by).
+        On Redis Cluster the channels are sharded (:meth:`Keys.event_channel`): each ``SPUBLISH`` goes
+        in the pipeline, which routes it by its channel's slot like a key. A classic channel (a
+        namespace of one Redis's layout on a cluster) is returned to be sent after the pipeline:
+        redis-py's cluster pipeline refuses a ``PUBLISH``, which has no key to route by.
         """
         key = self.keys.events()
         pipe = self.redis.pipeline(transaction=False)
@@ -132,11 +136,15 @@ class EventBridge:
         for kind, data in batch:
             by_kind.setdefault(kind, []).append(data)
         messages = [(self.keys.event_channel(kind), _json_array(items)) for kind, items in by_kind.items()]
-        if self._cluster:
-            return pipe, messages
+        after: list[tuple[str, bytes]] = []
         for channel, body in messages:
-            pipe.publish(channel, body)
-        return pipe, []
+            if not self._cluster:
+                pipe.publish(channel, body)
+            elif is_sharded_channel(channel):
+                pipe.execute_command("SPUBLISH", channel, body)
+            else:
+                after.append((channel, body))
+        return pipe, after
 
     async def _flush(self) -> None:
         loop = asyncio.get_running_loop()

@@ -9,6 +9,7 @@ message published after the change, on the channel's new master, to arrive.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -16,6 +17,9 @@ from redis.asyncio import Redis
 from redis.crc import key_slot
 from redis.exceptions import RedisError
 
+from service.events.bridge import EventBridge
+from service.events.delegates import DelegateManager
+from service.events.models import WorkerStartedEvent
 from service.keys import Keys, is_sharded_channel
 from service.redis.cluster import channel_nodes, cluster_client, publish
 from service.redis.pubsub import PubSubMultiplexer, Subscription
@@ -143,3 +147,23 @@ async def test_a_subscription_survives_its_master_killed_and_replaced(own_cluste
             assert await _shard_subscribers(own_cluster, heir, channel) == 1
     finally:
         await mux.close()
+
+
+async def test_a_worker_s_events_are_spublished_in_the_bridge_s_pipeline(own_cluster: ClusterSet, redis: Redis) -> None:
+    manager = DelegateManager()
+    bridge = EventBridge(redis, KEYS, max_len=1000)
+    bridge.attach(manager)
+    channel = KEYS.event_channel("worker_started")
+    mux = PubSubMultiplexer(redis)
+    try:
+        async with mux.subscribe(channel) as sub:
+            manager.invoke_notification(WorkerStartedEvent(worker_id="w1", hostname="h", pid=1))
+            await bridge.flush()
+            assert bridge.written == 1
+            message = await sub.get(10)
+            assert message is not None
+            assert [event["worker_id"] for event in json.loads(message)] == ["w1"]
+    finally:
+        await mux.close()
+        await manager.aclose()
+        await bridge.aclose()

@@ -358,3 +358,24 @@ def test_job_events_built_without_validation_are_valid_events() -> None:
         parsed = parse_event(json.loads(event.model_dump_json()))
         assert type(parsed) is type(event)
         assert parsed.model_dump() == event.model_dump()
+
+
+async def test_on_a_cluster_a_batch_s_sharded_publishes_go_in_its_one_pipeline() -> None:
+    from service.redis.cluster import cluster_client
+
+    redis = cluster_client("redis+cluster://127.0.0.1:1", {})  # nothing is sent: the pipeline is only built
+    try:
+        keys = Keys("ns", partitions=3)
+        bridge = EventBridge(redis, keys, max_len=1000)
+        batch = [("job_failed", b"{}"), ("job_succeeded", b"{}"), ("job_failed", b"{}")]
+        pipe, after = bridge._pipeline(batch)
+        assert after == []  # nothing left to send one by one after it
+        sent = [command.args[:2] for command in pipe._command_stack]  # type: ignore[attr-defined]
+        assert ("SPUBLISH", keys.event_channel("job_failed")) in sent
+        assert ("SPUBLISH", keys.event_channel("job_succeeded")) in sent
+        _, classic = EventBridge(redis, Keys("ns"), max_len=1000)._pipeline(batch)  # one Redis's names
+        assert [channel for channel, _ in classic] == [
+            Keys("ns").event_channel(k) for k in ("job_failed", "job_succeeded")
+        ]
+    finally:
+        await redis.aclose()
