@@ -7,7 +7,7 @@ its channel. :meth:`PubSubMultiplexer.subscribe` returns only once Redis has con
 subscription, so a caller can then read durable state knowing that no later publish is missed.
 
 On Redis Cluster the sharded channels (:func:`service.keys.is_sharded_channel`: a job's, a
-partition's hand-offs and wake-ups) are subscribed with ``SSUBSCRIBE`` on their slot's master
+partition's hand-offs and wake-ups, the events') are subscribed with ``SSUBSCRIBE`` on their slot's master
 instead (:class:`service.redis.sharded.ShardedSubscriber`); the others on the one classic connection.
 """
 
@@ -137,10 +137,10 @@ class PubSubMultiplexer:
                     await while_unreachable(lambda: self._subscribe(sub.channel), for_s=self.reconnect_s)
                 except BaseException:
                     self._subs[sub.channel].discard(sub)
-                    if self._sharded is not None:
+                    if self._sharded is not None and self._is_sharded(sub.channel):
                         await self._sharded.unsubscribe(sub.channel)
                     raise
-                if self._sharded is None or not is_sharded_channel(sub.channel):
+                if not self._is_sharded(sub.channel):
                     self._ensure_reader()
             event = self._confirmed[sub.channel]
         try:
@@ -150,9 +150,13 @@ class PubSubMultiplexer:
             await self._remove(sub)
             raise
 
+    def _is_sharded(self, channel: str) -> bool:
+        """Whether ``channel`` goes to the sharded subscriber (a cluster's sharded channel)."""
+        return self._sharded is not None and is_sharded_channel(channel)
+
     async def _subscribe(self, channel: str) -> None:
         with broker_errors(f"subscribing to {channel}"):
-            if self._sharded is not None and is_sharded_channel(channel):
+            if self._sharded is not None and self._is_sharded(channel):
                 await self._sharded.subscribe(channel)
                 return
             try:
@@ -170,7 +174,7 @@ class PubSubMultiplexer:
                 return
             del self._subs[sub.channel]
             self._confirmed.pop(sub.channel, None)
-            if self._sharded is not None and is_sharded_channel(sub.channel):
+            if self._sharded is not None and self._is_sharded(sub.channel):
                 await self._sharded.unsubscribe(sub.channel)
                 return
             # RuntimeError: the reader is reconnecting this connection (redis-py reads its handshake

@@ -18,6 +18,7 @@ from service import (
     UnknownPluginError,
 )
 from service.models import JobRequest, now_ms
+from service.redis.cluster import publish
 from service.worker.take import Claims
 from tests.conftest import FAST, WorkerFactory, WorkerProc, bundled_plugins_config
 
@@ -119,18 +120,23 @@ async def test_bad_input_through_the_client_is_refused_with_nothing_written(
     await _still_works(client, worker)
 
 
-async def test_forged_channel_messages_are_refused_and_logged(worker_process: WorkerFactory, client: JobClient) -> None:
+@pytest.mark.topologies
+async def test_forged_channel_messages_are_refused_and_logged(
+    worker_process: WorkerFactory, client: JobClient, topology: str
+) -> None:
+    """On a cluster the hand-off channels are sharded: the forged ones go there with SPUBLISH."""
     worker = worker_process(bundled_plugins_config(**FAST))
     [info] = await client.workers()
     keys = client.keys
+    first, last = keys.worker_channels(info.worker_id)[0], keys.worker_channels(info.worker_id)[-1]
     for channel, message, logged in [
-        (keys.worker_channel(info.worker_id), b"no newlines\nat all", "bad_handoff_message"),
-        (keys.worker_channel(info.worker_id), b"other-ns:x\nq\n1\n{}", "bad_handoff_message"),
+        (last, b"no newlines\nat all", "bad_handoff_message"),
+        (first, b"other-ns:x\nq\n1\n{}", "bad_handoff_message"),
         (keys.cancel_channel(), b"\x80\x04pickle", "bad_cancel_message"),
         (keys.cancel_channel(), json.dumps({"job_id": "j", "reason": "r"}).encode(), "bad_cancel_message"),
         (keys.control_channel(), b'{"command": "format_disk"}', "bad_control_message"),
     ]:
-        await client.redis.publish(channel, message)
+        await publish(client.redis, channel, message)
         await _until_logged(worker, logged)
     await _still_works(client, worker)
 

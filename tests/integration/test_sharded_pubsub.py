@@ -48,6 +48,17 @@ def _owner(cluster: ClusterSet, channel: str) -> int:
     return cluster.slot_owner(key_slot(channel.encode()))
 
 
+async def _move(cluster: ClusterSet, channel: str) -> tuple[int, int]:
+    """Move ``channel``'s slot, keys and all, to another master: (its old owner, its new one)."""
+    source = _owner(cluster, channel)
+    target = next(port for port in cluster.master_ports if port != source)
+    slot = key_slot(channel.encode())
+    await asyncio.to_thread(cluster.begin_migration, slot, source, target)
+    await asyncio.to_thread(cluster.migrate_keys, slot, source, target)
+    await asyncio.to_thread(cluster.finish_migration, slot, source, target)
+    return source, target
+
+
 async def _heard(redis: Redis, sub: Subscription, message: bytes, *, timeout_s: float = 30.0) -> None:
     """Publish ``message`` on ``sub``'s channel until it arrives there (a re-placed subscription is
     confirmed by the node, not announced to the subscriber)."""
@@ -102,12 +113,7 @@ async def test_a_subscription_follows_its_slot_to_another_master(own_cluster: Cl
     mux = PubSubMultiplexer(redis)
     try:
         async with mux.subscribe(channel) as sub:
-            source = _owner(own_cluster, channel)
-            target = next(port for port in own_cluster.master_ports if port != source)
-            slot = key_slot(channel.encode())
-            await asyncio.to_thread(own_cluster.begin_migration, slot, source, target)
-            await asyncio.to_thread(own_cluster.migrate_keys, slot, source, target)
-            await asyncio.to_thread(own_cluster.finish_migration, slot, source, target)
+            _, target = await _move(own_cluster, channel)
             await _heard(redis, sub, b"after the move")
             assert await _shard_subscribers(own_cluster, target, channel) == 1
     finally:
@@ -117,12 +123,7 @@ async def test_a_subscription_follows_its_slot_to_another_master(own_cluster: Cl
 async def test_a_stale_slot_map_is_corrected_by_the_nodes_moved(own_cluster: ClusterSet, redis: Redis) -> None:
     channel = KEYS.job_channel("job-stale")
     await redis.set(KEYS.job("job-stale"), b"1")  # the client reads its slot map now
-    source = _owner(own_cluster, channel)
-    target = next(port for port in own_cluster.master_ports if port != source)
-    slot = key_slot(channel.encode())
-    await asyncio.to_thread(own_cluster.begin_migration, slot, source, target)
-    await asyncio.to_thread(own_cluster.migrate_keys, slot, source, target)
-    await asyncio.to_thread(own_cluster.finish_migration, slot, source, target)
+    source, target = await _move(own_cluster, channel)
     assert channel_nodes(redis, channel)[0] == ("127.0.0.1", source)  # the client's map is stale
     mux = PubSubMultiplexer(redis)  # so its first SSUBSCRIBE goes to the old owner, which says MOVED
     try:

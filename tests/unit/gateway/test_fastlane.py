@@ -3,6 +3,7 @@ answered by it, everything else by the declared route with the body replayed, in
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -177,6 +178,13 @@ async def _passed_on(self: fastlane.FastLane, scope: Any, receive: Any, send: An
     await self.app(scope, receive, send)
 
 
+def _lane_then_route(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """``"lane"``, then ``"route"`` with the lane switched off (every request passed on to the app)."""
+    yield "lane"
+    monkeypatch.setattr(fastlane.FastLane, "__call__", _passed_on)
+    yield "route"
+
+
 _BODIES: list[Any] = [
     GOOD,
     {**GOOD, "params": [3]},
@@ -203,9 +211,7 @@ async def test_the_fast_lane_answers_as_the_route_does(
     answers: list[Any] = []
     async with gateway() as gw:
         await register(gw.client, "PluginB")
-        for path in ("lane", "route"):
-            if path == "route":
-                monkeypatch.setattr(fastlane.FastLane, "__call__", _passed_on)
+        for path in _lane_then_route(monkeypatch):
             key = f"{path}-{index}"
             reply = await gw.http.post("/v1/jobs", json=body, headers={"Idempotency-Key": key})
             written = await gw.client.redis.exists(gw.client.keys.job(key))
@@ -224,9 +230,7 @@ async def test_a_batch_through_the_fast_lane_answers_as_the_route_does(
     answers: list[Any] = []
     async with gateway() as gw:
         await register(gw.client, "PluginB")
-        for path in ("lane", "route"):
-            if path == "route":
-                monkeypatch.setattr(fastlane.FastLane, "__call__", _passed_on)
+        for path in _lane_then_route(monkeypatch):
             items = [{**body, "idempotency_key": f"{path}-{i}"} for i, body in enumerate(valid)]
             reply = await gw.http.post("/v1/jobs:batch", json=items)
             answers.append((reply.status_code, reply.text.replace(f"{path}-", "<id>-")))
