@@ -137,10 +137,10 @@ class PubSubMultiplexer:
                     await while_unreachable(lambda: self._subscribe(sub.channel), for_s=self.reconnect_s)
                 except BaseException:
                     self._subs[sub.channel].discard(sub)
-                    if self._sharded is not None and self._is_sharded(sub.channel):
-                        await self._sharded.unsubscribe(sub.channel)
+                    if (sharded := self._sharded_for(sub.channel)) is not None:
+                        await sharded.unsubscribe(sub.channel)
                     raise
-                if not self._is_sharded(sub.channel):
+                if self._sharded_for(sub.channel) is None:
                     self._ensure_reader()
             event = self._confirmed[sub.channel]
         try:
@@ -150,14 +150,14 @@ class PubSubMultiplexer:
             await self._remove(sub)
             raise
 
-    def _is_sharded(self, channel: str) -> bool:
-        """Whether ``channel`` goes to the sharded subscriber (a cluster's sharded channel)."""
-        return self._sharded is not None and is_sharded_channel(channel)
+    def _sharded_for(self, channel: str) -> ShardedSubscriber | None:
+        """The sharded subscriber if ``channel`` goes to it (a cluster's sharded channel), else ``None``."""
+        return self._sharded if is_sharded_channel(channel) else None
 
     async def _subscribe(self, channel: str) -> None:
         with broker_errors(f"subscribing to {channel}"):
-            if self._sharded is not None and self._is_sharded(channel):
-                await self._sharded.subscribe(channel)
+            if (sharded := self._sharded_for(channel)) is not None:
+                await sharded.subscribe(channel)
                 return
             try:
                 await self._pubsub.subscribe(channel)
@@ -174,8 +174,8 @@ class PubSubMultiplexer:
                 return
             del self._subs[sub.channel]
             self._confirmed.pop(sub.channel, None)
-            if self._sharded is not None and self._is_sharded(sub.channel):
-                await self._sharded.unsubscribe(sub.channel)
+            if (sharded := self._sharded_for(sub.channel)) is not None:
+                await sharded.unsubscribe(sub.channel)
                 return
             # RuntimeError: the reader is reconnecting this connection (redis-py reads its handshake
             # on both); the reconnect subscribes only the channels still wanted.
