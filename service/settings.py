@@ -271,8 +271,8 @@ class Settings(BaseSettings):
         default=4.0,
         ge=0,
         le=100,
-        description="Under load, a worker's settlements and events go out in batches at most this often (a lone job's "
-        "at once); 0: each batch as soon as the previous one returned.",
+        description="Under load, a worker's settlements, events and the takes refilling its freed slots go out in "
+        "batches at most this often (a lone job's at once); 0: each batch as soon as the previous one returned.",
     )
     lease_s: float = Field(
         default=3.0,

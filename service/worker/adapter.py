@@ -84,6 +84,10 @@ class ActionWorker(Worker):
         self._backoff_s = 0.0
         self._next_due_ms: int | None = None
         self._saturated = False
+        # Under load a freed slot is refilled by a take at most once per window, or at once when a
+        # quarter of the slots are free: one take for several ended jobs, not one each.
+        self._refill_window_s = settings.batch_window_ms / 1000
+        self._refill_timer: asyncio.TimerHandle | None = None
         self._taking: asyncio.Future[Take] | None = None  # the take in flight, and the launch of its jobs
         self._delisting: asyncio.Task[None] | None = None  # leaving the idle sets: the next take waits for it
         self._chores: set[asyncio.Task[None]] = set()
@@ -91,6 +95,7 @@ class ActionWorker(Worker):
         self._closing = False
         self._stop_requested = False
         super().__init__(queue_name=self.queues[0], redis_pool=redis_pool, **kwargs)
+        self._refill_at = max(1, self.max_jobs // 4)
         self.on_stop = self._stop  # arq calls it as it cancels the main task, on every path to a stop
 
     def set_queues(self, queues: list[str]) -> None:
@@ -159,7 +164,19 @@ class ActionWorker(Worker):
     def _release_sem_dec_counter_on_complete(self) -> None:
         # arq's semaphore is not used: a take asks for no more jobs than there are free slots.
         self.job_counter -= 1
-        if self._saturated:  # ready jobs were left waiting for a free slot: look again now
+        if not self._saturated:
+            return
+        # Ready jobs were left waiting for a free slot: look again, for several freed slots at once.
+        if not self._refill_window_s or self.max_jobs - self.job_counter >= self._refill_at:
+            self._refill()
+        elif self._refill_timer is None:
+            self._refill_timer = self.loop.call_later(self._refill_window_s, self._refill)
+
+    def _refill(self) -> None:
+        if self._refill_timer is not None:
+            self._refill_timer.cancel()
+            self._refill_timer = None
+        if self._saturated:
             self._saturated = False
             self.runtime.wake.set()
 

@@ -131,3 +131,42 @@ async def test_a_graceful_stop_waits_for_the_take_in_flight_and_runs_its_jobs(fa
     assert record.worker == worker.runtime.worker_id
     await poll
     await client.close()
+
+
+def _saturated_worker(fake_redis: aioredis.Redis, window_ms: float) -> ActionWorker:
+    """A worker of 8 slots, all running, that left ready jobs waiting for a free one."""
+    settings = Settings(redis_url="redis://fake", namespace="ut", hostname="here", concurrency=8)
+    worker = build_worker(WorkerRuntime(settings.model_copy(update={"batch_window_ms": window_ms}), fake_redis))
+    worker.job_counter, worker._saturated = 8, True
+    return worker
+
+
+def _timer(worker: ActionWorker) -> asyncio.TimerHandle | None:
+    return worker._refill_timer  # read through a call: mypy keeps no narrowing across the awaits
+
+
+async def test_under_load_freed_slots_are_refilled_by_one_take_after_the_window(fake_redis: aioredis.Redis) -> None:
+    worker = _saturated_worker(fake_redis, window_ms=1.0)
+    wake = worker.runtime.wake
+    worker._release_sem_dec_counter_on_complete()  # one slot of 8 free: wait for others to end
+    assert not wake.is_set()
+    assert _timer(worker) is not None
+    await asyncio.wait_for(wake.wait(), timeout=5)  # the window passed: a take for what is free by now
+    assert (worker._saturated, _timer(worker)) == (False, None)
+
+
+async def test_a_quarter_of_the_slots_free_is_refilled_at_once(fake_redis: aioredis.Redis) -> None:
+    worker = _saturated_worker(fake_redis, window_ms=100.0)
+    wake = worker.runtime.wake
+    worker._release_sem_dec_counter_on_complete()
+    assert not wake.is_set()
+    worker._release_sem_dec_counter_on_complete()  # 2 of 8 free: no need to wait for the window
+    assert wake.is_set()
+    assert (worker._saturated, worker._refill_timer) == (False, None)
+
+
+async def test_with_no_window_each_freed_slot_is_refilled_at_once(fake_redis: aioredis.Redis) -> None:
+    worker = _saturated_worker(fake_redis, window_ms=0.0)
+    worker._release_sem_dec_counter_on_complete()
+    assert worker.runtime.wake.is_set()
+    assert worker._refill_timer is None
