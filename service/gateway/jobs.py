@@ -300,7 +300,7 @@ async def events(
 ) -> EventStream:
     """SSE of the job's state and progress (``id``: its seq; ``Last-Event-ID`` resumes); ends after the end."""
     settings = settings_of(request).gateway
-    return sse_response(relay(job_events(client.job(job_id), after), settings, what=f"events:{job_id}"))
+    return sse_response(job_events(client.job(job_id), after, settings))
 
 
 @router.get("/{job_id}/stream", response_class=EventStream, dependencies=scoped("read"))

@@ -20,8 +20,10 @@ The route needs the ``read`` scope when tokens are configured and is open otherw
 other read of the API; give Prometheus a ``read`` token (``authorization: {credentials: ...}``).
 It is left out of the OpenAPI document: its body is Prometheus's text format, not JSON.
 
-Open event streams are counted by :class:`SseCounter`, a pure ASGI middleware that watches for a
-``text/event-stream`` response and holds the count until the response ends, so no route changes.
+Open event streams are counted by the response itself (:class:`~service.gateway.sse.EventStream`,
+which every event-stream route answers with): ``sse_open`` goes up as it starts and down when it
+ends, however it ends. Not a middleware that watches every message sent: with a thousand
+followers that wrapper ran ten thousand times a second.
 Each gateway process has its own :class:`~prometheus_client.CollectorRegistry` (``app.state.metrics``).
 """
 
@@ -41,7 +43,7 @@ from service.errors import ActionQError
 from service.gateway.auth import scoped
 from service.models import JobRequest, now_ms
 
-__all__ = ["GatewayMetrics", "SseCounter", "count_submits", "install", "router"]
+__all__ = ["GatewayMetrics", "count_submits", "install", "router"]
 
 log = structlog.get_logger("actionq.gateway")
 
@@ -130,44 +132,6 @@ async def metrics(request: Request) -> Response:
     return Response(state.render(), media_type=CONTENT_TYPE_LATEST)
 
 
-def _is_sse(message: Message) -> bool:
-    headers: list[tuple[bytes, bytes]] = message.get("headers", [])
-    return any(name.lower() == b"content-type" and value.startswith(b"text/event-stream") for name, value in headers)
-
-
-def _may_stream(scope: Scope) -> bool:
-    """Only GETs and ``POST /execute_stream`` can answer with an event stream: submits skip the watch."""
-    method, path = scope.get("method"), scope.get("path")
-    return scope["type"] == "http" and (method == "GET" or path == "/execute_stream")
-
-
-class SseCounter:
-    """ASGI middleware: counts the responses that are event streams while they are open."""
-
-    def __init__(self, app: ASGIApp, metrics: GatewayMetrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not _may_stream(scope):
-            await self.app(scope, receive, send)
-            return
-        counted = False
-
-        async def watch(message: Message) -> None:
-            nonlocal counted
-            if message["type"] == "http.response.start" and _is_sse(message):
-                counted = True
-                self.metrics.sse_open += 1
-            await send(message)
-
-        try:
-            await self.app(scope, receive, watch)
-        finally:
-            if counted:
-                self.metrics.sse_open -= 1
-
-
 def count_submits(app: FastAPI, client: JobClient) -> None:
     """Count the jobs ``client`` creates (the app's client: every route submits through it, dead-letter
     replays included), through its ``on_submitted`` hook."""
@@ -181,7 +145,6 @@ def count_submits(app: FastAPI, client: JobClient) -> None:
 
 
 def install(app: FastAPI) -> None:
-    """Mount ``/metrics`` and the event-stream counter on ``app`` (its registry in ``app.state.metrics``)."""
+    """Mount ``/metrics`` on ``app`` (its registry in ``app.state.metrics``, which the event streams count in)."""
     app.state.metrics = GatewayMetrics()
     app.include_router(router)
-    app.add_middleware(SseCounter, metrics=app.state.metrics)

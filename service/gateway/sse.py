@@ -20,7 +20,10 @@ event (the terminal marker: state, count, error) ends the response.
 the client has fallen behind: the pump stops (its Redis subscription or read is released), the
 queued events are let go, and the response ends at the client's next read, with a ``: dropped``
 comment. It can reconnect with
-``Last-Event-ID`` and lose nothing that the rules above keep. An idle stream gets a ``: keep-alive``
+``Last-Event-ID`` and lose nothing that the rules above keep. A job's events need no pump: the
+job's hub keeps a bounded queue per follower (:class:`_Slot`, ``gateway.sse_queue`` snapshots, the
+oldest let go when it is full) and notes the stall itself, so a follower costs no task and no
+second queue per event. An idle stream gets a ``: keep-alive``
 comment every ``gateway.keepalive_s`` seconds.
 """
 
@@ -29,16 +32,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import weakref
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
-from typing import cast
+from typing import Protocol, cast
 
 import structlog
 from fastapi.responses import StreamingResponse
 from fastapi.sse import ServerSentEvent, format_sse_event
 from pydantic import PrivateAttr
+from starlette.types import Receive, Scope, Send
 
 from service.client.client import JobClient
 from service.client.handle import JobHandle
@@ -64,16 +69,29 @@ def error_event(exc: ActionQError) -> ServerSentEvent:
     return ServerSentEvent(event="error", raw_data=json.dumps(body))
 
 
-async def job_events(handle: JobHandle, after: int) -> AsyncGenerator[ServerSentEvent, None]:
+def failure_event(exc: BaseException, what: str) -> ServerSentEvent:
+    """The ``error`` event that ends a stream whose source failed: an :class:`ActionQError` says what
+    (Redis gone for good, a trimmed or missing stream); anything else is a bug of ours, logged, and
+    the client is told no more (the gateway stays up)."""
+    if isinstance(exc, ActionQError):
+        return error_event(exc)
+    log.error("sse_source_failed", stream=what, exc_info=exc)
+    body = error_body("InternalError", f"unexpected {type(exc).__name__}; see the gateway's log")
+    return ServerSentEvent(event="error", raw_data=json.dumps(body))
+
+
+def job_events(
+    handle: JobHandle, after: int, settings: GatewaySettings | None = None
+) -> AsyncGenerator[ServerSentEvent, None]:
     """The job's snapshots past sequence number ``after`` (``-1``: all), as ``state``/``progress`` events.
 
     Every follower of one job in this gateway shares one upstream (:class:`_JobHub`): the job is
-    followed, and each snapshot encoded, once, however many dashboards show it.
+    followed, and each snapshot encoded, once, however many dashboards show it. With ``settings``
+    the follower also gets what :func:`relay` gives the other streams — keep-alives, and the end of
+    the stream when it lets its queue (``sse_queue`` snapshots) stay full for ``sse_stall_s`` —
+    from the hub itself: no pump task and no second queue per follower and event.
     """
-    hub = _hub(handle)
-    async with aclosing(hub.follow(after)) as events:
-        async for event in events:
-            yield event
+    return _hub(handle).follow(after, settings)
 
 
 class _Shared(ServerSentEvent):
@@ -93,22 +111,47 @@ _Entry = tuple[ProgressSnapshot, str, dict[str, _Shared]]
 """A snapshot, its JSON (encoded once for every follower) and its events by name, made as followers need them."""
 
 
-_SLOT_DEPTH = 64  # snapshots one follower may be behind before the oldest are let go
+_SLOT_DEPTH = 64  # without settings: snapshots one follower may be behind before the oldest are let go
 
 
 class _Slot:
-    """One follower's place at a hub: the snapshots it has not taken yet, in order, at most
-    :data:`_SLOT_DEPTH` (past that the oldest go: each snapshot is the whole state, so a follower
-    that far behind loses intermediate progress, not the outcome)."""
+    """One follower's place at a hub: the snapshots it has not taken yet, in order, at most ``depth``
+    (past that the oldest go: each snapshot is the whole state, so a follower that far behind loses
+    intermediate progress, not the outcome). Full for ``stall_s`` when a snapshot comes: the follower
+    has fallen behind (:attr:`behind`), and its stream ends. The keep-alive ticker calls :meth:`tick`."""
 
-    def __init__(self) -> None:
-        self.pending: deque[_Entry] = deque(maxlen=_SLOT_DEPTH)
+    def __init__(self, depth: int = _SLOT_DEPTH, stall_s: float = math.inf) -> None:
+        self.pending: deque[_Entry] = deque(maxlen=depth)
         self.ready = asyncio.Event()
+        self.stall_s = stall_s
+        self.full_since: float | None = None
+        self.behind = False
+        self.keepalive = False  # a keep-alive comment is due
+        self.sent = False  # something was taken since the ticker last looked
+        self.ticker: _Ticker | None = None
 
     def offer(self, entry: _Entry | None) -> None:
         if entry is not None:
+            if len(self.pending) == self.pending.maxlen:
+                now = asyncio.get_running_loop().time()
+                if self.full_since is None:
+                    self.full_since = now
+                elif now - self.full_since >= self.stall_s:
+                    self.behind = True
             self.pending.append(entry)
         self.ready.set()
+
+    def take(self) -> _Entry:
+        self.full_since = None
+        self.sent = True
+        return self.pending.popleft()
+
+    def tick(self) -> None:
+        """A keep-alive comment if nothing was taken since the last tick."""
+        if not self.sent:
+            self.keepalive = True
+            self.ready.set()
+        self.sent = False
 
 
 class _JobHub:
@@ -143,39 +186,77 @@ class _JobHub:
             for slot in list(self.slots):
                 slot.offer(None)
 
-    async def follow(self, after: int) -> AsyncGenerator[ServerSentEvent, None]:
-        slot = _Slot()
-        self.slots.add(slot)
-        slot.offer(self.current)
-        if self.task is None:
-            self.task = asyncio.create_task(self._run(), name=f"actionq-sse-job-{self.handle.job_id}")
+    async def _next(self, slot: _Slot, settings: GatewaySettings | None) -> _Entry | ServerSentEvent | None:
+        """The follower's next snapshot, a comment or error event to send, or ``None`` at the end."""
+        while True:
+            if slot.behind:
+                log.warning("sse_client_behind", stream=f"events:{self.handle.job_id}",
+                            queued=len(slot.pending), stall_s=slot.stall_s)  # fmt: skip
+                return _DROPPED
+            if slot.pending:
+                return slot.take()
+            if self.ended:
+                if self.error is None:
+                    return None
+                if settings is None:
+                    raise self.error
+                return failure_event(self.error, f"events:{self.handle.job_id}")
+            if slot.keepalive:
+                slot.keepalive = False
+                return _KEEPALIVE
+            await slot.ready.wait()
+            slot.ready.clear()
+
+    async def follow(self, after: int, settings: GatewaySettings | None) -> AsyncGenerator[ServerSentEvent, None]:
+        slot = self._join(settings)
         last_state: JobState | None = None
         try:
             while True:
-                if not slot.pending:
-                    if self.ended:
-                        if self.error is not None:
-                            raise self.error
-                        return
-                    await slot.ready.wait()
-                    slot.ready.clear()
-                    continue
-                snap, data, shared = slot.pending.popleft()
+                taken = await self._next(slot, settings)
+                if taken is None:
+                    return
+                if isinstance(taken, ServerSentEvent):  # a keep-alive, or the last word: dropped, an error
+                    yield taken
+                    if taken is _KEEPALIVE:
+                        continue
+                    return
+                snap, data, shared = taken
                 name = "state" if snap.state is not last_state else "progress"
                 last_state = snap.state
                 if snap.seq > after:
                     after = snap.seq
                     event = shared.get(name)
-                    if event is None:  # the fields are ours (a name, digits, JSON): nothing to validate
-                        event = shared[name] = _Shared.model_construct(event=name, id=str(snap.seq), raw_data=data)
-                    yield event
+                    yield event if event is not None else _shared(shared, name, snap.seq, data)
                 if snap.state.is_terminal:
                     return
         finally:
-            self.slots.discard(slot)
-            if not self.slots and self.task is not None and not self.task.done():
-                self.ended = True  # a follower that comes now gets a hub of its own
-                self.task.cancel()  # nobody follows any more: stop following (and forget the hub)
+            self._leave(slot)
+
+    def _join(self, settings: GatewaySettings | None) -> _Slot:
+        slot = _Slot(settings.sse_queue, settings.sse_stall_s) if settings is not None else _Slot()
+        self.slots.add(slot)
+        slot.offer(self.current)
+        if self.task is None:
+            self.task = asyncio.create_task(self._run(), name=f"actionq-sse-job-{self.handle.job_id}")
+        if settings is not None:
+            slot.ticker = _ticker(settings.keepalive_s)
+            slot.ticker.add(slot)
+        return slot
+
+    def _leave(self, slot: _Slot) -> None:
+        if slot.ticker is not None:
+            slot.ticker.pumps.discard(slot)
+        self.slots.discard(slot)
+        if not self.slots and self.task is not None and not self.task.done():
+            self.ended = True  # a follower that comes now gets a hub of its own
+            self.task.cancel()  # nobody follows any more: stop following (and forget the hub)
+
+
+def _shared(shared: dict[str, _Shared], name: str, seq: int, data: str) -> _Shared:
+    """The snapshot's event of that name, made once for every follower (the fields are ours: a name,
+    digits, JSON; nothing to validate)."""
+    event = shared[name] = _Shared.model_construct(event=name, id=str(seq), raw_data=data)
+    return event
 
 
 _hubs: weakref.WeakKeyDictionary[object, dict[str, _JobHub]] = weakref.WeakKeyDictionary()  # by client
@@ -254,14 +335,10 @@ class _Pump:
             async with aclosing(self.source) as events:
                 async for event in events:
                     await self._put(event)
-        except ActionQError as exc:  # Redis gone for good, a trimmed or missing stream: say so, then end
-            await self._put(error_event(exc))
         except _Behind:
             raise
-        except Exception as exc:  # a bug of ours: log it, tell the client, end (the gateway stays up)
-            log.exception("sse_source_failed", stream=self.what)
-            body = error_body("InternalError", f"unexpected {type(exc).__name__}; see the gateway's log")
-            await self._put(ServerSentEvent(event="error", raw_data=json.dumps(body)))
+        except Exception as exc:  # Redis gone for good, a trimmed or missing stream, a bug: say so, then end
+            await self._put(failure_event(exc, self.what))
 
     async def run(self) -> None:
         """Pump until the source ends (then a ``None``), or until the client has fallen behind."""
@@ -275,6 +352,11 @@ class _Pump:
 
 
 _KEEPALIVE = ServerSentEvent(comment="keep-alive")
+_DROPPED = ServerSentEvent(comment="dropped: this client fell behind; reconnect with Last-Event-ID")
+
+
+class _Ticking(Protocol):
+    def tick(self) -> None: ...
 
 
 class _Ticker:
@@ -286,10 +368,10 @@ class _Ticker:
 
     def __init__(self, interval_s: float) -> None:
         self.interval_s = interval_s
-        self.pumps: set[_Pump] = set()
+        self.pumps: set[_Ticking] = set()  # relay()'s pumps and the job hubs' slots
         self.task: asyncio.Task[None] | None = None
 
-    def add(self, pump: _Pump) -> None:
+    def add(self, pump: _Ticking) -> None:
         self.pumps.add(pump)
         if self.task is None or self.task.done():
             self.task = asyncio.create_task(self._run(), name="actionq-sse-keepalive")
@@ -324,7 +406,7 @@ async def relay(
             if item is None:
                 return
             yield item
-        yield ServerSentEvent(comment="dropped: this client fell behind; reconnect with Last-Event-ID")
+        yield _DROPPED
     finally:
         ticker.pumps.discard(pump)
         task.cancel()
@@ -342,6 +424,18 @@ class EventStream(StreamingResponse):
     """
 
     media_type = "text/event-stream"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The response, counted in ``actionq_sse_clients`` while it is open (the app's ``state.metrics``)."""
+        metrics = getattr(getattr(scope.get("app"), "state", None), "metrics", None)
+        if metrics is None:
+            await super().__call__(scope, receive, send)
+            return
+        metrics.sse_open += 1
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            metrics.sse_open -= 1
 
 
 def sse_response(events: AsyncIterator[ServerSentEvent]) -> EventStream:

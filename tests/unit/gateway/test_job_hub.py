@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any, cast
@@ -10,9 +11,11 @@ from typing import Any, cast
 import pytest
 
 from service.client.handle import JobHandle
+from service.errors import BrokerError
 from service.gateway import sse
 from service.gateway.sse import job_events
 from service.models import JobState, ProgressSnapshot
+from service.settings import GatewaySettings
 
 
 class FakeClient:
@@ -110,3 +113,54 @@ async def test_each_snapshot_is_encoded_once_for_all_its_followers(monkeypatch: 
     assert received[0] == received[1] == received[2]
     assert [chunk.split(b"\n")[0] for chunk in received[0]] == [b"event: state", b"event: progress", b"event: state"]
     assert formatted == received[0]  # once per snapshot, not once per follower
+
+
+def stream_settings(**overrides: Any) -> GatewaySettings:
+    return GatewaySettings(**{"sse_queue": 3, "sse_stall_s": 60, "keepalive_s": 60, **overrides})
+
+
+async def test_a_follower_that_lets_its_queue_stay_full_is_dropped_and_the_upstream_let_go() -> None:
+    handle = FakeHandle()
+    events = job_events(cast(JobHandle, handle), -1, stream_settings(sse_stall_s=0.05))
+    first = asyncio.create_task(anext(events))
+    await handle.feed.put(snap(1))
+    assert (await asyncio.wait_for(first, 5)).id == "1"
+    hub = sse._hub(cast(JobHandle, handle))
+    for seq in range(2, 6):  # the client reads nothing more: three wait, then the queue is full
+        await handle.feed.put(snap(seq))
+    while hub.current is None or hub.current[0].seq != 5:
+        await asyncio.sleep(0)
+    await asyncio.sleep(0.06)  # the queue stays full past sse_stall_s ...
+    await handle.feed.put(snap(6))  # ... when the next snapshot comes
+    while hub.current[0].seq != 6:
+        await asyncio.sleep(0)
+    rest = [event async for event in events]
+    assert len(rest) == 1
+    assert rest[0].comment is not None
+    assert "fell behind" in rest[0].comment
+    assert hub.task is not None
+    await asyncio.wait_for(asyncio.wait({hub.task}), 5)  # its last follower left: nobody follows the job
+    assert hub.ended
+
+
+async def test_an_idle_job_stream_gets_keep_alives_then_its_events() -> None:
+    handle = FakeHandle()
+    events = job_events(cast(JobHandle, handle), -1, stream_settings(keepalive_s=0.01))
+    first = await asyncio.wait_for(anext(events), 5)
+    assert first.comment == "keep-alive"
+    await handle.feed.put(snap(1, JobState.SUCCEEDED))
+    rest = [event async for event in events]
+    assert [(e.event, e.id) for e in rest if e.comment is None] == [("state", "1")]
+
+
+class FailingHandle(FakeHandle):
+    async def progress(self) -> AsyncIterator[ProgressSnapshot]:
+        self.followed += 1
+        raise BrokerError("Redis is gone")
+        yield  # pragma: no cover  (an async generator)
+
+
+async def test_an_upstream_that_fails_ends_the_stream_with_an_error_event() -> None:
+    events = [event async for event in job_events(cast(JobHandle, FailingHandle()), -1, stream_settings())]
+    assert [event.event for event in events] == ["error"]
+    assert json.loads(events[0].raw_data or "")["error"]["type"] == "BrokerError"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncGenerator
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -10,7 +12,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.errors import BrokerError
-from service.gateway.metrics import GatewayMetrics, SseCounter
+from service.gateway.metrics import GatewayMetrics
+from service.gateway.sse import EventStream
 from tests.conftest import take_job
 from tests.unit.fakes import register
 from tests.unit.gateway.conftest import READ, SUBMIT, TOKENS, Gateway, GatewayFactory
@@ -136,19 +139,20 @@ async def test_the_counter_releases_a_stream_that_fails() -> None:
     metrics = GatewayMetrics()
     seen: list[int] = []
 
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+    async def breaking() -> AsyncGenerator[bytes, None]:
         seen.append(metrics.sse_open)
+        yield b": one\n\n"
         raise RuntimeError("the stream broke")
 
     async def send(message: Any) -> None:
         pass
 
     async def receive() -> Any:
-        return {"type": "http.disconnect"}
+        await asyncio.Event().wait()  # no disconnect: the stream ends by itself
 
-    counter = SseCounter(app, metrics)
+    app = SimpleNamespace(state=SimpleNamespace(metrics=metrics))
+    scope = {"type": "http", "method": "GET", "path": "/v1/events", "app": app, "asgi": {"spec_version": "2.4"}}
     with pytest.raises(RuntimeError, match="the stream broke"):
-        await counter({"type": "http", "method": "GET", "path": "/v1/events"}, receive, send)
+        await EventStream(breaking())(scope, receive, send)
     assert seen == [1]
     assert metrics.sse_open == 0
