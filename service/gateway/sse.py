@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import math
 import weakref
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
@@ -80,16 +79,14 @@ def failure_event(exc: BaseException, what: str) -> ServerSentEvent:
     return ServerSentEvent(event="error", raw_data=json.dumps(body))
 
 
-def job_events(
-    handle: JobHandle, after: int, settings: GatewaySettings | None = None
-) -> AsyncGenerator[ServerSentEvent, None]:
+def job_events(handle: JobHandle, after: int, settings: GatewaySettings) -> AsyncGenerator[ServerSentEvent, None]:
     """The job's snapshots past sequence number ``after`` (``-1``: all), as ``state``/``progress`` events.
 
     Every follower of one job in this gateway shares one upstream (:class:`_JobHub`): the job is
-    followed, and each snapshot encoded, once, however many dashboards show it. With ``settings``
-    the follower also gets what :func:`relay` gives the other streams — keep-alives, and the end of
-    the stream when it lets its queue (``sse_queue`` snapshots) stay full for ``sse_stall_s`` —
-    from the hub itself: no pump task and no second queue per follower and event.
+    followed, and each snapshot encoded, once, however many dashboards show it. The follower gets
+    what :func:`relay` gives the other streams — keep-alives, and the end of the stream when it
+    lets its queue (``sse_queue`` snapshots) stay full for ``sse_stall_s`` — from the hub itself:
+    no pump task and no second queue per follower and event.
     """
     return _hub(handle).follow(after, settings)
 
@@ -111,16 +108,13 @@ _Entry = tuple[ProgressSnapshot, str, dict[str, _Shared]]
 """A snapshot, its JSON (encoded once for every follower) and its events by name, made as followers need them."""
 
 
-_SLOT_DEPTH = 64  # without settings: snapshots one follower may be behind before the oldest are let go
-
-
 class _Slot:
     """One follower's place at a hub: the snapshots it has not taken yet, in order, at most ``depth``
     (past that the oldest go: each snapshot is the whole state, so a follower that far behind loses
     intermediate progress, not the outcome). Full for ``stall_s`` when a snapshot comes: the follower
     has fallen behind (:attr:`behind`), and its stream ends. The keep-alive ticker calls :meth:`tick`."""
 
-    def __init__(self, depth: int = _SLOT_DEPTH, stall_s: float = math.inf) -> None:
+    def __init__(self, depth: int, stall_s: float) -> None:
         self.pending: deque[_Entry] = deque(maxlen=depth)
         self.ready = asyncio.Event()
         self.stall_s = stall_s
@@ -186,7 +180,7 @@ class _JobHub:
             for slot in list(self.slots):
                 slot.offer(None)
 
-    async def _next(self, slot: _Slot, settings: GatewaySettings | None) -> _Entry | ServerSentEvent | None:
+    async def _next(self, slot: _Slot) -> _Entry | ServerSentEvent | None:
         """The follower's next snapshot, a comment or error event to send, or ``None`` at the end."""
         while True:
             if slot.behind:
@@ -196,23 +190,19 @@ class _JobHub:
             if slot.pending:
                 return slot.take()
             if self.ended:
-                if self.error is None:
-                    return None
-                if settings is None:
-                    raise self.error
-                return failure_event(self.error, f"events:{self.handle.job_id}")
+                return None if self.error is None else failure_event(self.error, f"events:{self.handle.job_id}")
             if slot.keepalive:
                 slot.keepalive = False
                 return _KEEPALIVE
             await slot.ready.wait()
             slot.ready.clear()
 
-    async def follow(self, after: int, settings: GatewaySettings | None) -> AsyncGenerator[ServerSentEvent, None]:
+    async def follow(self, after: int, settings: GatewaySettings) -> AsyncGenerator[ServerSentEvent, None]:
         slot = self._join(settings)
         last_state: JobState | None = None
         try:
             while True:
-                taken = await self._next(slot, settings)
+                taken = await self._next(slot)
                 if taken is None:
                     return
                 if isinstance(taken, ServerSentEvent):  # a keep-alive, or the last word: dropped, an error
@@ -232,15 +222,14 @@ class _JobHub:
         finally:
             self._leave(slot)
 
-    def _join(self, settings: GatewaySettings | None) -> _Slot:
-        slot = _Slot(settings.sse_queue, settings.sse_stall_s) if settings is not None else _Slot()
+    def _join(self, settings: GatewaySettings) -> _Slot:
+        slot = _Slot(settings.sse_queue, settings.sse_stall_s)
         self.slots.add(slot)
         slot.offer(self.current)
         if self.task is None:
             self.task = asyncio.create_task(self._run(), name=f"actionq-sse-job-{self.handle.job_id}")
-        if settings is not None:
-            slot.ticker = _ticker(settings.keepalive_s)
-            slot.ticker.add(slot)
+        slot.ticker = _ticker(settings.keepalive_s)
+        slot.ticker.add(slot)
         return slot
 
     def _leave(self, slot: _Slot) -> None:

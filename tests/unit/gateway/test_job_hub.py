@@ -45,7 +45,7 @@ def snap(seq: int, state: JobState = JobState.RUNNING) -> ProgressSnapshot:
 
 
 async def collect(handle: FakeHandle, after: int, into: list[tuple[str | None, str | None]]) -> None:
-    async with aclosing(job_events(cast(JobHandle, handle), after)) as events:
+    async with aclosing(job_events(cast(JobHandle, handle), after, stream_settings(sse_queue=64))) as events:
         async for event in events:
             into.append((event.event, event.id))
 
@@ -100,7 +100,8 @@ async def test_each_snapshot_is_encoded_once_for_all_its_followers(monkeypatch: 
     received: list[list[bytes]] = [[], [], []]
 
     async def one(into: list[bytes]) -> None:
-        async with aclosing(sse._encoded(job_events(cast(JobHandle, handle), -1))) as chunks:
+        followed = job_events(cast(JobHandle, handle), -1, stream_settings(sse_queue=64))
+        async with aclosing(sse._encoded(followed)) as chunks:
             async for chunk in chunks:
                 into.append(chunk)
 

@@ -114,3 +114,16 @@ async def test_an_idle_stream_gets_keep_alive_comments() -> None:
     gate.set()
     rest = [e async for e in events if e.comment is None]
     assert [e.id for e in rest] == ["1"]
+
+
+async def test_a_record_made_unreadable_in_redis_ends_its_event_stream_with_an_error(gateway: GatewayFactory) -> None:
+    async with gateway() as gw:
+        await register(gw.client, "PluginB")
+        handle = await gw.client.submit("PluginB", "calculate_square", {"x": 1})
+        key = gw.client.keys.job(handle.job_id)
+        await gw.client.redis.hset(key, mapping={"state": "exploded", "seq": "many"})  # type: ignore[misc]  # by hand
+        reply = await gw.http.get(f"/v1/jobs/{handle.job_id}/events")
+        assert reply.status_code == 500, reply.text  # before any event: the one error shape, naming the field
+        assert reply.json()["error"]["type"] == "RecordUnreadableError"
+        assert "seq" in reply.json()["error"]["message"]
+        assert (await gw.http.get("/healthz")).status_code == 200  # the gateway stays up
