@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from starlette.types import Receive, Scope, Send
 
 from service.client.client import JobClient
 from service.errors import ConfigError
@@ -23,8 +24,9 @@ from service.gateway.limits import BodyLimit
 from service.gateway.problems import install_handlers
 from service.redis.connection import connect
 from service.settings import Settings
+from service.tracing import provider_installed
 
-__all__ = ["ClientFactory", "create_app", "open_client"]
+__all__ = ["ClientFactory", "GatewayApp", "create_app", "open_client"]
 
 ClientFactory = Callable[[Settings], Awaitable[JobClient]]
 """Opens the app's client (tests pass one that builds a client on fakeredis)."""
@@ -39,7 +41,7 @@ async def open_client(settings: Settings) -> JobClient:
     return JobClient(connect(settings.redis_url), settings)
 
 
-def create_app(settings: Settings, *, client_factory: ClientFactory = open_client) -> FastAPI:
+def create_app(settings: Settings, *, client_factory: ClientFactory = open_client) -> GatewayApp:
     """The gateway's app for ``settings`` (its ``gateway`` block: tokens, CORS, limits)."""
 
     @asynccontextmanager
@@ -53,7 +55,7 @@ def create_app(settings: Settings, *, client_factory: ClientFactory = open_clien
         finally:
             await client.close()
 
-    app = FastAPI(
+    app = GatewayApp(
         title="actionq gateway",
         version=_VERSION,
         description="Submit, follow and cancel actionq jobs over HTTP; job events and stream items as SSE.",
@@ -85,5 +87,34 @@ def create_app(settings: Settings, *, client_factory: ClientFactory = open_clien
         )
     app.add_middleware(BodyLimit, limit=gateway.max_body_bytes)
     if not gateway.cors_origins:  # the common submit, answered before the routing (service.gateway.fastlane)
-        app.add_middleware(FastLane, gateway=app, limit=gateway.max_body_bytes)
+        if _traced(settings):  # inside FastAPI's stack: its HTTP spans cover the submits too
+            app.add_middleware(FastLane, gateway=app, limit=gateway.max_body_bytes)
+        else:
+            app.fast_lane = FastLane(app.stack, gateway=app, limit=gateway.max_body_bytes)
     return app
+
+
+class GatewayApp(FastAPI):
+    """FastAPI, with :class:`~service.gateway.fastlane.FastLane` in front of its whole stack when set.
+
+    In front: before FastAPI's own ``__call__`` (its telemetry check reads the tracer provider on
+    every request), Starlette's error and exception middlewares and the body limits, which cost
+    the gateway about a tenth of a submit's CPU (py-spy, 64 submits in flight). Only when nothing
+    has to see every request: no CORS, no tracing (:func:`create_app` decides).
+    """
+
+    fast_lane: FastLane | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        lane = self.fast_lane
+        await (self.stack if lane is None else lane)(scope, receive, send)
+
+    async def stack(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The app itself: FastAPI's middleware stack and routing."""
+        await super().__call__(scope, receive, send)
+
+
+def _traced(settings: Settings) -> bool:
+    """Whether the gateway's requests are traced: actionq's tracing on, or a tracer provider installed already
+    (FastAPI's HTTP spans follow the installed provider)."""
+    return settings.tracing.enabled or provider_installed()

@@ -3,8 +3,10 @@ answered before FastAPI's routing.
 
 At full load FastAPI's middleware stack, routing and dependency solving cost the gateway more CPU
 per submit than the submit itself (a profile under 64 requests in flight: the route's own work
-is about a fifth of the request). This middleware, the outermost of the app's own, answers the
-request itself only when it can answer exactly as the declared route would:
+is about a fifth of the request). This ASGI app, in front of the whole FastAPI app
+(:class:`~service.gateway.app.GatewayApp`; with tracing on, the outermost of its middlewares
+instead, so that FastAPI's HTTP spans cover it), answers the request itself only when it can
+answer exactly as the declared route would:
 
 * ``POST /v1/jobs`` or ``POST /v1/jobs:batch``, a JSON content type and a declared
   ``Content-Length`` within ``gateway.max_body_bytes``, and no CORS configured (that middleware
@@ -18,7 +20,8 @@ request itself only when it can answer exactly as the declared route would:
 Anything else goes on to the route, with the body it has read replayed: a malformed body, a
 missing or refused token, a cookie, an oversized or chunked body all get the route's answer, in
 its one error shape. An error of the submit itself (bad params, an unknown plugin, Redis down)
-is answered here by the app's handler for it, not passed on: a submit must not be sent twice.
+is answered here by the app's handler for it, not passed on: a submit must not be sent twice; so
+is an unexpected error (a bug), with the app's 500.
 The route stays the documented one (the OpenAPI document, schemathesis and every test see the
 same behaviour through either path).
 """
@@ -34,7 +37,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.errors import ActionQError
 from service.gateway.auth import granted
 from service.gateway.jobs import BATCH_ITEMS, submit_body, submitted, submitted_batch
-from service.gateway.problems import ApiError, respond
+from service.gateway.problems import ApiError, respond, unexpected
 from service.gateway.schemas import BatchItem, SubmitBody
 
 if TYPE_CHECKING:
@@ -69,6 +72,8 @@ class FastLane:
             reply = await (self._submit(headers, body) if path == _SUBMIT else self._batch(headers, body))
         except ActionQError as exc:  # nothing was written, or it may have been: never sent again
             reply = respond(exc)
+        except Exception as exc:  # a bug: the app's 500, as its ServerErrorMiddleware would answer
+            reply = unexpected(exc, path)
         if reply is None:
             await self.app(scope, _replay(messages, receive), send)
             return

@@ -29,12 +29,13 @@ Each gateway process has its own :class:`~prometheus_client.CollectorRegistry` (
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from typing import Any
 
 import structlog
 from fastapi import APIRouter, FastAPI, Request, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
+from prometheus_client.metrics_core import CounterMetricFamily, Metric
 
 from service.client.client import JobClient
 from service.client.handle import JobHandle
@@ -59,15 +60,41 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
+class _Submitted:
+    """``actionq_jobs_total{state="submitted"}``: plain counts, made samples when scraped.
+
+    prometheus-client's ``Counter`` takes a lock per increment (it may be shared by threads): in a
+    batch of 500 jobs that was ~4 % of the gateway's CPU (py-spy). The gateway counts on its event
+    loop only, so ints in a dict do, reported through prometheus-client's custom-collector
+    interface (``collect``), which is how its docs say to expose counts kept elsewhere.
+    """
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, str], int] = {}
+
+    def add(self, plugin: str, action: str) -> None:
+        counts = self.counts
+        key = (plugin, action)
+        if key not in counts and len(counts) >= MAX_SERIES:
+            key = (OTHER, OTHER)
+        counts[key] = counts.get(key, 0) + 1
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            "actionq_jobs", "Jobs created by this gateway (state: submitted).", labels=["plugin", "action", "state"]
+        )
+        for (plugin, action), count in self.counts.items():
+            family.add_metric([plugin, action, "submitted"], count)
+        yield family
+
+
 class GatewayMetrics:
     """The metrics of one gateway process."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
-        self.jobs = Counter(
-            "actionq_jobs", "Jobs created by this gateway (state: submitted).", ["plugin", "action", "state"],
-            registry=self.registry,
-        )  # fmt: skip
+        self.jobs = _Submitted()
+        self.registry.register(self.jobs)
         self.sse = Gauge("actionq_sse_clients", "Event streams this gateway holds open.", registry=self.registry)
         self.sse_open = 0
         self.sse.set_function(lambda: self.sse_open)
@@ -81,17 +108,10 @@ class GatewayMetrics:
         )  # fmt: skip
         self.workers = Gauge("actionq_workers_online", "Live workers.", registry=self.registry)
         self.redis_up = Gauge("actionq_gateway_redis_up", "1 if the last scrape read Redis.", registry=self.registry)
-        self._submitted: dict[tuple[str, str], Counter] = {}
 
     def submitted(self, plugin: str, action: str) -> None:
         """Count one job this gateway created."""
-        child = self._submitted.get((plugin, action))
-        if child is None:
-            if len(self._submitted) >= MAX_SERIES:
-                plugin = action = OTHER
-            child = self.jobs.labels(plugin, action, "submitted")
-            self._submitted[(plugin, action)] = child
-        child.inc()
+        self.jobs.add(plugin, action)
 
     async def refresh(self, client: JobClient) -> None:
         """Read the queue and worker gauges from Redis (on failure: cleared, ``redis_up`` 0)."""

@@ -188,7 +188,12 @@ async def _on_http(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
-    log.exception("gateway_unexpected_error", path=request.url.path)
+    return unexpected(exc, request.url.path)
+
+
+def unexpected(exc: Exception, path: str) -> JSONResponse:
+    """The 500 for an error that is none of ours (a bug): logged with its traceback, named in the reply."""
+    log.error("gateway_unexpected_error", path=path, exc_info=exc)
     return JSONResponse(error_body("InternalError", f"unexpected {type(exc).__name__}; see the gateway's log"), 500)
 
 

@@ -96,7 +96,18 @@ class Batcher(Generic[T, R]):
         if not self._busy:
             self._busy = True
             self._flushing = asyncio.create_task(self._flush(), name=self._name)
-        results: list[R | BaseException] = await asyncio.gather(*futures, return_exceptions=True)
+        # Awaited in order, not gathered: a future done already is read without a loop turn, so the
+        # caller wakes once per batch sent, with no gather callback per item.
+        results: list[R | BaseException] = []
+        for future in futures:
+            try:
+                results.append(await future)
+            except asyncio.CancelledError:
+                for left in futures:  # as gather would: no reply is waited for any more
+                    left.cancel()
+                raise
+            except Exception as exc:
+                results.append(exc)
         return results
 
     def _wait_s(self) -> float:

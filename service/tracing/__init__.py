@@ -12,6 +12,7 @@ executor keep that ``None``: one ``is None`` check per job is all that tracing c
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING
 
 from service.errors import ConfigError
@@ -20,7 +21,7 @@ from service.settings import TracingSettings
 if TYPE_CHECKING:
     from service.tracing.otel import Tracing
 
-__all__ = ["start"]
+__all__ = ["provider_installed", "start"]
 
 
 def start(settings: TracingSettings) -> Tracing | None:
@@ -40,3 +41,14 @@ def start(settings: TracingSettings) -> Tracing | None:
             f"tracing.enabled is true, but OpenTelemetry is not installed: pip install 'actionq[otel]' ({exc})"
         ) from exc
     return otel.process_tracing(settings)
+
+
+def provider_installed() -> bool:
+    """Whether this process has an OpenTelemetry TracerProvider installed (by actionq or anyone else).
+
+    Read without importing OpenTelemetry: if its trace API was never imported, none was installed.
+    """
+    trace = sys.modules.get("opentelemetry.trace")
+    if trace is None:
+        return False
+    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider | trace.NoOpTracerProvider)

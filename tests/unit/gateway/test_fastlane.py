@@ -4,13 +4,15 @@ answered by it, everything else by the declared route with the body replayed, in
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
 from service.gateway import fastlane, jobs
+from service.gateway.app import create_app
+from service.settings import Settings
 from tests.unit.fakes import register
-from tests.unit.gateway.conftest import READ, SUBMIT, TOKENS, GatewayFactory
+from tests.unit.gateway.conftest import READ, SUBMIT, TOKENS, GatewayFactory, settings_for
 
 TRACE = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 GOOD = {"plugin": "PluginB", "action": "calculate_square", "params": {"x": 3}}
@@ -97,6 +99,31 @@ async def test_an_error_of_the_submit_is_answered_once_in_the_one_shape(
         unknown = await gw.http.post("/v1/jobs", json={"plugin": "Nope", "action": "a"})
         assert (unknown.status_code, unknown.json()["error"]["type"]) == (422, "UnknownPluginError")
         assert len(lane_submits) == 2  # answered by the lane, not passed on to submit again
+
+
+async def test_a_bug_in_the_lanes_submit_gets_the_apps_500_in_the_one_shape(
+    gateway: GatewayFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(*args: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(fastlane, "submit_body", broken)
+    async with gateway() as gw:
+        await register(gw.client, "PluginB")
+        reply = await gw.http.post("/v1/jobs", json=GOOD)
+        assert reply.status_code == 500
+        error = reply.json()["error"]
+        assert (error["type"], error["message"]) == ("InternalError", "unexpected RuntimeError; see the gateway's log")
+
+
+def test_with_tracing_the_lane_is_inside_fastapis_stack() -> None:
+    """Where FastAPI's HTTP spans cover it; else in front of the whole stack (its 500 is the lane's own, above)."""
+    traced = create_app(Settings(redis_url="redis://fake", tracing={"enabled": True, "exporter": "none"}))
+    assert traced.fast_lane is None
+    assert any(m.cls is cast(Any, fastlane.FastLane) for m in traced.user_middleware)
+    plain = create_app(settings_for())
+    assert plain.fast_lane is not None
+    assert not any(m.cls is cast(Any, fastlane.FastLane) for m in plain.user_middleware)
 
 
 async def test_tokens_the_fast_lane_does_not_grant_on_get_the_routes_401_and_403(

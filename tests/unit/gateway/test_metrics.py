@@ -156,3 +156,17 @@ async def test_the_counter_releases_a_stream_that_fails() -> None:
         await EventStream(breaking())(scope, receive, send)
     assert seen == [1]
     assert metrics.sse_open == 0
+
+
+def test_plugin_action_pairs_past_the_series_limit_share_one_series(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("service.gateway.metrics.MAX_SERIES", 2)
+    state = GatewayMetrics()
+    for plugin, action in [("A", "a"), ("B", "b"), ("A", "a"), ("C", "c"), ("D", "d")]:
+        state.submitted(plugin, action)
+    samples = _samples(state.render().decode())
+    counted = {labels: value for (name, labels), value in samples.items() if name == "actionq_jobs_total"}
+    assert counted == {
+        _submitted("A", "a")[1]: 2,
+        _submitted("B", "b")[1]: 1,
+        _submitted("(other)", "(other)")[1]: 2,
+    }
