@@ -58,11 +58,12 @@ async def supervise(
     ``interruptible``: the action runs on the loop and is cancelled as soon as it must stop;
     False for a plain ``def`` in a thread, which gets the token and the grace period.
     ``started`` is called on the loop right after the action's first step (an action's first
-    step is not kept waiting for bookkeeping such as the start events).
+    step is not kept waiting for bookkeeping such as the start events), unless that step ended it
+    (then the caller's settlement goes first, and ``started`` is the caller's to call).
     """
     task: asyncio.Future[Any] = asyncio.ensure_future(action)
-    if started is not None:
-        asyncio.get_running_loop().call_soon(started)  # after the action's first step, already queued
+    if started is not None:  # after the action's first step, already queued
+        asyncio.get_running_loop().call_soon(_if_running, task, started)
     await _first_of(task, token, timeout_s)
     if task.done():
         # An action that raised once its token was set stopped because it was asked to.
@@ -108,6 +109,11 @@ async def _first_of(task: asyncio.Future[Any], token: CancellationToken, timeout
         timer.cancel()
         forget()
         task.remove_done_callback(wake)
+
+
+def _if_running(task: asyncio.Future[Any], started: Callable[[], None]) -> None:
+    if not task.done():
+        started()
 
 
 def _ending_of(token: CancellationToken) -> Ending:

@@ -60,7 +60,7 @@ log = structlog.get_logger("actionq.executor")
 MAX_STARTS = 1000
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Attempt:
     """One attempt of a job on this worker: what every step of the pipeline needs."""
 
@@ -71,6 +71,8 @@ class Attempt:
     started_at_ms: int
     plugin_version: str | None = None
     """The version of the plugin that runs it (recorded on the attempt and the record)."""
+    announced: bool = False
+    """``job_received`` and ``job_started`` sent (:meth:`Executor._announce`)."""
 
     @property
     def job_id(self) -> str:
@@ -251,7 +253,12 @@ class Executor:
 
     def _announce(self, attempt: Attempt) -> None:
         """``job_received`` and ``job_started``: sent right after the action's first step, so that
-        building them, the log line and the event bridge's work do not delay the action's start."""
+        building them, the log line and the event bridge's work do not delay the action's start;
+        after the settlement is written if that step ended the action (:meth:`_finish`), so that
+        they do not delay its result either."""
+        if attempt.announced:
+            return
+        attempt.announced = True
         log.info("job_started")
         job, request = attempt.job, attempt.request
         self.events.received(job.job_id, request, job.attempt, job.queue)
@@ -355,6 +362,7 @@ class Executor:
             seq = await self._settle(settle.retrying(job, fields, due_ms=due, worker_id=self.worker_id))
         else:
             seq = await self._settle_ended(job, outcome, fields, started_at_ms=attempt.started_at_ms, attempt=attempt)
+        self._announce(attempt)  # the action ended in its first step: not sent yet
         if seq > 0:
             self._finished_events(attempt, info, outcome)
             log.info("job_finished", state=outcome.state.value, note=outcome.note or None)

@@ -194,3 +194,31 @@ async def test_a_cancel_push_that_arrives_before_the_job_starts_here_still_cance
     error = (await rig.client.job(job).record()).error
     assert error is not None
     assert "stop early" in error.message
+
+
+@pytest.mark.parametrize(
+    ("plugin", "action", "params", "order"),
+    [
+        # Ended in its first step: the settlement (the result's path) is written before the start events.
+        ("PluginB", "calculate_square", {"x": 3}, ["settled", "job_received", "job_started", "job_succeeded"]),
+        # Still running after it: the start events go out while it runs, as before.
+        ("long_running", "count_slowly", {"steps": 2, "delay_s": 0.01},
+         ["job_received", "job_started", "settled", "job_succeeded"]),
+    ],
+)  # fmt: skip
+async def test_the_start_events_of_an_action_that_ended_in_its_first_step_follow_its_settlement(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch, plugin: str, action: str, params: dict[str, Any], order: list[str]
+) -> None:
+    seen: list[str] = []
+    monkeypatch.setattr(rig.executor.events, "_notify", lambda event: seen.append(event.kind))
+    settle = rig.executor.settler.settle
+
+    async def settled(settlement: Any) -> int:
+        seq = await settle(settlement)
+        seen.append("settled")
+        return seq
+
+    monkeypatch.setattr(rig.executor.settler, "settle", settled)
+    record = await _run(rig, plugin, action, params)
+    assert record.state is JobState.SUCCEEDED
+    assert [kind for kind in seen if kind != "job_progress"] == order
