@@ -310,6 +310,10 @@ class WorkerProc:
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
+            self.send_signal(signal.SIGUSR2)  # its threads' stacks into its log, for the report
+            deadline = time.monotonic() + 2
+            while "most recent call first" not in self.log_text() and time.monotonic() < deadline:
+                time.sleep(0.05)
             self.kill()
             raise
 
@@ -408,7 +412,8 @@ class _Workers:
             try:
                 code = worker.terminate()
             except subprocess.TimeoutExpired:
-                problems.append(f"worker {worker.pid} ignored SIGTERM for {WORKER_STOP_TIMEOUT_S:g}s")
+                problems.append(f"worker {worker.pid} ignored SIGTERM for {WORKER_STOP_TIMEOUT_S:g}s; where it "
+                                f"was (SIGUSR2):\n{worker.log_tail(80)}")  # fmt: skip
                 continue
             if code != 0:
                 problems.append(f"worker {worker.pid} exited with {code} on SIGTERM:\n{worker.log_tail()}")

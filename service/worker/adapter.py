@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
 import gc
 import itertools
 import os
@@ -483,6 +484,9 @@ def main(settings: Settings, caller_factory: CallerFactory | None = None) -> Non
     A worker started by a pool or by ``actionq up`` ends with that parent (:mod:`service.processes.parent`).
     """
     configure_logging(settings.log_format, settings.log_level)
+    # SIGUSR2: every thread's stack to stderr, the process going on (a worker that does not stop
+    # says where it is; docs/operations.md). faulthandler's C handler: no Python needs to run.
+    faulthandler.register(signal.SIGUSR2, all_threads=True)
     if not die_with_parent():
         log.warning("parent_gone", parent_pid=expected_parent(), reason="the process that started this worker exited")
         return

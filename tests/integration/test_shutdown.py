@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 
 from service import JobClient, JobState
 from tests.conftest import FAST, WorkerFactory, bundled_plugins_config
@@ -28,3 +29,17 @@ async def test_a_shutdown_that_hands_jobs_back_exits_0_and_cleans_up(
         members = await client.redis.zrange(client.keys.idle_workers(queue), 0, -1)
         assert not [m for m in members if info.worker_id.encode() in m]
     assert not await client.redis.exists(client.keys.arq_health(info.worker_id))
+
+
+async def test_sigusr2_writes_every_threads_stack_to_the_log_and_the_worker_goes_on(
+    worker_process: WorkerFactory, client: JobClient
+) -> None:
+    worker = worker_process(bundled_plugins_config(**FAST))
+    worker.send_signal(signal.SIGUSR2)
+    async with asyncio.timeout(20):
+        while "most recent call first" not in worker.log_text():
+            await asyncio.sleep(0.05)
+    assert "service/worker/adapter.py" in worker.log_text()  # the main thread's stack, in the worker's loop
+    handle = await client.submit("PluginB", "calculate_square", {"x": 4})
+    assert await handle.result(timeout=20) == 16  # still running jobs
+    assert worker.terminate() == 0, worker.log_tail()

@@ -96,3 +96,24 @@ async def test_a_full_batch_does_not_wait_for_the_window() -> None:
     assert await batcher.submit(0) == 0
     assert await asyncio.gather(*(batcher.submit(i) for i in range(1, 4))) == [10, 20, 30]
     assert rec.batches == [[0], [1, 2, 3]]
+
+
+async def test_submit_many_gives_each_item_its_result_or_its_batchs_error_in_order() -> None:
+    rec = Recorder(fail_on=5)
+    batcher: Batcher[int, int] = Batcher(rec.send, max_batch=4, name="t")
+    results = await batcher.submit_many(list(range(10)))
+    assert rec.batches == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert (results[:4], results[8:]) == ([0, 10, 20, 30], [80, 90])
+    assert all(isinstance(r, RuntimeError) for r in results[4:8])  # the failed batch's items only
+
+
+async def test_a_cancelled_submit_many_stops_waiting_for_every_item() -> None:
+    rec = Recorder()
+    batcher: Batcher[int, int] = Batcher(rec.send, max_batch=2, name="t")
+    waiting = asyncio.create_task(batcher.submit_many([1, 2, 3, 4]))
+    while not rec.batches:  # the first batch is in flight
+        await asyncio.sleep(0)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert await batcher.submit(9) == 90  # the batcher goes on: the items left were sent or dropped, never awaited
