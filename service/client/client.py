@@ -21,7 +21,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, 
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import datetime
-from types import TracebackType
+from types import MappingProxyType, TracebackType
 from typing import Any
 
 from pydantic import ValidationError
@@ -83,7 +83,11 @@ class JobSpec:
     plugin: str
     action: str
     params: Params = None
-    options: Mapping[str, Any] = field(default_factory=dict)
+    options: Mapping[str, Any] = field(default_factory=lambda: _NO_OPTIONS)
+
+
+_NO_OPTIONS: Mapping[str, Any] = MappingProxyType({})
+"""Every option-less spec's options: one mapping, so that :meth:`JobClient.submit_many` checks them once."""
 
 
 def fresh_ids(count: int) -> list[str]:
@@ -239,12 +243,18 @@ class JobClient:
         manifests = await self._manifests({spec.plugin for spec in specs}) if validate else {}
         ready: list[tuple[int, JobRequest]] = []
         served: set[tuple[str, str, str]] = set()
+        # Jobs that share their options mapping (a batch's usually do) share its checked options:
+        # the mapping's identity, as every spec holds it until the call returns.
+        options_of: dict[tuple[int, str], JobOptions] = {}
         for index, spec in enumerate(specs):
             try:
                 manifest = manifests.get(spec.plugin)
                 if isinstance(manifest, ActionQError):
                     raise manifest
-                request = self._request(manifest, spec.plugin, spec.action, spec.params, spec.options)
+                options = options_of.get((id(spec.options), spec.plugin))
+                if options is None:
+                    options = options_of[id(spec.options), spec.plugin] = self._job_options(manifest, spec.options)
+                request = self._built(manifest, spec.plugin, spec.action, spec.params, options)
                 where = (request.plugin, request.options.queue, request.options.host)
                 if validate and where not in served:  # checked once for all the jobs that go there
                     await self._check_served(request)
@@ -269,6 +279,10 @@ class JobClient:
         self, manifest: PluginManifest | None, plugin: str, action: str, params: Params, values: Mapping[str, Any]
     ) -> JobRequest:
         """The request :meth:`submit` would write for these arguments (``values``: its options)."""
+        return self._built(manifest, plugin, action, params, self._job_options(manifest, values))
+
+    def _job_options(self, manifest: PluginManifest | None, values: Mapping[str, Any]) -> JobOptions:
+        """The checked options of a job of ``manifest``'s plugin (``values``: the options of :meth:`submit`)."""
         unknown = values.keys() - _OPTION_NAMES
         if unknown:
             raise SubmissionError(f"invalid job options: {', '.join(sorted(unknown))}: not an option of submit")
@@ -279,7 +293,12 @@ class JobClient:
             opts["host"] = self.settings.hostname
         if opts.get("watch") is None:
             opts["watch"] = self._publishes(manifest)
-        options = self._kept_options(opts)
+        return self._kept_options(opts)
+
+    def _built(
+        self, manifest: PluginManifest | None, plugin: str, action: str, params: Params, options: JobOptions
+    ) -> JobRequest:
+        """The request of these checked ``options``, its params checked against ``manifest``."""
         checked = self._check_params(manifest, plugin, action, params)
         if manifest is not None:  # plugin and action are the manifest's (validate_params knew the action)
             return JobRequest.model_construct(plugin=plugin, action=action, params=checked, options=options)

@@ -158,7 +158,17 @@ async def submitted_batch(
     every item's result at its index (also :mod:`service.gateway.fastlane`'s)."""
     trace = _trace(traceparent)
     valid = [(i, item) for i, item in enumerate(parsed) if isinstance(item, BatchItem)]
-    specs = [JobSpec(item.plugin, item.action, item.params, _spec_options(item, trace)) for _, item in valid]
+    # Items with the same options object (every item without options has the default one) and no
+    # idempotency key share one mapping: submit_many checks each mapping once.
+    shared: dict[int, dict[str, Any]] = {}
+    specs = []
+    for _, item in valid:
+        options = shared.get(id(item.options)) if item.idempotency_key is None else None
+        if options is None:
+            options = _spec_options(item, trace)
+            if item.idempotency_key is None:
+                shared[id(item.options)] = options
+        specs.append(JobSpec(item.plugin, item.action, item.params, options))
     results: list[dict[str, Any] | None] = [item if isinstance(item, dict) else None for item in parsed]
     for (index, _), written in zip(valid, await client.submit_many(specs), strict=True):
         results[index] = _batch_result(index, written)

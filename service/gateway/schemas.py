@@ -78,6 +78,7 @@ class ErrorBody(BaseModel):
 class SubmitOptions(_Request):
     """How to run the job (the options of ``JobClient.submit``; each is checked as the client checks it)."""
 
+    model_config = ConfigDict(extra="forbid", frozen=True)
     timeout_s: float | None = Field(default=None, description="Override the action's timeout.")
     queue: str = Field(default="default", description="The lane.")
     defer_s: float | None = Field(default=None, description="Start no earlier than this many seconds from now.")
@@ -99,7 +100,8 @@ class SubmitBody(_Request):
         default=None,
         description="An object of named arguments; or an array of positional ones, or one value (bound in order).",
     )
-    options: SubmitOptions = Field(default_factory=SubmitOptions)
+    # One frozen default for every body without options (no model built per job).
+    options: SubmitOptions = SubmitOptions()
 
 
 class BatchItem(SubmitBody):

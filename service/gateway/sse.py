@@ -99,9 +99,13 @@ class _Shared(ServerSentEvent):
 
     def wire(self) -> bytes:
         """The event as the stream carries it."""
-        if self._wire is None:
-            self._wire = _format(self)
-        return self._wire
+        # The private attribute's slot, not self._wire: pydantic's __getattr__ for a private
+        # attribute costs ~1.7 us a read, once per follower and event here.
+        private = cast(dict[str, bytes | None], self.__pydantic_private__)
+        wire = private["_wire"]
+        if wire is None:
+            wire = private["_wire"] = _format(self)
+        return wire
 
 
 _Entry = tuple[ProgressSnapshot, str, dict[str, _Shared]]

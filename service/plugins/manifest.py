@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import yaml
 from pydantic import (
@@ -275,7 +275,10 @@ class PluginManifest(_Frozen):
 
     def _params_model(self, spec: ActionSpec) -> tuple[type[BaseModel], tuple[str, ...]]:
         """The action's params model (built once), and its arguments' names in field order."""
-        cached = self._params_models.get(spec.name)
+        # Not self._params_models: pydantic's __getattr__ for a private attribute costs as much as
+        # the validation itself (1.7 us of 3.5 per job, pydantic 2.14); its slot is a plain dict.
+        built = cast(dict[str, Any], self.__pydantic_private__)["_params_models"]
+        cached = built.get(spec.name)
         if cached is not None and cached[0] is spec:
             return cached[1], cached[2]
         # Field names are positional placeholders, the argument names are aliases: an argument may be
@@ -288,7 +291,7 @@ class PluginManifest(_Frozen):
             f"{self.name}.{spec.name}.params", __config__=ConfigDict(extra="forbid"), **fields
         )
         names = tuple(arg.name for arg in spec.arguments)
-        self._params_models[spec.name] = (spec, model, names)
+        built[spec.name] = (spec, model, names)
         return model, names
 
 

@@ -23,7 +23,10 @@ from service.errors import (
     UnknownPluginError,
 )
 from service.models import JobState
-from tests.unit.fakes import fake_client, register
+from service.plugins.manifest import load_manifest
+from service.plugins.registry import Registry
+from tests.conftest import REPO_ROOT
+from tests.unit.fakes import fake_client, register, serving
 
 
 @pytest_asyncio.fixture
@@ -189,6 +192,25 @@ async def test_submit_many_gives_each_job_its_handle_or_its_error_in_order(clien
     assert deferred.request.options.defer_s == 60
     assert await client.redis.zcard(client.keys.queue("PluginB")) == 300 - 5 - 1
     assert len({h.job_id for h in handles}) == 300 - 5 - 1
+
+
+async def test_submit_many_checks_a_shared_options_mapping_per_plugin(client: JobClient) -> None:
+    # submit_many checks one options mapping once per plugin (a batch's jobs share theirs): what a
+    # job's options become still depends on its plugin's manifest (publish_job_channels -> watch).
+    manifest = load_manifest(REPO_ROOT / "plugins" / "PluginB", "PluginB")
+    watched = manifest.model_copy(update={"name": "PluginW", "publish_job_channels": True})
+    registry = Registry(client.redis, client.keys, heartbeat_s=5)
+    await registry.publish(serving(client.keys, [manifest, watched]), [manifest, watched])
+    shared, bad = {"queue": "default"}, {"queue": "default", "colour": "red"}
+    square = "calculate_square"
+    specs = [JobSpec(plugin, square, {"x": i}, shared) for i, plugin in enumerate(["PluginB", "PluginW"] * 2)]
+    specs += [JobSpec("PluginB", square, {"x": 9}, bad), JobSpec("PluginW", square, {"x": 9}, bad)]
+    results = await client.submit_many(specs)
+    handles = [r for r in results[:4] if isinstance(r, JobHandle)]
+    assert len(handles) == 4
+    watches = [(await h.record()).request.options.watch for h in handles]
+    assert watches == [client.settings.publish_job_channels, True] * 2
+    assert all(isinstance(r, SubmissionError) and "colour" in str(r) for r in results[4:])
 
 
 async def test_submit_many_on_a_broken_connection_gives_each_job_the_broker_error(
