@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from bench.gateway import HAVE_AIOHTTP, Followers, start_gateway
+from bench.gateway import HAVE_AIOHTTP, Followers, client_gc_held, start_gateway
 from bench.harness import BenchEnv, BenchError, plugin_entry
 from bench.options import RunOptions
 from bench.procstats import rss_mib
@@ -147,7 +147,8 @@ async def _open_pages(http: aiohttp.ClientSession, env: BenchEnv, gateway_pid: i
     handles = await asyncio.gather(*submits)
     follow = Followers(OPEN_PAGES, connect_within_s=CONNECT_LEAD_S + 30)
     started = time.time()
-    await asyncio.gather(*(follow.one(http, h.job_id) for h in handles), follow.sample_rss(gateway_pid))
+    with client_gc_held():
+        await asyncio.gather(*(follow.one(http, h.job_id) for h in handles), follow.sample_rss(gateway_pid))
     connected = max(follow.first_events) if len(follow.first_events) == OPEN_PAGES else float("nan")
     steady = [latency for published, latency in follow.samples if published >= connected]
     metrics.add(f"connect {OPEN_PAGES} job streams", connected - started)

@@ -34,7 +34,7 @@ from service.gateway.schemas import (
     SubmitBody,
     SubmitReply,
 )
-from service.gateway.sse import EventStream, job_events, relay, sse_response, stream_items
+from service.gateway.sse import EventStream, job_event_stream, relay, sse_response, stream_items
 from service.models import TRACEPARENT_PATTERN, JobRecord
 from service.redis.connection import broker_errors
 from service.redis.streams import END, entry_index
@@ -310,7 +310,7 @@ async def events(
 ) -> EventStream:
     """SSE of the job's state and progress (``id``: its seq; ``Last-Event-ID`` resumes); ends after the end."""
     settings = settings_of(request).gateway
-    return sse_response(job_events(client.job(job_id), after, settings))
+    return job_event_stream(client.job(job_id), after, settings)
 
 
 @router.get("/{job_id}/stream", response_class=EventStream, dependencies=scoped("read"))

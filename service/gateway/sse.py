@@ -23,7 +23,8 @@ comment. It can reconnect with
 ``Last-Event-ID`` and lose nothing that the rules above keep. A job's events need no pump: the
 job's hub keeps a bounded queue per follower (:class:`_Slot`, ``gateway.sse_queue`` snapshots, the
 oldest let go when it is full) and notes the stall itself, so a follower costs no task and no
-second queue per event. An idle stream gets a ``: keep-alive``
+second queue per event; a follower that wakes to several snapshots sends them in one write
+(:func:`job_event_stream`). An idle stream gets a ``: keep-alive``
 comment every ``gateway.keepalive_s`` seconds.
 """
 
@@ -53,7 +54,7 @@ from service.models import JobState, ProgressSnapshot
 from service.redis.streams import StreamEnd, entry_id
 from service.settings import GatewaySettings
 
-__all__ = ["EventStream", "job_events", "relay", "sse_response", "stream_items"]
+__all__ = ["EventStream", "job_event_stream", "job_events", "relay", "sse_response", "stream_items"]
 
 log = structlog.get_logger("actionq.gateway")
 
@@ -91,6 +92,12 @@ def job_events(handle: JobHandle, after: int, settings: GatewaySettings) -> Asyn
     return _hub(handle).follow(after, settings)
 
 
+def job_event_stream(handle: JobHandle, after: int, settings: GatewaySettings) -> EventStream:
+    """:func:`job_events` as the route's response: the hub's bytes straight to the response, the
+    snapshots a follower had pending when it woke in one write."""
+    return EventStream(_hub(handle).wire(after, settings), headers=_SSE_HEADERS)
+
+
 class _Shared(ServerSentEvent):
     """An event every follower of one job sends as it is: built once per snapshot and name, its bytes
     encoded once, on first use (a thousand followers of a hundred jobs are ten thousand sends a second)."""
@@ -116,11 +123,15 @@ class _Slot:
     """One follower's place at a hub: the snapshots it has not taken yet, in order, at most ``depth``
     (past that the oldest go: each snapshot is the whole state, so a follower that far behind loses
     intermediate progress, not the outcome). Full for ``stall_s`` when a snapshot comes: the follower
-    has fallen behind (:attr:`behind`), and its stream ends. The keep-alive ticker calls :meth:`tick`."""
+    has fallen behind (:attr:`behind`), and its stream ends. The keep-alive ticker calls :meth:`tick`.
+
+    The follower waits on a bare future, made only when it has nothing to send (an
+    ``asyncio.Event`` made one per wait too, plus its own bookkeeping, per follower and snapshot).
+    """
 
     def __init__(self, depth: int, stall_s: float) -> None:
         self.pending: deque[_Entry] = deque(maxlen=depth)
-        self.ready = asyncio.Event()
+        self.waiter: asyncio.Future[None] | None = None
         self.stall_s = stall_s
         self.full_since: float | None = None
         self.behind = False
@@ -137,18 +148,34 @@ class _Slot:
                 elif now - self.full_since >= self.stall_s:
                     self.behind = True
             self.pending.append(entry)
-        self.ready.set()
+        self._wake()
 
-    def take(self) -> _Entry:
+    def _wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def wait(self) -> None:
+        """Until something is offered (or a tick makes a keep-alive due)."""
+        waiter = self.waiter = asyncio.get_running_loop().create_future()
+        try:
+            await waiter
+        finally:
+            self.waiter = None
+
+    def take(self) -> list[_Entry]:
+        """Every pending snapshot, oldest first."""
         self.full_since = None
         self.sent = True
-        return self.pending.popleft()
+        taken = list(self.pending)
+        self.pending.clear()
+        return taken
 
     def tick(self) -> None:
         """A keep-alive comment if nothing was taken since the last tick."""
         if not self.sent:
             self.keepalive = True
-            self.ready.set()
+            self._wake()
         self.sent = False
 
 
@@ -184,8 +211,8 @@ class _JobHub:
             for slot in list(self.slots):
                 slot.offer(None)
 
-    async def _next(self, slot: _Slot) -> _Entry | ServerSentEvent | None:
-        """The follower's next snapshot, a comment or error event to send, or ``None`` at the end."""
+    async def _next(self, slot: _Slot) -> list[_Entry] | ServerSentEvent | None:
+        """The follower's pending snapshots, a comment or error event to send, or ``None`` at the end."""
         while True:
             if slot.behind:
                 log.warning("sse_client_behind", stream=f"events:{self.handle.job_id}",
@@ -198,10 +225,10 @@ class _JobHub:
             if slot.keepalive:
                 slot.keepalive = False
                 return _KEEPALIVE
-            await slot.ready.wait()
-            slot.ready.clear()
+            await slot.wait()
 
-    async def follow(self, after: int, settings: GatewaySettings) -> AsyncGenerator[ServerSentEvent, None]:
+    async def batches(self, after: int, settings: GatewaySettings) -> AsyncGenerator[list[ServerSentEvent], None]:
+        """The follower's events, as many at a time as were pending when it woke (never empty)."""
         slot = self._join(settings)
         last_state: JobState | None = None
         try:
@@ -210,21 +237,40 @@ class _JobHub:
                 if taken is None:
                     return
                 if isinstance(taken, ServerSentEvent):  # a keep-alive, or the last word: dropped, an error
-                    yield taken
+                    yield [taken]
                     if taken is _KEEPALIVE:
                         continue
                     return
-                snap, data, shared = taken
-                name = "state" if snap.state is not last_state else "progress"
-                last_state = snap.state
-                if snap.seq > after:
-                    after = snap.seq
-                    event = shared.get(name)
-                    yield event if event is not None else _shared(shared, name, snap.seq, data)
-                if snap.state.is_terminal:
+                batch: list[ServerSentEvent] = []
+                for snap, data, shared in taken:
+                    name = "state" if snap.state is not last_state else "progress"
+                    last_state = snap.state
+                    if snap.seq > after:
+                        after = snap.seq
+                        event = shared.get(name)
+                        batch.append(event if event is not None else _shared(shared, name, snap.seq, data))
+                    if snap.state.is_terminal:
+                        break
+                if batch:
+                    yield batch
+                if last_state is not None and last_state.is_terminal:
                     return
         finally:
             self._leave(slot)
+
+    async def follow(self, after: int, settings: GatewaySettings) -> AsyncGenerator[ServerSentEvent, None]:
+        """The follower's events one by one."""
+        async with aclosing(self.batches(after, settings)) as batches:
+            async for batch in batches:
+                for event in batch:
+                    yield event
+
+    async def wire(self, after: int, settings: GatewaySettings) -> AsyncGenerator[bytes, None]:
+        """The follower's events as the stream carries them: what was pending when it woke, in one
+        write (a follower the gateway got behind on catches up in one send, not one per snapshot)."""
+        async with aclosing(self.batches(after, settings)) as batches:
+            async for batch in batches:
+                yield batch[0].wire() if len(batch) == 1 and isinstance(batch[0], _Shared) else _joined(batch)
 
     def _join(self, settings: GatewaySettings) -> _Slot:
         slot = _Slot(settings.sse_queue, settings.sse_stall_s)
@@ -243,6 +289,10 @@ class _JobHub:
         if not self.slots and self.task is not None and not self.task.done():
             self.ended = True  # a follower that comes now gets a hub of its own
             self.task.cancel()  # nobody follows any more: stop following (and forget the hub)
+
+
+def _joined(events: list[ServerSentEvent]) -> bytes:
+    return b"".join(event.wire() if isinstance(event, _Shared) else _format(event) for event in events)
 
 
 def _shared(shared: dict[str, _Shared], name: str, seq: int, data: str) -> _Shared:
@@ -433,7 +483,10 @@ class EventStream(StreamingResponse):
 
 def sse_response(events: AsyncIterator[ServerSentEvent]) -> EventStream:
     """``events`` (from :func:`relay`) as an :class:`EventStream`."""
-    return EventStream(_encoded(events), headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return EventStream(_encoded(events), headers=_SSE_HEADERS)
+
+
+_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 async def _encoded(events: AsyncIterator[ServerSentEvent]) -> AsyncGenerator[bytes, None]:

@@ -165,3 +165,25 @@ async def test_an_upstream_that_fails_ends_the_stream_with_an_error_event() -> N
     events = [event async for event in job_events(cast(JobHandle, FailingHandle()), -1, stream_settings())]
     assert [event.event for event in events] == ["error"]
     assert json.loads(events[0].raw_data or "")["error"]["type"] == "BrokerError"
+
+
+async def test_a_follower_that_was_behind_gets_its_pending_snapshots_in_one_write_in_order() -> None:
+    # The route's bytes (job_event_stream): a follower that woke to several snapshots sends them as
+    # one chunk, each event whole and in order; one that keeps up sends one event a chunk.
+    handle = FakeHandle()
+    wire = sse._hub(cast(JobHandle, handle)).wire(-1, stream_settings(sse_queue=64))
+    first = asyncio.create_task(anext(wire))
+    await handle.feed.put(snap(1))
+    assert (await asyncio.wait_for(first, 5)).startswith(b"event: state\n")
+    hub = sse._hub(cast(JobHandle, handle))
+    for seq in (2, 3):  # the follower does not read meanwhile
+        await handle.feed.put(snap(seq))
+    await handle.feed.put(snap(4, JobState.SUCCEEDED))
+    while hub.current is None or hub.current[0].seq != 4:
+        await asyncio.sleep(0)
+    rest = [chunk async for chunk in wire]
+    assert len(rest) == 1
+    events = rest[0].split(b"\n\n")
+    assert events[-1] == b""
+    names_ids = [(e.split(b"\n")[0], e.split(b"\n")[-1]) for e in events[:-1]]
+    assert names_ids == [(b"event: progress", b"id: 2"), (b"event: progress", b"id: 3"), (b"event: state", b"id: 4")]
