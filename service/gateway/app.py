@@ -8,7 +8,6 @@ subscription per process, routed in-process). The gateway starts even while Redi
 
 from __future__ import annotations
 
-import gc
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -22,6 +21,7 @@ from service.gateway import catalog, dashboard, deadletters, firehose, jobs, met
 from service.gateway.fastlane import FastLane
 from service.gateway.limits import BodyLimit
 from service.gateway.problems import install_handlers
+from service.processes.heap import settle_heap
 from service.redis.connection import connect
 from service.settings import Settings
 from service.tracing import provider_installed
@@ -48,7 +48,7 @@ def create_app(settings: Settings, *, client_factory: ClientFactory = open_clien
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         client = await client_factory(settings)
         app.state.client = client
-        gc.freeze()  # the long-lived objects out of the collector's sight (service.worker.adapter says why)
+        settle_heap()  # the long-lived objects out of the collector's sight (service.processes.heap says why)
         metrics.count_submits(app, client)
         try:
             yield

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import faulthandler
-import gc
 import itertools
 import os
 import signal
@@ -41,6 +40,7 @@ from service.errors import ConfigError
 from service.logs import configure_logging
 from service.models import JobState
 from service.plugins.calls import JobCaller
+from service.processes.heap import settle_heap
 from service.processes.parent import die_with_parent, expected_parent
 from service.redis.cluster import is_cluster, publish
 from service.redis.connection import connect
@@ -459,10 +459,7 @@ async def run_worker(settings: Settings, caller_factory: CallerFactory | None = 
         raise
     worker = build_worker(runtime)
     runtime.attach(worker)
-    # What exists now (modules, plugins, models: ~90,000 objects) lives as long as the process:
-    # out of the collector's sight, a full collection scans only what jobs allocate, and does
-    # not pause the loop for tens of milliseconds (the tail of every latency figure).
-    gc.freeze()
+    settle_heap()  # what exists now lives as long as the process (service.processes.heap says why)
     try:
         await worker.async_run()
     except asyncio.CancelledError:
