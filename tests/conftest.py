@@ -310,10 +310,11 @@ class WorkerProc:
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            self.send_signal(signal.SIGUSR2)  # its threads' stacks into its log, for the report
-            deadline = time.monotonic() + 2
-            while "most recent call first" not in self.log_text() and time.monotonic() < deadline:
+            self.send_signal(signal.SIGUSR2)  # its threads' stacks, then its tasks', into its log, for the report
+            deadline = time.monotonic() + 2  # a blocked loop never prints its tasks: the threads' stacks say why
+            while "asyncio tasks (" not in self.log_text() and time.monotonic() < deadline:
                 time.sleep(0.05)
+            time.sleep(0.2)  # the rest of the task dump
             self.kill()
             raise
 
@@ -413,7 +414,7 @@ class _Workers:
                 code = worker.terminate()
             except subprocess.TimeoutExpired:
                 problems.append(f"worker {worker.pid} ignored SIGTERM for {WORKER_STOP_TIMEOUT_S:g}s; where it "
-                                f"was (SIGUSR2):\n{worker.log_tail(80)}")  # fmt: skip
+                                f"was (SIGUSR2):\n{worker.log_tail(250)}")  # fmt: skip
                 continue
             if code != 0:
                 problems.append(f"worker {worker.pid} exited with {code} on SIGTERM:\n{worker.log_tail()}")

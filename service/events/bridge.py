@@ -41,6 +41,7 @@ from service.events.delegates import DelegateManager
 from service.events.models import Event
 from service.keys import Keys, is_sharded_channel
 from service.redis.cluster import is_cluster, publish
+from service.tasks import stop_tasks
 
 log = structlog.get_logger("actionq.events")
 
@@ -183,6 +184,4 @@ class EventBridge:
                 await self.flush()
         if self._flushing is not None and not self._flushing.done():
             log.warning("events_not_flushed", pending=len(self._buffer))
-            self._flushing.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flushing
+            await stop_tasks(self._flushing)

@@ -31,7 +31,6 @@ comment every ``gateway.keepalive_s`` seconds.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import weakref
 from collections import deque
@@ -53,6 +52,7 @@ from service.gateway.problems import error_body, fields_of
 from service.models import JobState, ProgressSnapshot
 from service.redis.streams import StreamEnd, entry_id
 from service.settings import GatewaySettings
+from service.tasks import stop_tasks
 
 __all__ = ["EventStream", "job_event_stream", "job_events", "relay", "sse_response", "stream_items"]
 
@@ -452,9 +452,7 @@ async def relay(
         yield _DROPPED
     finally:
         ticker.pumps.discard(pump)
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await stop_tasks(task)
 
 
 class EventStream(StreamingResponse):

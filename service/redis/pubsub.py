@@ -29,6 +29,7 @@ from service.keys import is_sharded_channel
 from service.redis.cluster import is_cluster, pubsub_client
 from service.redis.connection import broker_errors, while_unreachable
 from service.redis.sharded import ShardedSubscriber
+from service.tasks import stop_tasks
 
 __all__ = ["PubSubMultiplexer", "Subscription"]
 
@@ -232,10 +233,7 @@ class PubSubMultiplexer:
         self._closed = True
         if self._sharded is not None:
             await self._sharded.close()
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, redis_exc.RedisError):
-                await self._reader
+        await stop_tasks(self._reader)
         with contextlib.suppress(redis_exc.RedisError, RuntimeError):
             await self._pubsub.aclose()  # type: ignore[no-untyped-call]
             if self._own_client:

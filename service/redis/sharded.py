@@ -41,6 +41,7 @@ from redis.asyncio.connection import Connection
 from redis.crc import key_slot
 
 from service.redis.cluster import channel_nodes, node_connection, ready
+from service.tasks import stop_tasks
 
 __all__ = ["ShardedSubscriber"]
 
@@ -139,11 +140,7 @@ class ShardedSubscriber:
         """Stop every reader and close every connection."""
         self._closed = True
         tasks = [*self._placing.values(), *self._chores, *(n.reader for n in self._nodes.values() if n.reader)]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, *_LOST, redis_exc.RedisError):
-                await task
+        await stop_tasks(*tasks)
         for node in list(self._nodes.values()):
             with contextlib.suppress(*_LOST, redis_exc.RedisError):
                 await node.connection.disconnect()

@@ -23,6 +23,7 @@ import faulthandler
 import itertools
 import os
 import signal
+import sys
 from collections.abc import Callable, Coroutine
 from typing import Any, cast
 
@@ -448,6 +449,7 @@ async def run_worker(settings: Settings, caller_factory: CallerFactory | None = 
     # (packets dropped, the connection still open) the worker notices, as it does a reset. The
     # worker sends no blocking command; its pub/sub reads pass their own timeouts.
     timeout_s = max(_MIN_SOCKET_TIMEOUT_S, 2 * settings.lease_s)
+    _dump_on_sigusr2(asyncio.get_running_loop())
     redis = connect(settings.redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
     caller = caller_factory(redis, settings) if caller_factory is not None else None
     runtime = WorkerRuntime(settings, redis, caller=caller)
@@ -489,6 +491,41 @@ def main(settings: Settings, caller_factory: CallerFactory | None = None) -> Non
         return
     with asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
         runner.run(run_worker(settings, caller_factory))
+
+
+def _dump_on_sigusr2(loop: asyncio.AbstractEventLoop) -> None:
+    """SIGUSR2 dumps every thread's stack (faulthandler, in C: it works while the loop is blocked),
+    then, once the loop runs the signal's callback, every asyncio task's stack: a worker whose loop
+    idles while its shutdown waits on something says which await that is."""
+    faulthandler.unregister(signal.SIGUSR2)  # so that the loop's handler comes first, then chained
+    loop.add_signal_handler(signal.SIGUSR2, _dump_tasks)
+    faulthandler.register(signal.SIGUSR2, all_threads=True, chain=True)
+
+
+def _dump_tasks() -> None:
+    tasks = asyncio.all_tasks()
+    print(f"asyncio tasks ({len(tasks)}), each at its await, outermost first:", file=sys.stderr)
+    for task in tasks:
+        print(f"--- task {task.get_name()}: {task!r}", file=sys.stderr)
+        for line in _await_chain(task.get_coro())[:_TASK_FRAMES]:
+            print(line, file=sys.stderr)
+    sys.stderr.flush()
+
+
+def _await_chain(coro: object) -> list[str]:
+    """Where a suspended coroutine is: its frame, the frame of what it awaits, and so on down
+    (``Task.get_stack`` gives only the outermost frame of a suspended task)."""
+    lines: list[str] = []
+    while coro is not None:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "ag_frame", None) or getattr(coro, "gi_frame", None)
+        if frame is not None:
+            lines.append(f'  File "{frame.f_code.co_filename}", line {frame.f_lineno}, in {frame.f_code.co_name}')
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "ag_await", None) or getattr(coro, "gi_yieldfrom", None)
+    return lines
+
+
+_TASK_FRAMES = 30
+"""Frames printed per asyncio task on SIGUSR2."""
 
 
 def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:

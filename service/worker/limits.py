@@ -30,7 +30,6 @@ refusal, and a freed slot is used after one wake-up.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -49,6 +48,7 @@ from service.plugins.manifest import PluginManifest
 from service.redis import scripts
 from service.redis.connection import unreachable
 from service.settings import PluginLimits, Settings
+from service.tasks import stop_tasks
 from service.worker import settle
 from service.worker.settle import Settler
 from service.worker.take import Claims, TakenJob
@@ -397,9 +397,7 @@ class Limits:
     @staticmethod
     async def stop(tender: asyncio.Task[None]) -> None:
         """Stop :meth:`tend_forever` (the worker is exiting)."""
-        tender.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await tender
+        await stop_tasks(tender)
 
 
 def _json(op: dict[str, Any]) -> str:

@@ -47,6 +47,7 @@ from redis.exceptions import RedisError
 from service.keys import Keys
 from service.models import now_ms
 from service.redis import scripts
+from service.tasks import stop_tasks
 
 __all__ = ["IDLE_TTL_S", "Claims", "Take", "TakenJob", "handed_job"]
 
@@ -414,9 +415,7 @@ class Claims:
 
     async def stop(self, renewer: asyncio.Task[None]) -> None:
         """Stop renewing (the worker is exiting)."""
-        renewer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await renewer
+        await stop_tasks(renewer)
 
 
 def _merged(takes: list[Take]) -> Take:

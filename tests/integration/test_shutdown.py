@@ -40,6 +40,10 @@ async def test_sigusr2_writes_every_threads_stack_to_the_log_and_the_worker_goes
         while "most recent call first" not in worker.log_text():
             await asyncio.sleep(0.05)
     assert "service/worker/adapter.py" in worker.log_text()  # the main thread's stack, in the worker's loop
+    async with asyncio.timeout(20):  # then, from the loop, each task at its await
+        while "--- task actionq-" not in worker.log_text():
+            await asyncio.sleep(0.05)
+    assert "asyncio tasks (" in worker.log_text()
     handle = await client.submit("PluginB", "calculate_square", {"x": 4})
     assert await handle.result(timeout=20) == 16  # still running jobs
     assert worker.terminate() == 0, worker.log_tail()
