@@ -54,7 +54,7 @@ from service.redis.streams import StreamEnd, entry_id
 from service.settings import GatewaySettings
 from service.tasks import stop_tasks
 
-__all__ = ["EventStream", "job_event_stream", "job_events", "relay", "sse_response", "stream_items"]
+__all__ = ["EventStream", "job_event_stream", "relay", "sse_response", "stream_items"]
 
 log = structlog.get_logger("actionq.gateway")
 
@@ -80,21 +80,16 @@ def failure_event(exc: BaseException, what: str) -> ServerSentEvent:
     return ServerSentEvent(event="error", raw_data=json.dumps(body))
 
 
-def job_events(handle: JobHandle, after: int, settings: GatewaySettings) -> AsyncGenerator[ServerSentEvent, None]:
+def job_event_stream(handle: JobHandle, after: int, settings: GatewaySettings) -> EventStream:
     """The job's snapshots past sequence number ``after`` (``-1``: all), as ``state``/``progress`` events.
 
     Every follower of one job in this gateway shares one upstream (:class:`_JobHub`): the job is
     followed, and each snapshot encoded, once, however many dashboards show it. The follower gets
     what :func:`relay` gives the other streams — keep-alives, and the end of the stream when it
     lets its queue (``sse_queue`` snapshots) stay full for ``sse_stall_s`` — from the hub itself:
-    no pump task and no second queue per follower and event.
+    no pump task and no second queue per follower and event. The hub's bytes go straight to the
+    response, the snapshots a follower had pending when it woke in one write.
     """
-    return _hub(handle).follow(after, settings)
-
-
-def job_event_stream(handle: JobHandle, after: int, settings: GatewaySettings) -> EventStream:
-    """:func:`job_events` as the route's response: the hub's bytes straight to the response, the
-    snapshots a follower had pending when it woke in one write."""
     return EventStream(_hub(handle).wire(after, settings), headers=_SSE_HEADERS)
 
 
@@ -257,13 +252,6 @@ class _JobHub:
                     return
         finally:
             self._leave(slot)
-
-    async def follow(self, after: int, settings: GatewaySettings) -> AsyncGenerator[ServerSentEvent, None]:
-        """The follower's events one by one."""
-        async with aclosing(self.batches(after, settings)) as batches:
-            async for batch in batches:
-                for event in batch:
-                    yield event
 
     async def wire(self, after: int, settings: GatewaySettings) -> AsyncGenerator[bytes, None]:
         """The follower's events as the stream carries them: what was pending when it woke, in one

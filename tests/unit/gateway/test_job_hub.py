@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from typing import Any, cast
 
 import pytest
+from fastapi.sse import ServerSentEvent
 
 from service.client.handle import JobHandle
 from service.errors import BrokerError
 from service.gateway import sse
-from service.gateway.sse import job_events
 from service.models import JobState, ProgressSnapshot
 from service.settings import GatewaySettings
 
@@ -38,6 +38,14 @@ class FakeHandle:
             yield snap
             if snap.state.is_terminal:
                 return
+
+
+async def job_events(handle: Any, after: int, settings: GatewaySettings) -> AsyncGenerator[ServerSentEvent, None]:
+    """The follower's events one by one, as the hub batches them (the route sends each batch's bytes)."""
+    async with aclosing(sse._hub(cast(JobHandle, handle)).batches(after, settings)) as batches:
+        async for batch in batches:
+            for event in batch:
+                yield event
 
 
 def snap(seq: int, state: JobState = JobState.RUNNING) -> ProgressSnapshot:
@@ -100,8 +108,8 @@ async def test_each_snapshot_is_encoded_once_for_all_its_followers(monkeypatch: 
     received: list[list[bytes]] = [[], [], []]
 
     async def one(into: list[bytes]) -> None:
-        followed = job_events(cast(JobHandle, handle), -1, stream_settings(sse_queue=64))
-        async with aclosing(sse._encoded(followed)) as chunks:
+        wire = sse._hub(cast(JobHandle, handle)).wire(-1, stream_settings(sse_queue=64))
+        async with aclosing(wire) as chunks:
             async for chunk in chunks:
                 into.append(chunk)
 
@@ -111,9 +119,14 @@ async def test_each_snapshot_is_encoded_once_for_all_its_followers(monkeypatch: 
     for seq, state in ((1, JobState.RUNNING), (2, JobState.RUNNING), (3, JobState.SUCCEEDED)):
         await handle.feed.put(snap(seq, state))
     await asyncio.wait_for(asyncio.gather(*followers), 5)
-    assert received[0] == received[1] == received[2]
-    assert [chunk.split(b"\n")[0] for chunk in received[0]] == [b"event: state", b"event: progress", b"event: state"]
-    assert formatted == received[0]  # once per snapshot, not once per follower
+    sent = [b"".join(chunks) for chunks in received]  # a follower that woke to several sends them in one write
+    assert sent[0] == sent[1] == sent[2]
+    assert [event.split(b"\n")[0] for event in sent[0].split(b"\n\n")[:-1]] == [
+        b"event: state",
+        b"event: progress",
+        b"event: state",
+    ]
+    assert formatted == [event + b"\n\n" for event in sent[0].split(b"\n\n")[:-1]]  # once a snapshot, not a follower
 
 
 def stream_settings(**overrides: Any) -> GatewaySettings:
