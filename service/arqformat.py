@@ -76,28 +76,20 @@ def encode_result(
     state: str,
     result: Any,
     error: ErrorInfo | None,
+    result_json: bytes | None = None,
 ) -> bytes:
     """arq's result object of an ended job, as JSON (what ``Job.result()`` and ``Job.info()`` read).
 
     ``result()`` returns ``{"state", "result", "error"}`` (the error without its traceback);
     ``info().kwargs`` is ``{"request": <the job's request>}``: ``request`` must be JSON (it is
-    spliced in as it is).
+    spliced in as it is), and so is ``result_json``, the result already encoded (the worker
+    encodes a result once, when it checks it; ``None``: ``result`` is encoded here).
     """
-    head = dumps(
-        {
-            "t": attempt,
-            "f": FUNCTION,
-            "a": [],
-            "et": enqueued_at_ms,
-            "s": state == "succeeded",
-            "r": {"state": state, "result": result, "error": _summary_error(error)},
-            "st": started_at_ms,
-            "ft": finished_at_ms,
-            "q": queue,
-            "id": arq_job_id,
-        }
-    )
-    return head[:-1] + b',"k":{"request":' + request + b"}}"
+    head = dumps({"t": attempt, "f": FUNCTION, "a": [], "et": enqueued_at_ms, "s": state == "succeeded"})
+    tail = dumps({"st": started_at_ms, "ft": finished_at_ms, "q": queue, "id": arq_job_id})
+    outcome = b'{"state":' + dumps(state) + b',"result":' + (dumps(result) if result_json is None else result_json)
+    outcome += b',"error":' + dumps(_summary_error(error)) + b"}"
+    return head[:-1] + b',"r":' + outcome + b"," + tail[1:-1] + b',"k":{"request":' + request + b"}}"
 
 
 def summary(state: str, result: Any, error: ErrorInfo | None) -> bytes:

@@ -438,7 +438,8 @@ class Executor:
 def _fields(outcome: Outcome) -> dict[str, str | int]:
     fields: dict[str, str | int] = {"finished_at_ms": now_ms()}
     if outcome.state is JobState.SUCCEEDED:
-        fields["result"] = dumps(outcome.result).decode()
+        encoded = outcome.result_json
+        fields["result"] = (dumps(outcome.result) if encoded is None else encoded).decode()
     if outcome.error is not None:
         fields["error"] = outcome.error.model_dump_json()
     return fields
@@ -459,6 +460,7 @@ def _arq_result(job: TakenJob, outcome: Outcome, started_at_ms: int) -> bytes:
         state=outcome.state.value,
         result=outcome.result,
         error=outcome.error,
+        result_json=outcome.result_json,
     )
 
 

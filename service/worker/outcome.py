@@ -42,6 +42,8 @@ class Outcome:
     ended_as: JobState | None = None
     timeout_s: float | None = None
     note: str = ""
+    result_json: bytes | None = None
+    """A success's result as JSON, encoded once when it was checked (the record and arq's result splice it in)."""
 
     @property
     def may_retry(self) -> bool:
@@ -88,13 +90,13 @@ def _escalation_note(done: Supervised, job: str) -> str:
 
 def _succeeded(job: str, result: Any, max_bytes: int) -> Outcome:
     try:
-        check_size(f"result of {job}", dumps(result), max_bytes)
+        encoded = check_size(f"result of {job}", dumps(result), max_bytes)
     except PayloadTooLargeError as exc:
         return Outcome.failed(exc, with_traceback=False, retryable=False)
     except (TypeError, ValueError) as exc:
         error = TypeError(f"the action returned a value that is not JSON: {exc}")
         return Outcome.failed(error, with_traceback=False, retryable=False)
-    return Outcome(JobState.SUCCEEDED, result=result)
+    return Outcome(JobState.SUCCEEDED, result=result, result_json=encoded)
 
 
 def with_retry(outcome: Outcome, policy: RetryPolicy, attempt: int) -> Outcome:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import arq.constants
 import fakeredis
@@ -22,7 +23,7 @@ from service.errors import (
     PluginActionTimeoutError,
 )
 from service.keys import Keys
-from service.wire import loads
+from service.wire import dumps, loads
 
 KEYS = Keys("fmt")
 QUEUE = KEYS.queue("P")
@@ -46,6 +47,22 @@ def encoded(job_id: str, state: str = "succeeded", error: ErrorInfo | None = Non
         started_at_ms=2_000, finished_at_ms=3_000, state=state, result=36 if state == "succeeded" else None,
         error=error,
     )  # fmt: skip
+
+
+def test_a_result_encoded_once_is_spliced_in_as_the_same_json() -> None:
+    # The worker hands over the result it encoded when checking it; the bytes are the same either way,
+    # and the same JSON arq's reader (json) sees: the outcome under "r", the request under "k".
+    result = {"text": 'é \\ "quoted"', "n": 10**40, "items": [1.5, None, True]}
+    fields: dict[str, Any] = dict(
+        arq_job_id=KEYS.arq_job_id("j"), queue=QUEUE, attempt=1, request=REQUEST, enqueued_at_ms=1,
+        started_at_ms=2, finished_at_ms=3, state="succeeded", result=result, error=None,
+    )  # fmt: skip
+    spliced = arqformat.encode_result(**fields, result_json=dumps(result))
+    assert spliced == arqformat.encode_result(**fields)
+    decoded = json.loads(spliced)
+    assert decoded["r"] == {"state": "succeeded", "result": result, "error": None}
+    assert list(decoded) == ["t", "f", "a", "et", "s", "r", "st", "ft", "q", "id", "k"]
+    assert decoded["k"] == {"request": json.loads(REQUEST)}
 
 
 def test_the_prefixes_are_arqs() -> None:
