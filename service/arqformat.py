@@ -60,6 +60,10 @@ RESULT_PREFIX = "arq:result:"
 FUNCTION = "run_action"
 
 
+_RESULT_KEY = b',"result":'
+_NULL_RESULT = _RESULT_KEY + b'null,"error":'
+
+
 class FinalRecordError(ValueError):
     """An arq result that does not hold an actionq final record (foreign or damaged data)."""
 
@@ -85,11 +89,24 @@ def encode_result(
     spliced in as it is), and so is ``result_json``, the result already encoded (the worker
     encodes a result once, when it checks it; ``None``: ``result`` is encoded here).
     """
-    head = dumps({"t": attempt, "f": FUNCTION, "a": [], "et": enqueued_at_ms, "s": state == "succeeded"})
-    tail = dumps({"st": started_at_ms, "ft": finished_at_ms, "q": queue, "id": arq_job_id})
-    outcome = b'{"state":' + dumps(state) + b',"result":' + (dumps(result) if result_json is None else result_json)
-    outcome += b',"error":' + dumps(_summary_error(error)) + b"}"
-    return head[:-1] + b',"r":' + outcome + b"," + tail[1:-1] + b',"k":{"request":' + request + b"}}"
+    head = dumps(
+        {
+            "t": attempt,
+            "f": FUNCTION,
+            "a": [],
+            "et": enqueued_at_ms,
+            "s": state == "succeeded",
+            "r": {"state": state, "result": result if result_json is None else None, "error": _summary_error(error)},
+            "st": started_at_ms,
+            "ft": finished_at_ms,
+            "q": queue,
+            "id": arq_job_id,
+        }
+    )
+    if result_json is not None:  # in place of the null: nothing before it can read like it (our fields)
+        at = head.index(_NULL_RESULT) + len(_RESULT_KEY)
+        head = head[:at] + result_json + head[at + 4 :]
+    return head[:-1] + b',"k":{"request":' + request + b"}}"
 
 
 def summary(state: str, result: Any, error: ErrorInfo | None) -> bytes:

@@ -52,7 +52,7 @@ def encoded(job_id: str, state: str = "succeeded", error: ErrorInfo | None = Non
 def test_a_result_encoded_once_is_spliced_in_as_the_same_json() -> None:
     # The worker hands over the result it encoded when checking it; the bytes are the same either way,
     # and the same JSON arq's reader (json) sees: the outcome under "r", the request under "k".
-    result = {"text": 'é \\ "quoted"', "n": 10**40, "items": [1.5, None, True]}
+    result = {"text": 'é \\ "quoted" ,"result":null,"error":', "n": 10**40, "items": [1.5, None, True]}
     fields: dict[str, Any] = dict(
         arq_job_id=KEYS.arq_job_id("j"), queue=QUEUE, attempt=1, request=REQUEST, enqueued_at_ms=1,
         started_at_ms=2, finished_at_ms=3, state="succeeded", result=result, error=None,
@@ -63,6 +63,11 @@ def test_a_result_encoded_once_is_spliced_in_as_the_same_json() -> None:
     assert decoded["r"] == {"state": "succeeded", "result": result, "error": None}
     assert list(decoded) == ["t", "f", "a", "et", "s", "r", "st", "ft", "q", "id", "k"]
     assert decoded["k"] == {"request": json.loads(REQUEST)}
+    # A failure's outcome keeps its error whatever its message says.
+    error = ErrorInfo(type="ValueError", message=',"result":null,"error": in the message')
+    failed = {**fields, "state": "failed", "result": None, "error": error}
+    assert arqformat.encode_result(**failed, result_json=b"null") == arqformat.encode_result(**failed)
+    assert json.loads(arqformat.encode_result(**failed, result_json=b"null"))["r"]["error"]["message"] == error.message
 
 
 def test_the_prefixes_are_arqs() -> None:
