@@ -105,7 +105,7 @@ def encode_result(
     )
     if result_json is not None:  # in place of the null: nothing before it can read like it (our fields)
         at = head.index(_NULL_RESULT) + len(_RESULT_KEY)
-        head = head[:at] + result_json + head[at + 4 :]
+        head = head[:at] + result_json + head[at + len(b"null") :]
     return head[:-1] + b',"k":{"request":' + request + b"}}"
 
 
