@@ -43,7 +43,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from service.errors import BrokerError, ConfigError
 from service.keys import Keys, is_sharded_channel
 from service.redis.batching import PartlyFailed
-from service.redis.transport import closed_is_lost
+from service.redis.transport import lean_send
 from service.redis.urls import host_list, parse_options, redact_multi_host, split_url, userinfo
 from service.settings import Settings
 
@@ -167,7 +167,7 @@ class _Cluster(RedisCluster):
         self.actionq_url = url
         manager = self.nodes_manager
         manager.startup_nodes = _KeptNodes(manager.startup_nodes, keep=frozenset(manager.startup_nodes))
-        # Every node's connections send through closed_is_lost (service.redis.transport): the nodes
+        # Every node's connections send through lean_send (service.redis.transport): the nodes
         # made from now on get the class from these kwargs, the startup nodes (no connection yet) here.
         lost_aware = _lost_aware(self.connection_kwargs["connection_class"])
         for held in (self.connection_kwargs, manager.connection_kwargs):
@@ -177,11 +177,11 @@ class _Cluster(RedisCluster):
 
 
 def _lost_aware(base: type[Connection]) -> type[Connection]:
-    """``base`` with its sends through :func:`~service.redis.transport.closed_is_lost`."""
+    """``base`` with its sends through :func:`~service.redis.transport.lean_send`."""
 
     def __init__(self: Connection, *args: Any, **kwargs: Any) -> None:
         base.__init__(self, *args, **kwargs)
-        self.send_packed_command = closed_is_lost(self.send_packed_command)  # type: ignore[method-assign]
+        self.send_packed_command = lean_send(self)  # type: ignore[method-assign]
 
     return type(f"LostAware{base.__name__}", (base,), {"__init__": __init__})
 

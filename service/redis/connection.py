@@ -20,7 +20,7 @@ from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from service.errors import BrokerError
 from service.redis.cluster import cluster_client, is_cluster_url, redact_cluster_url
 from service.redis.sentinel import MasterPool, is_sentinel_url, master_client, redact_sentinel_url
-from service.redis.transport import closed_is_lost
+from service.redis.transport import lean_send
 
 __all__ = ["LeanPool", "LeanSentinelPool", "broker_errors", "connect", "redact", "while_unreachable"]
 
@@ -93,14 +93,15 @@ class LeanPool(ConnectionPool):
     C, as redis-py's own synchronous connections do.
 
     A write to a connection whose transport was closed under it is a ``ConnectionError``, as on
-    asyncio's own loop (:mod:`service.redis.transport`).
+    asyncio's own loop, and a socket timeout bounds only a write that waits for the peer, without
+    the task redis-py's ``wait_for`` makes for every command (:mod:`service.redis.transport`).
     """
 
     def make_connection(self) -> AbstractConnection:
-        """redis-py's connection, packing its commands with hiredis."""
+        """redis-py's connection, packing its commands with hiredis and sending through ``lean_send``."""
         connection: AbstractConnection = super().make_connection()  # type: ignore[no-untyped-call]
         connection.pack_command = _packer(connection.pack_command)  # type: ignore[method-assign]
-        connection.send_packed_command = closed_is_lost(connection.send_packed_command)  # type: ignore[method-assign]
+        connection.send_packed_command = lean_send(connection)  # type: ignore[method-assign]
         return connection
 
     async def ensure_connection(self, connection: AbstractConnection) -> None:

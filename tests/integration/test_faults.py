@@ -39,11 +39,15 @@ async def _worker_on(server: EmbeddedRedis, worker_process: WorkerFactory, clien
     return worker
 
 
-async def test_a_write_to_a_transport_closed_under_it_is_a_connection_error(redis_url: str) -> None:
+@pytest.mark.parametrize("socket_timeout", [None, 5.0], ids=["no-timeout", "timeout"])
+async def test_a_write_to_a_transport_closed_under_it_is_a_connection_error(
+    redis_url: str, socket_timeout: float | None
+) -> None:
     """uvloop raises RuntimeError when a reset closes the transport between the lending and the
     write (the fault suite's proxy did it to a worker's take): it must come out as redis-py's
-    ConnectionError, which every caller backs off on, with the connection dropped for a fresh one."""
-    pool = LeanPool.from_url(redis_url)
+    ConnectionError, which every caller backs off on, with the connection dropped for a fresh one.
+    With a socket timeout (a worker's connections) the write is actionq's own, without one redis-py's."""
+    pool = LeanPool.from_url(redis_url, socket_timeout=socket_timeout)
     connection = pool.make_connection()
     await _lost_on_a_closed_transport(connection)
     await connection.connect()  # type: ignore[no-untyped-call]  # a fresh transport works
