@@ -162,6 +162,14 @@ class GatewaySettings(BaseModel):
     keepalive_s: float = Field(
         default=5, gt=0, le=300, description="An idle event stream gets a keep-alive comment this often."
     )
+    http_keep_alive_s: int = Field(
+        default=75,
+        ge=1,
+        le=3600,
+        description="An idle keep-alive HTTP connection is closed after this long (uvicorn's timeout_keep_alive). "
+        "Longer than a load balancer's idle timeout (60 s on AWS's), so that the balancer closes first: a client "
+        "that sends on a connection the server is closing that moment gets a reset, not an answer.",
+    )
     sse_queue: int = Field(
         default=256, ge=1, le=100_000, description="Events held per event-stream connection for a slow client."
     )

@@ -19,7 +19,7 @@ from service.errors import ConfigError
 from service.gateway.app import create_app
 from service.settings import Settings
 
-__all__ = ["LOOPBACK", "bind_address", "serve"]
+__all__ = ["LOOPBACK", "bind_address", "serve", "uvicorn_config"]
 
 log = structlog.get_logger("actionq.gateway")
 
@@ -72,7 +72,12 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None) 
         print(f"actionq gateway: {note}", file=sys.stderr, flush=True)
     log.info("gateway_starting", url=f"http://{host}:{port}", tokens=[t.name for t in settings.gateway.tokens],
              loopback_only=open_api)  # fmt: skip
-    config = uvicorn.Config(
+    _Server(uvicorn_config(settings, host, port)).run()
+
+
+def uvicorn_config(settings: Settings, host: str, port: int) -> uvicorn.Config:
+    """uvicorn's settings for the app of ``settings``, listening on ``host:port``."""
+    return uvicorn.Config(
         create_app(settings),
         host=host,
         port=port,
@@ -80,6 +85,6 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None) 
         access_log=settings.gateway.access_log,
         lifespan="on",
         server_header=False,
+        timeout_keep_alive=settings.gateway.http_keep_alive_s,
         timeout_graceful_shutdown=_SHUTDOWN_GRACE_S,
     )
-    _Server(config).run()

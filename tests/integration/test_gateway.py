@@ -4,6 +4,7 @@ streams, idempotency, field errors, scopes, body limit, readiness and cancel."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -250,6 +251,26 @@ async def test_idempotency_and_field_errors_over_http(
         plugins = (await http.get("/v1/plugins")).json()
         assert {"PluginB", "long_running", "InteropTarget"} <= {p["name"] for p in plugins}
     assert "bound to loopback only because no token is configured" in gw.log_path.read_text()
+
+
+async def test_an_idle_keep_alive_connection_is_closed_after_the_setting(
+    gateway_process: Callable[..., GatewayProc],
+) -> None:
+    gw = gateway_process({"ACTIONQ_GATEWAY__HTTP_KEEP_ALIVE_S": "1"})
+    host, port = gw.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: gateway\r\n\r\n")
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200")
+        assert b"connection: close" not in head.lower()  # kept alive after the answer
+        headers = dict(line.split(b": ", 1) for line in head.lower().split(b"\r\n")[1:] if line)
+        length = int(headers[b"content-length"])
+        await reader.readexactly(length)
+        async with asyncio.timeout(30):
+            assert await reader.read() == b""  # the server closed it: EOF
+    finally:
+        writer.close()
 
 
 async def test_scopes_body_limit_and_readiness(

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from service.cli import app as cli_app
 from service.errors import ConfigError
 from service.gateway import create_app
-from service.gateway.server import bind_address
+from service.gateway.server import bind_address, uvicorn_config
 from service.models import JobState
 from service.settings import Settings, load_settings
 from tests.conftest import REPO_ROOT
@@ -147,6 +147,12 @@ def test_without_a_token_only_loopback_is_accepted() -> None:
     with pytest.raises(ConfigError, match=r"refuses to listen on '0\.0\.0\.0' with no token configured"):
         bind_address(settings_for(), "0.0.0.0")
     assert bind_address(settings_for(tokens=TOKENS), "0.0.0.0") == ("0.0.0.0", 8080)
+
+
+def test_idle_keep_alive_connections_outlive_a_load_balancers_idle_timeout() -> None:
+    """uvicorn's own 5 s would close a connection a balancer (60 s idle on AWS's) still holds."""
+    assert uvicorn_config(settings_for(), "127.0.0.1", 8080).timeout_keep_alive == 75
+    assert uvicorn_config(settings_for(http_keep_alive_s=2), "127.0.0.1", 8080).timeout_keep_alive == 2
 
 
 def test_token_secrets_never_print() -> None:
