@@ -13,7 +13,7 @@ a connection error: a worker's poll loop died of it under the fault suite's rese
 that almost never waits. A write waits only when the transport has more buffered than its
 high-water mark, and then its drain gets the timeout; the error of a failed write is redis-py's own
 (the connection disconnected, then ``TimeoutError`` or ``ConnectionError``). A command through
-redis-py's send costs ~25 µs more CPU a round trip (measured in ``docs/benchmarks.md``).
+redis-py's send costs ~17 µs more CPU a round trip (``docs/benchmarks.md``).
 
 Every connection actionq makes sends through :func:`lean_send`.
 """
