@@ -4,6 +4,7 @@ waits for the peer times out as redis-py's does, and one that does not wait take
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -72,7 +73,11 @@ async def test_a_write_the_peer_does_not_read_times_out_and_drops_the_connection
     assert not connection.is_connected
 
 
-@pytest.mark.parametrize(("lean", "tasks"), [(True, 0), (False, 10)], ids=["lean", "redis-py"])
+# CPython 3.12 rewrote wait_for on asyncio.timeout: redis-py's send makes no task there either.
+WAIT_FOR_TASKS = 10 if sys.version_info < (3, 12) else 0
+
+
+@pytest.mark.parametrize(("lean", "tasks"), [(True, 0), (False, WAIT_FOR_TASKS)], ids=["lean", "redis-py"])
 async def test_a_command_whose_write_does_not_wait_takes_no_task(pong_port: int, lean: bool, tasks: int) -> None:
     connection = _connection(pong_port, lean=lean)
     await connection.connect()  # type: ignore[no-untyped-call]
@@ -91,4 +96,4 @@ async def test_a_command_whose_write_does_not_wait_takes_no_task(pong_port: int,
     finally:
         loop.set_task_factory(None)
         await connection.disconnect()
-    assert len(created) == tasks  # redis-py's: one wait_for task a command
+    assert len(created) == tasks  # redis-py's on 3.11: one wait_for task a command
