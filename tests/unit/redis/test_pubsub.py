@@ -1,4 +1,5 @@
-"""The pub/sub multiplexer while its one connection is being reconnected by another coroutine.
+"""The pub/sub multiplexer: while its one connection is being reconnected by another coroutine,
+and when the last subscriber leaves a channel (the unsubscribe goes out after, in the background).
 
 redis-py reads a reconnect's handshake on whichever coroutine reconnects; a second coroutine
 using the connection then gets ``RuntimeError: read() called while another coroutine is already
@@ -77,6 +78,54 @@ async def test_the_reader_outlives_a_busy_connection(
         async with mux.subscribe("c") as sub:
             monkeypatch.setattr(mux._pubsub, "get_message", busy_once)
             await failed.wait()
+            await fake_redis.publish("c", b"still here")
+            assert await sub.get(timeout=5) == b"still here"
+    finally:
+        await mux.close()
+
+
+async def test_leaving_a_channel_does_not_wait_for_its_unsubscribe(
+    fake_redis: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A result's wait returns without the UNSUBSCRIBE's write in its time: that goes out after."""
+    mux = PubSubMultiplexer(fake_redis)
+    real = mux._pubsub.unsubscribe
+    release = asyncio.Event()
+    unsubscribed: list[str] = []
+
+    async def held(*channels: Any) -> None:
+        await release.wait()
+        unsubscribed.extend(channels)
+        await real(*channels)
+
+    try:
+        async with asyncio.timeout(5):  # an exit that waited for the held unsubscribe would hang here
+            async with mux.subscribe("c"):
+                monkeypatch.setattr(mux._pubsub, "unsubscribe", held)
+        assert unsubscribed == []
+        release.set()
+        await asyncio.gather(*mux._leaving)
+        assert unsubscribed == ["c"]
+    finally:
+        await mux.close()
+
+
+async def test_a_channel_followed_again_before_its_unsubscribe_stays_subscribed(
+    fake_redis: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mux = PubSubMultiplexer(fake_redis)
+    unsubscribed: list[str] = []
+
+    async def recorded(*channels: Any) -> None:
+        unsubscribed.extend(channels)
+
+    monkeypatch.setattr(mux._pubsub, "unsubscribe", recorded)
+    try:
+        async with mux.subscribe("c"):
+            pass
+        async with mux.subscribe("c") as sub:  # in the same turn: the unsubscribe has not run yet
+            await asyncio.gather(*mux._leaving)
+            assert unsubscribed == []  # it found the channel wanted again
             await fake_redis.publish("c", b"still here")
             assert await sub.get(timeout=5) == b"still here"
     finally:
