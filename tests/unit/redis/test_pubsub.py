@@ -9,6 +9,7 @@ waiting``. Neither the reader nor a subscribe or unsubscribe may die of it.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -19,10 +20,17 @@ from service.redis.pubsub import PubSubMultiplexer
 BUSY = RuntimeError("read() called while another coroutine is already waiting for incoming data")
 
 
+@pytest.fixture
+async def mux(fake_redis: aioredis.Redis) -> AsyncIterator[PubSubMultiplexer]:
+    """A multiplexer on fakeredis that keeps trying a subscribe for 5 s, closed after the test."""
+    multiplexer = PubSubMultiplexer(fake_redis, reconnect_s=5)
+    yield multiplexer
+    await multiplexer.close()
+
+
 async def test_a_subscribe_during_a_reconnect_is_tried_again(
-    fake_redis: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+    mux: PubSubMultiplexer, fake_redis: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    mux = PubSubMultiplexer(fake_redis, reconnect_s=5)
     real = mux._pubsub.subscribe
     calls = 0
 
@@ -34,37 +42,28 @@ async def test_a_subscribe_during_a_reconnect_is_tried_again(
         await real(*channels)
 
     monkeypatch.setattr(mux._pubsub, "subscribe", busy_once)
-    try:
-        async with mux.subscribe("c") as sub:
-            await fake_redis.publish("c", b"hello")
-            assert await sub.get(timeout=5) == b"hello"
-        assert calls == 2
-    finally:
-        await mux.close()
+    async with mux.subscribe("c") as sub:
+        await fake_redis.publish("c", b"hello")
+        assert await sub.get(timeout=5) == b"hello"
+    assert calls == 2
 
 
 async def test_an_unsubscribe_during_a_reconnect_is_not_an_error(
-    fake_redis: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+    mux: PubSubMultiplexer, fake_redis: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    mux = PubSubMultiplexer(fake_redis)
-
     async def busy(*channels: Any) -> None:
         raise BUSY
 
-    try:
-        async with mux.subscribe("c"):
-            monkeypatch.setattr(mux._pubsub, "unsubscribe", busy)
-        async with mux.subscribe("c") as sub:  # the channel can be followed again
-            await fake_redis.publish("c", b"again")
-            assert await sub.get(timeout=5) == b"again"
-    finally:
-        await mux.close()
+    async with mux.subscribe("c"):
+        monkeypatch.setattr(mux._pubsub, "unsubscribe", busy)
+    async with mux.subscribe("c") as sub:  # the channel can be followed again
+        await fake_redis.publish("c", b"again")
+        assert await sub.get(timeout=5) == b"again"
 
 
 async def test_the_reader_outlives_a_busy_connection(
-    fake_redis: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+    mux: PubSubMultiplexer, fake_redis: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    mux = PubSubMultiplexer(fake_redis)
     real = mux._pubsub.get_message
     failed = asyncio.Event()
 
@@ -74,21 +73,17 @@ async def test_the_reader_outlives_a_busy_connection(
             raise BUSY
         return await real(**kwargs)
 
-    try:
-        async with mux.subscribe("c") as sub:
-            monkeypatch.setattr(mux._pubsub, "get_message", busy_once)
-            await failed.wait()
-            await fake_redis.publish("c", b"still here")
-            assert await sub.get(timeout=5) == b"still here"
-    finally:
-        await mux.close()
+    async with mux.subscribe("c") as sub:
+        monkeypatch.setattr(mux._pubsub, "get_message", busy_once)
+        await failed.wait()
+        await fake_redis.publish("c", b"still here")
+        assert await sub.get(timeout=5) == b"still here"
 
 
 async def test_leaving_a_channel_does_not_wait_for_its_unsubscribe(
-    fake_redis: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+    mux: PubSubMultiplexer, fake_redis: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A result's wait returns without the UNSUBSCRIBE's write in its time: that goes out after."""
-    mux = PubSubMultiplexer(fake_redis)
     real = mux._pubsub.unsubscribe
     release = asyncio.Event()
     unsubscribed: list[str] = []
@@ -98,35 +93,28 @@ async def test_leaving_a_channel_does_not_wait_for_its_unsubscribe(
         unsubscribed.extend(channels)
         await real(*channels)
 
-    try:
-        async with asyncio.timeout(5):  # an exit that waited for the held unsubscribe would hang here
-            async with mux.subscribe("c"):
-                monkeypatch.setattr(mux._pubsub, "unsubscribe", held)
-        assert unsubscribed == []
-        release.set()
-        await asyncio.gather(*mux._leaving)
-        assert unsubscribed == ["c"]
-    finally:
-        await mux.close()
+    async with asyncio.timeout(5):  # an exit that waited for the held unsubscribe would hang here
+        async with mux.subscribe("c"):
+            monkeypatch.setattr(mux._pubsub, "unsubscribe", held)
+    assert unsubscribed == []
+    release.set()
+    await asyncio.gather(*mux._leaving)
+    assert unsubscribed == ["c"]
 
 
 async def test_a_channel_followed_again_before_its_unsubscribe_stays_subscribed(
-    fake_redis: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+    mux: PubSubMultiplexer, fake_redis: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    mux = PubSubMultiplexer(fake_redis)
     unsubscribed: list[str] = []
 
     async def recorded(*channels: Any) -> None:
         unsubscribed.extend(channels)
 
     monkeypatch.setattr(mux._pubsub, "unsubscribe", recorded)
-    try:
-        async with mux.subscribe("c"):
-            pass
-        async with mux.subscribe("c") as sub:  # in the same turn: the unsubscribe has not run yet
-            await asyncio.gather(*mux._leaving)
-            assert unsubscribed == []  # it found the channel wanted again
-            await fake_redis.publish("c", b"still here")
-            assert await sub.get(timeout=5) == b"still here"
-    finally:
-        await mux.close()
+    async with mux.subscribe("c"):
+        pass
+    async with mux.subscribe("c") as sub:  # in the same turn: the unsubscribe has not run yet
+        await asyncio.gather(*mux._leaving)
+        assert unsubscribed == []  # it found the channel wanted again
+        await fake_redis.publish("c", b"still here")
+        assert await sub.get(timeout=5) == b"still here"
